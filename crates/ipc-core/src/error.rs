@@ -1,0 +1,172 @@
+//! The one error type every mechanism returns, so code written against the
+//! [`Sender`](crate::Sender)/[`Receiver`](crate::Receiver) traits handles a
+//! pipe, a queue and a socket alike.
+
+use std::fmt;
+use std::io;
+
+/// The result type of this workspace.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when talking to another process.
+///
+/// Variants that describe the peer's behaviour (`Closed`, `Truncated`,
+/// `InvalidHeader`, `TooLarge`, `Decode`) are what a hostile or crashed peer
+/// produces: they are values, never panics.
+///
+/// ```
+/// use ipc_core::Error;
+/// let err = Error::TooLarge { size: 1 << 62, limit: 1 << 20 };
+/// assert_eq!(err.to_string(), "message of 4611686018427387904 bytes exceeds the limit of 1048576 bytes");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer is gone and everything it sent has been read (Python's
+    /// `EOFError`), or a send found nobody to receive it.
+    Closed,
+    /// A timed operation ran out of time. Nothing was lost: a partly received
+    /// message is kept and the next receive resumes it.
+    Timeout,
+    /// A non-blocking put found no room (Python's `queue.Full`).
+    Full,
+    /// A non-blocking get found nothing (Python's `queue.Empty`).
+    Empty,
+    /// A message is larger than the limit in force. When receiving, the
+    /// message stays unread, so a later call with a larger limit gets it.
+    TooLarge {
+        /// The size of the message in bytes.
+        size: u64,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+    /// The caller's buffer cannot hold the next message (Python's
+    /// `BufferTooShort`). The message stays unread; call again with a
+    /// buffer of at least `needed` bytes.
+    BufferTooShort {
+        /// The size of the next message.
+        needed: usize,
+    },
+    /// The peer closed the connection in the middle of a message.
+    Truncated {
+        /// Bytes the frame announced (header or payload).
+        expected: u64,
+        /// Bytes that arrived before the end of the stream.
+        received: u64,
+    },
+    /// A frame header that no conforming peer sends (a negative length other
+    /// than the -1 escape). The stream cannot be resynchronised, so the
+    /// connection reports this error from now on.
+    InvalidHeader {
+        /// The four header bytes as read.
+        header: [u8; 4],
+    },
+    /// A typed message could not be encoded.
+    Encode(postcard::Error),
+    /// The bytes of a message are not a valid encoding of the expected type.
+    /// The message was consumed; the connection stays usable.
+    Decode(postcard::Error),
+    /// An argument is out of range (Python's `ValueError`), for instance an
+    /// offset past the end of the buffer given to `send_bytes_range`.
+    InvalidArgument(&'static str),
+    /// The operation is not possible on this end, for instance receiving on
+    /// the write end of a one-way pipe.
+    Unsupported(&'static str),
+    /// A named resource or inherited handle does not exist.
+    NotFound(String),
+    /// The peer failed the authkey challenge, or rejected ours.
+    Authentication(String),
+    /// The previous holder of a lock died while holding it. The data it
+    /// guarded may be inconsistent.
+    OwnerDied,
+    /// Any other operating-system error.
+    Io(io::Error),
+}
+
+impl Error {
+    /// Whether this error means the peer has gone away for good.
+    ///
+    /// ```
+    /// assert!(ipc_core::Error::Closed.is_closed());
+    /// assert!(!ipc_core::Error::Timeout.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed | Error::Truncated { .. })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed => f.write_str("the peer closed the connection"),
+            Error::Timeout => f.write_str("the operation timed out"),
+            Error::Full => f.write_str("the queue is full"),
+            Error::Empty => f.write_str("nothing to receive"),
+            Error::TooLarge { size, limit } => {
+                write!(f, "message of {size} bytes exceeds the limit of {limit} bytes")
+            }
+            Error::BufferTooShort { needed } => {
+                write!(f, "buffer too short: the next message needs {needed} bytes")
+            }
+            Error::Truncated { expected, received } => write!(
+                f,
+                "the peer closed the connection in the middle of a message ({received} of {expected} bytes)"
+            ),
+            Error::InvalidHeader { header } => {
+                write!(f, "invalid frame header {header:02x?}: the stream is out of sync")
+            }
+            Error::Encode(e) => write!(f, "cannot encode the message: {e}"),
+            Error::Decode(e) => write!(f, "cannot decode the message: {e}"),
+            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::Unsupported(what) => write!(f, "unsupported operation: {what}"),
+            Error::NotFound(what) => write!(f, "not found: {what}"),
+            Error::Authentication(why) => write!(f, "authentication failed: {why}"),
+            Error::OwnerDied => f.write_str("the previous owner of the lock died while holding it"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Encode(e) | Error::Decode(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    /// A peer that vanished shows up as `EPIPE` or `ECONNRESET`; both become
+    /// [`Error::Closed`] so callers see one kind of "gone".
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
+            io::ErrorKind::TimedOut => Error::Timeout,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+impl From<nix::Error> for Error {
+    fn from(e: nix::Error) -> Self {
+        Error::from(io::Error::from(e))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) => e,
+            Error::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, e),
+            Error::Timeout => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::Full | Error::Empty => io::Error::new(io::ErrorKind::WouldBlock, e),
+            Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
+            Error::NotFound(_) => io::Error::new(io::ErrorKind::NotFound, e),
+            Error::Unsupported(_) => io::Error::new(io::ErrorKind::Unsupported, e),
+            Error::Authentication(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
+            _ => io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Child processes that receive IPC handles: Python's `Process(target=f,
+//! args=(conn,))`, either as a fork running a closure or as a fresh exec of
+//! a program that rebuilds its handles on its side.
+//!
+//! # Which start method
+//!
+//! [`Process::exec`] is the dependable default: the child is a fresh
+//! program, so nothing about the parent's threads can hurt it. Only the
+//! handles passed with [`Process::pass`] cross the exec; every other
+//! descriptor of this workspace is close-on-exec.
+//!
+//! [`Process::fork`] is the fast path for **single-threaded** programs. The
+//! child is a copy of the parent that runs a closure and exits. If the
+//! parent had other threads, the child holds copies of whatever locks those
+//! threads held at the moment of the fork (the allocator's, stdout's, a
+//! logger's), and may deadlock on the first one it touches. This is why
+//! Python stopped defaulting to plain fork. In the child every descriptor
+//! except stdin, stdout, stderr and the passed handles is closed, so a pipe
+//! end the parent keeps does not stay open in the child and EOF still
+//! arrives when the parent closes it.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::sys::{self, Forked};
+use crate::wait::{poll_readable, Waitable};
+use crate::{Error, Result};
+
+/// The environment variable that tells an exec'd child which descriptors
+/// and names it was handed.
+pub const HANDLES_ENV: &str = "IPC_HANDLES";
+
+/// What a child needs to rebuild an IPC object: descriptors it keeps open
+/// across the fork or exec, and a short text (a name, flags, limits).
+#[derive(Debug)]
+pub struct Handle<'a> {
+    /// Descriptors the child inherits.
+    pub fds: Vec<BorrowedFd<'a>>,
+    /// Anything else the child needs, as printable text without `;`.
+    pub text: String,
+}
+
+/// A handle as the child receives it.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The inherited descriptors, now owned by the child.
+    pub fds: Vec<OwnedFd>,
+    /// The text the parent attached.
+    pub text: String,
+}
+
+/// An IPC object that can be handed to a child process.
+pub trait Inheritable: Sized {
+    /// What to hand over.
+    fn handle(&self) -> Handle<'_>;
+    /// Rebuilds the object in the child.
+    fn from_inherited(inherited: Inherited) -> Result<Self>;
+}
+
+/// What a forked child's closure returns: its exit code.
+pub trait ChildOutcome {
+    /// The exit code of the child process.
+    fn exit_code(self) -> i32;
+}
+
+impl ChildOutcome for () {
+    fn exit_code(self) -> i32 {
+        0
+    }
+}
+
+impl ChildOutcome for i32 {
+    fn exit_code(self) -> i32 {
+        self
+    }
+}
+
+impl<E: Debug> ChildOutcome for std::result::Result<(), E> {
+    fn exit_code(self) -> i32 {
+        match self {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("child process failed: {e:?}");
+                1
+            }
+        }
+    }
+}
+
+/// Starts a child process with chosen IPC handles.
+///
+/// ```
+/// use ipc_core::process::Process;
+/// // Fork a child that runs a closure; its return value is the exit status.
+/// let mut child = Process::new().fork(|| 7)?;
+/// assert_eq!(child.join()?.code(), Some(7));
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Process {
+    passed: Vec<Passed>,
+}
+
+/// One handle given to [`Process::pass`].
+#[derive(Debug)]
+struct Passed {
+    key: String,
+    /// The descriptor numbers the object itself uses, which a forked child
+    /// keeps open for the closure that captured the object.
+    originals: Vec<RawFd>,
+    /// Our own duplicates, which an exec'd child inherits. Owning them means
+    /// the numbers handed over stay valid until the spawn, whatever the
+    /// caller does with the object meanwhile.
+    duplicates: Vec<OwnedFd>,
+    text: String,
+}
+
+impl Process {
+    /// A child with no handles yet.
+    pub fn new() -> Process {
+        Process::default()
+    }
+
+    /// Hands `object` to the child under `key` (letters, digits, `_`, `-`,
+    /// `.`). An exec'd child takes it back with [`inherited`]; a forked
+    /// child uses the object its closure captured, whose descriptors stay
+    /// open in the child.
+    pub fn pass<T: Inheritable>(mut self, key: &str, object: &T) -> Result<Process> {
+        let handle = object.handle();
+        let duplicates = handle
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !key_ok {
+            return Err(Error::InvalidArgument(
+                "a handle key is empty or has characters other than [A-Za-z0-9_.-]",
+            ));
+        }
+        if handle.text.contains([';', '\0']) {
+            return Err(Error::InvalidArgument(
+                "a handle's text may not contain ';' or NUL",
+            ));
+        }
+        self.passed.push(Passed {
+            key: key.to_owned(),
+            originals: handle.fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+            duplicates,
+            text: handle.text,
+        });
+        Ok(self)
+    }
+
+    /// Forks a child that runs `body` and exits with its outcome: 0 for
+    /// `()` or `Ok(())`, 1 for `Err` (printed to stderr), the number for an
+    /// `i32`, 101 for a panic. See the [module docs](self) for when fork is
+    /// sound.
+    pub fn fork<F, R>(self, body: F) -> Result<Child>
+    where
+        F: FnOnce() -> R,
+        R: ChildOutcome,
+    {
+        let mut keep: Vec<RawFd> = self
+            .passed
+            .iter()
+            .flat_map(|p| p.originals.iter().copied())
+            .collect();
+        keep.sort_unstable();
+        keep.dedup();
+        // Unflushed output would otherwise be written twice, once by each process.
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        match sys::fork()? {
+            Forked::Child => {
+                sys::close_all_except(&keep);
+                let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                    Ok(outcome) => outcome.exit_code(),
+                    Err(_) => 101,
+                };
+                let _ = std::io::stdout().flush();
+                sys::exit_now(code)
+            }
+            Forked::Parent(pid) => Child::adopt(pid, None),
+        }
+    }
+
+    /// Spawns `command` with the passed handles, which it rebuilds with
+    /// [`inherited`]. Only these descriptors cross the exec.
+    ///
+    /// ```no_run
+    /// # fn main() -> ipc_core::Result<()> {
+    /// use std::process::Command;
+    /// use ipc_core::process::{inherited, Process};
+    /// # let (parent_end, child_end): (ipc_core::Connection, ipc_core::Connection) = todo!();
+    /// // Parent:
+    /// let mut command = Command::new(std::env::current_exe()?);
+    /// command.arg("--child");
+    /// let mut child = Process::new().pass("conn", &child_end)?.exec(command)?;
+    /// drop(child_end);
+    /// // Child, in its main, when started with --child:
+    /// let mut conn: ipc_core::Connection = inherited("conn")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn exec(self, mut command: Command) -> Result<Child> {
+        let mut fds = Vec::new();
+        let mut spec = String::new();
+        for passed in &self.passed {
+            if !spec.is_empty() {
+                spec.push(';');
+            }
+            let numbers: Vec<String> = passed
+                .duplicates
+                .iter()
+                .map(|fd| fd.as_raw_fd().to_string())
+                .collect();
+            spec.push_str(&format!(
+                "{}={}:{}",
+                passed.key,
+                numbers.join(","),
+                passed.text
+            ));
+            fds.extend(passed.duplicates.iter().map(|fd| fd.as_raw_fd()));
+        }
+        command.env(HANDLES_ENV, spec);
+        sys::inherit_across_exec(&mut command, fds);
+        let std_child = command.spawn()?;
+        let pid = std_child.id() as libc::pid_t;
+        // Our duplicates are dropped with `self` here; the child has its own.
+        Child::adopt(pid, Some(std_child))
+    }
+}
+
+/// The handles this process was started with, parsed once from
+/// [`HANDLES_ENV`]; each is taken at most once.
+static INHERITED: Mutex<Option<HashMap<String, (Vec<RawFd>, String)>>> = Mutex::new(None);
+
+fn parse_handles(spec: &str) -> HashMap<String, (Vec<RawFd>, String)> {
+    spec.split(';')
+        .filter_map(|entry| {
+            let (key, rest) = entry.split_once('=')?;
+            let (numbers, text) = rest.split_once(':')?;
+            let fds = numbers
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse().ok())
+                .collect::<Option<Vec<RawFd>>>()?;
+            Some((key.to_owned(), (fds, text.to_owned())))
+        })
+        .collect()
+}
+
+/// Takes the handle the parent passed under `key` and rebuilds the object.
+/// Each handle can be taken once; a missing one is [`Error::NotFound`].
+pub fn inherited<T: Inheritable>(key: &str) -> Result<T> {
+    let (numbers, text) = {
+        let mut table = INHERITED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = table.get_or_insert_with(|| {
+            std::env::var_os(HANDLES_ENV)
+                .map(|s| parse_handles(&s.to_string_lossy()))
+                .unwrap_or_default()
+        });
+        table.remove(key).ok_or_else(|| {
+            Error::NotFound(format!("no handle `{key}` was passed to this process"))
+        })?
+    };
+    let fds = numbers
+        .into_iter()
+        .map(sys::adopt_inherited_fd)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    T::from_inherited(Inherited { fds, text })
+}
+
+/// Whether this process was started by [`Process::exec`] with handles.
+pub fn has_inherited_handles() -> bool {
+    std::env::var_os(HANDLES_ENV).is_some_and(|s: OsString| !s.is_empty())
+}
+
+/// A child process started by [`Process`].
+///
+/// Dropping a `Child` that has not been joined kills it and reaps it, so a
+/// failing test or an early return never leaves an orphan or a zombie.
+#[derive(Debug)]
+pub struct Child {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    status: Option<ExitStatus>,
+    std_child: Option<std::process::Child>,
+}
+
+impl Child {
+    fn adopt(pid: libc::pid_t, std_child: Option<std::process::Child>) -> Result<Child> {
+        match sys::pidfd_open(pid) {
+            Ok(pidfd) => Ok(Child {
+                pid,
+                pidfd,
+                status: None,
+                std_child,
+            }),
+            Err(e) => {
+                // Without a pidfd we cannot manage the child safely: end it.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits for the child to exit and returns its status.
+    pub fn join(&mut self) -> Result<ExitStatus> {
+        self.reap(WaitPidFlag::empty())
+            .map(|s| s.expect("blocking waitpid returns a status"))
+    }
+
+    /// Waits up to `timeout` for the child to exit; `None` if it is still
+    /// running then.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            let deadline = Instant::now().checked_add(timeout);
+            if !poll_readable(self.pidfd.as_fd(), deadline)? {
+                return Ok(None);
+            }
+        }
+        self.reap(WaitPidFlag::WNOHANG)
+    }
+
+    /// The exit status if the child has exited, without waiting.
+    pub fn try_join(&mut self) -> Result<Option<ExitStatus>> {
+        self.reap(WaitPidFlag::WNOHANG)
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&mut self) -> Result<bool> {
+        Ok(self.try_join()?.is_none())
+    }
+
+    /// The exit status, once the child has been joined.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Sends `SIGKILL` (Python's `Process.kill`). Killing a child that has
+    /// already exited is not an error.
+    pub fn kill(&mut self) -> Result<()> {
+        self.signal(Signal::SIGKILL)
+    }
+
+    /// Sends `SIGTERM` (Python's `Process.terminate`).
+    pub fn terminate(&mut self) -> Result<()> {
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Sends `signal` to the child, never to another process that reuses
+    /// its pid.
+    pub fn signal(&mut self, signal: Signal) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), signal) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// The child's standard output, if the command was given
+    /// `Stdio::piped()` (exec'd children only).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.std_child.as_mut()?.stdout.take()
+    }
+
+    /// The child's standard input, if the command was given
+    /// `Stdio::piped()` (exec'd children only).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.std_child.as_mut()?.stdin.take()
+    }
+
+    fn reap(&mut self, flags: WaitPidFlag) -> Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        let raw = loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(flags)) {
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(WaitStatus::StillAlive) => return Ok(None),
+                Ok(WaitStatus::Exited(_, code)) => break (code & 0xff) << 8,
+                Ok(WaitStatus::Signaled(_, signal, core)) => {
+                    break (signal as i32) | if core { 0x80 } else { 0 }
+                }
+                Ok(_) => continue,
+            }
+        };
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        Ok(Some(status))
+    }
+}
+
+impl Waitable for Child {
+    /// A child is ready once it has exited (Python's `Process.sentinel`).
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    fn ready_without_waiting(&self) -> bool {
+        self.status.is_some()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+            let _ = self.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_specs_parse_and_refuse_garbage() {
+        let table = parse_handles("conn=7:r1w1;queue=:ipcq_1;multi=3,4:x;bad;worse=z:");
+        assert_eq!(table["conn"], (vec![7], "r1w1".to_owned()));
+        assert_eq!(table["queue"], (vec![], "ipcq_1".to_owned()));
+        assert_eq!(table["multi"], (vec![3, 4], "x".to_owned()));
+        assert!(!table.contains_key("bad"));
+        assert!(!table.contains_key("worse"));
+    }
+}

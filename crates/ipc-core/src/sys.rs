@@ -1,0 +1,210 @@
+//! The thin unsafe edge of ipc-core: the few system calls that nix does not
+//! wrap safely. Everything else in the crate is safe code; each function
+//! here has a safe signature whose contract is stated in its doc comment.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+/// `pidfd_open(2)`: a descriptor that refers to the process `pid` itself,
+/// immune to pid reuse, and readable once the process has exited.
+///
+/// The caller must be the parent of `pid` and must not have reaped it yet;
+/// then `pid` cannot have been reused by another process.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags by value and touches no memory
+    // of ours; the return value is checked before use.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us, so it is open
+    // and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: signals the process the pidfd refers to, never a
+/// process that happens to reuse its pid.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in the defaults);
+    // the descriptor is borrowed, so it is open for the duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What `fork` returned in this process.
+pub(crate) enum Forked {
+    /// We are the parent; the child has this pid.
+    Parent(libc::pid_t),
+    /// We are the child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// In the child only async-signal-safe work is sound until `exec` or `_exit`
+/// if the parent had other threads; `process::Process::fork` documents the
+/// rule for users and does nothing else before handing over to the closure.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the hazard
+    // after it (locks held by threads that do not exist in the child) is the
+    // documented contract of `Process::fork`, which is the only caller.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Closes every descriptor from 3 up that is not in `keep` (sorted,
+/// deduplicated). Async-signal-safe: it only makes system calls.
+pub(crate) fn close_all_except(keep: &[RawFd]) {
+    let mut first: libc::c_uint = 3;
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1);
+        }
+        first = fd + 1;
+    }
+    close_range(first, libc::c_uint::MAX);
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: close_range only closes descriptors. It is called in a freshly
+    // forked child on descriptors that the child's code is told not to use
+    // (`Process::fork` docs); it touches no memory.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    if ret < 0 {
+        // Kernels before 5.9 lack close_range: close one by one, bounded by
+        // the descriptor limit.
+        let limit = fd_limit().min(u64::from(last) + 1);
+        for fd in u64::from(first)..limit {
+            // SAFETY: as above; closing a descriptor that is not open is EBADF.
+            unsafe { libc::close(fd as libc::c_int) };
+        }
+    }
+}
+
+fn fd_limit() -> u64 {
+    // SAFETY: sysconf reads a limit and touches no memory of ours.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    if max > 0 {
+        max as u64
+    } else {
+        1024
+    }
+}
+
+/// `_exit(2)`: ends the process without running atexit handlers or
+/// destructors, which must not run in a forked child of a threaded parent.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Takes ownership of a descriptor number that this process inherited at
+/// exec time, after checking that it is open.
+///
+/// Nothing else in this process may own `fd`: the caller takes each
+/// inherited handle at most once (`process::inherited` removes it from the
+/// table it reads).
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above) and, by the contract of
+    // this function, owned by nothing else in this process.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(owned)
+}
+
+/// Registers a hook that runs in the child between `fork` and `exec` and
+/// clears close-on-exec on `fds`, so exactly those descriptors survive exec.
+pub(crate) fn inherit_across_exec(command: &mut std::process::Command, fds: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || {
+        for &fd in &fds {
+            // SAFETY: fcntl is async-signal-safe and touches no memory; `fd`
+            // was borrowed from a live handle by `Process::exec`, which keeps
+            // the handle alive until spawn returns.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls fcntl, which is async-signal-safe, and
+    // allocates nothing (the vector was built before the fork).
+    unsafe { command.pre_exec(hook) };
+}
+
+/// Writes to a pipe without letting `SIGPIPE` kill the process when the
+/// reader has gone: the signal is blocked for this thread during the write
+/// and, if the write raised it, consumed before it is unblocked. `EPIPE` is
+/// returned instead.
+pub(crate) fn write_pipe_no_sigpipe(
+    fd: BorrowedFd<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> io::Result<usize> {
+    let mut sigpipe = SigSet::empty();
+    sigpipe.add(Signal::SIGPIPE);
+    let already_pending = sigpipe_pending();
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigpipe), Some(&mut old))?;
+    let result = nix::sys::uio::writev(fd, bufs).map_err(io::Error::from);
+    if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) && !already_pending {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the set and the timeout are valid for the call; a null
+        // siginfo pointer is allowed. This consumes the SIGPIPE our own
+        // write raised, which is pending because it is blocked.
+        unsafe { libc::sigtimedwait(sigpipe.as_ref(), std::ptr::null_mut(), &zero) };
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    result
+}
+
+/// Whether `SIGPIPE` is ignored in this process (Rust programs ignore it
+/// from `main`; C hosts and Python do not).
+pub(crate) fn sigpipe_ignored() -> bool {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action only queries; `current` is valid for writes.
+    let ret = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), current.as_mut_ptr()) };
+    // SAFETY: sigaction succeeded, so it initialised `current`.
+    ret == 0 && unsafe { current.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+/// Whether a `SIGPIPE` is already pending for this thread or process, in
+/// which case a write must not consume it.
+fn sigpipe_pending() -> bool {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is valid for writes; sigpending fills it in.
+    let ret = unsafe { libc::sigpending(set.as_mut_ptr()) };
+    // SAFETY: sigpending succeeded, so `set` is initialised; sigismember
+    // only reads it.
+    ret != 0 || unsafe { libc::sigismember(set.as_ptr(), libc::SIGPIPE) } == 1
+}

@@ -1,0 +1,115 @@
+//! Waiting for any of several connections, children or descriptors to become
+//! ready: Python's `multiprocessing.connection.wait`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::Result;
+
+/// Something [`wait`] can wait on: a descriptor that becomes readable, and
+/// possibly data already buffered in this process.
+pub trait Waitable {
+    /// The descriptor that becomes readable when this is ready.
+    fn wait_fd(&self) -> BorrowedFd<'_>;
+
+    /// Whether this is ready without looking at the descriptor (a
+    /// connection with a message already buffered).
+    fn ready_without_waiting(&self) -> bool {
+        false
+    }
+}
+
+impl Waitable for BorrowedFd<'_> {
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        *self
+    }
+}
+
+impl Waitable for OwnedFd {
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+/// Waits until at least one of `objects` is ready, or `timeout` passes
+/// (`None` waits for ever), and returns the indices of the ready ones.
+///
+/// A connection is ready when it has something to receive or its peer has
+/// closed; a [`Child`](crate::process::Child) when it has exited; a raw
+/// descriptor when it is readable. A zero timeout only looks.
+///
+/// ```
+/// use std::{os::fd::OwnedFd, os::unix::net::UnixStream, time::Duration};
+/// use ipc_core::{Connection, FdStream};
+/// let pair = || -> std::io::Result<_> {
+///     let (a, b) = UnixStream::pair()?;
+///     Ok((Connection::new(FdStream::new(OwnedFd::from(a))?), Connection::new(FdStream::new(OwnedFd::from(b))?)))
+/// };
+/// let (mut a, b) = pair()?;
+/// let (_c, d) = pair()?;
+/// assert!(ipc_core::wait(&[&b, &d], Duration::ZERO)?.is_empty());
+/// a.send_bytes(b"x")?;
+/// assert_eq!(ipc_core::wait(&[&b, &d], Duration::from_secs(5))?, [0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> Result<Vec<usize>> {
+    let ready: Vec<usize> = (0..objects.len())
+        .filter(|&i| objects[i].ready_without_waiting())
+        .collect();
+    if !ready.is_empty() {
+        return Ok(ready);
+    }
+    let deadline = timeout.into().and_then(|t| Instant::now().checked_add(t));
+    let mut fds: Vec<PollFd<'_>> = objects
+        .iter()
+        .map(|o| PollFd::new(o.wait_fd(), PollFlags::POLLIN))
+        .collect();
+    if poll_until(&mut fds, deadline)? == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(fds
+        .iter()
+        .enumerate()
+        .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Whether `fd` becomes readable (or hung up) before `deadline`.
+pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    Ok(poll_until(&mut fds, deadline)? > 0)
+}
+
+/// `poll(2)` until something is ready or `deadline` passes, retrying after
+/// signals and rounding the timeout up so it never returns early.
+pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let millis = left.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match nix::poll::poll(fds, timeout) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() < d) => continue,
+            Ok(n) => {
+                if fds.iter().any(|fd| {
+                    fd.revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLNVAL))
+                }) {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                return Ok(n as usize);
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
