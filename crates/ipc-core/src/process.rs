@@ -247,9 +247,12 @@ impl Process {
 
 /// The handles this process was started with, parsed once from
 /// [`HANDLES_ENV`]; each is taken at most once.
-static INHERITED: Mutex<Option<HashMap<String, (Vec<RawFd>, String)>>> = Mutex::new(None);
+static INHERITED: Mutex<Option<HandleTable>> = Mutex::new(None);
 
-fn parse_handles(spec: &str) -> HashMap<String, (Vec<RawFd>, String)> {
+/// Handle key → (descriptor numbers, text), as read from [`HANDLES_ENV`].
+type HandleTable = HashMap<String, (Vec<RawFd>, String)>;
+
+fn parse_handles(spec: &str) -> HandleTable {
     spec.split(';')
         .filter_map(|entry| {
             let (key, rest) = entry.split_once('=')?;
