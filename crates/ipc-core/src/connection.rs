@@ -207,6 +207,17 @@ impl<S: Transport> Connection<S> {
         self.recv_vec(self.max_message.min(max_len as u64), Deadline::Never)
     }
 
+    /// Receives the next message if it is at most `max_len` bytes, giving up
+    /// with [`Error::Timeout`] after `timeout` (`None` waits for ever).
+    pub fn recv_bytes_max_timeout(
+        &mut self,
+        max_len: usize,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Vec<u8>> {
+        let deadline = timeout.into().map_or(Deadline::Never, Deadline::after);
+        self.recv_vec(self.max_message.min(max_len as u64), deadline)
+    }
+
     /// Receives the next message, giving up with [`Error::Timeout`] after
     /// `timeout`. Bytes read before the timeout are kept for the next call.
     pub fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
@@ -324,6 +335,11 @@ impl<S: Transport> Connection<S> {
                 size: len,
                 limit: self.max_message,
             });
+        }
+        if len > UPFRONT_ALLOC_LEN {
+            // Too large to size a buffer on the peer's word alone.
+            let message = self.read_payload_growing(len, deadline)?;
+            return codec::decode(&message);
         }
         let len = len as usize;
         let mut scratch = std::mem::take(&mut self.scratch);

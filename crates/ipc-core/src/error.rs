@@ -143,7 +143,8 @@ impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
-            io::ErrorKind::TimedOut => Error::Timeout,
+            // A socket read or write timeout (SO_RCVTIMEO) shows up as EAGAIN.
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout,
             _ => Error::Io(e),
         }
     }

@@ -14,10 +14,14 @@
 //! parent had other threads, the child holds copies of whatever locks those
 //! threads held at the moment of the fork (the allocator's, stdout's, a
 //! logger's), and may deadlock on the first one it touches. This is why
-//! Python stopped defaulting to plain fork. In the child every descriptor
-//! except stdin, stdout, stderr and the passed handles is closed, so a pipe
-//! end the parent keeps does not stay open in the child and EOF still
-//! arrives when the parent closes it.
+//! Python stopped defaulting to plain fork.
+//!
+//! In a forked child only stdin, stdout, stderr and the passed handles stay
+//! open. Every other descriptor the parent had is pointed at a dead socket:
+//! the pipe end or file behind it is released (so EOF still arrives when
+//! the parent closes its own end), and an object the closure captured
+//! without passing it fails with [`Error::Closed`] instead of reaching the
+//! parent's file. Pass every handle the child uses.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -182,12 +186,25 @@ impl Process {
             .collect();
         keep.sort_unstable();
         keep.dedup();
+        let replace: Vec<RawFd> = open_descriptors()?
+            .into_iter()
+            .filter(|fd| *fd > 2 && keep.binary_search(fd).is_err())
+            .collect();
+        // A socket whose peer is gone: reads give EOF, writes EPIPE.
+        let (dead, _) = std::os::unix::net::UnixStream::pair()?;
+        let dead = OwnedFd::from(dead);
+        // Numbers kept open in the child: the passed handles and the
+        // replaced ones; anything else (opened by another thread after the
+        // listing, and the dead socket itself) is closed.
+        let mut keep_open: Vec<RawFd> = keep.iter().chain(&replace).copied().collect();
+        keep_open.sort_unstable();
         // Unflushed output would otherwise be written twice, once by each process.
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         match sys::fork()? {
             Forked::Child => {
-                sys::close_all_except(&keep);
+                sys::replace_with_dead(dead.as_fd(), &replace);
+                sys::close_all_except(&keep_open);
                 let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
                     Ok(outcome) => outcome.exit_code(),
                     Err(_) => 101,
@@ -243,6 +260,15 @@ impl Process {
         // Our duplicates are dropped with `self` here; the child has its own.
         Child::adopt(pid, Some(std_child))
     }
+}
+
+/// The descriptors open in this process, from `/proc/self/fd`.
+fn open_descriptors() -> Result<Vec<RawFd>> {
+    let mut fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    Ok(fds)
 }
 
 /// The handles this process was started with, parsed once from

@@ -69,6 +69,20 @@ pub(crate) fn fork() -> io::Result<Forked> {
     }
 }
 
+/// Points each descriptor in `targets` at `dead` (`dup2`), so the file it
+/// referred to is released in this process while the number stays taken:
+/// an object that still holds the number gets errors (a dead socket reads
+/// EOF and refuses writes) and closes it harmlessly when dropped.
+/// Async-signal-safe: it only makes system calls.
+pub(crate) fn replace_with_dead(dead: BorrowedFd<'_>, targets: &[RawFd]) {
+    for &fd in targets {
+        // SAFETY: dup2 only changes the descriptor table; `dead` is open
+        // (borrowed) and `fd` is a number this process's objects may still
+        // name, which is exactly why it is replaced rather than closed.
+        unsafe { libc::dup2(dead.as_raw_fd(), fd) };
+    }
+}
+
 /// Closes every descriptor from 3 up that is not in `keep` (sorted,
 /// deduplicated). Async-signal-safe: it only makes system calls.
 pub(crate) fn close_all_except(keep: &[RawFd]) {
@@ -126,18 +140,22 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Also checks that the descriptor is open.
+    set_cloexec(fd)?;
     // SAFETY: the descriptor is open (checked above) and, by the contract of
     // this function, owned by nothing else in this process.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    nix::fcntl::fcntl(
-        &owned,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
-    Ok(owned)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets close-on-exec on a descriptor number this process inherited, so a
+/// handle it never takes does not leak into its own children.
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a plain number only changes descriptor flags; it
+    // touches no memory, and a number that is not open gives EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Registers a hook that runs in the child between `fork` and `exec` and
@@ -163,7 +181,8 @@ pub(crate) fn inherit_across_exec(command: &mut std::process::Command, fds: Vec<
 /// Writes to a pipe without letting `SIGPIPE` kill the process when the
 /// reader has gone: the signal is blocked for this thread during the write
 /// and, if the write raised it, consumed before it is unblocked. `EPIPE` is
-/// returned instead.
+/// returned instead (or, when the reader left in the middle of the write,
+/// the count written so far; the next write then gets `EPIPE`).
 pub(crate) fn write_pipe_no_sigpipe(
     fd: BorrowedFd<'_>,
     bufs: &[io::IoSlice<'_>],
@@ -174,22 +193,30 @@ pub(crate) fn write_pipe_no_sigpipe(
     let mut old = SigSet::empty();
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigpipe), Some(&mut old))?;
     let result = nix::sys::uio::writev(fd, bufs).map_err(io::Error::from);
-    if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) && !already_pending {
+    // A reader that leaves while a blocking write is under way makes the
+    // kernel raise SIGPIPE and return the partial count, not EPIPE.
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let may_have_raised = match &result {
+        Err(e) => e.raw_os_error() == Some(libc::EPIPE),
+        Ok(written) => *written < total,
+    };
+    if may_have_raised && !already_pending {
         let zero = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: the set and the timeout are valid for the call; a null
         // siginfo pointer is allowed. This consumes the SIGPIPE our own
-        // write raised, which is pending because it is blocked.
+        // write raised, which is pending because it is blocked; with none
+        // pending it returns EAGAIN at once.
         unsafe { libc::sigtimedwait(sigpipe.as_ref(), std::ptr::null_mut(), &zero) };
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
     result
 }
 
-/// Whether `SIGPIPE` is ignored in this process (Rust programs ignore it
-/// from `main`; C hosts and Python do not).
+/// Whether `SIGPIPE` is ignored in this process (Rust programs and CPython
+/// ignore it from `main`; a C host may not).
 pub(crate) fn sigpipe_ignored() -> bool {
     let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a null new action only queries; `current` is valid for writes.

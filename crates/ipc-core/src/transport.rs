@@ -40,7 +40,10 @@ pub enum FdKind {
 ///
 /// Writes never raise `SIGPIPE`: sockets send with `MSG_NOSIGNAL`, and pipe
 /// writes block the signal for the calling thread when the process has not
-/// ignored it (Rust programs ignore it, C and Python hosts may not).
+/// ignored it (Rust programs and CPython ignore it; a C host may not). The
+/// disposition is looked up at each pipe write, not once: it can change
+/// after the stream is made (a forked child that resets `SIGPIPE` to its
+/// default, a host that installs a handler).
 ///
 /// ```
 /// use std::os::fd::OwnedFd;
@@ -54,7 +57,6 @@ pub enum FdKind {
 pub struct FdStream {
     fd: OwnedFd,
     kind: FdKind,
-    guard_sigpipe: bool,
 }
 
 impl FdStream {
@@ -71,12 +73,7 @@ impl FdStream {
                 ))
             }
         };
-        let guard_sigpipe = kind == FdKind::Pipe && !sys::sigpipe_ignored();
-        Ok(FdStream {
-            fd,
-            kind,
-            guard_sigpipe,
-        })
+        Ok(FdStream { fd, kind })
     }
 
     /// Whether this is a socket or a pipe.
@@ -118,7 +115,7 @@ impl Transport for FdStream {
                     None,
                 )
                 .map_err(io::Error::from),
-                FdKind::Pipe if self.guard_sigpipe => {
+                FdKind::Pipe if !sys::sigpipe_ignored() => {
                     sys::write_pipe_no_sigpipe(self.fd.as_fd(), bufs)
                 }
                 FdKind::Pipe => nix::sys::uio::writev(&self.fd, bufs).map_err(io::Error::from),

@@ -56,24 +56,24 @@ impl Waitable for OwnedFd {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> Result<Vec<usize>> {
-    let ready: Vec<usize> = (0..objects.len())
-        .filter(|&i| objects[i].ready_without_waiting())
-        .collect();
-    if !ready.is_empty() {
-        return Ok(ready);
-    }
-    let deadline = timeout.into().and_then(|t| Instant::now().checked_add(t));
+    let buffered: Vec<bool> = objects.iter().map(|o| o.ready_without_waiting()).collect();
+    // With something ready already, only look at the others without
+    // waiting, so that every ready object is reported and one with a
+    // backlog of buffered messages cannot hide the rest.
+    let deadline = if buffered.contains(&true) {
+        Some(Instant::now())
+    } else {
+        timeout.into().and_then(|t| Instant::now().checked_add(t))
+    };
     let mut fds: Vec<PollFd<'_>> = objects
         .iter()
         .map(|o| PollFd::new(o.wait_fd(), PollFlags::POLLIN))
         .collect();
-    if poll_until(&mut fds, deadline)? == 0 {
-        return Ok(Vec::new());
-    }
+    poll_until(&mut fds, deadline)?;
     Ok(fds
         .iter()
         .enumerate()
-        .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+        .filter(|&(i, fd)| buffered[i] || fd.revents().is_some_and(|r| !r.is_empty()))
         .map(|(i, _)| i)
         .collect())
 }

@@ -1,0 +1,284 @@
+//! The authkey challenge–response of Python's `multiprocessing.connection`,
+//! in both forms: the legacy raw HMAC-MD5 of CPython 3.11 and earlier, and
+//! the `{digest}`-prefixed form of 3.12 and later. See `docs/PROTOCOL.md`.
+//!
+//! As deliverer we send `#CHALLENGE#{sha256}` and 40 random bytes and accept
+//! a `{name}`-prefixed MAC for any of Python's five digests or a raw 16-byte
+//! MD5 (what a 3.11 peer answers), comparing in constant time. As answerer
+//! we reply raw HMAC-MD5 to a 20- or 16-byte challenge and `{name}` + MAC to
+//! a prefixed one, as CPython 3.12 does.
+
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac, SimpleHmac};
+use ipc_core::{Connection, Error, Result, Transport};
+
+const CHALLENGE: &[u8] = b"#CHALLENGE#";
+const WELCOME: &[u8] = b"#WELCOME#";
+const FAILURE: &[u8] = b"#FAILURE#";
+/// Random bytes in our challenges (CPython 3.12's `MESSAGE_LENGTH`).
+const MESSAGE_LENGTH: usize = 40;
+/// The longest handshake frame either side accepts, as in CPython.
+const MAX_HANDSHAKE_FRAME: usize = 256;
+/// Lengths of an un-prefixed (legacy, MD5-only) challenge or response.
+const LEGACY_LENGTHS: [usize; 2] = [20, 16];
+/// The longest digest name between the braces.
+const MAX_DIGEST_NAME: usize = 8;
+
+/// The digests Python allows in a `{name}` prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Digest {
+    Md5,
+    Sha256,
+    Sha384,
+    Sha3_256,
+    Sha3_384,
+}
+
+impl Digest {
+    fn from_name(name: &[u8]) -> Option<Digest> {
+        Some(match name {
+            b"md5" => Digest::Md5,
+            b"sha256" => Digest::Sha256,
+            b"sha384" => Digest::Sha384,
+            b"sha3_256" => Digest::Sha3_256,
+            b"sha3_384" => Digest::Sha3_384,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Digest::Md5 => "md5",
+            Digest::Sha256 => "sha256",
+            Digest::Sha384 => "sha384",
+            Digest::Sha3_256 => "sha3_256",
+            Digest::Sha3_384 => "sha3_384",
+        }
+    }
+
+    fn mac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
+        fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+            let mut mac =
+                <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+            mac.update(message);
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Digest::Md5 => run::<Hmac<md5::Md5>>(key, message),
+            Digest::Sha256 => run::<Hmac<sha2::Sha256>>(key, message),
+            Digest::Sha384 => run::<Hmac<sha2::Sha384>>(key, message),
+            // SHA-3 cores are sponges, which only the simple HMAC takes.
+            Digest::Sha3_256 => run::<SimpleHmac<sha3::Sha3_256>>(key, message),
+            Digest::Sha3_384 => run::<SimpleHmac<sha3::Sha3_384>>(key, message),
+        }
+    }
+}
+
+/// Splits a challenge or response into its digest and payload, as CPython's
+/// `_get_digest_name_and_payload` does: a legacy length means raw MD5.
+fn digest_and_payload(message: &[u8]) -> Result<(Digest, &[u8])> {
+    if LEGACY_LENGTHS.contains(&message.len()) {
+        return Ok((Digest::Md5, message));
+    }
+    let unsupported = || {
+        Error::Authentication(
+            "unsupported message length, missing digest prefix, or unsupported digest".into(),
+        )
+    };
+    let rest = message.strip_prefix(b"{").ok_or_else(unsupported)?;
+    let close = rest
+        .iter()
+        .take(MAX_DIGEST_NAME + 1)
+        .position(|&b| b == b'}')
+        .ok_or_else(unsupported)?;
+    let digest = Digest::from_name(&rest[..close]).ok_or_else(unsupported)?;
+    Ok((digest, &rest[close + 1..]))
+}
+
+/// The answer to a challenge payload (everything after `#CHALLENGE#`).
+fn response_to(key: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
+    let (digest, _) = digest_and_payload(challenge)?;
+    let mac = digest.mac(key, challenge);
+    if LEGACY_LENGTHS.contains(&challenge.len()) {
+        return Ok(mac);
+    }
+    let mut response = format!("{{{}}}", digest.name()).into_bytes();
+    response.extend_from_slice(&mac);
+    Ok(response)
+}
+
+/// Whether `response` is a valid answer to our challenge `message`.
+fn verify(key: &[u8], message: &[u8], response: &[u8]) -> Result<()> {
+    let (digest, mac) = digest_and_payload(response)?;
+    let expected = digest.mac(key, message);
+    if expected.len() != mac.len() {
+        return Err(Error::Authentication(format!(
+            "expected {} of length {} got {}",
+            digest.name(),
+            expected.len(),
+            mac.len()
+        )));
+    }
+    if constant_time_eq(&expected, mac) {
+        Ok(())
+    } else {
+        Err(Error::Authentication("digest received was wrong".into()))
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about
+/// where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Time left until `deadline`, as the timeout of one handshake step.
+fn left(deadline: Instant) -> Result<Option<Duration>> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(Some(left)),
+        _ => Err(Error::Timeout),
+    }
+}
+
+fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> Result<Vec<u8>> {
+    match conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, left(deadline)?) {
+        Err(Error::TooLarge { size, .. }) => Err(Error::Authentication(format!(
+            "handshake message of {size} bytes is too long"
+        ))),
+        Err(Error::Timeout) => Err(Error::Authentication(
+            "the peer did not finish the handshake in time".into(),
+        )),
+        other => other,
+    }
+}
+
+/// Challenges the peer to prove it knows `key` (Python's
+/// `deliver_challenge`).
+pub(crate) fn deliver_challenge<S: Transport>(
+    conn: &mut Connection<S>,
+    key: &[u8],
+    deadline: Instant,
+) -> Result<()> {
+    let mut message = b"{sha256}".to_vec();
+    let mut random = [0u8; MESSAGE_LENGTH];
+    getrandom::fill(&mut random).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    message.extend_from_slice(&random);
+    let mut challenge = CHALLENGE.to_vec();
+    challenge.extend_from_slice(&message);
+    conn.send_bytes(&challenge)?;
+    let response = handshake_recv(conn, deadline)?;
+    match verify(key, &message, &response) {
+        Ok(()) => conn.send_bytes(WELCOME),
+        Err(e) => {
+            let _ = conn.send_bytes(FAILURE);
+            Err(e)
+        }
+    }
+}
+
+/// Answers the peer's challenge (Python's `answer_challenge`).
+pub(crate) fn answer_challenge<S: Transport>(
+    conn: &mut Connection<S>,
+    key: &[u8],
+    deadline: Instant,
+) -> Result<()> {
+    let message = handshake_recv(conn, deadline)?;
+    let challenge = message
+        .strip_prefix(CHALLENGE)
+        .ok_or_else(|| Error::Authentication("protocol error: expected a challenge".into()))?;
+    if challenge.len() < LEGACY_LENGTHS[0] {
+        return Err(Error::Authentication(format!(
+            "challenge too short: {} bytes",
+            challenge.len()
+        )));
+    }
+    conn.send_bytes(&response_to(key, challenge)?)?;
+    if handshake_recv(conn, deadline)? == WELCOME {
+        Ok(())
+    } else {
+        Err(Error::Authentication("digest sent was rejected".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn legacy_vectors_match_cpython_3_11() {
+        let counting: Vec<u8> = (0..20).collect();
+        assert_eq!(
+            hex(&response_to(b"k", &counting).unwrap()),
+            "b5b4bbed3ac433b774f3d4f6736f72fa"
+        );
+        assert_eq!(
+            hex(&response_to(b"k", &[0; 20]).unwrap()),
+            "78fb96309f5227cc2066ed10f41c367a"
+        );
+    }
+
+    #[test]
+    fn prefixed_vectors_match_cpython_3_12() {
+        let mut challenge = b"{sha256}".to_vec();
+        challenge.extend(0..40u8);
+        let response = response_to(b"k", &challenge).unwrap();
+        assert_eq!(&response[..8], b"{sha256}");
+        assert_eq!(
+            hex(&response[8..]),
+            "e2d18d2266efaf3d644ed631dfa02c401ec26e092bef5993514fbbe8a5cd1f7e"
+        );
+        verify(b"k", &challenge, &response).unwrap();
+        // A 3.11 peer answers a prefixed challenge with raw MD5 over all of it.
+        let raw_md5 = Digest::Md5.mac(b"k", &challenge);
+        assert_eq!(hex(&raw_md5), "2371b68a98c1c6c3e4b83ab05be865f2");
+        verify(b"k", &challenge, &raw_md5).unwrap();
+    }
+
+    #[test]
+    fn python_challenge_response_test_prefixes() {
+        // ChallengeResponseTest.test_challengeresponse (3.12+).
+        for prefix in ["", "{md5}", "{sha256}"] {
+            let mut challenge = prefix.as_bytes().to_vec();
+            challenge.extend_from_slice(b"is-twenty-bytes-long");
+            let response = response_to(b"supersecret", &challenge).unwrap();
+            assert!(response.starts_with(prefix.as_bytes()));
+            verify(b"supersecret", &challenge, &response).unwrap();
+        }
+        assert_eq!(
+            response_to(b"k", b"{md5}is-twenty-bytes-long")
+                .unwrap()
+                .len(),
+            21
+        );
+    }
+
+    #[test]
+    fn wrong_keys_and_unknown_digests_are_refused() {
+        let challenge = b"{sha256}0123456789012345678901234567890123456789";
+        let response = response_to(b"right", challenge).unwrap();
+        assert!(matches!(
+            verify(b"wrong", challenge, &response),
+            Err(Error::Authentication(_))
+        ));
+        for bad in [
+            &b"{sha512}xxxxxxxxxxxxxxxxxxxxxxxx"[..],
+            b"{sha1}xxxxxxxxxxxxxxxxxxxxxxx",
+            b"no prefix at all, 29 bytes..",
+            b"{",
+        ] {
+            assert!(
+                matches!(response_to(b"k", bad), Err(Error::Authentication(_))),
+                "{bad:?}"
+            );
+        }
+        let truncated = &response[..response.len() - 1];
+        assert!(
+            matches!(verify(b"right", challenge, truncated), Err(Error::Authentication(m)) if m.contains("length"))
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! [`Server`]: a listener serving many clients at once, and shutting down
+//! cleanly.
+//!
+//! # Threading model
+//!
+//! One accept thread waits for clients (and for the shutdown signal). Each
+//! accepted client gets a thread of its own, which runs the authkey
+//! handshake and then the handler, so a client that stalls in the
+//! handshake or in the handler holds up nobody else. With
+//! [`Options::max_connections`](crate::Options::max_connections) set, at
+//! most that many client threads exist at once and further clients wait in
+//! the listen backlog. [`Server::shutdown`] stops accepting, shuts down the
+//! sockets of live connections (their handlers' receives return
+//! [`Error::Closed`](ipc_core::Error::Closed)), and joins every thread.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{shutdown, Shutdown};
+
+use crate::listener::Listener;
+use crate::SocketConnection;
+
+/// Live connections' sockets (duplicates), by connection number, so
+/// shutdown can wake handlers blocked in a receive.
+type LiveSockets = Arc<Mutex<HashMap<u64, OwnedFd>>>;
+
+/// A running server; see the [module docs](self) for its threads.
+///
+/// ```
+/// use ipc_socket::{Client, Listener, Options, Server};
+/// let listener = Listener::bind("127.0.0.1:0", Options::new())?;
+/// let address = listener.address().clone();
+/// let server = Server::start(listener, |mut conn| {
+///     while let Ok(data) = conn.recv_bytes() {
+///         let mut reply = b"Received: ".to_vec();
+///         reply.extend_from_slice(&data);
+///         if conn.send_bytes(&reply).is_err() {
+///             break;
+///         }
+///     }
+/// })?;
+/// let mut conn = Client::connect(&address, Options::new())?;
+/// conn.send_bytes(b"Hello")?;
+/// assert_eq!(conn.recv_bytes()?, b"Received: Hello");
+/// server.shutdown();
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    stop: Option<OwnedFd>,
+    accept_thread: Option<JoinHandle<()>>,
+    live: LiveSockets,
+}
+
+impl Server {
+    /// Starts serving: every accepted, authenticated connection is passed
+    /// to `handler` on a thread of its own.
+    pub fn start<F>(listener: Listener, handler: F) -> ipc_core::Result<Server>
+    where
+        F: Fn(SocketConnection) + Send + Sync + 'static,
+    {
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let live: LiveSockets = Arc::default();
+        let handler = Arc::new(handler);
+        let accept_live = Arc::clone(&live);
+        let accept_thread = std::thread::Builder::new()
+            .name("ipc-socket-accept".into())
+            .spawn(move || accept_loop(listener, stop_read, accept_live, handler))?;
+        Ok(Server {
+            stop: Some(stop_write),
+            accept_thread: Some(accept_thread),
+            live,
+        })
+    }
+
+    /// Stops accepting, closes live connections and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // Closing the pipe's write end makes its read end readable.
+        drop(self.stop.take());
+        for fd in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Both);
+        }
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn accept_loop<F>(listener: Listener, stop: OwnedFd, live: LiveSockets, handler: Arc<F>)
+where
+    F: Fn(SocketConnection) + Send + Sync + 'static,
+{
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id = 0u64;
+    loop {
+        match ipc_core::wait(&[&listener.as_fd(), &stop.as_fd()], None) {
+            Ok(ready) if ready.contains(&1) => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        let Ok(pending) = listener.accept_pending() else {
+            continue;
+        };
+        // Shutdown may have come while this accept waited for a slot.
+        if ipc_core::wait(&[&stop.as_fd()], std::time::Duration::ZERO).is_ok_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        let id = next_id;
+        next_id += 1;
+        if let Ok(fd) = pending.as_fd().try_clone_to_owned() {
+            live.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, fd);
+        }
+        let handler = Arc::clone(&handler);
+        let worker_live = Arc::clone(&live);
+        let worker = std::thread::Builder::new()
+            .name("ipc-socket-conn".into())
+            .spawn(move || {
+                if let Ok(conn) = pending.authenticate() {
+                    handler(conn);
+                }
+                worker_live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
+        match worker {
+            Ok(worker) => workers.push(worker),
+            Err(_) => {
+                live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+        }
+        workers.retain(|w| !w.is_finished());
+    }
+    for fd in live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Both);
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+}
