@@ -83,3 +83,35 @@ impl ToAddress for std::net::SocketAddr {
         Ok(Address::tcp(*self))
     }
 }
+
+/// Formats bytes as Python's `repr(bytes)` does (`b'...'`), for programs
+/// that print what their Python counterparts print.
+///
+/// ```
+/// assert_eq!(ipc_socket::python_bytes_repr(b"Received: hi"), "b'Received: hi'");
+/// assert_eq!(ipc_socket::python_bytes_repr(b"it's\n\x00"), "b\"it's\\n\\x00\"");
+/// ```
+pub fn python_bytes_repr(bytes: &[u8]) -> String {
+    let quote = if bytes.contains(&b'\'') && !bytes.contains(&b'"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = format!("b{quote}");
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ if b as char == quote => {
+                out.push('\\');
+                out.push(quote);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push(quote);
+    out
+}

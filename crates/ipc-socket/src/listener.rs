@@ -197,6 +197,39 @@ pub(crate) fn configure_timeouts_unix(
     Ok(())
 }
 
+/// A listener can be handed to a child process (Python passes listening
+/// sockets to pool workers the same way). The child gets the listening
+/// socket and its address; the options are not passed (the authkey must
+/// never be put in the environment), so an exec'd child's listener has
+/// the default options. Only the creator removes a Unix socket file.
+impl ipc_core::process::Inheritable for Listener {
+    fn handle(&self) -> ipc_core::process::Handle<'_> {
+        ipc_core::process::Handle {
+            fds: vec![self.as_fd()],
+            text: self.address.to_string(),
+        }
+    }
+
+    fn from_inherited(inherited: ipc_core::process::Inherited) -> Result<Listener> {
+        let [fd]: [OwnedFd; 1] = inherited
+            .fds
+            .try_into()
+            .map_err(|_| Error::InvalidArgument("a listener handle has one descriptor"))?;
+        let address: Address = inherited.text.parse()?;
+        let inner = match address {
+            Address::Tcp(..) => Inner::Tcp(TcpListener::from(fd)),
+            _ => Inner::Unix(UnixListener::from(fd)),
+        };
+        Ok(Listener {
+            inner,
+            address,
+            options: Options::new(),
+            limit: None,
+            remove_on_drop: None,
+        })
+    }
+}
+
 impl AsFd for PendingConnection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.conn.as_fd()

@@ -25,6 +25,17 @@ impl SocketStream {
     }
 }
 
+impl SocketStream {
+    /// The address of the other end, for TCP connections (Python's
+    /// `Listener.last_accepted`); `None` for Unix sockets, whose clients
+    /// are usually unnamed.
+    pub fn peer_address(&self) -> Option<crate::Address> {
+        // std knows TCP peer addresses; a duplicate descriptor lends it ours.
+        let socket = std::net::TcpStream::from(self.inner.as_fd().try_clone_to_owned().ok()?);
+        socket.peer_addr().ok().map(crate::Address::tcp)
+    }
+}
+
 impl AsFd for SocketStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner.as_fd()
