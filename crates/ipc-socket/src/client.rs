@@ -12,9 +12,8 @@ use ipc_core::{Connection, Result};
 
 use crate::address::Address;
 use crate::auth;
-use crate::listener::configure_timeouts_unix;
 use crate::options::Options;
-use crate::stream::SocketStream;
+use crate::stream::{set_socket_timeouts, SocketStream};
 use crate::SocketConnection;
 
 /// Connects to a listener.
@@ -63,10 +62,19 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut conn = Connection::new(SocketStream::new(fd, None)?);
+        let deadline = Instant::now() + options.handshake_timeout;
+        let stream = match &options.tls_client {
+            Some(tls) => SocketStream::tls_client(
+                fd,
+                tls,
+                deadline,
+                (options.read_timeout, options.write_timeout),
+            )?,
+            None => SocketStream::plain(fd, None)?,
+        };
+        let mut conn = Connection::new(stream);
         conn.set_max_message_size(options.max_message_size);
         if let Some(key) = &options.authkey {
-            let deadline = Instant::now() + options.handshake_timeout;
             auth::answer_challenge(&mut conn, key, deadline)?;
             auth::deliver_challenge(&mut conn, key, deadline)?;
         }
@@ -78,12 +86,14 @@ fn connect_once(address: &Address, options: &Options, deadline: Instant) -> io::
     match address {
         Address::Unix(path) => {
             let stream = UnixStream::connect(path)?;
-            configure_timeouts_unix(&stream, options).map_err(io::Error::from)?;
+            set_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
+                .map_err(io::Error::from)?;
             Ok(stream.into())
         }
         Address::Abstract(name) => {
             let stream = UnixStream::connect_addr(&UnixSocketAddr::from_abstract_name(name)?)?;
-            configure_timeouts_unix(&stream, options).map_err(io::Error::from)?;
+            set_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
+                .map_err(io::Error::from)?;
             Ok(stream.into())
         }
         Address::Tcp(host, port) => {

@@ -22,6 +22,10 @@
 //! # Ok::<(), ipc_core::Error>(())
 //! ```
 //!
+//! For connections that leave the machine, [`Options::tls_server`] and
+//! [`Options::tls_client`] put TLS (rustls) under the framing; the authkey
+//! handshake then runs inside the encrypted channel.
+//!
 //! Every handshake has a deadline ([`Options::handshake_timeout`]), an
 //! empty authkey is refused (it hangs CPython 3.11 and 3.12), TCP
 //! connections set `TCP_NODELAY`, and a wrong key, a stalled or garbled
@@ -36,6 +40,7 @@ mod listener;
 mod options;
 mod server;
 mod stream;
+mod tls;
 
 pub use address::Address;
 pub use client::Client;
@@ -43,6 +48,7 @@ pub use listener::{Listener, PendingConnection};
 pub use options::{Options, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use server::Server;
 pub use stream::SocketStream;
+pub use tls::{TlsClient, TlsServer};
 
 /// A connection over a socket: the framed, typed connection of ipc-core.
 pub type SocketConnection = ipc_core::Connection<SocketStream>;

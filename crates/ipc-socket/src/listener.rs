@@ -15,7 +15,7 @@ use ipc_core::{Connection, Error, Result};
 use crate::address::Address;
 use crate::auth;
 use crate::options::Options;
-use crate::stream::{Limit, SocketStream};
+use crate::stream::{set_socket_timeouts, Limit, Slot, SocketStream};
 use crate::SocketConnection;
 
 #[derive(Debug)]
@@ -59,21 +59,36 @@ pub struct Listener {
 /// hold up `accept` for the others.
 #[derive(Debug)]
 pub struct PendingConnection {
-    conn: SocketConnection,
-    authkey: Option<Vec<u8>>,
-    handshake_timeout: Duration,
+    fd: OwnedFd,
+    slot: Option<Slot>,
+    options: Options,
 }
 
 impl PendingConnection {
-    /// Runs the server's side of the authkey handshake (when the listener
-    /// has a key): challenge the client, then answer its challenge.
-    pub fn authenticate(mut self) -> Result<SocketConnection> {
-        if let Some(key) = &self.authkey {
-            let deadline = Instant::now() + self.handshake_timeout;
-            auth::deliver_challenge(&mut self.conn, key, deadline)?;
-            auth::answer_challenge(&mut self.conn, key, deadline)?;
+    /// Runs the server's side of the handshakes: TLS first when the
+    /// listener has a certificate, then the authkey challenge–response when
+    /// it has a key (challenge the client, then answer its challenge), all
+    /// within the handshake timeout.
+    pub fn authenticate(self) -> Result<SocketConnection> {
+        let options = &self.options;
+        let deadline = Instant::now() + options.handshake_timeout;
+        let stream = match &options.tls_server {
+            Some(tls) => SocketStream::tls_server(
+                self.fd,
+                self.slot,
+                tls,
+                deadline,
+                (options.read_timeout, options.write_timeout),
+            )?,
+            None => SocketStream::plain(self.fd, self.slot)?,
+        };
+        let mut conn = Connection::new(stream);
+        conn.set_max_message_size(options.max_message_size);
+        if let Some(key) = &options.authkey {
+            auth::deliver_challenge(&mut conn, key, deadline)?;
+            auth::answer_challenge(&mut conn, key, deadline)?;
         }
-        Ok(self.conn)
+        Ok(conn)
     }
 }
 
@@ -165,36 +180,20 @@ impl Listener {
             }
         }
         let fd: OwnedFd = match &self.inner {
-            Inner::Unix(listener) => {
-                let (stream, _) = listener.accept()?;
-                configure_timeouts_unix(&stream, &self.options)?;
-                stream.into()
-            }
+            Inner::Unix(listener) => listener.accept()?.0.into(),
             Inner::Tcp(listener) => {
                 let (stream, _) = listener.accept()?;
                 stream.set_nodelay(true)?;
-                stream.set_read_timeout(self.options.read_timeout)?;
-                stream.set_write_timeout(self.options.write_timeout)?;
                 stream.into()
             }
         };
-        let mut conn = Connection::new(SocketStream::new(fd, slot)?);
-        conn.set_max_message_size(self.options.max_message_size);
+        set_socket_timeouts(&fd, self.options.read_timeout, self.options.write_timeout)?;
         Ok(PendingConnection {
-            conn,
-            authkey: self.options.authkey.clone(),
-            handshake_timeout: self.options.handshake_timeout,
+            fd,
+            slot,
+            options: self.options.clone(),
         })
     }
-}
-
-pub(crate) fn configure_timeouts_unix(
-    stream: &std::os::unix::net::UnixStream,
-    options: &Options,
-) -> Result<()> {
-    stream.set_read_timeout(options.read_timeout)?;
-    stream.set_write_timeout(options.write_timeout)?;
-    Ok(())
 }
 
 /// A listener can be handed to a child process (Python passes listening
@@ -232,7 +231,7 @@ impl ipc_core::process::Inheritable for Listener {
 
 impl AsFd for PendingConnection {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.conn.as_fd()
+        self.fd.as_fd()
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Options {
     pub(crate) connect_timeout: Duration,
     pub(crate) backlog: i32,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) tls_server: Option<crate::TlsServer>,
+    pub(crate) tls_client: Option<crate::TlsClient>,
 }
 
 impl Default for Options {
@@ -48,6 +50,8 @@ impl Default for Options {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             backlog: DEFAULT_BACKLOG,
             max_connections: None,
+            tls_server: None,
+            tls_client: None,
         }
     }
 }
@@ -108,6 +112,20 @@ impl Options {
     /// for one to close before taking another.
     pub fn max_connections(mut self, max: Option<usize>) -> Options {
         self.max_connections = max;
+        self
+    }
+
+    /// A listener with these options speaks TLS (see [`TlsServer`](crate::TlsServer)).
+    /// A plain client connecting to it fails with a clear error.
+    pub fn tls_server(mut self, tls: crate::TlsServer) -> Options {
+        self.tls_server = Some(tls);
+        self
+    }
+
+    /// A client with these options speaks TLS (see [`TlsClient`](crate::TlsClient)).
+    /// Connecting to a plain listener fails with a clear error.
+    pub fn tls_client(mut self, tls: crate::TlsClient) -> Options {
+        self.tls_client = Some(tls);
         self
     }
 

@@ -1,55 +1,255 @@
 //! The byte stream under a socket [`Connection`](crate::SocketConnection):
-//! a connected socket, and the slot it holds in its listener's connection
-//! limit until it is dropped.
+//! a connected socket, plain or with TLS, and the slot it holds in its
+//! listener's connection limit until it is dropped.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ipc_core::{FdStream, Transport};
+use ipc_core::{Error, FdStream, Transport};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 
-/// A connected stream socket.
+use crate::tls::{TlsClient, TlsServer};
+
+/// A connected stream socket, possibly encrypted.
 #[derive(Debug)]
 pub struct SocketStream {
-    inner: FdStream,
+    inner: Inner,
     _slot: Option<Slot>,
 }
 
-impl SocketStream {
-    pub(crate) fn new(fd: OwnedFd, slot: Option<Slot>) -> io::Result<SocketStream> {
-        Ok(SocketStream {
-            inner: FdStream::new(fd)?,
-            _slot: slot,
-        })
+#[derive(Debug)]
+enum Inner {
+    /// A plain socket, and whether its first bytes were checked for TLS.
+    Plain(FdStream, bool),
+    Tls(Box<TlsState>),
+}
+
+#[derive(Debug)]
+struct TlsState {
+    socket: FdStream,
+    session: rustls::Connection,
+    /// Decrypted bytes are waiting in the session, so the socket need not
+    /// become readable for a read to succeed.
+    plaintext_waiting: bool,
+}
+
+/// `Read`/`Write` over the socket for rustls's record I/O.
+struct SocketIo<'a>(&'a mut FdStream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
     }
 }
 
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_vectored(&[IoSlice::new(buf)])
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_io_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsState {
+    fn flush_records(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            self.session.write_tls(&mut SocketIo(&mut self.socket))?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush_records()?;
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => {
+                    let state = self.session.process_new_packets().map_err(tls_io_error)?;
+                    self.plaintext_waiting = state.plaintext_bytes_to_read() > 0;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing decrypted yet: read another record.
+                    if self.session.read_tls(&mut SocketIo(&mut self.socket))? == 0 {
+                        // The peer closed without close_notify.
+                        return Ok(0);
+                    }
+                    self.session.process_new_packets().map_err(tls_io_error)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.session.writer().write_vectored(bufs)?;
+        self.flush_records()?;
+        Ok(n)
+    }
+
+    /// Runs the TLS handshake to completion before `deadline`.
+    fn handshake(&mut self, deadline: Instant) -> ipc_core::Result<()> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        set_socket_timeouts(&self.socket, Some(left), Some(left))?;
+        while self.session.is_handshaking() {
+            if let Err(e) = self.session.complete_io(&mut SocketIo(&mut self.socket)) {
+                return Err(match Error::from(e) {
+                    Error::Timeout => Error::Authentication("the peer did not finish the TLS handshake in time".into()),
+                    Error::Io(e) => Error::Authentication(format!("TLS handshake failed: {e}")),
+                    Error::Closed => {
+                        Error::Authentication("TLS handshake failed: the peer closed the connection (is it speaking TLS?)".into())
+                    }
+                    other => other,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets `SO_RCVTIMEO`/`SO_SNDTIMEO`; `None` waits for ever.
+pub(crate) fn set_socket_timeouts(
+    fd: &impl AsFd,
+    read: Option<Duration>,
+    write: Option<Duration>,
+) -> ipc_core::Result<()> {
+    let tv = |d: Option<Duration>| {
+        TimeVal::new(
+            d.map_or(0, |d| d.as_secs() as _),
+            d.map_or(0, |d| d.subsec_micros() as _),
+        )
+    };
+    setsockopt(fd, sockopt::ReceiveTimeout, &tv(read))?;
+    setsockopt(fd, sockopt::SendTimeout, &tv(write))?;
+    Ok(())
+}
+
 impl SocketStream {
+    pub(crate) fn plain(fd: OwnedFd, slot: Option<Slot>) -> io::Result<SocketStream> {
+        Ok(SocketStream {
+            inner: Inner::Plain(FdStream::new(fd)?, false),
+            _slot: slot,
+        })
+    }
+
+    /// The server side of a TLS session over `fd`, handshake done.
+    pub(crate) fn tls_server(
+        fd: OwnedFd,
+        slot: Option<Slot>,
+        tls: &TlsServer,
+        deadline: Instant,
+        timeouts: (Option<Duration>, Option<Duration>),
+    ) -> ipc_core::Result<SocketStream> {
+        let session = rustls::ServerConnection::new(Arc::clone(&tls.0))
+            .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
+        SocketStream::tls(fd, slot, session.into(), deadline, timeouts)
+    }
+
+    /// The client side of a TLS session over `fd`, handshake done.
+    pub(crate) fn tls_client(
+        fd: OwnedFd,
+        tls: &TlsClient,
+        deadline: Instant,
+        timeouts: (Option<Duration>, Option<Duration>),
+    ) -> ipc_core::Result<SocketStream> {
+        let session =
+            rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
+                .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
+        SocketStream::tls(fd, None, session.into(), deadline, timeouts)
+    }
+
+    fn tls(
+        fd: OwnedFd,
+        slot: Option<Slot>,
+        session: rustls::Connection,
+        deadline: Instant,
+        (read_timeout, write_timeout): (Option<Duration>, Option<Duration>),
+    ) -> ipc_core::Result<SocketStream> {
+        let mut state = TlsState {
+            socket: FdStream::new(fd)?,
+            session,
+            plaintext_waiting: false,
+        };
+        state.handshake(deadline)?;
+        set_socket_timeouts(&state.socket, read_timeout, write_timeout)?;
+        Ok(SocketStream {
+            inner: Inner::Tls(Box::new(state)),
+            _slot: slot,
+        })
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Inner::Tls(_))
+    }
+
     /// The address of the other end, for TCP connections (Python's
     /// `Listener.last_accepted`); `None` for Unix sockets, whose clients
     /// are usually unnamed.
     pub fn peer_address(&self) -> Option<crate::Address> {
         // std knows TCP peer addresses; a duplicate descriptor lends it ours.
-        let socket = std::net::TcpStream::from(self.inner.as_fd().try_clone_to_owned().ok()?);
+        let socket = std::net::TcpStream::from(self.as_fd().try_clone_to_owned().ok()?);
         socket.peer_addr().ok().map(crate::Address::tcp)
     }
 }
 
 impl AsFd for SocketStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
+        match &self.inner {
+            Inner::Plain(stream, _) => stream.as_fd(),
+            Inner::Tls(state) => state.socket.as_fd(),
+        }
     }
 }
 
 impl Transport for SocketStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        match &mut self.inner {
+            Inner::Plain(stream, checked) => {
+                let n = stream.read(buf)?;
+                if !*checked && n > 0 {
+                    *checked = true;
+                    if looks_like_tls(&buf[..n]) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the peer speaks TLS: set Options::tls_client or Options::tls_server on this end",
+                        ));
+                    }
+                }
+                Ok(n)
+            }
+            Inner::Tls(state) => state.read(buf),
+        }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.inner.write_vectored(bufs)
+        match &mut self.inner {
+            Inner::Plain(stream, _) => stream.write_vectored(bufs),
+            Inner::Tls(state) => state.write_vectored(bufs),
+        }
     }
+
+    fn has_buffered_input(&self) -> bool {
+        matches!(&self.inner, Inner::Tls(state) if state.plaintext_waiting)
+    }
+}
+
+/// Whether a plain connection's first bytes are a TLS record header
+/// (content type 20–23, version 3.x): a handshake or an alert from a peer
+/// that expects TLS. As a frame header they would announce more than
+/// 335 MB, which no first message of a plain peer does in practice.
+fn looks_like_tls(first: &[u8]) -> bool {
+    matches!(first, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
 /// A listener's count of live connections.
