@@ -506,7 +506,14 @@ impl<S: Transport> Connection<S> {
             let step = self.read_payload_from(&mut message[..chunk_end], &mut progress, deadline);
             message.truncate(progress);
             if let Err(e) = step {
-                break Err(e);
+                // The chunk's end is not what the frame announced.
+                break Err(match e {
+                    Error::Truncated { received, .. } => Error::Truncated {
+                        expected: len as u64,
+                        received,
+                    },
+                    e => e,
+                });
             }
         };
         match result {

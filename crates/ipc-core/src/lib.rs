@@ -85,25 +85,28 @@ pub trait Receiver<T> {
     fn try_recv(&mut self) -> Result<T>;
 }
 
-impl process::Inheritable for Connection<FdStream> {
+/// A connection crosses to a child as its stream's handle plus its own
+/// direction and size limit: the text is `r<0|1>w<0|1>m<max>` followed by a
+/// space and the stream's own text.
+impl<S: Transport + process::Inheritable> process::Inheritable for Connection<S> {
     fn handle(&self) -> process::Handle<'_> {
-        use std::os::fd::AsFd;
+        let stream = self.get_ref().handle();
         process::Handle {
-            fds: vec![self.get_ref().as_fd()],
+            fds: stream.fds,
             text: format!(
-                "r{}w{}m{}",
+                "r{}w{}m{} {}",
                 u8::from(self.readable()),
                 u8::from(self.writable()),
-                self.max_message_size()
+                self.max_message_size(),
+                stream.text
             ),
         }
     }
 
     fn from_inherited(inherited: process::Inherited) -> Result<Self> {
         let bad = || Error::InvalidArgument("malformed connection handle");
-        let [fd]: [std::os::fd::OwnedFd; 1] = inherited.fds.try_into().map_err(|_| bad())?;
-        let text = inherited.text;
-        let rest = text.strip_prefix('r').ok_or_else(bad)?;
+        let (own, stream_text) = inherited.text.split_once(' ').ok_or_else(bad)?;
+        let rest = own.strip_prefix('r').ok_or_else(bad)?;
         let (readable, rest) = rest.split_once('w').ok_or_else(bad)?;
         let (writable, max) = rest.split_once('m').ok_or_else(bad)?;
         let flag = |s: &str| match s {
@@ -111,9 +114,33 @@ impl process::Inheritable for Connection<FdStream> {
             "1" => Ok(true),
             _ => Err(bad()),
         };
-        let mut conn =
-            Connection::with_direction(FdStream::new(fd)?, flag(readable)?, flag(writable)?);
-        conn.set_max_message_size(max.parse().map_err(|_| bad())?);
+        let (readable, writable) = (flag(readable)?, flag(writable)?);
+        let max = max.parse().map_err(|_| bad())?;
+        let stream = S::from_inherited(process::Inherited {
+            fds: inherited.fds,
+            text: stream_text.to_owned(),
+        })?;
+        let mut conn = Connection::with_direction(stream, readable, writable);
+        conn.set_max_message_size(max);
         Ok(conn)
+    }
+}
+
+/// A descriptor stream crosses to a child as its one descriptor.
+impl process::Inheritable for FdStream {
+    fn handle(&self) -> process::Handle<'_> {
+        use std::os::fd::AsFd;
+        process::Handle {
+            fds: vec![self.as_fd()],
+            text: String::new(),
+        }
+    }
+
+    fn from_inherited(inherited: process::Inherited) -> Result<Self> {
+        let [fd]: [std::os::fd::OwnedFd; 1] = inherited
+            .fds
+            .try_into()
+            .map_err(|_| Error::InvalidArgument("a stream handle has one descriptor"))?;
+        Ok(FdStream::new(fd)?)
     }
 }

@@ -203,6 +203,35 @@ impl SocketStream {
     }
 }
 
+/// A plain socket connection can be handed to a child process (an exec'd
+/// child rebuilds it with [`inherited`](ipc_core::process::inherited)). A
+/// TLS session cannot: its keys live in this process's memory, so an exec'd
+/// child gets [`Error::Unsupported`]; a forked child that captured the
+/// connection keeps a working copy of the session, but only one of the two
+/// processes may use it.
+impl ipc_core::process::Inheritable for SocketStream {
+    fn handle(&self) -> ipc_core::process::Handle<'_> {
+        let text = if self.is_tls() { "tls" } else { "plain" };
+        ipc_core::process::Handle {
+            fds: vec![self.as_fd()],
+            text: text.to_owned(),
+        }
+    }
+
+    fn from_inherited(inherited: ipc_core::process::Inherited) -> ipc_core::Result<Self> {
+        if inherited.text == "tls" {
+            return Err(Error::Unsupported(
+                "a TLS connection cannot be rebuilt in another program",
+            ));
+        }
+        let [fd]: [OwnedFd; 1] = inherited
+            .fds
+            .try_into()
+            .map_err(|_| Error::InvalidArgument("a socket handle has one descriptor"))?;
+        Ok(SocketStream::plain(fd, None)?)
+    }
+}
+
 impl AsFd for SocketStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.inner {

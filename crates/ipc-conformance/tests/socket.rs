@@ -1,0 +1,117 @@
+//! The conformance suite against ipc-socket connections: a Unix path, an
+//! abstract name, TCP, TCP with the authkey handshake, and TLS, each in
+//! both directions and across processes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipc_socket::{Address, Client, Listener, Options, SocketConnection, TlsClient, TlsServer};
+
+fn unique() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "ipct_conf_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A connected (client end, accepted end) pair; the accept runs on a
+/// thread because an authenticating client needs the server to answer.
+fn pair(
+    address: Address,
+    server: Options,
+    client: Options,
+) -> (SocketConnection, SocketConnection) {
+    let listener = Listener::bind(address, server).expect("bind");
+    let bound = listener.address().clone();
+    std::thread::scope(|scope| {
+        let accepted = scope.spawn(|| listener.accept().expect("accept"));
+        let client = Client::connect(&bound, client).expect("connect");
+        (client, accepted.join().expect("accept thread"))
+    })
+}
+
+fn unix() -> (SocketConnection, SocketConnection) {
+    let path = std::env::temp_dir().join(unique());
+    pair(Address::Unix(path), Options::new(), Options::new())
+}
+
+fn abstract_name() -> (SocketConnection, SocketConnection) {
+    pair(
+        Address::Abstract(unique().into_bytes()),
+        Options::new(),
+        Options::new(),
+    )
+}
+
+fn tcp() -> (SocketConnection, SocketConnection) {
+    pair(
+        "127.0.0.1:0".parse().unwrap(),
+        Options::new(),
+        Options::new(),
+    )
+}
+
+fn tcp_reversed() -> (SocketConnection, SocketConnection) {
+    let (client, server) = tcp();
+    (server, client)
+}
+
+fn tcp_authenticated() -> (SocketConnection, SocketConnection) {
+    let options = Options::new().authkey(b"conformance");
+    pair("127.0.0.1:0".parse().unwrap(), options.clone(), options)
+}
+
+fn tls() -> (SocketConnection, SocketConnection) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let server_tls = TlsServer::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let client_tls = TlsClient::from_pem(cert.cert.pem().as_bytes(), "localhost").unwrap();
+    pair(
+        "127.0.0.1:0".parse().unwrap(),
+        Options::new().authkey(b"k").tls_server(server_tls),
+        Options::new().authkey(b"k").tls_client(client_tls),
+    )
+}
+
+#[test]
+fn unix_socket_conforms() {
+    ipc_conformance::run_all(unix);
+}
+
+#[test]
+fn abstract_socket_conforms() {
+    ipc_conformance::run_all(abstract_name);
+}
+
+#[test]
+fn tcp_conforms_both_ways() {
+    ipc_conformance::run_all(tcp);
+    ipc_conformance::run_all(tcp_reversed);
+}
+
+#[test]
+fn authenticated_tcp_conforms() {
+    ipc_conformance::run_all(tcp_authenticated);
+}
+
+#[test]
+fn tls_conforms() {
+    ipc_conformance::run_all(tls);
+}
+
+#[test]
+fn socket_children_send_and_receive() {
+    ipc_conformance::cross_process_send(unix, 1000);
+    ipc_conformance::cross_process_recv(tcp, 1000);
+    ipc_conformance::cross_process_send(tcp_authenticated, 1000);
+}
+
+#[test]
+fn tls_children_send_and_receive() {
+    ipc_conformance::cross_process_send(tls, 1000);
+    ipc_conformance::cross_process_recv(tls, 1000);
+}

@@ -1,0 +1,178 @@
+//! Shared helpers of the multi-process integration tests in `tests/` and of
+//! the `ipc-test-child` helper program: bounded waits, message patterns, a
+//! raw socket end a forked "hostile peer" can inherit, descriptor probes
+//! and the Python interpreters to test against.
+//!
+//! Every wait here is bounded by [`PATIENCE`], so a bug makes a test fail
+//! instead of hang.
+
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use ipc_core::process::{Child, Handle, Inheritable, Inherited};
+use serde::{Deserialize, Serialize};
+
+/// How long a test waits for something that should happen soon. Generous
+/// for a loaded machine; a bug then fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`PATIENCE`]) for `child` to exit and returns its status.
+pub fn join(child: &mut Child) -> ExitStatus {
+    match child.join_timeout(PATIENCE) {
+        Ok(Some(status)) => status,
+        Ok(None) => panic!("child {} did not exit within {PATIENCE:?}", child.pid()),
+        Err(e) => panic!("joining child {}: {e:?}", child.pid()),
+    }
+}
+
+/// Waits for `child` to exit and asserts that it exited with 0.
+pub fn join_ok(child: &mut Child) {
+    let status = join(child);
+    assert!(status.success(), "child {} failed: {status:?}", child.pid());
+}
+
+/// `len` bytes of a pseudo-random pattern that depends on `seed`, so a
+/// message that arrives cut, shifted or mixed up does not compare equal.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let word = state.to_le_bytes();
+        let take = word.len().min(len - out.len());
+        out.extend_from_slice(&word[..take]);
+    }
+    out
+}
+
+/// A 64-bit FNV-1a checksum, to report a large message's content briefly.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The Rust stand-in for Python's `[1, 2.25, None]`: a list of dynamically
+/// typed values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// Python's `int`.
+    Int(i64),
+    /// Python's `float`.
+    Float(f64),
+    /// Python's `None`.
+    None,
+    /// Python's `str`.
+    Str(String),
+    /// Python's `list`.
+    List(Vec<Value>),
+}
+
+/// What `ipc-test-child fds` reports about its descriptors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FdReport {
+    /// The descriptor its connection was rebuilt on.
+    pub conn_fd: RawFd,
+    /// Every descriptor open in the child.
+    pub open: Vec<RawFd>,
+    /// For each descriptor number the parent asked about, whether
+    /// `fcntl(F_GETFD)` found it open (false means `EBADF`).
+    pub probed: Vec<(RawFd, bool)>,
+}
+
+/// Whether descriptor number `fd` is open in this process, by
+/// `fcntl(F_GETFD)` (an unused number gives `EBADF`).
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads this process's descriptor table and takes
+    // no pointer; a number that is not open is reported as EBADF, never
+    // touched.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags >= 0 {
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EBADF),
+        "fcntl(F_GETFD) on {fd}"
+    );
+    false
+}
+
+/// Whether descriptor `fd` is open and survives exec (no `FD_CLOEXEC`).
+pub fn fd_is_inheritable(fd: RawFd) -> bool {
+    // SAFETY: as in `fd_is_open`: F_GETFD only reads the descriptor table.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags >= 0 && flags & libc::FD_CLOEXEC == 0
+}
+
+/// The descriptors open in this process, sorted.
+pub fn open_fds() -> Vec<RawFd> {
+    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The directory listing had a descriptor of its own, closed by now.
+    let mut open: Vec<RawFd> = listed.into_iter().filter(|&fd| fd_is_open(fd)).collect();
+    open.sort_unstable();
+    open
+}
+
+/// One end of a plain socketpair that a forked child can inherit: the
+/// hostile peer of the bad-input tests, which writes raw bytes instead of
+/// frames.
+#[derive(Debug)]
+pub struct RawEnd(pub UnixStream);
+
+impl RawEnd {
+    /// A connected pair: a framed [`ipc_core::Connection`] for the code
+    /// under test and a raw end for the peer.
+    pub fn pair() -> (ipc_core::Connection, RawEnd) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let conn = ipc_core::Connection::new(
+            ipc_core::FdStream::new(OwnedFd::from(ours)).expect("wrap the socket"),
+        );
+        (conn, RawEnd(theirs))
+    }
+}
+
+impl Inheritable for RawEnd {
+    fn handle(&self) -> Handle<'_> {
+        Handle {
+            fds: vec![self.0.as_fd()],
+            text: String::new(),
+        }
+    }
+
+    fn from_inherited(inherited: Inherited) -> ipc_core::Result<Self> {
+        let [fd]: [OwnedFd; 1] = inherited
+            .fds
+            .try_into()
+            .map_err(|_| ipc_core::Error::InvalidArgument("a raw end has one descriptor"))?;
+        Ok(RawEnd(UnixStream::from(fd)))
+    }
+}
+
+/// The first of `candidates` (names on `PATH` or absolute paths) that
+/// runs, with the version it reports.
+pub fn find_python(candidates: &[&str]) -> Option<(String, String)> {
+    candidates.iter().find_map(|&name| {
+        let output = Command::new(name)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let mut version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if version.is_empty() {
+            version = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        }
+        Some((name.to_owned(), version))
+    })
+}
