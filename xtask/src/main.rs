@@ -155,6 +155,11 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
     ),
     ("Pipe: a list through a pipe", "ipc-pipe", "pipe_list"),
     (
+        "Shared memory: a Value and an Array updated by a child",
+        "ipc-shm",
+        "value_array",
+    ),
+    (
         "Socket: an echo server process and a client process",
         "ipc-socket",
         "socket_echo",

@@ -1,0 +1,280 @@
+//! A process-shared [`Barrier`] (Python's `multiprocessing.Barrier`): a
+//! robust mutex guards the count of arrivals; waiters sleep on a futex
+//! generation number that the last arrival (or a break) advances.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ipc_core::{Error, Result};
+
+use crate::header::{Kind, Spec, MUTEX_OFFSET};
+use crate::lock::{wrap, LockError, LockGuard};
+use crate::object::{object_common, Object, Place};
+use crate::semaphore::{deadline, remaining};
+use crate::sys::futex;
+use crate::sys::mutex::{How, MutexKind};
+
+/// Words of a barrier: the generation (a futex), the arrivals in this
+/// generation, the number of parties, whether the barrier is broken; then,
+/// at word 4, 64 bits saying whether each of the last 64 generations ended
+/// broken (bit `generation % 64`).
+const GENERATION: usize = 0;
+const COUNT: usize = 1;
+const PARTIES: usize = 2;
+const BROKEN: usize = 3;
+const OUTCOMES: usize = 4;
+
+/// Why a barrier wait did not pass.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BarrierError {
+    /// The barrier was aborted, reset while this party waited, timed out
+    /// for some party, or a process died holding its lock (Python's
+    /// `BrokenBarrierError`).
+    Broken,
+    /// The barrier's lock cannot be taken.
+    Failed(Error),
+}
+
+impl fmt::Display for BarrierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BarrierError::Broken => f.write_str("the barrier is broken"),
+            BarrierError::Failed(e) => write!(f, "cannot use the barrier: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BarrierError {}
+
+impl From<BarrierError> for Error {
+    fn from(e: BarrierError) -> Error {
+        match e {
+            BarrierError::Broken => Error::Io(io::Error::other(BarrierError::Broken)),
+            BarrierError::Failed(e) => e,
+        }
+    }
+}
+
+/// A process-shared barrier for a fixed number of parties: Python's
+/// `multiprocessing.Barrier`.
+///
+/// Each [`wait`](Self::wait) blocks until `parties` processes (or threads)
+/// are waiting, then all pass; each gets a distinct index in
+/// `0..parties` (the first to arrive 0). [`abort`](Self::abort) breaks it,
+/// [`reset`](Self::reset) breaks the current round and makes it usable
+/// again. A waiter whose timeout runs out breaks the barrier for everyone,
+/// as in Python.
+///
+/// ```
+/// use ipc_core::process::Process;
+/// let barrier = ipc_shm::Barrier::new(2)?;
+/// let mut child = Process::new().pass("b", &barrier)?.fork({
+///     let barrier = &barrier;
+///     move || barrier.wait().map(|_| ())
+/// })?;
+/// let index = barrier.wait()?;
+/// assert!(index < 2);
+/// assert!(child.join()?.success());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A process that dies while waiting leaves the others waiting (use a
+/// timeout); one that dies holding the barrier's internal lock breaks it.
+#[derive(Debug)]
+pub struct Barrier {
+    obj: Object,
+}
+
+impl Barrier {
+    fn spec() -> Spec {
+        Spec::of::<[u32; 8]>(Kind::Barrier)
+    }
+
+    fn wrap(obj: Object) -> Self {
+        Barrier { obj }
+    }
+
+    fn make(place: Place<'_>, parties: u32) -> Result<Self> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument("a barrier needs at least one party"));
+        }
+        Object::create(
+            place,
+            &Self::spec(),
+            1,
+            Some(MutexKind::ErrorCheck),
+            |map, layout| map.write(layout.data_offset, [0, 0, parties, 0, 0, 0, 0, 0u32]),
+        )
+        .map(Self::wrap)
+    }
+
+    /// A new anonymous barrier for `parties` parties.
+    pub fn new(parties: u32) -> Result<Self> {
+        Self::make(Place::Anonymous, parties)
+    }
+
+    /// Creates the barrier `/dev/shm/<name>`; this process owns it.
+    pub fn create(name: &str, parties: u32) -> Result<Self> {
+        Self::make(Place::Named(name), parties)
+    }
+
+    /// Opens the barrier `name`.
+    pub fn open(name: &str) -> Result<Self> {
+        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+    }
+
+    fn word(&self, i: usize) -> &AtomicU32 {
+        self.obj.map().atomic_u32(self.obj.word(i))
+    }
+
+    fn outcomes(&self) -> &AtomicU64 {
+        self.obj.map().atomic_u64(self.obj.word(OUTCOMES))
+    }
+
+    /// The number of parties needed to pass.
+    pub fn parties(&self) -> u32 {
+        self.word(PARTIES).load(Ordering::Relaxed)
+    }
+
+    /// The number of parties waiting now.
+    pub fn n_waiting(&self) -> u32 {
+        self.word(COUNT).load(Ordering::Relaxed)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        self.word(BROKEN).load(Ordering::Acquire) != 0
+    }
+
+    /// Waits for all parties; returns this party's arrival index.
+    pub fn wait(&self) -> std::result::Result<u32, BarrierError> {
+        self.wait_inner(None, None::<fn()>)
+    }
+
+    /// Like [`wait`](Self::wait), breaking the barrier if the parties are
+    /// not all there within `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> std::result::Result<u32, BarrierError> {
+        self.wait_inner(Some(timeout), None::<fn()>)
+    }
+
+    /// Like [`wait`](Self::wait) with a timeout if given; if this party is
+    /// the last to arrive, it runs `action` before releasing the others
+    /// (Python's `action` argument). A panicking action breaks the barrier
+    /// and the panic continues in this process.
+    pub fn wait_with_action(
+        &self,
+        timeout: Option<Duration>,
+        action: impl FnOnce(),
+    ) -> std::result::Result<u32, BarrierError> {
+        self.wait_inner(timeout, Some(action))
+    }
+
+    /// Locks the barrier state. A previous holder that died breaks the
+    /// barrier (its count may be wrong), which repairs the state.
+    fn lock_state(&self) -> std::result::Result<LockGuard<'_>, BarrierError> {
+        match wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Block)) {
+            Ok(guard) => Ok(guard),
+            Err(LockError::OwnerDied(died)) => {
+                let guard = died.into_guard();
+                self.break_locked(true);
+                guard.mark_consistent();
+                Ok(guard)
+            }
+            Err(e) => Err(BarrierError::Failed(e.into())),
+        }
+    }
+
+    /// With the state locked: ends the current generation as broken (waking
+    /// its waiters), and marks the barrier broken if `broken`.
+    fn break_locked(&self, broken: bool) {
+        if broken {
+            self.word(BROKEN).store(1, Ordering::Release);
+        }
+        let generation = self.word(GENERATION);
+        let g = generation.load(Ordering::Relaxed);
+        self.outcomes().fetch_or(1 << (g % 64), Ordering::Relaxed);
+        self.word(COUNT).store(0, Ordering::Relaxed);
+        generation.store(g.wrapping_add(1), Ordering::Release);
+        futex::wake_all(generation);
+    }
+
+    fn wait_inner<F: FnOnce()>(
+        &self,
+        timeout: Option<Duration>,
+        action: Option<F>,
+    ) -> std::result::Result<u32, BarrierError> {
+        let deadline = deadline(timeout);
+        let guard = self.lock_state()?;
+        if self.is_broken() {
+            return Err(BarrierError::Broken);
+        }
+        let generation = self.word(GENERATION);
+        let g = generation.load(Ordering::Relaxed);
+        let count = self.word(COUNT);
+        let index = count.load(Ordering::Relaxed);
+        if index + 1 >= self.parties() {
+            if let Some(action) = action {
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(action)) {
+                    self.break_locked(true);
+                    drop(guard);
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            self.outcomes()
+                .fetch_and(!(1 << (g % 64)), Ordering::Relaxed);
+            count.store(0, Ordering::Relaxed);
+            generation.store(g.wrapping_add(1), Ordering::Release);
+            drop(guard);
+            futex::wake_all(generation);
+            return Ok(index);
+        }
+        count.store(index + 1, Ordering::Relaxed);
+        drop(guard);
+        loop {
+            if generation.load(Ordering::Acquire) != g {
+                break;
+            }
+            let left = remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                let _guard = self.lock_state()?;
+                if generation.load(Ordering::Acquire) == g {
+                    self.break_locked(true);
+                    return Err(BarrierError::Broken);
+                }
+                break;
+            }
+            futex::wait(generation, g, left);
+        }
+        // The generation was advanced with Release after its outcome bit
+        // was written, and loaded above with Acquire.
+        if self.outcomes().load(Ordering::Relaxed) & (1 << (g % 64)) != 0 {
+            Err(BarrierError::Broken)
+        } else {
+            Ok(index)
+        }
+    }
+
+    /// Breaks the barrier: current and future waiters get
+    /// [`BarrierError::Broken`] until [`reset`](Self::reset).
+    pub fn abort(&self) -> std::result::Result<(), BarrierError> {
+        let _guard = self.lock_state()?;
+        self.break_locked(true);
+        Ok(())
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting
+    /// now get [`BarrierError::Broken`].
+    pub fn reset(&self) -> std::result::Result<(), BarrierError> {
+        let _guard = self.lock_state()?;
+        if self.word(COUNT).load(Ordering::Relaxed) > 0 {
+            self.break_locked(false);
+        }
+        self.word(BROKEN).store(0, Ordering::Release);
+        Ok(())
+    }
+}
+
+object_common!(Barrier);

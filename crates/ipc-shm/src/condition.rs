@@ -1,0 +1,273 @@
+//! A process-shared [`Condition`] (Python's `multiprocessing.Condition`):
+//! a robust mutex plus a futex word that waiters sleep on, with wake-up
+//! tokens so that `notify(n)` wakes at most `n` waiters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipc_core::Result;
+
+use crate::header::{Kind, Spec, MUTEX_OFFSET};
+use crate::lock::{failure_error, how, wrap, LockError, LockGuard, LockResult, OwnerDied};
+use crate::object::{object_common, Object, Place};
+use crate::semaphore::{deadline, remaining};
+use crate::sys::futex::{self, Wake};
+use crate::sys::mutex::{How, MutexKind};
+
+/// Words of a condition: the futex sequence number, the waiters not yet
+/// given a token, the tokens not yet taken.
+const SEQ: usize = 0;
+const WAITERS: usize = 1;
+const TOKENS: usize = 2;
+
+/// A process-shared condition variable with its own robust lock: Python's
+/// `multiprocessing.Condition`.
+///
+/// Take the lock with [`lock`](Self::lock); the guard waits
+/// ([`wait`](ConditionGuard::wait), [`wait_for`](ConditionGuard::wait_for))
+/// and notifies ([`notify`](ConditionGuard::notify)), so notifying without
+/// the lock (Python's `RuntimeError`) cannot happen. The state the waiters
+/// test lives elsewhere, for instance in a [`RawValue`](crate::RawValue)
+/// read and written only under this lock.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_core::process::Process;
+/// use ipc_shm::{Condition, RawValue};
+///
+/// let cond = Condition::new()?;
+/// let done = RawValue::new(0u32)?;
+/// let mut child = Process::new().fork({
+///     let (cond, done) = (&cond, &done);
+///     move || -> ipc_core::Result<()> {
+///         let guard = cond.lock()?;
+///         done.set(1);
+///         guard.notify_all();
+///         Ok(())
+///     }
+/// })?;
+/// let guard = cond.lock()?;
+/// let (_guard, ok) = guard.wait_for(|| done.get() == 1, Some(Duration::from_secs(60)))?;
+/// assert!(ok);
+/// # drop(_guard);
+/// child.join()?;
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+///
+/// Its lock is not recursive (Python's default is an `RLock`). A waiter
+/// killed while it waits leaves one wake-up token unclaimed, so a later
+/// `notify` may wake one waiter fewer, or a later waiter may wake once
+/// without a `notify`; [`wait_for`](ConditionGuard::wait_for), which
+/// re-checks its predicate, is immune to both.
+#[derive(Debug)]
+pub struct Condition {
+    obj: Object,
+}
+
+impl Condition {
+    fn spec() -> Spec {
+        Spec::of::<[u32; 4]>(Kind::Condition)
+    }
+
+    fn wrap(obj: Object) -> Self {
+        Condition { obj }
+    }
+
+    fn make(place: Place<'_>) -> Result<Self> {
+        Object::create(
+            place,
+            &Self::spec(),
+            1,
+            Some(MutexKind::ErrorCheck),
+            |_, _| {},
+        )
+        .map(Self::wrap)
+    }
+
+    /// A new anonymous condition.
+    pub fn new() -> Result<Self> {
+        Self::make(Place::Anonymous)
+    }
+
+    /// Creates the condition `/dev/shm/<name>`; this process owns it.
+    pub fn create(name: &str) -> Result<Self> {
+        Self::make(Place::Named(name))
+    }
+
+    /// Opens the condition `name`.
+    pub fn open(name: &str) -> Result<Self> {
+        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+    }
+
+    /// Opens `name`, or creates it.
+    pub fn open_or_create(name: &str) -> Result<Self> {
+        Object::open_or_create(
+            name,
+            &Self::spec(),
+            1,
+            Some(MutexKind::ErrorCheck),
+            |_, _| {},
+        )
+        .map(Self::wrap)
+    }
+
+    fn word(&self, i: usize) -> &AtomicU32 {
+        self.obj.map().atomic_u32(self.obj.word(i))
+    }
+
+    fn lock_how(&self, how: How) -> LockResult<ConditionGuard<'_>> {
+        wrap(self.obj.map().lock_unit(MUTEX_OFFSET, how)).map_or_else(
+            |e| Err(e.map(|guard| ConditionGuard { guard, cond: self })),
+            |guard| Ok(ConditionGuard { guard, cond: self }),
+        )
+    }
+
+    /// Waits for the lock.
+    pub fn lock(&self) -> LockResult<ConditionGuard<'_>> {
+        self.lock_how(How::Block)
+    }
+
+    /// Takes the lock if it is free now.
+    pub fn try_lock(&self) -> LockResult<ConditionGuard<'_>> {
+        self.lock_how(How::Try)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
+        self.lock_how(how(Some(timeout)))
+    }
+}
+
+object_common!(Condition);
+
+/// The lock of a [`Condition`], held; waits and notifies.
+pub struct ConditionGuard<'a> {
+    guard: LockGuard<'a>,
+    cond: &'a Condition,
+}
+
+impl<'a> ConditionGuard<'a> {
+    /// Releases the lock, sleeps until notified, and takes the lock again.
+    pub fn wait(self) -> LockResult<ConditionGuard<'a>> {
+        match self.wait_until(None) {
+            Ok((guard, _)) => Ok(guard),
+            Err(e) => Err(e.map(|(guard, _)| guard)),
+        }
+    }
+
+    /// Like [`wait`](Self::wait) for at most `timeout`; the flag is `false`
+    /// if the time ran out without a notification (Python's `wait(t)`).
+    pub fn wait_timeout(self, timeout: Duration) -> LockResult<(ConditionGuard<'a>, bool)> {
+        self.wait_until(deadline(Some(timeout)).or(Some(far_future())))
+    }
+
+    /// Waits until `predicate` (called with the lock held) returns `true`,
+    /// for at most `timeout` if one is given; the flag is the predicate's
+    /// last result (Python's `wait_for`).
+    pub fn wait_for(
+        self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> LockResult<(ConditionGuard<'a>, bool)> {
+        let deadline = deadline(timeout).or(timeout.map(|_| far_future()));
+        let mut guard = self;
+        loop {
+            if predicate() {
+                return Ok((guard, true));
+            }
+            if remaining(deadline) == Some(Duration::ZERO) {
+                return Ok((guard, false));
+            }
+            guard = match guard.wait_until(deadline) {
+                Ok((guard, _)) => guard,
+                Err(e) => {
+                    return Err(e.map(|(guard, _)| {
+                        let ok = predicate();
+                        (guard, ok)
+                    }))
+                }
+            };
+        }
+    }
+
+    fn wait_until(self, deadline: Option<Instant>) -> LockResult<(ConditionGuard<'a>, bool)> {
+        let cond = self.cond;
+        let (seq, waiters, tokens) = (cond.word(SEQ), cond.word(WAITERS), cond.word(TOKENS));
+        waiters.fetch_add(1, Ordering::Relaxed);
+        let mut guard = self.guard;
+        let mut owner_died = false;
+        loop {
+            let seen = seq.load(Ordering::Relaxed);
+            let timeout = remaining(deadline);
+            let (woke, relocked) = guard.relock_after(|| futex::wait(seq, seen, timeout));
+            let recovered;
+            (guard, recovered) = match relocked {
+                Ok(relocked) => relocked,
+                Err(failure) => return Err(failure_error(failure)),
+            };
+            owner_died |= recovered;
+            let notified = if tokens.load(Ordering::Relaxed) > 0 {
+                tokens.fetch_sub(1, Ordering::Relaxed);
+                Some(true)
+            } else if woke == Wake::TimedOut || remaining(deadline) == Some(Duration::ZERO) {
+                // Never below zero, even if a dead waiter's count was given away.
+                let _ = waiters
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+                Some(false)
+            } else {
+                None
+            };
+            if let Some(notified) = notified {
+                let guard = ConditionGuard { guard, cond };
+                return if owner_died {
+                    Err(LockError::OwnerDied(OwnerDied::new((guard, notified))))
+                } else {
+                    Ok((guard, notified))
+                };
+            }
+        }
+    }
+
+    /// Wakes up to `n` waiters (Python's `notify(n)`); a notify with nobody
+    /// waiting does nothing.
+    pub fn notify(&self, n: u32) {
+        let cond = self.cond;
+        let waiters = cond.word(WAITERS);
+        let k = waiters.load(Ordering::Relaxed).min(n);
+        if k == 0 {
+            return;
+        }
+        waiters.fetch_sub(k, Ordering::Relaxed);
+        cond.word(TOKENS).fetch_add(k, Ordering::Relaxed);
+        let seq = cond.word(SEQ);
+        seq.fetch_add(1, Ordering::Release);
+        futex::wake(seq, k);
+    }
+
+    /// Wakes every waiter (Python's `notify_all()`).
+    pub fn notify_all(&self) {
+        self.notify(u32::MAX);
+    }
+
+    /// Marks the state this lock guards consistent after a holder died.
+    pub fn mark_consistent(&self) {
+        self.guard.mark_consistent();
+    }
+
+    /// Releases the lock, reporting a failure that dropping would ignore.
+    pub fn unlock(self) -> Result<()> {
+        self.guard.unlock()
+    }
+}
+
+impl fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConditionGuard").finish_non_exhaustive()
+    }
+}
+
+/// A deadline for timeouts too long to represent: they never run out.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}

@@ -1,0 +1,165 @@
+//! What every typed object (`Value`, `Array`, the locks ...) has in common:
+//! a segment with a checked layout header, created, opened or inherited the
+//! same way.
+
+use std::io;
+use std::time::Instant;
+
+use ipc_core::process::{Handle, Inheritable, Inherited};
+use ipc_core::{Error, Result};
+
+use crate::header::{self, Layout, Spec, HEADER_SIZE, INIT_WAIT, MUTEX_OFFSET};
+use crate::shm::SharedMemory;
+use crate::sys::map::Mapping;
+use crate::sys::mutex::{MutexKind, RobustMutex};
+
+/// A segment holding one initialised, validated object.
+#[derive(Debug)]
+pub(crate) struct Object {
+    pub(crate) shm: SharedMemory,
+    pub(crate) layout: Layout,
+}
+
+/// Where a new object lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Place<'a> {
+    /// `/dev/shm/<name>`.
+    Named(&'a str),
+    /// A memfd, for children.
+    Anonymous,
+}
+
+impl Object {
+    /// Creates an object of `len` elements: writes the header, initialises
+    /// the mutex if the kind has one (`mutex`), lets `init` fill in the
+    /// data, then publishes the header.
+    pub(crate) fn create(
+        place: Place<'_>,
+        spec: &Spec,
+        len: usize,
+        mutex: Option<MutexKind>,
+        init: impl FnOnce(&Mapping, &Layout),
+    ) -> Result<Object> {
+        let layout = spec.layout(len)?;
+        let mut shm = match place {
+            Place::Named(name) => SharedMemory::create(name, layout.total)?,
+            Place::Anonymous => SharedMemory::anonymous(layout.total)?,
+        };
+        header::write(&shm.map, spec, &layout);
+        if let Some(kind) = mutex {
+            shm.map.init_mutex(MUTEX_OFFSET, kind)?;
+        }
+        init(&shm.map, &layout);
+        header::publish(&shm.map);
+        Ok(Object { shm, layout })
+    }
+
+    /// Opens the object `name`, waiting briefly for a creator that is
+    /// still initialising it, and checks its header against `spec` (and
+    /// `len`, if given).
+    pub(crate) fn open(name: &str, spec: &Spec, len: Option<usize>) -> Result<Object> {
+        let shm = SharedMemory::open_when_sized(name, HEADER_SIZE, Instant::now() + INIT_WAIT)?;
+        Object::validated(shm, spec, len)
+    }
+
+    /// Opens `name` if it exists, or creates it. Opening checks `len` too.
+    pub(crate) fn open_or_create(
+        name: &str,
+        spec: &Spec,
+        len: usize,
+        mutex: Option<MutexKind>,
+        init: impl FnOnce(&Mapping, &Layout),
+    ) -> Result<Object> {
+        let mut init = Some(init);
+        for _ in 0..100 {
+            match Object::create(Place::Named(name), spec, len, mutex, |map, layout| {
+                (init.take().expect("init runs once"))(map, layout)
+            }) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => return other,
+            }
+            match Object::open(name, spec, Some(len)) {
+                Err(Error::NotFound(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Io(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("`{name}` kept appearing and disappearing"),
+        )))
+    }
+
+    fn validated(shm: SharedMemory, spec: &Spec, len: Option<usize>) -> Result<Object> {
+        let what = match shm.name() {
+            Some(name) => format!("shared memory segment `{name}`"),
+            None => "the anonymous segment".to_owned(),
+        };
+        let layout = header::validate(&shm.map, spec, len, &what)?;
+        Ok(Object { shm, layout })
+    }
+
+    /// The mapping.
+    pub(crate) fn map(&self) -> &Mapping {
+        &self.shm.map
+    }
+
+    /// The object's robust mutex.
+    pub(crate) fn mutex(&self) -> &RobustMutex {
+        self.shm.map.mutex(MUTEX_OFFSET)
+    }
+
+    /// The byte offset of the `i`-th 32-bit word of the data.
+    pub(crate) fn word(&self, i: usize) -> usize {
+        self.layout.data_offset + 4 * i
+    }
+
+    pub(crate) fn handle(&self) -> Handle<'_> {
+        self.shm.handle()
+    }
+
+    pub(crate) fn inherit(inherited: Inherited, spec: &Spec) -> Result<Object> {
+        Object::validated(SharedMemory::from_inherited(inherited)?, spec, None)
+    }
+}
+
+/// Implements `Inheritable` and the name accessors for a type that wraps an
+/// [`Object`] in a field `obj` and has a `spec()` function.
+macro_rules! object_common {
+    ($ty:ident $(<$t:ident>)?) => {
+        impl$(<$t: bytemuck::Pod>)? ipc_core::process::Inheritable for $ty$(<$t>)? {
+            fn handle(&self) -> ipc_core::process::Handle<'_> {
+                self.obj.handle()
+            }
+
+            fn from_inherited(inherited: ipc_core::process::Inherited) -> ipc_core::Result<Self> {
+                Ok(Self::wrap(crate::object::Object::inherit(inherited, &Self::spec())?))
+            }
+        }
+
+        impl$(<$t: bytemuck::Pod>)? $ty$(<$t>)? {
+            /// The name of the segment (`/dev/shm/<name>`), or `None` for an
+            /// anonymous one.
+            pub fn name(&self) -> Option<&str> {
+                self.obj.shm.name()
+            }
+
+            /// The segment underneath, for its name, owner and unlinking.
+            pub fn shared_memory(&self) -> &crate::SharedMemory {
+                &self.obj.shm
+            }
+
+            /// Whether a creator's drop unlinks the segment (default
+            /// `true`); see [`SharedMemory::set_unlink_on_drop`](crate::SharedMemory::set_unlink_on_drop).
+            pub fn set_unlink_on_drop(&mut self, unlink: bool) {
+                self.obj.shm.set_unlink_on_drop(unlink);
+            }
+
+            /// Removes the segment's name now; see
+            /// [`SharedMemory::unlink`](crate::SharedMemory::unlink).
+            pub fn unlink(&self) -> ipc_core::Result<()> {
+                self.obj.shm.unlink()
+            }
+        }
+    };
+}
+pub(crate) use object_common;

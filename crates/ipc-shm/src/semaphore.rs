@@ -1,0 +1,328 @@
+//! Process-shared [`Semaphore`], [`BoundedSemaphore`] and [`Event`]
+//! (Python's `multiprocessing` ones), built on futexes: a counter or a flag
+//! in shared memory that waiters sleep on in the kernel, burning no CPU,
+//! and that a process can die next to without harm (they have no owner).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipc_core::{Error, Result};
+
+use crate::header::{Kind, Spec};
+use crate::object::{object_common, Object, Place};
+use crate::sys::futex::{self, Wake};
+
+/// The time left until `deadline`, `Some(ZERO)` once it has passed, `None`
+/// for no deadline.
+pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// `now + timeout`, or `None` (no deadline) if the timeout is `None` or too
+/// far away to represent.
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// Words of a semaphore: the count, the number of sleepers, the maximum,
+/// and whether the maximum applies (1 for a bounded semaphore).
+const COUNT: usize = 0;
+const WAITERS: usize = 1;
+const MAX: usize = 2;
+const BOUNDED: usize = 3;
+
+fn sem_spec(kind: Kind) -> Spec {
+    Spec::of::<[u32; 4]>(kind)
+}
+
+fn sem_make(place: Place<'_>, kind: Kind, value: u32) -> Result<Object> {
+    Object::create(place, &sem_spec(kind), 1, None, |map, layout| {
+        map.write(layout.data_offset, sem_init(kind, value));
+    })
+}
+
+fn sem_init(kind: Kind, value: u32) -> [u32; 4] {
+    [value, 0, value, u32::from(kind == Kind::BoundedSemaphore)]
+}
+
+fn word(obj: &Object, i: usize) -> &AtomicU32 {
+    obj.map().atomic_u32(obj.word(i))
+}
+
+fn sem_acquire(obj: &Object, deadline: Option<Instant>) -> bool {
+    let count = word(obj, COUNT);
+    let waiters = word(obj, WAITERS);
+    loop {
+        let c = count.load(Ordering::Acquire);
+        if c > 0 {
+            if count
+                .compare_exchange_weak(c, c - 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+            continue;
+        }
+        let timeout = remaining(deadline);
+        if timeout == Some(Duration::ZERO) {
+            return false;
+        }
+        // SeqCst on both sides: either the releaser sees us counted, or our
+        // futex wait sees its increment.
+        waiters.fetch_add(1, Ordering::SeqCst);
+        futex::wait(count, 0, timeout);
+        waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn sem_release(obj: &Object) -> Result<()> {
+    let count = word(obj, COUNT);
+    let max = match word(obj, BOUNDED).load(Ordering::Relaxed) {
+        0 => u32::MAX,
+        _ => word(obj, MAX).load(Ordering::Relaxed),
+    };
+    let mut c = count.load(Ordering::Relaxed);
+    loop {
+        if c >= max {
+            return Err(if max == u32::MAX {
+                Error::InvalidArgument("semaphore value would overflow")
+            } else {
+                Error::InvalidArgument("semaphore or lock released too many times")
+            });
+        }
+        match count.compare_exchange_weak(c, c + 1, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(now) => c = now,
+        }
+    }
+    if word(obj, WAITERS).load(Ordering::SeqCst) != 0 {
+        futex::wake(count, 1);
+    }
+    Ok(())
+}
+
+macro_rules! semaphore_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $ty {
+            obj: Object,
+        }
+
+        impl $ty {
+            fn spec() -> Spec {
+                sem_spec($kind)
+            }
+
+            fn wrap(obj: Object) -> Self {
+                $ty { obj }
+            }
+
+            /// A new anonymous semaphore with the initial `value`.
+            pub fn new(value: u32) -> Result<Self> {
+                sem_make(Place::Anonymous, $kind, value).map(Self::wrap)
+            }
+
+            /// Creates the semaphore `/dev/shm/<name>`; this process owns it.
+            pub fn create(name: &str, value: u32) -> Result<Self> {
+                sem_make(Place::Named(name), $kind, value).map(Self::wrap)
+            }
+
+            /// Opens the semaphore `name`.
+            pub fn open(name: &str) -> Result<Self> {
+                Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+            }
+
+            /// Opens `name`, or creates it with the initial `value`.
+            pub fn open_or_create(name: &str, value: u32) -> Result<Self> {
+                Object::open_or_create(name, &Self::spec(), 1, None, |map, layout| {
+                    map.write(layout.data_offset, sem_init($kind, value));
+                })
+                .map(Self::wrap)
+            }
+
+            /// Waits until the value is positive and decrements it.
+            pub fn acquire(&self) {
+                sem_acquire(&self.obj, None);
+            }
+
+            /// Decrements the value if it is positive now (Python's
+            /// `acquire(False)`); `false` if it is zero.
+            pub fn try_acquire(&self) -> bool {
+                sem_acquire(&self.obj, Some(Instant::now()))
+            }
+
+            /// Waits at most `timeout` for a positive value and decrements
+            /// it; `false` if the time ran out (Python's
+            /// `acquire(timeout=t)`).
+            pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+                sem_acquire(&self.obj, deadline(Some(timeout)))
+            }
+
+            /// The current value (Python's `get_value()`).
+            pub fn value(&self) -> u32 {
+                word(&self.obj, COUNT).load(Ordering::Relaxed)
+            }
+        }
+
+        object_common!($ty);
+    };
+}
+
+semaphore_type!(
+    /// A process-shared counting semaphore: Python's
+    /// `multiprocessing.Semaphore`.
+    ///
+    /// ```
+    /// let sem = ipc_shm::Semaphore::new(2)?;
+    /// sem.acquire();
+    /// assert!(sem.try_acquire());
+    /// assert!(!sem.try_acquire());
+    /// assert!(!sem.acquire_timeout(std::time::Duration::from_millis(10)));
+    /// sem.release()?;
+    /// assert_eq!(sem.value(), 1);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    ///
+    /// A semaphore has no owner, so a process that dies after acquiring it
+    /// simply never releases: nothing is reported to the others.
+    Semaphore,
+    Kind::Semaphore
+);
+
+impl Semaphore {
+    /// Increments the value and wakes one waiter.
+    pub fn release(&self) -> Result<()> {
+        sem_release(&self.obj)
+    }
+}
+
+semaphore_type!(
+    /// A semaphore that refuses to go above its initial value: Python's
+    /// `multiprocessing.BoundedSemaphore`.
+    ///
+    /// ```
+    /// let sem = ipc_shm::BoundedSemaphore::new(1)?;
+    /// sem.acquire();
+    /// sem.release()?;
+    /// assert!(sem.release().is_err()); // released too many times
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    BoundedSemaphore,
+    Kind::BoundedSemaphore
+);
+
+impl BoundedSemaphore {
+    /// Increments the value and wakes one waiter; releasing above the
+    /// initial value is [`Error::InvalidArgument`] (Python's
+    /// `ValueError`).
+    pub fn release(&self) -> Result<()> {
+        sem_release(&self.obj)
+    }
+}
+
+/// Words of an event: the flag and the number of sleepers.
+const FLAG: usize = 0;
+
+/// A process-shared flag that processes can wait for: Python's
+/// `multiprocessing.Event`.
+///
+/// ```
+/// use std::time::Duration;
+/// use ipc_core::process::Process;
+///
+/// let ready = ipc_shm::Event::new()?;
+/// assert!(!ready.wait_timeout(Duration::ZERO));
+/// let mut child = Process::new().pass("ready", &ready)?.fork({
+///     let ready = &ready;
+///     move || ready.set()
+/// })?;
+/// ready.wait();
+/// assert!(ready.is_set());
+/// child.join()?;
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Event {
+    obj: Object,
+}
+
+impl Event {
+    fn spec() -> Spec {
+        Spec::of::<[u32; 2]>(Kind::Event)
+    }
+
+    fn wrap(obj: Object) -> Self {
+        Event { obj }
+    }
+
+    /// A new anonymous event, not set.
+    pub fn new() -> Result<Self> {
+        Object::create(Place::Anonymous, &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+    }
+
+    /// Creates the event `/dev/shm/<name>`, not set; this process owns it.
+    pub fn create(name: &str) -> Result<Self> {
+        Object::create(Place::Named(name), &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+    }
+
+    /// Opens the event `name`.
+    pub fn open(name: &str) -> Result<Self> {
+        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+    }
+
+    /// Opens `name`, or creates it (not set).
+    pub fn open_or_create(name: &str) -> Result<Self> {
+        Object::open_or_create(name, &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        word(&self.obj, FLAG).load(Ordering::Acquire) != 0
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) {
+        word(&self.obj, FLAG).store(1, Ordering::SeqCst);
+        if word(&self.obj, WAITERS).load(Ordering::SeqCst) != 0 {
+            futex::wake_all(word(&self.obj, FLAG));
+        }
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) {
+        word(&self.obj, FLAG).store(0, Ordering::SeqCst);
+    }
+
+    /// Waits until the flag is set; returns `true` (as Python does).
+    pub fn wait(&self) -> bool {
+        self.wait_until(None)
+    }
+
+    /// Waits at most `timeout` for the flag; `false` if it is still not set.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(deadline(Some(timeout)))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let flag = word(&self.obj, FLAG);
+        let waiters = word(&self.obj, WAITERS);
+        loop {
+            if flag.load(Ordering::Acquire) != 0 {
+                return true;
+            }
+            let timeout = remaining(deadline);
+            if timeout == Some(Duration::ZERO) {
+                return false;
+            }
+            waiters.fetch_add(1, Ordering::SeqCst);
+            let woke = futex::wait(flag, 0, timeout);
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if woke == Wake::TimedOut {
+                return flag.load(Ordering::Acquire) != 0;
+            }
+        }
+    }
+}
+
+object_common!(Event);

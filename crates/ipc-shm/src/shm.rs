@@ -1,0 +1,531 @@
+//! [`SharedMemory`]: a segment of memory mapped by several processes,
+//! named the way Python's `multiprocessing.shared_memory` names them on
+//! Linux (`/dev/shm/<name>`), or anonymous (a memfd handed to children).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipc_core::process::{Handle, Inheritable, Inherited};
+use ipc_core::{Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::sys::map::Mapping;
+
+/// The prefix of the names [`SharedMemory::new`] makes up, as Python's
+/// `SharedMemory(create=True)` does (`psm_` and 8 hex digits).
+pub const AUTO_NAME_PREFIX: &str = "psm_";
+
+/// The longest name accepted, in bytes (Linux's `NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A shared-memory segment: Python's
+/// `multiprocessing.shared_memory.SharedMemory`.
+///
+/// A named segment appears as `/dev/shm/<name>`, exactly where Python puts
+/// `SharedMemory(name=<name>)`, so either side can create it and the other
+/// attach to it. It is created with owner-only permissions (`0o600`).
+///
+/// **Who removes it.** The process that created a named segment (its
+/// *owner*) unlinks it when the `SharedMemory` is dropped, unless
+/// [`set_unlink_on_drop(false)`](Self::set_unlink_on_drop) was called;
+/// [`unlink`](Self::unlink) removes it at once (Python's `.unlink()`).
+/// Openers never unlink on drop. A forked child that drops its copy of the
+/// owner's handle does not unlink either: only the creating process does.
+/// A process killed with `SIGKILL` runs no destructor, so its segments stay
+/// until someone unlinks them; all of them share a prefix you choose, so
+/// stale ones can be listed in `/dev/shm` and removed.
+///
+/// ```
+/// use ipc_shm::SharedMemory;
+/// # let name = format!("ipcdoc_{}_shm", std::process::id());
+/// let owner = SharedMemory::create(&name, 4096)?;
+/// owner.write_at(0, b"howdy")?;
+///
+/// let other = SharedMemory::open(&name)?; // in another process, usually
+/// let mut buf = [0u8; 5];
+/// other.read_at(0, &mut buf)?;
+/// assert_eq!(&buf, b"howdy");
+/// assert_eq!(other.size(), 4096);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+///
+/// **Python on the other side.** CPython 3.8–3.12 registers every segment
+/// it *attaches* to with its resource tracker and unlinks it when that
+/// Python process exits, which would destroy a segment this crate owns.
+/// Attach like this to prevent it:
+///
+/// ```python
+/// from multiprocessing import shared_memory, resource_tracker
+/// shm = shared_memory.SharedMemory(name="my_segment")         # <= 3.12
+/// resource_tracker.unregister(shm._name, "shared_memory")     # right away
+/// # 3.13 and later:
+/// shm = shared_memory.SharedMemory(name="my_segment", track=False)
+/// ```
+///
+/// The other way round, a segment Python created is removed by Python's
+/// owner (its `unlink()` or its resource tracker); open it here with
+/// [`open`](Self::open), which never unlinks.
+///
+/// **Access.** [`read_at`](Self::read_at) and [`write_at`](Self::write_at)
+/// copy bytes in and out (at `memcpy` speed); the `unsafe`
+/// [`as_slice`](Self::as_slice) and [`as_mut_slice`](Self::as_mut_slice)
+/// lend the bytes in place for callers who synchronise by other means.
+/// Other processes may write the segment at any time: bytes read while
+/// another process writes them can be a mix of old and new.
+pub struct SharedMemory {
+    pub(crate) map: Mapping,
+    name: Option<String>,
+    /// The memfd of an anonymous segment, kept to hand it to children.
+    /// Named segments keep no descriptor: children reopen them by name.
+    fd: Option<OwnedFd>,
+    /// The pid of the creating process, for a named segment this handle
+    /// created and should unlink on drop.
+    owner_pid: Option<u32>,
+    unlink_on_drop: bool,
+    unlinked: AtomicBool,
+}
+
+impl SharedMemory {
+    /// Creates the segment `/dev/shm/<name>` of `size` bytes, zero-filled,
+    /// readable and writable by this user only. This process becomes its
+    /// owner. Fails if the name exists (`io::ErrorKind::AlreadyExists`).
+    pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
+        check_name(name)?;
+        if size == 0 {
+            return Err(Error::InvalidArgument(
+                "a shared memory segment must have a positive size",
+            ));
+        }
+        let path = format!("/{name}");
+        let fd = match nix::sys::mman::shm_open(
+            path.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("shared memory segment `{name}` already exists"),
+                )))
+            }
+            Err(e) => return Err(os_error(e, &format!("cannot create `{name}`"))),
+        };
+        // From here on the name is ours: remove it again if we fail.
+        let sized = i64::try_from(size)
+            .map_err(|_| Error::InvalidArgument("segment size too large"))
+            .and_then(|len| {
+                nix::unistd::ftruncate(&fd, len)
+                    .map_err(|e| os_error(e, &format!("cannot size `{name}`")))
+            })
+            .and_then(|()| Ok(Mapping::new(fd.as_fd(), size)?));
+        match sized {
+            Ok(map) => Ok(SharedMemory {
+                map,
+                name: Some(name.to_owned()),
+                fd: None,
+                owner_pid: Some(std::process::id()),
+                unlink_on_drop: true,
+                unlinked: AtomicBool::new(false),
+            }),
+            Err(e) => {
+                let _ = nix::sys::mman::shm_unlink(path.as_str());
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates a segment of `size` bytes under a fresh name of the form
+    /// `psm_` + 8 hex digits, as Python's `SharedMemory(create=True,
+    /// size=size)` does. Read the name with [`name`](Self::name).
+    pub fn new(size: usize) -> Result<SharedMemory> {
+        let mut last = None;
+        for _ in 0..64 {
+            let name = format!("{AUTO_NAME_PREFIX}{:08x}", random_u32()?);
+            match SharedMemory::create(&name, size) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(Error::Io(last.expect("the loop ran")))
+    }
+
+    /// Opens the existing segment `/dev/shm/<name>`, whatever its size
+    /// (Python ignores the size when attaching, too). A name that does not
+    /// exist is [`Error::NotFound`]; an empty segment is refused. Never
+    /// unlinks the segment.
+    pub fn open(name: &str) -> Result<SharedMemory> {
+        let fd = open_fd(name)?;
+        let size = segment_size(&fd, name)?;
+        if size == 0 {
+            return Err(invalid_data(format!(
+                "shared memory segment `{name}` is empty (its creator may not have sized it yet)"
+            )));
+        }
+        SharedMemory::from_named_fd(&fd, name, size)
+    }
+
+    /// Opens `name` for an object this crate lays out: a creator makes the
+    /// segment with `shm_open` and sizes it a moment later, so an empty
+    /// segment is waited for until `deadline` (the kernel offers no way to
+    /// sleep until a file grows, so this polls every millisecond, only in
+    /// that short window). A segment that has a size, but less than `min`,
+    /// is refused at once.
+    pub(crate) fn open_when_sized(
+        name: &str,
+        min: usize,
+        deadline: Instant,
+    ) -> Result<SharedMemory> {
+        let fd = open_fd(name)?;
+        loop {
+            let size = segment_size(&fd, name)?;
+            if size >= min {
+                return SharedMemory::from_named_fd(&fd, name, size);
+            }
+            if size > 0 || Instant::now() >= deadline {
+                return Err(invalid_data(format!(
+                    "shared memory segment `{name}` has {size} bytes, too few to hold an ipc-shm object"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn from_named_fd(fd: &OwnedFd, name: &str, size: usize) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            map: Mapping::new(fd.as_fd(), size)?,
+            name: Some(name.to_owned()),
+            fd: None,
+            owner_pid: None,
+            unlink_on_drop: false,
+            unlinked: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens the existing segment `name` and checks that it holds at least
+    /// `size` bytes; a smaller one is an error that says both sizes.
+    pub fn open_at_least(name: &str, size: usize) -> Result<SharedMemory> {
+        let shm = SharedMemory::open(name)?;
+        if shm.size() < size {
+            return Err(invalid_data(format!(
+                "shared memory segment `{name}` has {} bytes, fewer than the {size} asked for",
+                shm.size()
+            )));
+        }
+        Ok(shm)
+    }
+
+    /// Creates `name` with `size` bytes, or opens it if it exists (and
+    /// holds at least `size` bytes). [`is_owner`](Self::is_owner) says
+    /// which happened: only a creator unlinks on drop.
+    pub fn open_or_create(name: &str, size: usize) -> Result<SharedMemory> {
+        for _ in 0..100 {
+            match SharedMemory::create(name, size) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => return other,
+            }
+            match SharedMemory::open_at_least(name, size) {
+                // Unlinked between our two calls: try to create it again.
+                Err(Error::NotFound(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Io(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("`{name}` kept appearing and disappearing"),
+        )))
+    }
+
+    /// An anonymous segment of `size` bytes (a memfd): no name, nothing in
+    /// `/dev/shm`, gone when the last process that maps it lets go. Hand it
+    /// to children with [`Process::pass`](ipc_core::process::Process::pass).
+    ///
+    /// ```
+    /// use ipc_core::process::Process;
+    /// let shm = ipc_shm::SharedMemory::anonymous(64)?;
+    /// let mut child = Process::new().pass("shm", &shm)?.fork({
+    ///     let shm = &shm;
+    ///     move || shm.write_at(0, b"from the child")
+    /// })?;
+    /// assert!(child.join()?.success());
+    /// let mut buf = [0u8; 14];
+    /// shm.read_at(0, &mut buf)?;
+    /// assert_eq!(&buf, b"from the child");
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn anonymous(size: usize) -> Result<SharedMemory> {
+        if size == 0 {
+            return Err(Error::InvalidArgument(
+                "a shared memory segment must have a positive size",
+            ));
+        }
+        let fd = nix::sys::memfd::memfd_create(c"ipc-shm", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        let len =
+            i64::try_from(size).map_err(|_| Error::InvalidArgument("segment size too large"))?;
+        nix::unistd::ftruncate(&fd, len)?;
+        Ok(SharedMemory {
+            map: Mapping::new(fd.as_fd(), size)?,
+            name: None,
+            fd: Some(fd),
+            owner_pid: None,
+            unlink_on_drop: false,
+            unlinked: AtomicBool::new(false),
+        })
+    }
+
+    /// The name without the leading `/` (what Python's `.name` shows), or
+    /// `None` for an anonymous segment.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The size in bytes (Python's `.size`).
+    pub fn size(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether this handle created the segment and so removes it on drop.
+    pub fn is_owner(&self) -> bool {
+        self.owner_pid.is_some()
+    }
+
+    /// Whether a creator's drop unlinks the segment (default `true`). Set
+    /// it to `false` to leave the segment for another process, which then
+    /// becomes responsible for unlinking it.
+    pub fn set_unlink_on_drop(&mut self, unlink: bool) {
+        self.unlink_on_drop = unlink;
+    }
+
+    /// Removes the name now (Python's `.unlink()`); processes that mapped
+    /// the segment keep using it. A second unlink, or an unlink of a name
+    /// someone else removed, is [`Error::NotFound`]; an anonymous segment
+    /// has no name to remove ([`Error::Unsupported`]).
+    pub fn unlink(&self) -> Result<()> {
+        let name = self.name.as_deref().ok_or(Error::Unsupported(
+            "an anonymous segment has no name to unlink",
+        ))?;
+        self.unlinked.store(true, Ordering::Relaxed);
+        match nix::sys::mman::shm_unlink(format!("/{name}").as_str()) {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOENT) => Err(Error::NotFound(format!(
+                "shared memory segment `{name}` (already unlinked)"
+            ))),
+            Err(e) => Err(os_error(e, &format!("cannot unlink `{name}`"))),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.map.copy_out(offset, buf);
+        Ok(())
+    }
+
+    /// Copies `buf` into the segment at `offset`.
+    pub fn write_at(&self, offset: usize, buf: &[u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.map.copy_in(offset, buf);
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.map.fill(offset, len, byte);
+        Ok(())
+    }
+
+    /// A copy of the whole segment.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.size()];
+        self.map.copy_out(0, &mut out);
+        out
+    }
+
+    /// The address of the first byte, valid as long as `self`.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(Error::InvalidArgument(
+                "range outside the shared memory segment",
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("name", &self.name)
+            .field("size", &self.size())
+            .field("owner", &self.is_owner())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        if self.unlink_on_drop
+            && self.owner_pid == Some(std::process::id())
+            && !self.unlinked.load(Ordering::Relaxed)
+        {
+            if let Some(name) = &self.name {
+                let _ = nix::sys::mman::shm_unlink(format!("/{name}").as_str());
+            }
+        }
+    }
+}
+
+/// A named segment is handed over by name (the child opens it and never
+/// unlinks it); an anonymous one by its memfd.
+impl Inheritable for SharedMemory {
+    fn handle(&self) -> Handle<'_> {
+        match (&self.name, &self.fd) {
+            (Some(name), _) => Handle {
+                fds: Vec::new(),
+                text: format!("n{}", hex(name.as_bytes())),
+            },
+            (None, Some(fd)) => Handle {
+                fds: vec![fd.as_fd()],
+                text: "a".to_owned(),
+            },
+            (None, None) => unreachable!("a segment has a name or a descriptor"),
+        }
+    }
+
+    fn from_inherited(inherited: Inherited) -> Result<Self> {
+        let bad = || Error::InvalidArgument("malformed shared memory handle");
+        let text = inherited.text;
+        if let Some(hexname) = text.strip_prefix('n') {
+            let name = String::from_utf8(unhex(hexname).ok_or_else(bad)?).map_err(|_| bad())?;
+            return SharedMemory::open(&name);
+        }
+        if text != "a" {
+            return Err(bad());
+        }
+        let [fd]: [OwnedFd; 1] = inherited.fds.try_into().map_err(|_| bad())?;
+        let size = segment_size(&fd, "inherited segment")?;
+        if size == 0 {
+            return Err(invalid_data("the inherited segment is empty".to_owned()));
+        }
+        Ok(SharedMemory {
+            map: Mapping::new(fd.as_fd(), size)?,
+            name: None,
+            fd: Some(fd),
+            owner_pid: None,
+            unlink_on_drop: false,
+            unlinked: AtomicBool::new(false),
+        })
+    }
+}
+
+fn open_fd(name: &str) -> Result<OwnedFd> {
+    check_name(name)?;
+    match nix::sys::mman::shm_open(
+        format!("/{name}").as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOENT) => Err(Error::NotFound(format!(
+            "shared memory segment `{name}` (no /dev/shm/{name})"
+        ))),
+        Err(e) => Err(os_error(e, &format!("cannot open `{name}`"))),
+    }
+}
+
+/// Refuses names Python and Linux would refuse: empty, longer than
+/// [`MAX_NAME_LEN`], or with a `/` or a NUL.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("a shared memory name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidArgument(
+            "a shared memory name is longer than 255 bytes",
+        ));
+    }
+    if name.contains(['/', '\0']) {
+        return Err(Error::InvalidArgument(
+            "a shared memory name contains '/' or NUL (give it without the leading slash, as Python does)",
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::InvalidArgument(
+            "a shared memory name is `.` or `..`",
+        ));
+    }
+    Ok(())
+}
+
+fn segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
+    let stat =
+        nix::sys::stat::fstat(fd).map_err(|e| os_error(e, &format!("cannot stat `{what}`")))?;
+    usize::try_from(stat.st_size).map_err(|_| invalid_data(format!("`{what}` has a negative size")))
+}
+
+/// An error for bytes that are not what they should be.
+pub(crate) fn invalid_data(message: String) -> Error {
+    Error::Io(io::Error::new(io::ErrorKind::InvalidData, message))
+}
+
+fn os_error(e: Errno, context: &str) -> Error {
+    let e = io::Error::from(e);
+    Error::Io(io::Error::new(e.kind(), format!("{context}: {e}")))
+}
+
+fn random_u32() -> Result<u32> {
+    use std::io::Read;
+    let mut bytes = [0u8; 4];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_like_python() {
+        for bad in ["", "a/b", "/lead", "nul\0", ".", ".."] {
+            assert!(
+                matches!(check_name(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_name(&"x".repeat(256)).is_err());
+        assert!(check_name(&"x".repeat(255)).is_ok());
+        assert!(check_name("psm_0123abcd").is_ok());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let name = "ipct_é;:=";
+        assert_eq!(unhex(&hex(name.as_bytes())).unwrap(), name.as_bytes());
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+    }
+}

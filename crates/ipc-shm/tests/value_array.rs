@@ -1,0 +1,274 @@
+//! Value, Array and their raw forms across real processes (Python's
+//! `_TestValue` and `_TestArray` rows), the layout checks on open (wrong
+//! type, length, kind, version, size, garbage), and four processes doing a
+//! million locked increments each.
+
+mod common;
+
+use std::io;
+
+use bytemuck::{Pod, Zeroable};
+use common::{assert_no_leftovers, name};
+use ipc_core::process::Process;
+use ipc_shm::{Array, Error, LockError, RawArray, RawValue, SharedMemory, Value};
+
+/// The message of an InvalidData error, or a panic.
+fn invalid_data<T: std::fmt::Debug>(r: ipc_shm::Result<T>) -> String {
+    match r {
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::InvalidData => e.to_string(),
+        other => panic!("expected InvalidData, got {other:?}"),
+    }
+}
+
+#[test]
+fn values_of_several_types_set_by_a_child_are_seen_by_the_parent() {
+    let d = Value::new(0.0f64).unwrap();
+    let i = Value::new(0i32).unwrap();
+    let h = Value::new(0i16).unwrap();
+    let q = Value::new(0i64).unwrap();
+    let c = Value::new(b'x').unwrap();
+    let mut child = Process::new()
+        .fork(|| -> ipc_shm::Result<()> {
+            d.set(1.25)?;
+            i.set(-7)?;
+            h.set(3)?;
+            q.set(1 << 40)?;
+            c.set(b'c')
+        })
+        .unwrap();
+    assert!(child.join().unwrap().success());
+    assert_eq!(d.get().unwrap(), 1.25);
+    assert_eq!(i.get().unwrap(), -7);
+    assert_eq!(h.get().unwrap(), 3);
+    assert_eq!(q.get().unwrap(), 1 << 40);
+    assert_eq!(c.get().unwrap(), b'c');
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+struct Point {
+    x: f64,
+    y: f64,
+    tag: u32,
+    _pad: u32,
+}
+
+#[test]
+fn named_values_hold_structs_and_are_removed_by_their_creator() {
+    let n = name();
+    let p = Point {
+        x: 1.0,
+        y: 2.0,
+        tag: 7,
+        _pad: 0,
+    };
+    let owner = Value::create(&n, p).unwrap();
+    let other = Value::<Point>::open(&n).unwrap();
+    assert_eq!(other.get().unwrap(), p);
+    other.lock().unwrap().tag = 8;
+    assert_eq!(owner.get().unwrap().tag, 8);
+    let same = Value::open_or_create(&n, Point::zeroed()).unwrap();
+    assert!(!same.shared_memory().is_owner());
+    assert_eq!(same.get().unwrap().tag, 8);
+    drop((other, same));
+    drop(owner);
+    assert_no_leftovers();
+}
+
+#[test]
+fn arrays_index_slice_and_are_updated_by_a_child() {
+    let arr = Array::from_slice(&(0..10).collect::<Vec<i32>>()).unwrap();
+    assert_eq!(arr.len(), 10);
+    assert_eq!(arr.get(3).unwrap(), 3);
+    assert!(matches!(arr.get(10), Err(Error::InvalidArgument(_))));
+    assert!(matches!(arr.set(10, 0), Err(Error::InvalidArgument(_))));
+    assert!(arr.copy_from_slice(&[1, 2]).is_err());
+    // The child computes prefix sums in place, as in Python's test.
+    let mut child = Process::new()
+        .fork(|| -> ipc_shm::Result<()> {
+            let mut guard = arr.lock()?;
+            for i in 1..guard.len() {
+                guard[i] += guard[i - 1];
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(child.join().unwrap().success());
+    assert_eq!(arr.to_vec().unwrap(), [0, 1, 3, 6, 10, 15, 21, 28, 36, 45]);
+    arr.copy_from_slice(&[9; 10]).unwrap();
+    assert_eq!(arr.to_vec().unwrap(), [9; 10]);
+    for _ in 0..3 {
+        let zeroed = Array::<i32>::zeroed(10).unwrap();
+        assert_eq!(zeroed.to_vec().unwrap(), [0; 10]);
+    }
+    assert!(Array::<u8>::zeroed(0).unwrap().is_empty());
+}
+
+#[test]
+fn raw_values_and_arrays_have_no_lock() {
+    let n = name();
+    let v = RawValue::create(&n, 1.5f32).unwrap();
+    let a = RawArray::from_slice(&[1u64, 2, 3]).unwrap();
+    let mut child = Process::new()
+        .fork(|| -> ipc_shm::Result<()> {
+            v.set(v.get() * 2.0);
+            a.set(2, 30)?;
+            a.copy_from_slice(&[a.get(0)? * 10, a.get(1)? * 10, a.get(2)? * 10])
+        })
+        .unwrap();
+    assert!(child.join().unwrap().success());
+    assert_eq!(RawValue::<f32>::open(&n).unwrap().get(), 3.0);
+    assert_eq!(a.to_vec(), [10, 20, 300]);
+    let mut out = [0u64; 3];
+    a.copy_to_slice(&mut out).unwrap();
+    assert_eq!(out, [10, 20, 300]);
+    // SAFETY: no other process or handle touches the array meanwhile.
+    unsafe { a.as_mut_slice()[0] = 1 };
+    // SAFETY: as above.
+    assert_eq!(unsafe { a.as_slice() }, [1, 20, 300]);
+    drop(v);
+    assert_no_leftovers();
+}
+
+#[test]
+fn opening_with_another_type_length_or_kind_is_refused() {
+    let n = name();
+    let _v = Value::create(&n, 5u64).unwrap();
+    let msg = invalid_data(Value::<f64>::open(&n));
+    assert!(msg.contains("u64") && msg.contains("f64"), "{msg}");
+    let msg = invalid_data(Value::<u32>::open(&n));
+    assert!(msg.contains("size 8") && msg.contains("size 4"), "{msg}");
+    let msg = invalid_data(RawValue::<u64>::open(&n));
+    assert!(msg.contains("holds a Value, not a RawValue"), "{msg}");
+    let msg = invalid_data(Array::<u64>::open(&n, 1));
+    assert!(msg.contains("holds a Value, not an Array"), "{msg}");
+    let msg = invalid_data(ipc_shm::Lock::open(&n));
+    assert!(msg.contains("Lock"), "{msg}");
+
+    let a = name();
+    let _arr = Array::create(&a, &[1i32, 2, 3]).unwrap();
+    assert_eq!(
+        Array::<i32>::open(&a, 3).unwrap().to_vec().unwrap(),
+        [1, 2, 3]
+    );
+    let msg = invalid_data(Array::<i32>::open(&a, 4));
+    assert!(msg.contains("3 elements, not 4"), "{msg}");
+    let msg = invalid_data(RawArray::<i32>::open(&a, 3));
+    assert!(msg.contains("not a RawArray"), "{msg}");
+    assert!(matches!(
+        Value::<u64>::open(&name()),
+        Err(Error::NotFound(_))
+    ));
+    drop((_v, _arr));
+    assert_no_leftovers();
+}
+
+#[test]
+fn garbage_short_and_foreign_version_segments_are_refused() {
+    // A segment full of garbage.
+    let g = name();
+    let garbage = SharedMemory::create(&g, 4096).unwrap();
+    garbage
+        .write_at(0, &(0..4096).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>())
+        .unwrap();
+    let msg = invalid_data(Value::<u64>::open(&g));
+    assert!(msg.contains("not an ipc-shm object"), "{msg}");
+
+    // Too small to hold a header.
+    let s = name();
+    let _small = SharedMemory::create(&s, 64).unwrap();
+    let msg = invalid_data(Value::<u64>::open(&s));
+    assert!(msg.contains("too few"), "{msg}");
+
+    // A valid header with another layout version.
+    let v = name();
+    let value = Value::create(&v, 1u64).unwrap();
+    let raw = SharedMemory::open(&v).unwrap();
+    raw.write_at(12, &99u32.to_ne_bytes()).unwrap();
+    let msg = invalid_data(Value::<u64>::open(&v));
+    assert!(msg.contains("layout version 99"), "{msg}");
+    raw.write_at(12, &1u32.to_ne_bytes()).unwrap();
+    assert_eq!(Value::<u64>::open(&v).unwrap().get().unwrap(), 1);
+
+    // A header that describes more data than the segment holds (the
+    // first 200 bytes of a 100-element array).
+    let a = name();
+    let array = Array::<u64>::create_zeroed(&a, 100).unwrap();
+    let t = name();
+    let copy = SharedMemory::create(&t, 200).unwrap();
+    copy.write_at(0, &array.shared_memory().to_vec()[..200])
+        .unwrap();
+    let msg = invalid_data(Array::<u64>::open(&t, 100));
+    assert!(msg.contains("has 200 bytes, fewer than the 992"), "{msg}");
+    // ... or with a length field that disagrees with the rest.
+    copy.write_at(40, &1000u64.to_ne_bytes()).unwrap();
+    let msg = invalid_data(Array::<u64>::open(&t, 100));
+    assert!(msg.contains("1000 elements, not 100"), "{msg}");
+    copy.write_at(64, &0u64.to_ne_bytes()).unwrap();
+    let msg = invalid_data(Array::<u64>::open(&t, 1000));
+    assert!(msg.contains("inconsistent header"), "{msg}");
+
+    drop((garbage, _small, value, raw, array, copy));
+    assert_no_leftovers();
+}
+
+#[test]
+fn a_segment_whose_creator_never_finished_is_refused_after_a_bounded_wait() {
+    let n = name();
+    let _zeros = SharedMemory::create(&n, 4096).unwrap();
+    let started = std::time::Instant::now();
+    let msg = invalid_data(Value::<u64>::open(&n));
+    assert!(msg.contains("never initialised"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(_zeros);
+    assert_no_leftovers();
+}
+
+#[test]
+fn four_processes_do_a_million_locked_increments_each() {
+    let counter = Value::new(0u64).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Process::new()
+                .pass("counter", &counter)
+                .unwrap()
+                .fork(|| -> ipc_shm::Result<()> {
+                    for _ in 0..1_000_000 {
+                        *counter.lock()? += 1;
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.join().unwrap().success());
+    }
+    assert_eq!(counter.get().unwrap(), 4_000_000);
+}
+
+#[test]
+fn a_value_lock_times_out_while_another_process_holds_it() {
+    let v = Value::new(0u32).unwrap();
+    let held = ipc_shm::Event::new().unwrap();
+    let release = ipc_shm::Event::new().unwrap();
+    let mut child = Process::new()
+        .fork(|| -> ipc_shm::Result<()> {
+            let _guard = v.lock()?;
+            held.set();
+            release.wait();
+            Ok(())
+        })
+        .unwrap();
+    assert!(held.wait_timeout(common::LONG));
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        v.lock_timeout(std::time::Duration::from_millis(100)),
+        Err(LockError::Timeout)
+    ));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    assert!(matches!(v.try_lock(), Err(LockError::WouldBlock)));
+    release.set();
+    assert!(child.join().unwrap().success());
+    assert!(v.try_lock().is_ok());
+}
