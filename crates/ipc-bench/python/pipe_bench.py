@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Ping-pong and one-way throughput over multiprocessing.Pipe().
+
+The parent and a multiprocessing.Process child talk over one duplex Pipe
+with send_bytes / recv_bytes, as the Rust contenders of ipc-bench do.
+
+    python3 pipe_bench.py [--quick]   run a fixed suite, print one JSON document
+    python3 pipe_bench.py --serve     used by ipc-bench: one command a line on
+                                      stdin, one JSON line per answer on stdout
+
+Commands in --serve mode (CPU: pin both processes to it for the run, or -1):
+    pingpong SIZE WARMUP COUNT CPU   WARMUP untimed round trips, then COUNT timed
+    throughput SIZE COUNT CPU        COUNT messages back to back, then one ack
+    quit
+Answers have the fields of ipc-bench's Sample (nanoseconds; percentiles by
+the nearest-rank rule).
+"""
+
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+
+
+class Pinned:
+    """Pins this process to one CPU (unless it is -1) for a `with` block."""
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+
+    def __enter__(self):
+        if self.cpu >= 0:
+            self.before = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.cpu})
+
+    def __exit__(self, *exc):
+        if self.cpu >= 0:
+            os.sched_setaffinity(0, self.before)
+
+
+def child(conn):
+    """The peer: obeys commands sent over the pipe itself, untimed."""
+    while True:
+        words = conn.recv_bytes().decode().split()
+        if words[0] == "quit":
+            return
+        size, count, cpu = int(words[1]), int(words[2]), int(words[3])
+        with Pinned(cpu):
+            if words[0] == "pingpong":
+                recv, send = conn.recv_bytes, conn.send_bytes
+                for _ in range(count):
+                    send(recv())
+            elif words[0] == "throughput":
+                recv = conn.recv_bytes
+                for _ in range(count):
+                    if len(recv()) != size:
+                        raise SystemExit("wrong message size")
+                conn.send_bytes(b"")
+
+
+def percentile(sorted_values, p):
+    rank = math.ceil(p * len(sorted_values))
+    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
+
+
+def pingpong(conn, size, warmup, count, cpu=-1):
+    msg = b"\xa5" * size
+    conn.send_bytes(f"pingpong {size} {warmup + count} {cpu}".encode())
+    with Pinned(cpu):
+        return pingpong_timed(conn, size, msg, warmup, count)
+
+
+def pingpong_timed(conn, size, msg, warmup, count):
+    send, recv = conn.send_bytes, conn.recv_bytes
+    for _ in range(warmup):
+        send(msg)
+        recv()
+    clock = time.perf_counter_ns
+    rtts = [0] * count
+    start = last = clock()
+    for i in range(count):
+        send(msg)
+        got = recv()
+        now = clock()
+        rtts[i] = now - last
+        last = now
+        if len(got) != size:
+            raise SystemExit("wrong reply size")
+    rtts.sort()
+    return {
+        "kind": "latency",
+        "p50_ns": float(percentile(rtts, 0.50)),
+        "p99_ns": float(percentile(rtts, 0.99)),
+        "round_trips": count,
+        "elapsed_ns": float(last - start),
+    }
+
+
+def throughput(conn, size, count, cpu=-1):
+    msg = b"\xa5" * size
+    conn.send_bytes(f"throughput {size} {count} {cpu}".encode())
+    with Pinned(cpu):
+        return throughput_timed(conn, size, msg, count)
+
+
+def throughput_timed(conn, size, msg, count):
+    send = conn.send_bytes
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(count):
+        send(msg)
+    ack = conn.recv_bytes()
+    elapsed = clock() - start
+    if ack != b"":
+        raise SystemExit("wrong acknowledgement")
+    return {
+        "kind": "throughput",
+        "messages": count,
+        "size": size,
+        "elapsed_ns": float(elapsed),
+    }
+
+
+def start():
+    parent_conn, child_conn = multiprocessing.Pipe()
+    proc = multiprocessing.Process(target=child, args=(child_conn,))
+    proc.start()
+    child_conn.close()
+    return parent_conn, proc
+
+
+def stop(conn, proc):
+    conn.send_bytes(b"quit")
+    proc.join()
+
+
+def serve():
+    conn, proc = start()
+    print(json.dumps({"python": platform.python_version()}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] == "pingpong":
+            args = [int(w) for w in words[1:5]]
+            result = pingpong(conn, *args)
+        elif words[0] == "throughput":
+            args = [int(w) for w in words[1:4]]
+            result = throughput(conn, *args)
+        else:
+            result = {"error": f"unknown command {words[0]!r}"}
+        print(json.dumps(result), flush=True)
+    stop(conn, proc)
+
+
+def suite(quick):
+    scale = 10 if quick else 1
+    # Ping-pong on one CPU, as ipc-bench does by default.
+    cpu = max(os.sched_getaffinity(0))
+    conn, proc = start()
+    results = []
+    for size in (8, 4096):
+        count = 20000 // scale
+        results.append(
+            {"bench": "pingpong", "size": size, **pingpong(conn, size, count // 10, count, cpu)}
+        )
+    for size, count in ((64, 400000), (4096, 100000), (65536, 20000), (1 << 20, 1000)):
+        results.append(
+            {"bench": "throughput", "size": size, **throughput(conn, size, count // scale)}
+        )
+    stop(conn, proc)
+    print(json.dumps({"python": platform.python_version(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv[1:]:
+        serve()
+    else:
+        suite("--quick" in sys.argv[1:])

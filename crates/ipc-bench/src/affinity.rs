@@ -1,0 +1,38 @@
+//! Pinning to one CPU for the length of a measurement.
+//!
+//! Ping-pong runs with both processes pinned to the same CPU by default. On
+//! a virtual machine, a round trip between two CPUs that go idle waits for
+//! the hypervisor to wake the other virtual CPU (about 60 µs here, against
+//! 3 µs on one CPU), and whether the scheduler puts the two processes on one
+//! CPU or two flips with whatever else runs on the machine. Pinned, the
+//! benchmark measures the IPC path rather than the scheduler's mood.
+//! Throughput runs unpinned, since sender and receiver should overlap.
+
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
+use crate::bench::Result;
+
+/// The CPU ping-pong is pinned to: the highest one this process may use.
+pub fn default_cpu() -> Option<usize> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    (0..CpuSet::count())
+        .rev()
+        .find(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+}
+
+/// Runs `f` with this thread pinned to `cpu` (if any), then restores the
+/// affinity it had.
+pub fn pinned<T>(cpu: Option<usize>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some(cpu) = cpu else {
+        return f();
+    };
+    let me = Pid::from_raw(0);
+    let before = sched_getaffinity(me)?;
+    let mut only = CpuSet::new();
+    only.set(cpu)?;
+    sched_setaffinity(me, &only)?;
+    let result = f();
+    sched_setaffinity(me, &before)?;
+    result
+}

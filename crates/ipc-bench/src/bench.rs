@@ -1,0 +1,251 @@
+//! What is measured: the benchmarks, one measurement's result ([`Sample`]),
+//! and the statistics taken over rounds.
+//!
+//! To add a benchmark of an existing kind, add it to [`Benchmark::all`].
+//! A new kind needs a [`Kind`] variant, its two sides in
+//! `contenders::drive` and `contenders::answer`, a [`Sample`] shape if the
+//! existing ones do not fit, a command in `python/pipe_bench.py`, and a
+//! table layout in `report.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The error type of the harness: any error, with its message.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The result type of the harness.
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// The two kinds of measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The parent sends a message, the peer sends one of the same size
+    /// back; the time of each round trip is recorded.
+    PingPong,
+    /// The parent sends messages back to back, the peer receives them all
+    /// and answers with one empty acknowledgement; the time from the first
+    /// send to the acknowledgement is recorded.
+    Throughput,
+}
+
+/// One benchmark: a kind and a message size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Benchmark {
+    /// What is measured.
+    pub kind: Kind,
+    /// The payload of each message, in bytes.
+    pub size: usize,
+}
+
+impl Benchmark {
+    /// Every benchmark, in the order they run and are reported.
+    pub fn all() -> Vec<Benchmark> {
+        let ping = |size| Benchmark {
+            kind: Kind::PingPong,
+            size,
+        };
+        let stream = |size| Benchmark {
+            kind: Kind::Throughput,
+            size,
+        };
+        vec![
+            ping(8),
+            ping(4 << 10),
+            stream(64),
+            stream(4 << 10),
+            stream(64 << 10),
+            stream(1 << 20),
+        ]
+    }
+
+    /// A short stable identifier, such as `ping-pong-8B` or
+    /// `throughput-1MiB`.
+    pub fn id(&self) -> String {
+        let kind = match self.kind {
+            Kind::PingPong => "ping-pong",
+            Kind::Throughput => "throughput",
+        };
+        format!("{kind}-{}", size_label(self.size).replace(' ', ""))
+    }
+
+    /// How many untimed round trips precede `count` timed ones.
+    pub fn warmup(&self, count: usize) -> usize {
+        match self.kind {
+            Kind::PingPong => (count / 10).clamp(10, 1000),
+            Kind::Throughput => 0,
+        }
+    }
+}
+
+impl fmt::Display for Benchmark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::PingPong => write!(f, "Ping-pong round trip, {}", size_label(self.size)),
+            Kind::Throughput => write!(f, "One-way throughput, {}", size_label(self.size)),
+        }
+    }
+}
+
+/// `64 B`, `4 KiB`, `1 MiB`.
+pub fn size_label(size: usize) -> String {
+    if size >= 1 << 20 && size % (1 << 20) == 0 {
+        format!("{} MiB", size >> 20)
+    } else if size >= 1 << 10 && size % (1 << 10) == 0 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// The result of one measurement by one contender.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sample {
+    /// Ping-pong: percentiles of the round-trip times.
+    Latency {
+        /// Median round trip, in nanoseconds.
+        p50_ns: f64,
+        /// 99th percentile round trip, in nanoseconds.
+        p99_ns: f64,
+        /// How many round trips were timed.
+        round_trips: usize,
+        /// The wall time of the timed round trips, in nanoseconds.
+        elapsed_ns: f64,
+    },
+    /// Throughput: how long `messages` messages of `size` bytes took.
+    Throughput {
+        /// Messages sent.
+        messages: usize,
+        /// Payload bytes per message.
+        size: usize,
+        /// From the first send to the acknowledgement, in nanoseconds.
+        elapsed_ns: f64,
+    },
+}
+
+impl Sample {
+    /// A latency sample from round-trip times in nanoseconds (reordered).
+    pub fn from_round_trips(rtts: &mut [u64], elapsed: Duration) -> Sample {
+        rtts.sort_unstable();
+        Sample::Latency {
+            p50_ns: percentile(rtts, 0.50) as f64,
+            p99_ns: percentile(rtts, 0.99) as f64,
+            round_trips: rtts.len(),
+            elapsed_ns: elapsed.as_nanos() as f64,
+        }
+    }
+
+    /// The wall time the measurement took.
+    pub fn elapsed(&self) -> Duration {
+        match *self {
+            Sample::Latency { elapsed_ns, .. } | Sample::Throughput { elapsed_ns, .. } => {
+                Duration::from_nanos(elapsed_ns as u64)
+            }
+        }
+    }
+
+    /// The headline number: the median round trip in nanoseconds (lower is
+    /// better) or messages per second (higher is better).
+    pub fn headline(&self) -> f64 {
+        match *self {
+            Sample::Latency { p50_ns, .. } => p50_ns,
+            Sample::Throughput {
+                messages,
+                elapsed_ns,
+                ..
+            } => messages as f64 / (elapsed_ns / 1e9),
+        }
+    }
+
+    /// The second number: the 99th percentile round trip in nanoseconds,
+    /// or payload gigabytes (10^9 bytes) per second.
+    pub fn secondary(&self) -> f64 {
+        match *self {
+            Sample::Latency { p99_ns, .. } => p99_ns,
+            Sample::Throughput {
+                messages,
+                size,
+                elapsed_ns,
+            } => (messages * size) as f64 / elapsed_ns,
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted values (the Python script uses
+/// the same rule).
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median, minimum and maximum of some values.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Spread {
+    /// The median (the mean of the two middle values for an even count).
+    pub median: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`; all zero when there are none.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn spread_takes_the_middle() {
+        let s = Spread::of([3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([1.0, 2.0, 3.0, 4.0]).median, 2.5);
+    }
+
+    #[test]
+    fn labels_and_ids() {
+        assert_eq!(size_label(64), "64 B");
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+        let b = Benchmark {
+            kind: Kind::Throughput,
+            size: 65536,
+        };
+        assert_eq!(b.id(), "throughput-64KiB");
+    }
+}

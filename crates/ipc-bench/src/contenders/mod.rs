@@ -1,0 +1,265 @@
+//! The contenders and the machinery they share.
+//!
+//! A [`Contender`] runs one measurement of one benchmark when asked, against
+//! a peer process it started. Most contenders are a [`Link`] (one end of a
+//! channel that sends and receives whole messages) used on both sides: the
+//! parent end is driven by [`drive`], the peer end, in a child started as
+//! `ipc-bench --peer NAME`, answers with [`answer`]; a control connection
+//! (an `ipc-pipe` duplex, never timed) tells the peer what comes next.
+//!
+//! # Adding a contender
+//!
+//! 1. Write a module with a [`Link`] for your mechanism.
+//! 2. Give it a `start()` that creates the channel, calls [`spawn_peer`]
+//!    and returns a [`LinkContender`], and a `peer()` that rebuilds the
+//!    other end in the child and calls [`serve`].
+//! 3. Add an [`Entry`] to [`registry`].
+//!
+//! A contender that cannot be a [`Link`] (the Python one) implements
+//! [`Contender`] directly and has no `peer`.
+
+pub mod ipc_channel;
+pub mod pipe;
+pub mod python;
+pub mod raw;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipc_core::process::{inherited, Child, Process};
+use ipc_core::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::affinity;
+use crate::bench::{Benchmark, Kind, Result, Sample};
+
+/// The name of the floor every other contender is compared with.
+pub const FLOOR: &str = raw::NAME;
+
+/// The name of the Python contender, the second reference.
+pub const PYTHON: &str = python::NAME;
+
+/// Something measured: it runs benchmarks against a peer process.
+pub trait Contender {
+    /// Runs `bench` with `count` round trips or messages and reports how
+    /// it went, with both processes pinned to `cpu` if it is given.
+    fn run(&mut self, bench: Benchmark, count: usize, cpu: Option<usize>) -> Result<Sample>;
+
+    /// A note for the report, such as the version measured.
+    fn describe(&self) -> Option<String> {
+        None
+    }
+
+    /// Stops the peer process.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Starts a contender and its peer process; `Ok(None)` means it is
+/// unavailable here (the reason goes to stderr and the report).
+pub type StartFn = fn() -> Result<Option<Box<dyn Contender>>>;
+
+/// The peer's side of a contender, run by `ipc-bench --peer NAME ARGS...`
+/// with ARGS.
+pub type PeerFn = fn(args: &[String]) -> Result;
+
+/// One row of the registry.
+pub struct Entry {
+    /// The name shown in the results.
+    pub name: &'static str,
+    /// One line on what it is, for the report.
+    pub about: &'static str,
+    /// Starts the contender and its peer process.
+    pub start: StartFn,
+    /// The peer's side, if the peer is this program.
+    pub peer: Option<PeerFn>,
+}
+
+/// Every contender, in the order of the report. The floor comes first.
+pub fn registry() -> Vec<Entry> {
+    vec![
+        raw::entry(),
+        raw::exact_entry(),
+        pipe::bytes_entry(),
+        pipe::bytes_alloc_entry(),
+        pipe::typed_entry(),
+        python::entry(),
+        ipc_channel::entry(),
+    ]
+}
+
+/// One end of a message channel, as the generic drivers use it.
+///
+/// Messages are built once by [`prepare`](Link::prepare), so the timed loop
+/// measures the channel rather than the building of messages.
+pub trait Link {
+    /// Prepares to send messages of `send` payload bytes and to receive
+    /// messages of `recv` payload bytes.
+    fn prepare(&mut self, send: usize, recv: usize);
+    /// Sends the prepared message.
+    fn send(&mut self) -> Result<()>;
+    /// Receives one message and returns its payload length.
+    fn recv(&mut self) -> Result<usize>;
+}
+
+/// What the parent tells a peer over the control connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Control {
+    /// Answer this benchmark: `warmup + count` round trips, or receive
+    /// `count` messages and acknowledge.
+    Run {
+        /// The benchmark.
+        bench: Benchmark,
+        /// Untimed round trips first.
+        warmup: usize,
+        /// Timed round trips or messages.
+        count: usize,
+        /// The CPU to pin to for this run.
+        cpu: Option<usize>,
+    },
+    /// Exit.
+    Quit,
+}
+
+/// The payload size of the acknowledgement that ends a throughput run.
+pub const ACK_SIZE: usize = 0;
+
+fn check_len(got: usize, expected: usize) -> Result {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("received {got} bytes, expected {expected}").into())
+    }
+}
+
+/// The parent's side of a benchmark over `link`: times it.
+pub fn drive<L: Link>(link: &mut L, bench: Benchmark, count: usize) -> Result<Sample> {
+    let size = bench.size;
+    match bench.kind {
+        Kind::PingPong => {
+            link.prepare(size, size);
+            for _ in 0..bench.warmup(count) {
+                link.send()?;
+                check_len(link.recv()?, size)?;
+            }
+            let mut rtts = vec![0u64; count];
+            let start = Instant::now();
+            let mut last = start;
+            for rtt in rtts.iter_mut() {
+                link.send()?;
+                let got = link.recv()?;
+                let now = Instant::now();
+                *rtt = now.duration_since(last).as_nanos() as u64;
+                last = now;
+                check_len(got, size)?;
+            }
+            Ok(Sample::from_round_trips(&mut rtts, last - start))
+        }
+        Kind::Throughput => {
+            link.prepare(size, ACK_SIZE);
+            let start = Instant::now();
+            for _ in 0..count {
+                link.send()?;
+            }
+            let got = link.recv()?;
+            let elapsed = start.elapsed();
+            check_len(got, ACK_SIZE)?;
+            Ok(Sample::Throughput {
+                messages: count,
+                size,
+                elapsed_ns: elapsed.as_nanos() as f64,
+            })
+        }
+    }
+}
+
+/// The peer's side of a benchmark over `link`.
+pub fn answer<L: Link>(link: &mut L, bench: Benchmark, warmup: usize, count: usize) -> Result {
+    let size = bench.size;
+    match bench.kind {
+        Kind::PingPong => {
+            link.prepare(size, size);
+            for _ in 0..warmup + count {
+                check_len(link.recv()?, size)?;
+                link.send()?;
+            }
+        }
+        Kind::Throughput => {
+            link.prepare(ACK_SIZE, size);
+            for _ in 0..count {
+                check_len(link.recv()?, size)?;
+            }
+            link.send()?;
+        }
+    }
+    Ok(())
+}
+
+/// A contender whose peer is this program started as `ipc-bench --peer
+/// NAME`, reached through a [`Link`].
+pub struct LinkContender<L: Link> {
+    ctl: Connection,
+    child: Child,
+    link: L,
+}
+
+impl<L: Link> LinkContender<L> {
+    /// The parent end `link` of a channel whose peer `child` was started by
+    /// [`spawn_peer`], which also returned `ctl`.
+    pub fn new(ctl: Connection, child: Child, link: L) -> LinkContender<L> {
+        LinkContender { ctl, child, link }
+    }
+}
+
+impl<L: Link> Contender for LinkContender<L> {
+    fn run(&mut self, bench: Benchmark, count: usize, cpu: Option<usize>) -> Result<Sample> {
+        self.ctl.send(&Control::Run {
+            bench,
+            warmup: bench.warmup(count),
+            count,
+            cpu,
+        })?;
+        affinity::pinned(cpu, || drive(&mut self.link, bench, count))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.ctl.send(&Control::Quit)?;
+        match self.child.join_timeout(Duration::from_secs(10))? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(format!("peer exited with {status}").into()),
+            None => {
+                self.child.kill()?;
+                Err("peer did not exit; killed".into())
+            }
+        }
+    }
+}
+
+/// Starts this program as the peer of contender `name`, with the handles
+/// already given to `process`, the extra arguments `args` and a control
+/// connection; returns the parent end of the control connection and the
+/// child.
+pub fn spawn_peer(name: &str, process: Process, args: &[&str]) -> Result<(Connection, Child)> {
+    let (ctl, ctl_peer) = ipc_pipe::duplex()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--peer").arg(name).args(args);
+    let child = process.pass("ctl", &ctl_peer)?.exec(command)?;
+    Ok((ctl, child))
+}
+
+/// The peer's loop: answers benchmarks over `link` as the control
+/// connection asks, until told to quit or the parent goes away.
+pub fn serve<L: Link>(mut link: L) -> Result {
+    let mut ctl: Connection = inherited("ctl")?;
+    loop {
+        match ctl.recv::<Control>() {
+            Ok(Control::Run {
+                bench,
+                warmup,
+                count,
+                cpu,
+            }) => affinity::pinned(cpu, || answer(&mut link, bench, warmup, count))?,
+            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Runs the whole harness once, briefly, across real processes: every
+//! contender must start its peer, answer both kinds of benchmark and stop,
+//! and the three reports must be written.
+
+use std::process::Command;
+
+#[test]
+fn every_contender_runs_and_reports() {
+    let out = std::env::temp_dir().join(format!("ipc-bench-smoke-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_ipc-bench"))
+        .args([
+            "--quick",
+            "--rounds",
+            "1",
+            "--bench",
+            "ping-pong-8B,throughput-64KiB",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("ipc-bench starts");
+    assert!(status.success(), "ipc-bench failed: {status}");
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    let json = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    let svg = std::fs::read_to_string(out.join("chart.svg")).expect("chart.svg");
+    let _ = std::fs::remove_dir_all(&out);
+    for name in [
+        "raw socketpair",
+        "ipc-pipe bytes",
+        "ipc-pipe typed",
+        "ipc-channel",
+    ] {
+        assert!(md.contains(&format!("| {name} |")), "{name} missing:\n{md}");
+    }
+    assert!(!md.contains("failed in"), "a contender failed:\n{md}");
+    assert!(json.contains("\"throughput-64KiB\""));
+    assert!(svg.starts_with("<svg"));
+}
