@@ -18,9 +18,31 @@ use crate::{Error, Result};
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
-    let taken = std::mem::take(out);
-    *out = postcard::to_extend(value, taken).map_err(Error::Encode)?;
-    Ok(())
+    postcard::serialize_with_flavor(value, AppendTo(out)).map_err(Error::Encode)
+}
+
+/// A postcard output that appends to a `Vec` with `extend_from_slice`, so
+/// a large byte field is one `memcpy`; postcard's own `to_extend` copies
+/// element by element, which made typed 1 MiB messages markedly slower
+/// than the bytes path.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes one value that must use all of `bytes`.
