@@ -194,6 +194,7 @@ where
 {
     typed_round_trip(&make);
     bytes_round_trip(&make);
+    batch_arrives_as_separate_messages(&make);
     empty_messages(&make);
     typed_and_bytes_interleave(&make);
     fifo_order(&make);
@@ -281,6 +282,29 @@ pub fn bytes_round_trip<S: SuiteSender, R: SuiteReceiver>(make: impl Fn() -> (S,
         let got = recv_bytes_now(&mut rx, &format!("a {len}-byte message"));
         assert!(got == msg, "a {len}-byte message changed on the way");
     }
+}
+
+/// A batch of messages (more than one chunk of `ipc_core::BATCH_LEN`,
+/// empty ones included) arrives as the same messages in the same order.
+/// Small enough in total for the smallest kernel buffer, so the sender
+/// never waits for the receiver.
+pub fn batch_arrives_as_separate_messages<S: SuiteSender, R: SuiteReceiver>(
+    make: impl Fn() -> (S, R),
+) {
+    let (mut tx, mut rx) = make();
+    let messages: Vec<Vec<u8>> = (0..1200u64)
+        .map(|i| pattern(i, (i % 37) as usize))
+        .collect();
+    let slices: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    tx.send_bytes_batch(&slices).expect("send_bytes_batch");
+    for (i, message) in messages.iter().enumerate() {
+        let got = recv_bytes_now(&mut rx, &format!("batch message {i}"));
+        assert!(got == *message, "batch message {i} changed on the way");
+    }
+    assert!(
+        matches!(rx.try_recv_bytes(), Err(Error::Empty)),
+        "more arrived than was sent"
+    );
 }
 
 /// An empty message is a message: it arrives, as bytes or as `()`, and

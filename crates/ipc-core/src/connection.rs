@@ -24,6 +24,10 @@ use crate::{codec, ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
 /// The receive buffer. 64 KiB holds a thousand small frames per `read`.
 const READ_BUFFER_LEN: usize = 64 * 1024;
 
+/// Messages per vectored write in [`Connection::send_bytes_batch`]: two
+/// slices each (header and payload), within the kernel's `IOV_MAX` of 1024.
+pub const BATCH_LEN: usize = 512;
+
 /// The largest message a connection accepts unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 256 * 1024 * 1024;
 
@@ -165,6 +169,59 @@ impl<S: Transport> Connection<S> {
             match self.stream.write_vectored(parts)? {
                 0 => return Err(Error::Closed),
                 written => IoSlice::advance_slices(&mut parts, written),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends each of `messages` as one message, handing up to
+    /// [`BATCH_LEN`] of them to the kernel in one vectored write. For many
+    /// small messages this is several times the rate of one
+    /// [`send_bytes`](Self::send_bytes) call each, which costs a system call
+    /// per message; the receiver sees exactly the same messages.
+    ///
+    /// If an error stops the batch, the messages before the failing write
+    /// were sent; a message is never sent in part unless the peer is gone.
+    ///
+    /// ```
+    /// # use std::{os::fd::OwnedFd, os::unix::net::UnixStream};
+    /// # use ipc_core::{Connection, FdStream};
+    /// # let (a, b) = UnixStream::pair()?;
+    /// # let mut left = Connection::new(FdStream::new(OwnedFd::from(a))?);
+    /// # let mut right = Connection::new(FdStream::new(OwnedFd::from(b))?);
+    /// left.send_bytes_batch(&[b"one", b"", b"three"])?;
+    /// assert_eq!(right.recv_bytes()?, b"one");
+    /// assert_eq!(right.recv_bytes()?, b"");
+    /// assert_eq!(right.recv_bytes()?, b"three");
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::Unsupported("this end of the pipe cannot send"));
+        }
+        if let Some(big) = messages.iter().find(|m| m.len() as u64 > self.max_message) {
+            return Err(Error::TooLarge {
+                size: big.len() as u64,
+                limit: self.max_message,
+            });
+        }
+        for chunk in messages.chunks(BATCH_LEN) {
+            let mut headers = [Header::new(0); BATCH_LEN];
+            for (header, message) in headers.iter_mut().zip(chunk) {
+                *header = Header::new(message.len() as u64);
+            }
+            // One allocation per chunk of up to BATCH_LEN messages.
+            let mut parts: Vec<IoSlice<'_>> = headers
+                .iter()
+                .zip(chunk)
+                .flat_map(|(h, m)| [IoSlice::new(h.as_bytes()), IoSlice::new(m)])
+                .collect();
+            let mut rest: &mut [IoSlice<'_>] = &mut parts;
+            while !rest.is_empty() {
+                match self.stream.write_vectored(rest)? {
+                    0 => return Err(Error::Closed),
+                    written => IoSlice::advance_slices(&mut rest, written),
+                }
             }
         }
         Ok(())
@@ -584,6 +641,9 @@ impl<S: Transport> Waitable for Connection<S> {
 impl<S: Transport> ByteSender for Connection<S> {
     fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
         Connection::send_bytes(self, buf)
+    }
+    fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        Connection::send_bytes_batch(self, messages)
     }
 }
 

@@ -37,7 +37,7 @@ mod wait;
 
 use std::time::Duration;
 
-pub use connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
+pub use connection::{Connection, BATCH_LEN, DEFAULT_MAX_MESSAGE_SIZE};
 pub use error::{Error, Result};
 pub use transport::{FdKind, FdStream, Transport};
 pub use wait::{wait, Waitable};
@@ -46,6 +46,16 @@ pub use wait::{wait, Waitable};
 pub trait ByteSender {
     /// Sends `buf` as one message.
     fn send_bytes(&mut self, buf: &[u8]) -> Result<()>;
+
+    /// Sends each of `messages` as one message, in order. Mechanisms that
+    /// can hand many messages to the kernel at once (a connection writes
+    /// them with one vectored call per few hundred) override this; the
+    /// receiver sees the same messages as from separate sends.
+    fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        messages
+            .iter()
+            .try_for_each(|message| self.send_bytes(message))
+    }
 }
 
 /// Receives raw messages.
