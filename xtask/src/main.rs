@@ -155,6 +155,11 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
     ),
     ("Pipe: a list through a pipe", "ipc-pipe", "pipe_list"),
     (
+        "Queue: a producer process and a consumer process",
+        "ipc-queue",
+        "queue",
+    ),
+    (
         "Shared memory: a Value and an Array updated by a child",
         "ipc-shm",
         "value_array",

@@ -110,6 +110,14 @@
 //! the segment can also corrupt the lock itself; segments are owner-only
 //! for that reason.
 //!
+//! # Building blocks for other layouts
+//!
+//! [`raw`] exposes what these objects are made of (atomics at an offset of
+//! a [`SharedMemory`], futex wait and wake, the robust mutex with its
+//! owner-died signal, opening a segment a creator is still sizing) to other
+//! crates of the workspace that lay out their own structures, such as
+//! ipc-queue's ring, so there is one implementation of each.
+//!
 //! # Why memmap2 and not the `shared_memory` crate
 //!
 //! Segments are made with `shm_open` (named) or `memfd_create` (anonymous)
@@ -125,6 +133,7 @@ mod condition;
 mod header;
 mod lock;
 mod object;
+pub mod raw;
 mod semaphore;
 mod shm;
 mod sys;

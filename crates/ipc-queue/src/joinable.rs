@@ -1,0 +1,280 @@
+//! [`JoinableQueue`] (Python's `multiprocessing.JoinableQueue`) and
+//! [`SimpleQueue`] (Python's `multiprocessing.SimpleQueue`), both on the
+//! same ring as [`Queue`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::time::Duration;
+
+use ipc_core::process::{Handle, Inheritable, Inherited};
+use ipc_core::{ByteReceiver, ByteSender, Receiver, Result, Sender};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::core::Wait;
+use crate::layout::{Kind, Spec};
+use crate::queue::{
+    get_owned, inherit, put_owned, sealed, Builder, KindSpec, PutError, QueueKind, RawCore,
+};
+use crate::Queue;
+
+/// A [`Queue`] that also counts unfinished tasks: every put adds one,
+/// [`task_done`](Self::task_done) takes one away, and
+/// [`join`](Self::join) waits until none is left (Python's
+/// `JoinableQueue`). Everything else is the [`Queue`] it dereferences to.
+///
+/// ```
+/// use ipc_core::process::Process;
+/// use ipc_queue::JoinableQueue;
+///
+/// let q = JoinableQueue::<u32>::new()?;
+/// let mut worker = Process::new().pass("q", &q)?.fork({
+///     let q = &q;
+///     move || -> ipc_core::Result<()> {
+///         while let Ok(_task) = q.get() {
+///             q.task_done()?;
+///         }
+///         Ok(())
+///     }
+/// })?;
+/// for task in 0..10 {
+///     q.put(task)?;
+/// }
+/// q.join()?; // every task is done
+/// q.close()?;
+/// assert!(worker.join()?.success());
+/// assert!(q.task_done().is_err()); // more task_done() calls than items
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+///
+/// An item taken by a getter that is killed before calling `task_done`
+/// stays unfinished, as in Python: `join` without a timeout would then
+/// wait for ever.
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.queue).finish()
+    }
+}
+
+impl<T> sealed::Sealed for JoinableQueue<T> {}
+
+impl<T> QueueKind for JoinableQueue<T> {
+    fn spec() -> KindSpec {
+        KindSpec(Spec {
+            kind: Kind::JoinableQueue,
+            type_name: std::any::type_name::<T>(),
+        })
+    }
+
+    fn from_core(core: RawCore) -> Self {
+        JoinableQueue {
+            queue: Queue::from_core(core),
+        }
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// An anonymous joinable queue with no bound in items.
+    pub fn new() -> Result<Self> {
+        Self::builder().anonymous()
+    }
+
+    /// An anonymous joinable queue of at most `maxsize` items.
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        Self::builder().maxsize(maxsize).anonymous()
+    }
+
+    /// A builder for named joinable queues and other sizes.
+    pub fn builder() -> Builder<Self> {
+        Builder::new()
+    }
+
+    /// Marks one task done. More calls than items put is
+    /// [`ipc_core::Error::InvalidArgument`] (Python's `ValueError`).
+    pub fn task_done(&self) -> Result<()> {
+        self.queue.core().task_done()
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<()> {
+        self.queue.core().join(Wait::Forever)
+    }
+
+    /// Like [`join`](Self::join), waiting at most `timeout`
+    /// ([`ipc_core::Error::Timeout`]).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.queue.core().join(Wait::timeout(timeout))
+    }
+
+    /// The number of items put and not yet marked done (a snapshot).
+    pub fn unfinished_tasks(&self) -> usize {
+        self.queue.core().unfinished()
+    }
+}
+
+/// A plain FIFO with `put`, `get`, `empty` and `close` (Python's
+/// `SimpleQueue`): no bound in items, no timeouts, no `qsize`.
+///
+/// ```
+/// let q = ipc_queue::SimpleQueue::<bool>::new()?;
+/// assert!(q.empty());
+/// q.put(true)?;
+/// assert!(!q.empty());
+/// assert!(q.get()?);
+/// q.close()?;
+/// q.close()?; // twice is fine
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub struct SimpleQueue<T> {
+    queue: Queue<T>,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.queue).finish()
+    }
+}
+
+impl<T> sealed::Sealed for SimpleQueue<T> {}
+
+impl<T> QueueKind for SimpleQueue<T> {
+    fn spec() -> KindSpec {
+        KindSpec(Spec {
+            kind: Kind::SimpleQueue,
+            type_name: std::any::type_name::<T>(),
+        })
+    }
+
+    fn from_core(core: RawCore) -> Self {
+        SimpleQueue {
+            queue: Queue::from_core(core),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> SimpleQueue<T> {
+    /// An anonymous simple queue.
+    pub fn new() -> Result<Self> {
+        Self::builder().anonymous()
+    }
+
+    /// A builder for named simple queues and other capacities (a maxsize
+    /// given to it is ignored: a simple queue has none).
+    pub fn builder() -> Builder<Self> {
+        Builder::new()
+    }
+
+    /// Whether the queue holds no items (a snapshot).
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// Closes the queue (see [`Queue::close`]); twice is fine.
+    pub fn close(&self) -> Result<()> {
+        self.queue.close()
+    }
+
+    /// Puts raw bytes as one item.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.queue.put_bytes(bytes)
+    }
+
+    /// Takes the next item's bytes.
+    pub fn get_bytes(&self) -> Result<Vec<u8>> {
+        self.queue.get_bytes()
+    }
+
+    /// The segment underneath, for its name, owner and unlinking.
+    pub fn shared_memory(&self) -> &ipc_shm::SharedMemory {
+        self.queue.shared_memory()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// Puts `item`, waiting for room in the ring if need be.
+    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        put_owned(self.queue.core(), item, Wait::Forever)
+    }
+
+    /// Takes the next item, waiting as long as it takes;
+    /// [`ipc_core::Error::Closed`] once closed and drained.
+    pub fn get(&self) -> Result<T> {
+        get_owned(self.queue.core(), Wait::Forever)
+    }
+}
+
+macro_rules! forward_traits {
+    ($ty:ident, $($field:tt)+) => {
+        impl<T> Inheritable for $ty<T> {
+            fn handle(&self) -> Handle<'_> {
+                self.$($field)+.handle()
+            }
+
+            fn from_inherited(inherited: Inherited) -> Result<Self> {
+                inherit(inherited)
+            }
+        }
+
+        impl<T: Serialize> Sender<T> for $ty<T> {
+            fn send(&mut self, msg: &T) -> Result<()> {
+                self.$($field)+.send(msg)
+            }
+        }
+
+        impl<T: DeserializeOwned> Receiver<T> for $ty<T> {
+            fn recv(&mut self) -> Result<T> {
+                Receiver::<T>::recv(&mut self.$($field)+)
+            }
+
+            fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+                Receiver::<T>::recv_timeout(&mut self.$($field)+, timeout)
+            }
+
+            fn try_recv(&mut self) -> Result<T> {
+                Receiver::<T>::try_recv(&mut self.$($field)+)
+            }
+        }
+
+        impl<T> ByteSender for $ty<T> {
+            fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
+                self.$($field)+.send_bytes(buf)
+            }
+        }
+
+        impl<T> ByteReceiver for $ty<T> {
+            fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+                self.$($field)+.recv_bytes()
+            }
+
+            fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+                self.$($field)+.recv_bytes_timeout(timeout)
+            }
+
+            fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
+                self.$($field)+.try_recv_bytes()
+            }
+
+            fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+                self.$($field)+.recv_bytes_into(buf)
+            }
+        }
+    };
+}
+
+forward_traits!(JoinableQueue, queue);
+forward_traits!(SimpleQueue, queue);

@@ -1,0 +1,101 @@
+//! Python's `multiprocessing` [`Queue`], [`SimpleQueue`] and
+//! [`JoinableQueue`] for Rust on Linux: a multi-producer, multi-consumer
+//! FIFO held in a shared-memory ring, with no broker process and no feeder
+//! thread, that keeps working when one of its processes is killed.
+//!
+//! ```
+//! use ipc_core::process::Process;
+//! use ipc_queue::Queue;
+//!
+//! // Python: queue = Queue(); Process(target=producer, args=(queue,)).start()
+//! let queue = Queue::<Option<i32>>::new()?;
+//! let mut producer = Process::new().pass("queue", &queue)?.fork({
+//!     let queue = &queue;
+//!     move || -> ipc_core::Result<()> {
+//!         for data in [1, 2, 3, 4, 5] {
+//!             queue.put(Some(data))?;
+//!         }
+//!         Ok(queue.put(None)?)
+//!     }
+//! })?;
+//! let mut sum = 0;
+//! while let Some(data) = queue.get()? {
+//!     sum += data;
+//! }
+//! assert_eq!(sum, 15);
+//! assert!(producer.join()?.success());
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
+//!
+//! # Named and anonymous queues
+//!
+//! [`Queue::new`] makes an anonymous queue (a memfd) that children receive
+//! through [`Process::pass`](ipc_core::process::Process::pass). A
+//! [`Builder`] makes named ones, `/dev/shm/<name>` with owner-only
+//! permissions, that an unrelated process opens by name: `create` fails if
+//! the name exists, `open` if it does not, `open_or_create` does either.
+//! The creating process owns a named queue and removes it when its handle
+//! is dropped. Opening checks a layout header (magic number, layout
+//! version, queue kind, item type, capacity and size) and refuses anything
+//! else with an error saying what it found.
+//!
+//! # Items, bounds and blocking
+//!
+//! Items are serde values encoded with postcard, or raw bytes
+//! (`put_bytes`, `get_bytes_into`, which allocates nothing). A queue is
+//! bounded in items (`maxsize`) and in bytes (its ring's `capacity`);
+//! items may have any size up to what an empty ring holds, and a bigger
+//! one is refused at once with [`Error::TooLarge`](ipc_core::Error). `put`
+//! and `get` block, `*_timeout` wait at most a given time, `*_nowait` do
+//! not wait and return `Full` / `Empty` (a failed put hands the item back
+//! in a [`PutError`]). A blocked process spins briefly and then sleeps on a
+//! futex: it uses no CPU while it waits. [`Queue::close`] closes the queue
+//! for everyone: puts fail, getters drain what is left and are then told
+//! [`Error::Closed`](ipc_core::Error), and sleeping getters wake up.
+//!
+//! # When a process is killed
+//!
+//! One robust process-shared mutex guards a small control state, and every
+//! change to that state goes through a redo log, so a process killed at any
+//! instruction (mid-put, mid-get, holding the lock) leaves a queue that the
+//! others keep using: the next locker finishes or discards the dead
+//! process's change, checks the state, and wakes every waiter. Every item
+//! whose put returned `Ok` is delivered exactly once, except an item that a
+//! killed getter had already taken off. A record length found corrupt in
+//! the ring is reported as an error, never followed past the ring's end.
+//!
+//! # Known limits
+//!
+//! * A waiter whose waker was killed between its commit and its wake-up
+//!   notices within half a second (waits are cut into slices of at most
+//!   500 ms that look again); no item is lost meanwhile.
+//! * A waiter killed while registered as waiting leaves a registration
+//!   behind, which costs the next put or get one needless wake-up call.
+//! * Payloads are copied into and out of the ring under the lock, so puts
+//!   and gets do not overlap. Quick measurements on a shared 2-core virtual
+//!   machine (release build, bytes path) gave 3.5–8.7 M items/s for 64-byte
+//!   items with one producer and one consumer, 1.0–3.7 M items/s for 4 KiB
+//!   items, 3–10 M items/s with two of each, and a ping-pong round trip
+//!   through two queues of about 1 µs (p50); the numbers swing with the
+//!   machine's load. A getter spins up to 100 µs (yielding the CPU after
+//!   20 µs) before it sleeps.
+//! * `qsize`, `empty` and `full` are snapshots, as in Python.
+//! * The item type check is best effort: it compares
+//!   [`std::any::type_name`], which the compiler does not promise to keep
+//!   stable between versions.
+//! * The crate is `publish = false`: the name `ipc-queue` on crates.io
+//!   belongs to an unrelated crate.
+#![deny(unsafe_code)]
+
+mod core;
+mod joinable;
+mod layout;
+mod queue;
+mod sys;
+
+pub use joinable::{JoinableQueue, SimpleQueue};
+pub use queue::{Builder, PutError, Queue, QueueKind, DEFAULT_CAPACITY};
+#[doc(hidden)]
+pub use queue::{KindSpec, RawCore};
+
+pub use ipc_core::{Error, Result};

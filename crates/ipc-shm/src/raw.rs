@@ -1,0 +1,156 @@
+//! The low-level building blocks under this crate's objects, for other
+//! crates of the workspace that lay out their own shared-memory structures
+//! (ipc-queue's ring): atomics at an offset of a [`SharedMemory`], futex
+//! wait and wake on them, and the robust process-shared mutex with its
+//! owner-died signal.
+//!
+//! ```
+//! use ipc_shm::{raw, SharedMemory};
+//! let mut shm = SharedMemory::anonymous(4096)?;
+//! raw::init_robust_mutex(&mut shm, 0)?;
+//! // SAFETY: offset 0 holds the mutex initialised just above.
+//! let mutex = unsafe { raw::RobustMutexRef::at(&shm, 0) };
+//! assert!(!mutex.lock(None)?); // no previous owner died
+//! raw::atomic_u64(&shm, 128).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//! mutex.unlock()?;
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use ipc_core::{Error, Result};
+
+use crate::sys::futex;
+use crate::sys::mutex::{How, LockFailure, MutexKind, RobustMutex, MUTEX_AREA};
+use crate::SharedMemory;
+
+/// The bytes a robust mutex takes in a layout (a multiple of 8).
+pub const ROBUST_MUTEX_SIZE: usize = MUTEX_AREA;
+
+/// Opens the named segment `name` for a layout that needs at least `min`
+/// bytes. A creator makes a segment with `shm_open` and sizes it a moment
+/// later, so an empty segment is waited for until `deadline` (polling every
+/// millisecond, only in that short window); a segment that has a size, but
+/// less than `min`, is refused at once. [`Error::NotFound`] if there is no
+/// such segment. Never unlinks it.
+pub fn open_when_sized(name: &str, min: usize, deadline: Instant) -> Result<SharedMemory> {
+    SharedMemory::open_when_sized(name, min, deadline)
+}
+
+/// The 32-bit atomic at `offset` of `shm`.
+///
+/// # Panics
+///
+/// If the word is outside the segment or `offset` is not a multiple of 4.
+pub fn atomic_u32(shm: &SharedMemory, offset: usize) -> &AtomicU32 {
+    shm.map.atomic_u32(offset)
+}
+
+/// The 64-bit atomic at `offset` of `shm`.
+///
+/// # Panics
+///
+/// If the word is outside the segment or `offset` is not a multiple of 8.
+pub fn atomic_u64(shm: &SharedMemory, offset: usize) -> &AtomicU64 {
+    shm.map.atomic_u64(offset)
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (`None`: no
+/// limit); `false` if the timeout ran out. The word may be in memory shared
+/// with other processes (no `FUTEX_PRIVATE_FLAG`). Returns early on a wake,
+/// a signal or spuriously: callers re-check their condition.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+    futex::wait(word, expected, timeout) == futex::Wake::Woken
+}
+
+/// Wakes up to `n` waiters sleeping on `word`; returns how many woke.
+pub fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    futex::wake(word, n)
+}
+
+/// Initialises a robust, process-shared, error-checking pthread mutex in
+/// the [`ROBUST_MUTEX_SIZE`] bytes at `offset` of `shm`. Call it while
+/// creating a layout, before any other process can see it.
+///
+/// # Panics
+///
+/// If the bytes are outside the segment or misaligned.
+pub fn init_robust_mutex(shm: &mut SharedMemory, offset: usize) -> Result<()> {
+    Ok(shm.map.init_mutex(offset, MutexKind::ErrorCheck)?)
+}
+
+/// A robust mutex inside a segment, locked and unlocked by hand.
+#[derive(Clone, Copy)]
+pub struct RobustMutexRef<'a> {
+    mutex: &'a RobustMutex,
+}
+
+impl std::fmt::Debug for RobustMutexRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobustMutexRef").finish_non_exhaustive()
+    }
+}
+
+impl<'a> RobustMutexRef<'a> {
+    /// The mutex at `offset` of `shm`.
+    ///
+    /// # Safety
+    ///
+    /// The bytes at `offset` must hold a mutex that [`init_robust_mutex`]
+    /// initialised (in this or another process), for instance because a
+    /// layout header checked on open says so. pthread calls on other bytes
+    /// are undefined behaviour.
+    ///
+    /// # Panics
+    ///
+    /// If the bytes are outside the segment or misaligned.
+    // Declaring the contract needs `unsafe fn`; the body has no unsafe code.
+    #[allow(unsafe_code)]
+    pub unsafe fn at(shm: &'a SharedMemory, offset: usize) -> Self {
+        RobustMutexRef {
+            mutex: shm.map.mutex(offset),
+        }
+    }
+
+    /// Locks, waiting until `deadline` if one is given ([`Error::Timeout`]
+    /// after it). `Ok(true)` means a previous holder died holding the lock,
+    /// or a holder since then has not called
+    /// [`mark_consistent`](Self::mark_consistent): repair the data first.
+    /// Locking it again from the holding thread is an error.
+    pub fn lock(&self, deadline: Option<Instant>) -> Result<bool> {
+        let how = deadline.map_or(How::Block, How::Until);
+        self.mutex.lock(how).map_err(failure)
+    }
+
+    /// Locks if the mutex is free now; `Ok(None)` if it is held.
+    pub fn try_lock(&self) -> Result<Option<bool>> {
+        match self.mutex.lock(How::Try) {
+            Ok(died) => Ok(Some(died)),
+            Err(LockFailure::WouldBlock) => Ok(None),
+            Err(e) => Err(failure(e)),
+        }
+    }
+
+    /// Unlocks; an error if this thread does not hold the mutex.
+    pub fn unlock(&self) -> Result<()> {
+        Ok(self.mutex.unlock()?)
+    }
+
+    /// Clears the owner-died mark once the data is repaired. Only the
+    /// holder calls this.
+    pub fn mark_consistent(&self) {
+        self.mutex.mark_consistent();
+    }
+}
+
+fn failure(e: LockFailure) -> Error {
+    match e {
+        LockFailure::WouldBlock => Error::Io(std::io::ErrorKind::WouldBlock.into()),
+        LockFailure::TimedOut => Error::Timeout,
+        LockFailure::Deadlock => {
+            Error::InvalidArgument("this thread already holds the robust mutex")
+        }
+        LockFailure::Other(e) => Error::Io(e),
+    }
+}
