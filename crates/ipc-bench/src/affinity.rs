@@ -7,6 +7,10 @@
 //! CPU or two flips with whatever else runs on the machine. Pinned, the
 //! benchmark measures the IPC path rather than the scheduler's mood.
 //! Throughput runs unpinned, since sender and receiver should overlap.
+//! Locked increments from two processes pin them to two different CPUs
+//! (see [`other_cpu`]), so that they really contend: left alone, the
+//! scheduler often time-slices both on one CPU, and the "contended" rate
+//! becomes the uncontended one.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
@@ -19,6 +23,13 @@ pub fn default_cpu() -> Option<usize> {
     (0..CpuSet::count())
         .rev()
         .find(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+}
+
+/// Another CPU this process may use than `cpu` (the lowest one), for the
+/// second process of the contended increments.
+pub fn other_cpu(cpu: usize) -> Option<usize> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    (0..CpuSet::count()).find(|&c| c != cpu && allowed.is_set(c).unwrap_or(false))
 }
 
 /// Runs `f` with this thread pinned to `cpu` (if any), then restores the

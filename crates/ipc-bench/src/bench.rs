@@ -2,10 +2,12 @@
 //! and the statistics taken over rounds.
 //!
 //! To add a benchmark of an existing kind, add it to [`Benchmark::all`].
-//! A new kind needs a [`Kind`] variant, its two sides in
-//! `contenders::drive` and `contenders::answer`, a [`Sample`] shape if the
-//! existing ones do not fit, a command in `python/pipe_bench.py`, and a
-//! table layout in `report.rs`.
+//! A new kind needs a [`Kind`] variant, its sides in the contenders that
+//! run it, a [`Sample`] shape if the existing ones do not fit, a command in
+//! the Python script of its [`Via`], and a table layout in `report.rs`.
+//! Which contenders run a benchmark, and which are its floor and its
+//! Python reference, follows from its [`Via`] and kind (see
+//! `contenders::floor` and each registry entry's `runs`).
 
 use std::fmt;
 use std::time::Duration;
@@ -18,7 +20,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// The result type of the harness.
 pub type Result<T = (), E = Error> = std::result::Result<T, E>;
 
-/// The two kinds of measurement.
+/// The kinds of measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -29,62 +31,146 @@ pub enum Kind {
     /// and answers with one empty acknowledgement; the time from the first
     /// send to the acknowledgement is recorded.
     Throughput,
+    /// The parent connects (and authenticates) to a listener in the peer,
+    /// then closes; the time of each connection is recorded.
+    Connect,
+    /// Uncontended lock + unlock of a lock in the parent alone; the time
+    /// per pair is reported.
+    LockUnlock,
+    /// `size` processes each add 1 to a shared counter under its lock
+    /// `count` times; increments per second are reported.
+    Increments,
+    /// The parent writes `size` bytes of shared memory, the peer reads
+    /// them all into a local buffer; one write + read is a "message".
+    Bandwidth,
 }
 
-/// One benchmark: a kind and a message size.
+/// What a benchmark goes over: this also picks its contenders, its floor
+/// and its Python reference (see `contenders::floor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// A pipe-like pair made before the peer starts (ipc-pipe and peers).
+    Pipe,
+    /// A Unix stream socket reached through a listener.
+    Unix,
+    /// A TCP connection on 127.0.0.1.
+    Tcp,
+    /// Shared memory and its locks.
+    Shm,
+}
+
+/// One benchmark: a kind, a message size and what it goes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Benchmark {
     /// What is measured.
     pub kind: Kind,
-    /// The payload of each message, in bytes.
+    /// The payload of each message, in bytes (for [`Kind::Increments`],
+    /// the number of processes incrementing).
     pub size: usize,
+    /// What it goes over.
+    pub via: Via,
 }
 
 impl Benchmark {
     /// Every benchmark, in the order they run and are reported.
     pub fn all() -> Vec<Benchmark> {
-        let ping = |size| Benchmark {
-            kind: Kind::PingPong,
-            size,
-        };
-        let stream = |size| Benchmark {
-            kind: Kind::Throughput,
-            size,
-        };
-        vec![
-            ping(8),
-            ping(4 << 10),
-            stream(64),
-            stream(4 << 10),
-            stream(64 << 10),
-            stream(1 << 20),
-        ]
+        let b = |kind, size, via| Benchmark { kind, size, via };
+        let mut all = vec![
+            b(Kind::PingPong, 8, Via::Pipe),
+            b(Kind::PingPong, 4 << 10, Via::Pipe),
+            b(Kind::Throughput, 64, Via::Pipe),
+            b(Kind::Throughput, 4 << 10, Via::Pipe),
+            b(Kind::Throughput, 64 << 10, Via::Pipe),
+            b(Kind::Throughput, 1 << 20, Via::Pipe),
+        ];
+        for via in [Via::Unix, Via::Tcp] {
+            all.extend([
+                b(Kind::PingPong, 8, via),
+                b(Kind::PingPong, 4 << 10, via),
+                b(Kind::Throughput, 64 << 10, via),
+                b(Kind::Throughput, 1 << 20, via),
+            ]);
+        }
+        all.extend([
+            b(Kind::Connect, 0, Via::Unix),
+            b(Kind::LockUnlock, 0, Via::Shm),
+            b(Kind::Increments, 1, Via::Shm),
+            b(Kind::Increments, 2, Via::Shm),
+            b(Kind::Bandwidth, 64 << 20, Via::Shm),
+        ]);
+        all
     }
 
-    /// A short stable identifier, such as `ping-pong-8B` or
-    /// `throughput-1MiB`.
+    /// A short stable identifier, such as `ping-pong-8B`,
+    /// `throughput-1MiB`, `tcp-ping-pong-8B` or `shm-increments-2p`.
     pub fn id(&self) -> String {
-        let kind = match self.kind {
-            Kind::PingPong => "ping-pong",
-            Kind::Throughput => "throughput",
+        let prefix = match self.via {
+            Via::Pipe => "",
+            Via::Unix => "unix-",
+            Via::Tcp => "tcp-",
+            Via::Shm => "shm-",
         };
-        format!("{kind}-{}", size_label(self.size).replace(' ', ""))
+        let size = size_label(self.size).replace(' ', "");
+        let rest = match self.kind {
+            Kind::PingPong => format!("ping-pong-{size}"),
+            Kind::Throughput => format!("throughput-{size}"),
+            Kind::Connect => "connect".to_owned(),
+            Kind::LockUnlock => "lock-unlock".to_owned(),
+            Kind::Increments => format!("increments-{}p", self.size),
+            Kind::Bandwidth => format!("write-read-{size}"),
+        };
+        format!("{prefix}{rest}")
     }
 
     /// How many untimed round trips precede `count` timed ones.
     pub fn warmup(&self, count: usize) -> usize {
         match self.kind {
-            Kind::PingPong => (count / 10).clamp(10, 1000),
-            Kind::Throughput => 0,
+            Kind::PingPong | Kind::Connect => (count / 10).clamp(10, 1000),
+            _ => 0,
+        }
+    }
+
+    /// Whether a smaller headline is better (a time rather than a rate).
+    pub fn lower_is_better(&self) -> bool {
+        matches!(self.kind, Kind::PingPong | Kind::Connect | Kind::LockUnlock)
+    }
+
+    /// The headline number of `sample` in this benchmark: the p50 in ns
+    /// (ping-pong, connect), ns per operation (lock+unlock), or
+    /// messages / increments / write+read passes per second.
+    pub fn score(&self, sample: &Sample) -> f64 {
+        match (self.kind, sample) {
+            (
+                Kind::LockUnlock,
+                Sample::Throughput {
+                    messages,
+                    elapsed_ns,
+                    ..
+                },
+            ) => elapsed_ns / (*messages).max(1) as f64,
+            _ => sample.headline(),
         }
     }
 }
 
 impl fmt::Display for Benchmark {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let over = match self.via {
+            Via::Pipe => "",
+            Via::Unix => " (Unix socket)",
+            Via::Tcp => " (TCP 127.0.0.1)",
+            Via::Shm => "",
+        };
+        let size = size_label(self.size);
         match self.kind {
-            Kind::PingPong => write!(f, "Ping-pong round trip, {}", size_label(self.size)),
-            Kind::Throughput => write!(f, "One-way throughput, {}", size_label(self.size)),
+            Kind::PingPong => write!(f, "Ping-pong round trip, {size}{over}"),
+            Kind::Throughput => write!(f, "One-way throughput, {size}{over}"),
+            Kind::Connect => write!(f, "Connect + authenticate{over}"),
+            Kind::LockUnlock => write!(f, "Lock + unlock, uncontended"),
+            Kind::Increments if self.size == 1 => write!(f, "Locked increments, 1 process"),
+            Kind::Increments => write!(f, "Locked increments, {} processes", self.size),
+            Kind::Bandwidth => write!(f, "Shared memory write + read across processes, {size}"),
         }
     }
 }
@@ -245,7 +331,17 @@ mod tests {
         let b = Benchmark {
             kind: Kind::Throughput,
             size: 65536,
+            via: Via::Pipe,
         };
         assert_eq!(b.id(), "throughput-64KiB");
+        let ids: Vec<String> = Benchmark::all().iter().map(Benchmark::id).collect();
+        for id in [
+            "tcp-ping-pong-8B",
+            "unix-connect",
+            "shm-increments-2p",
+            "shm-write-read-64MiB",
+        ] {
+            assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `ipc-bench`: measures every mechanism of the workspace between two real
-//! processes, against the raw OS floor, Python's `multiprocessing.Pipe` and
-//! `ipc-channel`, in one run with the contenders alternating round by round.
+//! processes, against the raw OS floor, Python's `multiprocessing` (Pipe,
+//! Listener / Client, shared memory and locks) and `ipc-channel`, in one
+//! run with the contenders alternating round by round.
 //!
 //! ```text
 //! cargo xtask bench [--quick]
@@ -11,8 +12,10 @@
 //! it up) so one measurement takes about 100 ms (30 ms with `--quick`);
 //! then K rounds each run every benchmark with every contender once, the
 //! order of the contenders rotating from round to round, so a load swing
-//! on the machine hits every contender alike. Ping-pong pins both
-//! processes to one CPU (see [`affinity`]). Results go to `target/bench/` as `results.md`, `results.json`
+//! on the machine hits every contender alike. Each benchmark has its own
+//! floor and Python reference (see [`contenders::floor`]); a contender
+//! runs only the benchmarks its registry entry says it runs. Ping-pong and
+//! connect pin both processes to one CPU (see [`affinity`]). Results go to `target/bench/` as `results.md`, `results.json`
 //! and `chart.svg`; the Markdown is printed at the end.
 //!
 //! Started as `ipc-bench --peer NAME ...`, the program is the peer process
@@ -40,8 +43,11 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
   --rounds N     rounds per benchmark (default 17, 7 with --quick); rounds stop
                  early rather than pass 270 s (50 s with --quick)
   --only NAMES   only the contenders whose names contain one of NAMES
-                 (the floor and Python always run, as references)
+                 (the floors and the Python contenders always run, as
+                 references)
   --bench IDS    only the benchmarks whose ids (ping-pong-8B, throughput-64KiB,
+                 unix-ping-pong-8B, tcp-throughput-1MiB, unix-connect,
+                 shm-lock-unlock, shm-increments-2p, shm-write-read-64MiB,
                  ...) contain one of IDS
   --out DIR      write the results there instead of target/bench/
   --no-pin       leave ping-pong unpinned (by default both processes are
@@ -66,7 +72,11 @@ struct Options {
 impl Options {
     /// The CPU to pin `bench` to, if any.
     fn cpu(&self, bench: Benchmark) -> Option<usize> {
-        self.pin.filter(|_| bench.kind == Kind::PingPong)
+        // Two incrementing processes are pinned to two different CPUs: the
+        // parent to this one, the other to `affinity::other_cpu` of it.
+        let two = bench.kind == Kind::Increments && bench.size == 2;
+        self.pin
+            .filter(|_| two || matches!(bench.kind, Kind::PingPong | Kind::Connect))
     }
 }
 
@@ -173,7 +183,11 @@ fn run(options: &Options) -> Result {
         ));
     }
     notes.push(match options.pin {
-        Some(cpu) => format!("ping-pong: both processes pinned to CPU {cpu}; throughput unpinned"),
+        Some(cpu) => format!(
+            "ping-pong and connect: both processes pinned to CPU {cpu}; 2-process increments: \
+             one process on CPU {cpu}, the other on CPU {}; everything else unpinned",
+            affinity::other_cpu(cpu).map_or("(none)".to_owned(), |c| c.to_string())
+        ),
         None => "nothing pinned (--no-pin)".to_owned(),
     });
     if !options.benches.is_empty() {
@@ -182,12 +196,23 @@ fn run(options: &Options) -> Result {
             options.benches.join(",")
         ));
     }
+    let benches: Vec<Benchmark> = Benchmark::all()
+        .into_iter()
+        .filter(|b| {
+            options.benches.is_empty()
+                || options
+                    .benches
+                    .iter()
+                    .any(|id| b.id().contains(id.as_str()))
+        })
+        .collect();
     let mut running = Vec::new();
     for entry in contenders::registry() {
         let wanted = options.only.is_empty()
-            || [contenders::FLOOR, contenders::PYTHON].contains(&entry.name)
+            || contenders::is_reference(entry.name)
             || options.only.iter().any(|o| entry.name.contains(o.as_str()));
-        if !wanted {
+        // A contender that runs none of the benchmarks is not started.
+        if !wanted || !benches.iter().any(|&b| (entry.runs)(b)) {
             continue;
         }
         match (entry.start)() {
@@ -208,25 +233,24 @@ fn run(options: &Options) -> Result {
             }
         }
     }
-    let names: Vec<&str> = running.iter().map(|r| r.entry.name).collect();
-    let benches: Vec<Benchmark> = Benchmark::all()
-        .into_iter()
-        .filter(|b| {
-            options.benches.is_empty()
-                || options
-                    .benches
-                    .iter()
-                    .any(|id| b.id().contains(id.as_str()))
+    // The contenders (indices into `running`) of each benchmark.
+    let participants: Vec<Vec<usize>> = benches
+        .iter()
+        .map(|&b| {
+            (0..running.len())
+                .filter(|&i| (running[i].entry.runs)(b))
+                .collect()
         })
         .collect();
-    // counts[bench][contender]
+    // counts[bench][participant]
     let mut counts = Vec::new();
-    for &bench in &benches {
+    for (b, &bench) in benches.iter().enumerate() {
         eprintln!("== calibrating: {bench}");
         counts.push(
-            running
-                .iter_mut()
-                .map(|r| {
+            participants[b]
+                .iter()
+                .map(|&i| {
+                    let r = &mut running[i];
                     calibrate(r, bench, options, &mut notes)
                         .inspect(|n| eprintln!("   {:<30} {n} per measurement", r.entry.name))
                         .unwrap_or(0)
@@ -236,19 +260,24 @@ fn run(options: &Options) -> Result {
     }
     // Every round runs every benchmark, so a burst of load from elsewhere
     // spoils a few rounds of each rather than every round of one.
-    // samples[bench][contender][round]
-    let mut samples = vec![vec![Vec::new(); running.len()]; benches.len()];
+    // samples[bench][participant][round]
+    let mut samples: Vec<Vec<Vec<Option<Sample>>>> = participants
+        .iter()
+        .map(|p| vec![Vec::new(); p.len()])
+        .collect();
     let mut rounds = 0;
     while rounds < options.rounds {
         let round = rounds;
         let round_started = Instant::now();
         eprintln!("== round {} of {}", round + 1, options.rounds);
         for (b, &bench) in benches.iter().enumerate() {
-            for k in 0..running.len() {
-                let i = (k + round) % running.len();
+            let n = participants[b].len();
+            for k in 0..n {
+                let j = (k + round) % n;
+                let i = participants[b][j];
                 let cpu = options.cpu(bench);
-                let sample = measure(&mut running[i], bench, counts[b][i], cpu, &mut notes);
-                samples[b][i].push(sample);
+                let sample = measure(&mut running[i], bench, counts[b][j], cpu, &mut notes);
+                samples[b][j].push(sample);
             }
         }
         rounds += 1;
@@ -264,9 +293,16 @@ fn run(options: &Options) -> Result {
     }
     let results: Vec<BenchResult> = benches
         .iter()
+        .zip(participants)
         .zip(counts)
         .zip(samples)
-        .map(|((&bench, counts), samples)| BenchResult::new(bench, &names, &counts, samples))
+        .map(|(((&bench, participants), counts), samples)| {
+            let names: Vec<&str> = participants
+                .iter()
+                .map(|&i| running[i].entry.name)
+                .collect();
+            BenchResult::new(bench, &names, &counts, samples)
+        })
         .collect();
     let contenders = running
         .iter()
@@ -369,7 +405,10 @@ fn calibrate(
     }
     let (min, max) = match bench.kind {
         Kind::PingPong => (200, 2_000_000),
+        Kind::Connect => (50, 200_000),
         Kind::Throughput => (8, 20_000_000),
+        Kind::LockUnlock | Kind::Increments => (1000, 500_000_000),
+        Kind::Bandwidth => (1, 1000),
     };
     let target = options.target.as_secs_f64();
     // The fastest time per round trip or message seen in a long enough run.

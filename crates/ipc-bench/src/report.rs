@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::bench::{Benchmark, Kind, Sample, Spread};
-use crate::contenders::{FLOOR, PYTHON};
+use crate::contenders::{floor, python};
 use crate::machine::Machine;
 
 /// Everything a run measured.
@@ -70,7 +70,12 @@ pub struct Row {
     /// Throughput: payload GB (10^9 bytes) per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gb_per_s: Option<Spread>,
-    /// p50 (ping-pong) or messages/s (throughput) divided by the floor's.
+    /// Lock + unlock: nanoseconds per pair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_per_op: Option<Spread>,
+    /// The benchmark's headline (p50 for ping-pong and connect, ns per
+    /// pair for lock + unlock, else messages, increments or passes per
+    /// second) divided by the floor's.
     pub vs_floor: Option<Spread>,
     /// The same divided by Python's.
     pub vs_python: Option<Spread>,
@@ -93,7 +98,7 @@ impl BenchResult {
             let ratios: Vec<f64> = row
                 .iter()
                 .zip(base)
-                .filter_map(|(s, b)| Some(s.as_ref()?.headline() / b.as_ref()?.headline()))
+                .filter_map(|(s, b)| Some(bench.score(s.as_ref()?) / bench.score(b.as_ref()?)))
                 .collect();
             (!ratios.is_empty()).then(|| Spread::of(ratios))
         };
@@ -104,16 +109,19 @@ impl BenchResult {
             .map(|((name, &count), row)| {
                 let headline = Some(Spread::of(row.iter().flatten().map(Sample::headline)));
                 let secondary = Some(Spread::of(row.iter().flatten().map(Sample::secondary)));
-                let latency = bench.kind == Kind::PingPong;
+                let score = Some(Spread::of(row.iter().flatten().map(|s| bench.score(s))));
+                let latency = matches!(bench.kind, Kind::PingPong | Kind::Connect);
+                let per_op = bench.kind == Kind::LockUnlock;
                 Row {
                     contender: (*name).to_owned(),
                     count,
                     p50_ns: headline.filter(|_| latency),
                     p99_ns: secondary.filter(|_| latency),
-                    messages_per_s: headline.filter(|_| !latency),
-                    gb_per_s: secondary.filter(|_| !latency),
-                    vs_floor: ratio(row, index(FLOOR)),
-                    vs_python: ratio(row, index(PYTHON)),
+                    messages_per_s: headline.filter(|_| !latency && !per_op),
+                    gb_per_s: secondary.filter(|_| !latency && !per_op),
+                    ns_per_op: score.filter(|_| per_op),
+                    vs_floor: ratio(row, index(floor(&bench))),
+                    vs_python: ratio(row, index(python(&bench))),
                     samples: row.clone(),
                 }
             })
@@ -183,14 +191,89 @@ impl Report {
             "\nEach round runs every benchmark with every contender once (the order \
              of the contenders rotates each round). Values are the median over rounds with the min – max spread. \
              Ratios are taken round by round against the reference measured in the \
-             same round: for ping-pong, p50 divided by the reference's (lower is \
-             better); for throughput, messages/s divided by the reference's (higher \
-             is better). The floor is `{FLOOR}`."
+             same round: for ping-pong and connect, p50 divided by the reference's; \
+             for lock + unlock, ns per pair divided by the reference's (lower is \
+             better for both); for throughput, increments and write + read, \
+             messages, increments or passes per second divided by the reference's \
+             (higher is better). Each table names its floor and its Python reference."
         );
         for b in &self.benchmarks {
             let _ = writeln!(md, "\n## {}\n", b.bench);
+            let _ = writeln!(
+                md,
+                "`{}`; floor: `{}`; Python: `{}`.\n",
+                b.id,
+                floor(&b.bench),
+                python(&b.bench)
+            );
             match b.bench.kind {
-                Kind::PingPong => {
+                Kind::LockUnlock => {
+                    let _ = writeln!(
+                        md,
+                        "| contender | ns per lock+unlock | spread | vs floor | vs Python | pairs |"
+                    );
+                    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|");
+                    for r in &b.rows {
+                        let t = r.ns_per_op.unwrap_or_default();
+                        let _ = writeln!(
+                            md,
+                            "| {} | {:.1} ns | {:.1} – {:.1} ns | {} | {} | {} |",
+                            r.contender,
+                            t.median,
+                            t.min,
+                            t.max,
+                            ratio(r.vs_floor),
+                            ratio(r.vs_python),
+                            r.count
+                        );
+                    }
+                }
+                Kind::Increments => {
+                    let _ = writeln!(
+                        md,
+                        "| contender | increments/s (all processes) | spread | vs floor | vs Python | increments per process |"
+                    );
+                    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|");
+                    for r in &b.rows {
+                        let v = r.messages_per_s.unwrap_or_default();
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} | {} | {} | {} | {} |",
+                            r.contender,
+                            rate(v.median),
+                            spread(v, rate),
+                            ratio(r.vs_floor),
+                            ratio(r.vs_python),
+                            r.count
+                        );
+                    }
+                }
+                Kind::Bandwidth => {
+                    let _ = writeln!(
+                        md,
+                        "| contender | GB/s (write + read) | GB/s spread | ms per pass | vs floor | vs Python | passes |"
+                    );
+                    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|");
+                    for r in &b.rows {
+                        let (passes, gb) = (
+                            r.messages_per_s.unwrap_or_default(),
+                            r.gb_per_s.unwrap_or_default(),
+                        );
+                        let _ = writeln!(
+                            md,
+                            "| {} | {:.2} | {:.2} – {:.2} | {:.1} | {} | {} | {} |",
+                            r.contender,
+                            gb.median,
+                            gb.min,
+                            gb.max,
+                            1e3 / passes.median,
+                            ratio(r.vs_floor),
+                            ratio(r.vs_python),
+                            r.count
+                        );
+                    }
+                }
+                Kind::PingPong | Kind::Connect => {
                     let _ = writeln!(
                         md,
                         "| contender | p50 | p50 spread | p99 | p99 spread | p50 vs floor | p50 vs Python | round trips |"
@@ -259,9 +342,10 @@ impl Report {
     pub fn svg(&self) -> String {
         let speed = |b: &BenchResult, r: &Row| {
             let v = r.vs_floor?.median;
-            Some(match b.bench.kind {
-                Kind::PingPong => 1.0 / v,
-                Kind::Throughput => v,
+            Some(if b.bench.lower_is_better() {
+                1.0 / v
+            } else {
+                v
             })
             .filter(|v| v.is_finite() && *v > 0.0)
         };
@@ -294,8 +378,8 @@ impl Report {
         );
         let _ = writeln!(
             svg,
-            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">Speed relative to the floor ({}), log scale: longer is faster ({} mode, {})</text>"#,
-            FLOOR, self.mode, self.machine.date
+            r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">Speed relative to each benchmark's floor, log scale: longer is faster ({} mode, {})</text>"#,
+            self.mode, self.machine.date
         );
         let top = 40.0;
         let mut decade = lo;
@@ -324,9 +408,10 @@ impl Report {
         for b in &self.benchmarks {
             let _ = writeln!(
                 svg,
-                r#"<text x="10" y="{:.1}" font-weight="bold">{}</text>"#,
+                r#"<text x="10" y="{:.1}" font-weight="bold">{} (floor: {})</text>"#,
                 y + 18.0,
-                escape(&b.bench.to_string())
+                escape(&b.bench.to_string()),
+                escape(floor(&b.bench))
             );
             y += title;
             for r in &b.rows {
@@ -383,6 +468,7 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::Via;
 
     fn latency(p50: f64) -> Option<Sample> {
         Some(Sample::Latency {
@@ -398,8 +484,9 @@ mod tests {
         let bench = Benchmark {
             kind: Kind::PingPong,
             size: 8,
+            via: Via::Pipe,
         };
-        let names = [FLOOR, "other"];
+        let names = [floor(&bench), "other"];
         let samples = vec![
             vec![latency(10.0), latency(20.0), latency(10.0)],
             vec![latency(11.0), latency(22.0), None],
@@ -417,6 +504,7 @@ mod tests {
         let bench = Benchmark {
             kind: Kind::Throughput,
             size: 64,
+            via: Via::Pipe,
         };
         let sample = |ns| {
             Some(Sample::Throughput {
@@ -425,7 +513,7 @@ mod tests {
                 elapsed_ns: ns,
             })
         };
-        let names = [FLOOR, PYTHON, "a <new> one"];
+        let names = [floor(&bench), python(&bench), "a <new> one"];
         let samples = vec![vec![sample(1e6)], vec![sample(4e6)], vec![sample(2e6)]];
         let report = Report {
             mode: "quick".into(),

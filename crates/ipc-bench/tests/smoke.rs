@@ -1,6 +1,7 @@
 //! Runs the whole harness once, briefly, across real processes: every
-//! contender must start its peer, answer both kinds of benchmark and stop,
-//! and the three reports must be written.
+//! contender must start its peer, answer every kind of benchmark it runs
+//! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
+//! bandwidth) and stop, and the three reports must be written.
 
 use std::process::Command;
 
@@ -13,7 +14,7 @@ fn every_contender_runs_and_reports() {
             "--rounds",
             "1",
             "--bench",
-            "ping-pong-8B,throughput-64KiB",
+            "ping-pong-8B,throughput-64KiB,connect,shm",
         ])
         .arg("--out")
         .arg(&out)
@@ -29,10 +30,30 @@ fn every_contender_runs_and_reports() {
         "ipc-pipe bytes",
         "ipc-pipe typed",
         "ipc-channel",
+        "raw socket",
+        "ipc-socket",
+        "python Listener/Client",
+        "std Mutex (in-process)",
+        "memcpy (in-process)",
+        "ipc-shm Lock / Value<u64>",
+        "ipc-shm SharedMemory",
+        "ipc-shm Array<u8>",
+        "python shm",
     ] {
         assert!(md.contains(&format!("| {name} |")), "{name} missing:\n{md}");
     }
     assert!(!md.contains("failed in"), "a contender failed:\n{md}");
-    assert!(json.contains("\"throughput-64KiB\""));
+    for id in [
+        "throughput-64KiB",
+        "tcp-ping-pong-8B",
+        "unix-throughput-64KiB",
+        "unix-connect",
+        "shm-lock-unlock",
+        "shm-increments-1p",
+        "shm-increments-2p",
+        "shm-write-read-64MiB",
+    ] {
+        assert!(json.contains(&format!("\"{id}\"")), "{id} missing");
+    }
     assert!(svg.starts_with("<svg"));
 }

@@ -28,6 +28,7 @@ pub fn entry() -> Entry {
                 (bootstrapped with `IpcOneShotServer`)",
         start,
         peer: Some(peer),
+        runs: super::pipe_only,
     }
 }
 

@@ -22,6 +22,8 @@ pub mod ipc_channel;
 pub mod pipe;
 pub mod python;
 pub mod raw;
+pub mod shm;
+pub mod socket;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,13 +33,39 @@ use ipc_core::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::affinity;
-use crate::bench::{Benchmark, Kind, Result, Sample};
+use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
-/// The name of the floor every other contender is compared with.
-pub const FLOOR: &str = raw::NAME;
+/// The floor every other contender of `bench` is compared with.
+pub fn floor(bench: &Benchmark) -> &'static str {
+    match (bench.via, bench.kind) {
+        (Via::Pipe, _) => raw::NAME,
+        (Via::Unix | Via::Tcp, _) => socket::RAW,
+        (Via::Shm, Kind::Bandwidth) => shm::MEMCPY,
+        (Via::Shm, _) => shm::MUTEX,
+    }
+}
 
-/// The name of the Python contender, the second reference.
-pub const PYTHON: &str = python::NAME;
+/// The Python contender of `bench`, the second reference.
+pub fn python(bench: &Benchmark) -> &'static str {
+    match bench.via {
+        Via::Pipe => python::NAME,
+        Via::Unix | Via::Tcp => python::SOCKET,
+        Via::Shm => python::SHM,
+    }
+}
+
+/// Whether contender `name` is a floor or a Python reference of some
+/// benchmark (those always run, whatever `--only` says).
+pub fn is_reference(name: &str) -> bool {
+    Benchmark::all()
+        .iter()
+        .any(|b| floor(b) == name || python(b) == name)
+}
+
+/// The benchmarks over a pipe-like pair (the first contenders').
+pub fn pipe_only(bench: Benchmark) -> bool {
+    bench.via == Via::Pipe
+}
 
 /// Something measured: it runs benchmarks against a peer process.
 pub trait Contender {
@@ -72,9 +100,12 @@ pub struct Entry {
     pub start: StartFn,
     /// The peer's side, if the peer is this program.
     pub peer: Option<PeerFn>,
+    /// Whether it runs a benchmark.
+    pub runs: fn(Benchmark) -> bool,
 }
 
-/// Every contender, in the order of the report. The floor comes first.
+/// Every contender, in the order of the report. Each benchmark's floor
+/// comes before the other contenders of that benchmark.
 pub fn registry() -> Vec<Entry> {
     vec![
         raw::entry(),
@@ -84,6 +115,15 @@ pub fn registry() -> Vec<Entry> {
         pipe::typed_entry(),
         python::entry(),
         ipc_channel::entry(),
+        socket::raw_entry(),
+        socket::entry(),
+        python::socket_entry(),
+        shm::mutex_entry(),
+        shm::memcpy_entry(),
+        shm::value_entry(),
+        shm::shared_memory_entry(),
+        shm::array_entry(),
+        python::shm_entry(),
     ]
 }
 
@@ -132,7 +172,7 @@ fn check_len(got: usize, expected: usize) -> Result {
 }
 
 /// The parent's side of a benchmark over `link`: times it.
-pub fn drive<L: Link>(link: &mut L, bench: Benchmark, count: usize) -> Result<Sample> {
+pub fn drive<L: Link + ?Sized>(link: &mut L, bench: Benchmark, count: usize) -> Result<Sample> {
     let size = bench.size;
     match bench.kind {
         Kind::PingPong => {
@@ -169,11 +209,17 @@ pub fn drive<L: Link>(link: &mut L, bench: Benchmark, count: usize) -> Result<Sa
                 elapsed_ns: elapsed.as_nanos() as f64,
             })
         }
+        _ => Err(format!("{bench} is not a message benchmark").into()),
     }
 }
 
 /// The peer's side of a benchmark over `link`.
-pub fn answer<L: Link>(link: &mut L, bench: Benchmark, warmup: usize, count: usize) -> Result {
+pub fn answer<L: Link + ?Sized>(
+    link: &mut L,
+    bench: Benchmark,
+    warmup: usize,
+    count: usize,
+) -> Result {
     let size = bench.size;
     match bench.kind {
         Kind::PingPong => {
@@ -190,6 +236,7 @@ pub fn answer<L: Link>(link: &mut L, bench: Benchmark, warmup: usize, count: usi
             }
             link.send()?;
         }
+        _ => return Err(format!("{bench} is not a message benchmark").into()),
     }
     Ok(())
 }

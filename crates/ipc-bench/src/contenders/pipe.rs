@@ -3,7 +3,7 @@
 //! (serde) messages.
 
 use ipc_core::process::{inherited, Process};
-use ipc_core::Connection;
+use ipc_core::{Connection, FdStream, Transport};
 use serde::{Deserialize, Serialize};
 
 use super::{spawn_peer, Contender, Entry, Link, LinkContender};
@@ -23,6 +23,7 @@ pub fn bytes_entry() -> Entry {
         about: "`ipc_pipe::duplex()`, `send_bytes` / `recv_bytes_into` a reused buffer",
         start: || start(BYTES, |conn| Bytes::new(conn, false)),
         peer: Some(|_| peer(|conn| Bytes::new(conn, false))),
+        runs: super::pipe_only,
     }
 }
 
@@ -33,6 +34,7 @@ pub fn bytes_alloc_entry() -> Entry {
         about: "`ipc_pipe::duplex()`, `send_bytes` / `recv_bytes` (a new `Vec` per message)",
         start: || start(BYTES_ALLOC, |conn| Bytes::new(conn, true)),
         peer: Some(|_| peer(|conn| Bytes::new(conn, true))),
+        runs: super::pipe_only,
     }
 }
 
@@ -44,6 +46,7 @@ pub fn typed_entry() -> Entry {
                 `serde_bytes` `Vec<u8>` (a `u64` for 8 B)",
         start: || start(TYPED, Typed::new),
         peer: Some(|_| peer(Typed::new)),
+        runs: super::pipe_only,
     }
 }
 
@@ -61,16 +64,16 @@ fn peer<L: Link>(link: fn(Connection) -> L) -> Result {
     super::serve(link(inherited("data")?))
 }
 
-/// The bytes API.
-struct Bytes {
-    conn: Connection,
+/// The bytes API (over any transport: the socket contenders use it too).
+pub(crate) struct Bytes<S: Transport = FdStream> {
+    conn: Connection<S>,
     allocate: bool,
     out: Vec<u8>,
     buf: Vec<u8>,
 }
 
-impl Bytes {
-    fn new(conn: Connection, allocate: bool) -> Bytes {
+impl<S: Transport> Bytes<S> {
+    pub(crate) fn new(conn: Connection<S>, allocate: bool) -> Bytes<S> {
         Bytes {
             conn,
             allocate,
@@ -80,7 +83,7 @@ impl Bytes {
     }
 }
 
-impl Link for Bytes {
+impl<S: Transport> Link for Bytes<S> {
     fn prepare(&mut self, send: usize, recv: usize) {
         self.out = vec![0xa5; send];
         if self.buf.len() < recv {

@@ -1,11 +1,21 @@
-//! Python's `multiprocessing.Pipe()` with `send_bytes` / `recv_bytes`,
-//! measured by `python/pipe_bench.py` between a Python parent and its
-//! `multiprocessing.Process` child.
+//! The Python contenders, each a script in `python/` between a Python
+//! parent and its `multiprocessing.Process` child:
 //!
-//! The script runs in `--serve` mode: it reads one command a line on stdin
-//! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU`, `quit`;
-//! CPU is the one to pin both processes to, or -1) and
-//! answers each with one JSON line in the form of a [`Sample`].
+//! - `pipe_bench.py`: `multiprocessing.Pipe()` with `send_bytes` /
+//!   `recv_bytes`;
+//! - `socket_bench.py`: `multiprocessing.connection.Listener` / `Client`
+//!   with an authkey, over a Unix socket and TCP;
+//! - `shm_bench.py`: `multiprocessing.Lock`, `Value('Q')` with its lock,
+//!   and `multiprocessing.shared_memory.SharedMemory`.
+//!
+//! A script runs in `--serve` mode: it reads one command a line on stdin
+//! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
+//! pipe; the same with the transport, `unix` or `tcp`, after the command
+//! word, and `connect WARMUP COUNT CPU`, for sockets; `lock COUNT`,
+//! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT` for
+//! shared memory;
+//! `quit`; CPU is the one to pin both processes to, or -1) and answers
+//! each with one JSON line in the form of a [`Sample`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -13,10 +23,16 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use super::{Contender, Entry};
-use crate::bench::{Benchmark, Kind, Result, Sample};
+use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
-/// Name of the contender.
+/// Name of the Pipe contender.
 pub const NAME: &str = "python Pipe";
+
+/// Name of the Listener / Client contender.
+pub const SOCKET: &str = "python Listener/Client";
+
+/// Name of the shared-memory contender.
+pub const SHM: &str = "python shm";
 
 /// The registry entry of the contender.
 pub fn entry() -> Entry {
@@ -24,21 +40,51 @@ pub fn entry() -> Entry {
         name: NAME,
         about: "CPython `multiprocessing.Pipe()` (default buffers), `send_bytes` / \
                 `recv_bytes`, parent and a `multiprocessing.Process` child",
-        start,
+        start: || start("pipe_bench.py"),
         peer: None,
+        runs: super::pipe_only,
     }
 }
 
-/// The benchmark script.
-pub fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("pipe_bench.py")
+/// The registry entry of the Listener / Client contender.
+pub fn socket_entry() -> Entry {
+    Entry {
+        name: SOCKET,
+        about: "CPython `multiprocessing.connection.Listener` / `Client` with an authkey, \
+                `send_bytes` / `recv_bytes`, parent and a `multiprocessing.Process` child \
+                (the listener); connect: `Client(address, authkey=...)`",
+        start: || start("socket_bench.py"),
+        peer: None,
+        runs: |b| {
+            matches!(b.via, Via::Unix | Via::Tcp) && (b.via == Via::Unix || b.kind != Kind::Connect)
+        },
+    }
 }
 
-fn start() -> Result<Option<Box<dyn Contender>>> {
+/// The registry entry of the shared-memory contender.
+pub fn shm_entry() -> Entry {
+    Entry {
+        name: SHM,
+        about: "CPython `multiprocessing`: `Lock()` acquire + release; `Value('Q', 0)` with \
+                `with v.get_lock(): v.value += 1` in the parent or the parent and a child; \
+                64 MiB `SharedMemory`, `buf[:] = data` in the parent and `bytes(buf)` in \
+                the child",
+        start: || start("shm_bench.py"),
+        peer: None,
+        runs: |b| b.via == Via::Shm,
+    }
+}
+
+/// The benchmark script `name`.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+fn start(name: &'static str) -> Result<Option<Box<dyn Contender>>> {
     let spawned = Command::new("python3")
-        .arg(script())
+        .arg(script(name))
         .arg("--serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -54,6 +100,7 @@ fn start() -> Result<Option<Box<dyn Contender>>> {
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
     let mut python = Python {
+        name,
         child,
         stdin,
         stdout,
@@ -66,6 +113,7 @@ fn start() -> Result<Option<Box<dyn Contender>>> {
 
 /// The running script.
 struct Python {
+    name: &'static str,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -76,7 +124,7 @@ impl Python {
     fn line(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
-            return Err("pipe_bench.py exited".into());
+            return Err(format!("{} exited", self.name).into());
         }
         Ok(line)
     }
@@ -86,16 +134,29 @@ impl Contender for Python {
     fn run(&mut self, bench: Benchmark, count: usize, cpu: Option<usize>) -> Result<Sample> {
         let size = bench.size;
         let cpu = cpu.map_or(-1, |c| c as i64);
+        let warmup = bench.warmup(count);
+        let via = match bench.via {
+            Via::Unix => " unix",
+            Via::Tcp => " tcp",
+            _ => "",
+        };
         match bench.kind {
-            Kind::PingPong => {
-                let warmup = bench.warmup(count);
-                writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu}")?
+            Kind::PingPong => writeln!(self.stdin, "pingpong{via} {size} {warmup} {count} {cpu}")?,
+            Kind::Throughput => writeln!(self.stdin, "throughput{via} {size} {count} {cpu}")?,
+            Kind::Connect => writeln!(self.stdin, "connect {warmup} {count} {cpu}")?,
+            Kind::LockUnlock => writeln!(self.stdin, "lock {count}")?,
+            Kind::Increments => {
+                let other = usize::try_from(cpu)
+                    .ok()
+                    .and_then(crate::affinity::other_cpu)
+                    .map_or(-1, |c| c as i64);
+                writeln!(self.stdin, "increments {size} {count} {cpu} {other}")?
             }
-            Kind::Throughput => writeln!(self.stdin, "throughput {size} {count} {cpu}")?,
+            Kind::Bandwidth => writeln!(self.stdin, "bandwidth {size} {count}")?,
         }
         self.stdin.flush()?;
         let line = self.line()?;
-        serde_json::from_str(&line).map_err(|e| format!("pipe_bench.py said {line:?}: {e}").into())
+        serde_json::from_str(&line).map_err(|e| format!("{} said {line:?}: {e}", self.name).into())
     }
 
     fn describe(&self) -> Option<String> {
@@ -110,13 +171,13 @@ impl Contender for Python {
                 return if status.success() {
                     Ok(())
                 } else {
-                    Err(format!("pipe_bench.py exited with {status}").into())
+                    Err(format!("{} exited with {status}", self.name).into())
                 };
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         self.child.kill()?;
         self.child.wait()?;
-        Err("pipe_bench.py did not exit; killed".into())
+        Err(format!("{} did not exit; killed", self.name).into())
     }
 }

@@ -39,6 +39,7 @@ pub fn entry() -> Entry {
                 (4-byte length + payload in one `writev`, buffered `read`s)",
         start: || start(NAME, true),
         peer: Some(|_| super::serve(Raw::new(inherited::<Socket>("data")?.0, true))),
+        runs: super::pipe_only,
     }
 }
 
@@ -53,6 +54,7 @@ pub fn exact_entry() -> Entry {
                 (no staging buffer)",
         start: || start(EXACT, false),
         peer: Some(|_| super::serve(Raw::new(inherited::<Socket>("data")?.0, false))),
+        runs: super::pipe_only,
     }
 }
 
@@ -95,8 +97,8 @@ impl Inheritable for Socket {
     }
 }
 
-/// The hand-framed end.
-struct Raw {
+/// The hand-framed end (of any stream socket).
+pub(crate) struct Raw {
     fd: OwnedFd,
     buffered: bool,
     out: Vec<u8>,
@@ -107,7 +109,7 @@ struct Raw {
 }
 
 impl Raw {
-    fn new(fd: OwnedFd, buffered: bool) -> Raw {
+    pub(crate) fn new(fd: OwnedFd, buffered: bool) -> Raw {
         Raw {
             fd,
             buffered,
