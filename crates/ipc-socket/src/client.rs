@@ -13,7 +13,7 @@ use ipc_core::{Connection, Result};
 use crate::address::Address;
 use crate::auth;
 use crate::options::Options;
-use crate::stream::{set_socket_timeouts, SocketStream};
+use crate::stream::{apply_socket_timeouts, SocketStream};
 use crate::SocketConnection;
 
 /// Connects to a listener.
@@ -86,13 +86,13 @@ fn connect_once(address: &Address, options: &Options, deadline: Instant) -> io::
     match address {
         Address::Unix(path) => {
             let stream = UnixStream::connect(path)?;
-            set_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
+            apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
                 .map_err(io::Error::from)?;
             Ok(stream.into())
         }
         Address::Abstract(name) => {
             let stream = UnixStream::connect_addr(&UnixSocketAddr::from_abstract_name(name)?)?;
-            set_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
+            apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
                 .map_err(io::Error::from)?;
             Ok(stream.into())
         }
@@ -105,8 +105,8 @@ fn connect_once(address: &Address, options: &Options, deadline: Instant) -> io::
                 match TcpStream::connect_timeout(&addr, left) {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
-                        stream.set_read_timeout(options.read_timeout)?;
-                        stream.set_write_timeout(options.write_timeout)?;
+                        apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
+                            .map_err(io::Error::from)?;
                         return Ok(stream.into());
                     }
                     Err(e) => last = e,

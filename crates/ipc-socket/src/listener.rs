@@ -15,7 +15,7 @@ use ipc_core::{Connection, Error, Result};
 use crate::address::Address;
 use crate::auth;
 use crate::options::Options;
-use crate::stream::{set_socket_timeouts, Limit, Slot, SocketStream};
+use crate::stream::{apply_socket_timeouts, Limit, Slot, SocketStream};
 use crate::SocketConnection;
 
 #[derive(Debug)]
@@ -187,7 +187,7 @@ impl Listener {
                 stream.into()
             }
         };
-        set_socket_timeouts(&fd, self.options.read_timeout, self.options.write_timeout)?;
+        apply_socket_timeouts(&fd, self.options.read_timeout, self.options.write_timeout)?;
         Ok(PendingConnection {
             fd,
             slot,

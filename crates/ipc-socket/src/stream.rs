@@ -117,27 +117,46 @@ impl TlsState {
     }
 }
 
-/// Sets `SO_RCVTIMEO`/`SO_SNDTIMEO`; `None` waits for ever.
-pub(crate) fn set_socket_timeouts(
+/// Sets `SO_RCVTIMEO`/`SO_SNDTIMEO` on a fresh socket, which has none: a
+/// `None` is already in force, so only the given ones cost a system call.
+pub(crate) fn apply_socket_timeouts(
     fd: &impl AsFd,
     read: Option<Duration>,
     write: Option<Duration>,
 ) -> ipc_core::Result<()> {
-    let tv = |d: Option<Duration>| {
-        TimeVal::new(
-            d.map_or(0, |d| d.as_secs() as _),
-            d.map_or(0, |d| d.subsec_micros() as _),
-        )
-    };
-    setsockopt(fd, sockopt::ReceiveTimeout, &tv(read))?;
-    setsockopt(fd, sockopt::SendTimeout, &tv(write))?;
+    if read.is_some() {
+        setsockopt(fd, sockopt::ReceiveTimeout, &timeval(read))?;
+    }
+    if write.is_some() {
+        setsockopt(fd, sockopt::SendTimeout, &timeval(write))?;
+    }
     Ok(())
+}
+
+/// Sets both timeouts, `None` clearing one (after the TLS handshake, which
+/// bounds itself with them).
+fn set_socket_timeouts(
+    fd: &impl AsFd,
+    read: Option<Duration>,
+    write: Option<Duration>,
+) -> ipc_core::Result<()> {
+    setsockopt(fd, sockopt::ReceiveTimeout, &timeval(read))?;
+    setsockopt(fd, sockopt::SendTimeout, &timeval(write))?;
+    Ok(())
+}
+
+/// A socket timeout; zero means none.
+fn timeval(d: Option<Duration>) -> TimeVal {
+    TimeVal::new(
+        d.map_or(0, |d| d.as_secs() as _),
+        d.map_or(0, |d| d.subsec_micros() as _),
+    )
 }
 
 impl SocketStream {
     pub(crate) fn plain(fd: OwnedFd, slot: Option<Slot>) -> io::Result<SocketStream> {
         Ok(SocketStream {
-            inner: Inner::Plain(FdStream::new(fd)?, false),
+            inner: Inner::Plain(FdStream::socket(fd), false),
             _slot: slot,
         })
     }
@@ -176,7 +195,7 @@ impl SocketStream {
         (read_timeout, write_timeout): (Option<Duration>, Option<Duration>),
     ) -> ipc_core::Result<SocketStream> {
         let mut state = TlsState {
-            socket: FdStream::new(fd)?,
+            socket: FdStream::socket(fd),
             session,
             plaintext_waiting: false,
         };
