@@ -193,6 +193,12 @@ impl Process {
         // A socket whose peer is gone: reads give EOF, writes EPIPE.
         let (dead, _) = std::os::unix::net::UnixStream::pair()?;
         let dead = OwnedFd::from(dead);
+        // The listing's own directory descriptor may have had the number the
+        // dead socket now has; that number must be closed in the child.
+        let replace: Vec<RawFd> = replace
+            .into_iter()
+            .filter(|&fd| fd != dead.as_raw_fd())
+            .collect();
         // Numbers kept open in the child: the passed handles and the
         // replaced ones; anything else (opened by another thread after the
         // listing, and the dead socket itself) is closed.
@@ -240,11 +246,18 @@ impl Process {
             if !spec.is_empty() {
                 spec.push(';');
             }
-            let numbers: Vec<String> = passed
+            // Each descriptor travels with its device and inode, so the
+            // child adopts a number only if it is still this file (and a
+            // grandchild that inherited the variable but not the
+            // descriptors adopts nothing).
+            let numbers = passed
                 .duplicates
                 .iter()
-                .map(|fd| fd.as_raw_fd().to_string())
-                .collect();
+                .map(|fd| {
+                    let (dev, ino) = identity(fd.as_fd())?;
+                    Ok(format!("{}.{dev}.{ino}", fd.as_raw_fd()))
+                })
+                .collect::<Result<Vec<String>>>()?;
             spec.push_str(&format!(
                 "{}={}:{}",
                 passed.key,
@@ -275,43 +288,93 @@ fn open_descriptors() -> Result<Vec<RawFd>> {
 /// [`HANDLES_ENV`]; each is taken at most once.
 static INHERITED: Mutex<Option<HandleTable>> = Mutex::new(None);
 
-/// Handle key → (descriptor numbers, text), as read from [`HANDLES_ENV`].
-type HandleTable = HashMap<String, (Vec<RawFd>, String)>;
+/// Handle key → (descriptors, text), as read from [`HANDLES_ENV`].
+type HandleTable = HashMap<String, (Vec<PassedFd>, String)>;
 
+/// A descriptor number and the identity of the file the parent passed as it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PassedFd {
+    fd: RawFd,
+    dev: u64,
+    ino: u64,
+}
+
+/// The device and inode of an open descriptor.
+fn identity(fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Parses the handle table. Malformed entries, and every entry that names a
+/// descriptor number another entry names too (two owners for one
+/// descriptor), are left out.
 fn parse_handles(spec: &str) -> HandleTable {
-    spec.split(';')
+    let mut table: HandleTable = spec
+        .split(';')
         .filter_map(|entry| {
             let (key, rest) = entry.split_once('=')?;
             let (numbers, text) = rest.split_once(':')?;
             let fds = numbers
                 .split(',')
                 .filter(|n| !n.is_empty())
-                .map(|n| n.parse().ok())
-                .collect::<Option<Vec<RawFd>>>()?;
+                .map(|n| {
+                    let mut parts = n.split('.');
+                    let passed = PassedFd {
+                        fd: parts.next()?.parse().ok()?,
+                        dev: parts.next()?.parse().ok()?,
+                        ino: parts.next()?.parse().ok()?,
+                    };
+                    parts.next().is_none().then_some(passed)
+                })
+                .collect::<Option<Vec<PassedFd>>>()?;
             Some((key.to_owned(), (fds, text.to_owned())))
         })
-        .collect()
+        .collect();
+    let mut uses: HashMap<RawFd, usize> = HashMap::new();
+    for fd in table.values().flat_map(|(fds, _)| fds) {
+        *uses.entry(fd.fd).or_default() += 1;
+    }
+    table.retain(|_, (fds, _)| fds.iter().all(|fd| uses[&fd.fd] == 1));
+    table
 }
 
 /// Takes the handle the parent passed under `key` and rebuilds the object.
-/// Each handle can be taken once; a missing one is [`Error::NotFound`].
+/// Each handle can be taken once; a missing one, or one whose descriptor is
+/// no longer the file the parent passed, is [`Error::NotFound`].
 pub fn inherited<T: Inheritable>(key: &str) -> Result<T> {
-    let (numbers, text) = {
+    let (passed, text) = {
         let mut table = INHERITED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let table = table.get_or_insert_with(|| {
-            std::env::var_os(HANDLES_ENV)
+            let table = std::env::var_os(HANDLES_ENV)
                 .map(|s| parse_handles(&s.to_string_lossy()))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            // Handles this process never takes must not leak into its own
+            // children; numbers that are not the passed files are left alone.
+            for fd in table.values().flat_map(|(fds, _)| fds) {
+                if sys::identity_of_number(fd.fd) == Some((fd.dev, fd.ino)) {
+                    let _ = sys::set_cloexec(fd.fd);
+                }
+            }
+            table
         });
         table.remove(key).ok_or_else(|| {
             Error::NotFound(format!("no handle `{key}` was passed to this process"))
         })?
     };
-    let fds = numbers
+    if let Some(stale) = passed
+        .iter()
+        .find(|fd| sys::identity_of_number(fd.fd) != Some((fd.dev, fd.ino)))
+    {
+        return Err(Error::NotFound(format!(
+            "handle `{key}`: descriptor {} is not the file the parent passed (was this process started by Process::exec?)",
+            stale.fd
+        )));
+    }
+    let fds = passed
         .into_iter()
-        .map(sys::adopt_inherited_fd)
+        .map(|fd| sys::adopt_inherited_fd(fd.fd))
         .collect::<std::io::Result<Vec<_>>>()?;
     T::from_inherited(Inherited { fds, text })
 }
@@ -472,11 +535,71 @@ mod tests {
 
     #[test]
     fn handle_specs_parse_and_refuse_garbage() {
-        let table = parse_handles("conn=7:r1w1;queue=:ipcq_1;multi=3,4:x;bad;worse=z:");
-        assert_eq!(table["conn"], (vec![7], "r1w1".to_owned()));
+        let table =
+            parse_handles("conn=7.1.2:r1w1;queue=:ipcq_1;multi=3.1.5,4.1.6:x;bad;worse=z:;old=9:t");
+        assert_eq!(
+            table["conn"],
+            (
+                vec![PassedFd {
+                    fd: 7,
+                    dev: 1,
+                    ino: 2
+                }],
+                "r1w1".to_owned()
+            )
+        );
         assert_eq!(table["queue"], (vec![], "ipcq_1".to_owned()));
-        assert_eq!(table["multi"], (vec![3, 4], "x".to_owned()));
+        assert_eq!(table["multi"].0.len(), 2);
         assert!(!table.contains_key("bad"));
         assert!(!table.contains_key("worse"));
+        assert!(
+            !table.contains_key("old"),
+            "a number without its identity is refused"
+        );
+    }
+
+    #[test]
+    fn a_descriptor_named_twice_is_nobodys() {
+        let table = parse_handles("a=5.1.1:x;b=5.1.1:y;c=6.1.1,6.1.1:z;d=7.1.1:w");
+        assert_eq!(table.keys().collect::<Vec<_>>(), ["d"]);
+    }
+
+    #[test]
+    fn a_reused_number_is_not_adopted() {
+        // Descriptor 0 is open in every test process, but it is not the
+        // file this made-up identity names.
+        let (dev, ino) = sys::identity_of_number(0).unwrap();
+        assert_ne!((dev, ino), (u64::MAX, u64::MAX));
+        let mut table = INHERITED.lock().unwrap_or_else(|e| e.into_inner());
+        table.get_or_insert_with(HashMap::new).insert(
+            "stale".to_owned(),
+            (
+                vec![PassedFd {
+                    fd: 0,
+                    dev: u64::MAX,
+                    ino: u64::MAX,
+                }],
+                String::new(),
+            ),
+        );
+        drop(table);
+        struct Nothing;
+        impl Inheritable for Nothing {
+            fn handle(&self) -> Handle<'_> {
+                Handle {
+                    fds: Vec::new(),
+                    text: String::new(),
+                }
+            }
+            fn from_inherited(inherited: Inherited) -> Result<Self> {
+                // Never reached: adopting descriptor 0 would close stdin.
+                std::mem::forget(inherited.fds);
+                Ok(Nothing)
+            }
+        }
+        assert!(matches!(
+            inherited::<Nothing>("stale"),
+            Err(Error::NotFound(_))
+        ));
     }
 }

@@ -147,6 +147,20 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The device and inode of the file behind a descriptor number, if the
+/// number is open.
+pub(crate) fn identity_of_number(fd: RawFd) -> Option<(u64, u64)> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat only writes into `stat`, which is valid for writes; a
+    // number that is not open gives EBADF and touches nothing.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some((stat.st_dev, stat.st_ino))
+}
+
 /// Sets close-on-exec on a descriptor number this process inherited, so a
 /// handle it never takes does not leak into its own children.
 pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {

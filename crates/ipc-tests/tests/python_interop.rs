@@ -24,7 +24,7 @@ def handle_fd(key):
     for entry in os.environ["IPC_HANDLES"].split(";"):
         name, rest = entry.split("=", 1)
         if name == key:
-            return int(rest.split(":", 1)[0].split(",")[0])
+            return int(rest.split(":", 1)[0].split(",")[0].split(".")[0])
     raise SystemExit("no handle " + key)
 
 def pattern(n):
