@@ -70,6 +70,9 @@ const PUT_SPIN: Duration = Duration::from_micros(2);
 const YIELD_AFTER: Duration = Duration::from_micros(20);
 /// How many times [`Core::lock`] tries the mutex before it blocks.
 const LOCK_TRIES: u32 = 64;
+/// How long a non-blocking put or get waits for the lock before calling
+/// the queue busy.
+const NOWAIT_LOCK_PATIENCE: Duration = Duration::from_millis(1);
 /// The length that marks "the next record starts at offset 0".
 const WRAP: u32 = u32::MAX;
 /// Bytes in front of every payload.
@@ -96,7 +99,22 @@ impl Wait {
     fn lock_deadline(self) -> Option<Instant> {
         match self {
             Wait::Until(deadline) => Some(deadline),
-            Wait::Now | Wait::Forever => None,
+            // A non-blocking call waits out a holder that is running (the
+            // lock is held for well under a microsecond), but not one that
+            // is stopped or descheduled for long: it then reports the queue
+            // busy as Full or Empty rather than block. A dead holder is
+            // reported by the robust mutex at once either way.
+            Wait::Now => Some(Instant::now() + NOWAIT_LOCK_PATIENCE),
+            Wait::Forever => None,
+        }
+    }
+
+    /// The error a call that gave up on the lock returns: `busy` (`Full` or
+    /// `Empty`) for a non-blocking call, `Timeout` for a timed one.
+    fn gave_up(self, error: Error, busy: Error) -> Error {
+        match (self, error) {
+            (Wait::Now, Error::Timeout) => busy,
+            (_, error) => error,
         }
     }
 
@@ -387,7 +405,7 @@ impl Core {
         let get_seq = self.word(layout::GET_SEQ);
         let mut spun = false;
         loop {
-            let locked = self.lock(wait)?;
+            let locked = self.lock(wait).map_err(|e| wait.gave_up(e, Error::Full))?;
             if self.is_closed() {
                 return Err(Error::Closed);
             }
@@ -452,7 +470,7 @@ impl Core {
         let put_seq = self.word(layout::PUT_SEQ);
         let mut spun = false;
         loop {
-            let locked = self.lock(wait)?;
+            let locked = self.lock(wait).map_err(|e| wait.gave_up(e, Error::Empty))?;
             let s = self.state();
             self.check_state(&s)?;
             if s.head != s.tail {

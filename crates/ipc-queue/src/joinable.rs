@@ -199,9 +199,9 @@ impl<T> SimpleQueue<T> {
         self.queue.get_bytes()
     }
 
-    /// The segment underneath, for its name, owner and unlinking.
-    pub fn shared_memory(&self) -> &ipc_shm::SharedMemory {
-        self.queue.shared_memory()
+    /// Whether this handle created the queue.
+    pub fn is_owner(&self) -> bool {
+        self.queue.is_owner()
     }
 }
 

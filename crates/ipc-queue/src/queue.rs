@@ -207,7 +207,7 @@ impl<Q: QueueKind> Builder<Q> {
     }
 
     /// Creates the named queue, or opens it if it exists; `is_owner()`
-    /// on the queue's `shared_memory()` says which happened.
+    /// [`Queue::is_owner`] says which happened.
     pub fn open_or_create(self, name: &str) -> Result<Q> {
         for _ in 0..100 {
             match self.create(name) {
@@ -453,9 +453,11 @@ impl<T> Queue<T> {
         self.core.is_closed()
     }
 
-    /// The segment underneath, for its name, owner and unlinking.
-    pub fn shared_memory(&self) -> &SharedMemory {
-        &self.core.shm
+    /// Whether this handle created the queue (and so unlinks a named one on
+    /// drop). The segment itself is not handed out: raw writes to the ring
+    /// would bypass the queue's lock.
+    pub fn is_owner(&self) -> bool {
+        self.core.shm.is_owner()
     }
 
     /// How many times a process found the queue's lock held by a process

@@ -50,7 +50,7 @@ fn create_open_and_owner_removal() {
     let n = name();
     {
         let owner = Queue::<String>::builder().maxsize(3).create(&n).unwrap();
-        assert!(owner.shared_memory().is_owner());
+        assert!(owner.is_owner());
         let mode = std::fs::metadata(format!("/dev/shm/{n}"))
             .unwrap()
             .permissions()
@@ -59,10 +59,10 @@ fn create_open_and_owner_removal() {
         refused(Queue::<String>::builder().create(&n), "already exists");
 
         let other = Queue::<String>::builder().open(&n).unwrap();
-        assert!(!other.shared_memory().is_owner());
+        assert!(!other.is_owner());
         assert_eq!(other.maxsize(), 3, "the creator's maxsize");
         let third = Queue::<String>::builder().open_or_create(&n).unwrap();
-        assert!(!third.shared_memory().is_owner());
+        assert!(!third.is_owner());
         owner.put("one".to_owned()).unwrap();
         assert_eq!(other.get().unwrap(), "one");
         drop(other);
@@ -79,7 +79,7 @@ fn create_open_and_owner_removal() {
         Err(Error::NotFound(_))
     ));
     let created = Queue::<String>::builder().open_or_create(&n).unwrap();
-    assert!(created.shared_memory().is_owner());
+    assert!(created.is_owner());
     created.unlink().unwrap();
     assert_no_leftovers();
 }
@@ -178,7 +178,7 @@ fn open_or_create_races_end_in_one_queue() {
                     let barrier = &barrier;
                     move || -> ipc_core::Result<()> {
                         let q = Queue::<(u32, bool)>::builder().open_or_create(&n)?;
-                        q.put((i, q.shared_memory().is_owner()))?;
+                        q.put((i, q.is_owner()))?;
                         barrier.wait_timeout(PATIENCE).expect("barrier");
                         Ok(())
                     }
@@ -187,7 +187,7 @@ fn open_or_create_races_end_in_one_queue() {
         })
         .collect();
     let q = Queue::<(u32, bool)>::builder().open_or_create(&n).unwrap();
-    let parent_owns = q.shared_memory().is_owner();
+    let parent_owns = q.is_owner();
     barrier.wait_timeout(PATIENCE).expect("barrier");
     let mut got: Vec<(u32, bool)> = (0..4).map(|_| q.get_timeout(PATIENCE).unwrap()).collect();
     got.sort();

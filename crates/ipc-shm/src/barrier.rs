@@ -227,8 +227,10 @@ impl Barrier {
                 .fetch_and(!(1 << (g % 64)), Ordering::Relaxed);
             count.store(0, Ordering::Relaxed);
             generation.store(g.wrapping_add(1), Ordering::Release);
-            drop(guard);
+            // Wake before unlocking: if this process dies between the two,
+            // the next locker recovers the lock and wakes everyone.
             futex::wake_all(generation);
+            drop(guard);
             return Ok(index);
         }
         count.store(index + 1, Ordering::Relaxed);
@@ -246,7 +248,7 @@ impl Barrier {
                 }
                 break;
             }
-            futex::wait(generation, g, left);
+            futex::wait(generation, g, Some(crate::semaphore::capped(left)));
         }
         // The generation was advanced with Release after its outcome bit
         // was written, and loaded above with Acquire.

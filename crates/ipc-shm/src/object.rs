@@ -143,9 +143,12 @@ macro_rules! object_common {
                 self.obj.shm.name()
             }
 
-            /// The segment underneath, for its name, owner and unlinking.
-            pub fn shared_memory(&self) -> &crate::SharedMemory {
-                &self.obj.shm
+            /// Whether this handle created the segment (and so unlinks it
+            /// on drop, unless told otherwise). The segment itself is not
+            /// handed out: raw writes beside a live guard's `&mut` would be
+            /// undefined behaviour.
+            pub fn is_owner(&self) -> bool {
+                self.obj.shm.is_owner()
             }
 
             /// Whether a creator's drop unlinks the segment (default

@@ -10,7 +10,7 @@ use ipc_core::{Error, Result};
 
 use crate::header::{Kind, Spec};
 use crate::object::{object_common, Object, Place};
-use crate::sys::futex::{self, Wake};
+use crate::sys::futex;
 
 /// The time left until `deadline`, `Some(ZERO)` once it has passed, `None`
 /// for no deadline.
@@ -70,9 +70,21 @@ fn sem_acquire(obj: &Object, deadline: Option<Instant>) -> bool {
         // SeqCst on both sides: either the releaser sees us counted, or our
         // futex wait sees its increment.
         waiters.fetch_add(1, Ordering::SeqCst);
-        futex::wait(count, 0, timeout);
+        futex::wait(count, 0, Some(capped(timeout)));
         waiters.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The longest a waiter sleeps before looking again. A wake-up is lost
+/// when the process it went to (a woken waiter, or a releaser between its
+/// store and its wake) is killed before passing it on; looking again now
+/// and then bounds what that costs the others. It is not how waiting
+/// normally ends: a release wakes a sleeper at once.
+pub(crate) const SAFETY_NET: Duration = Duration::from_millis(500);
+
+/// `timeout` (`None`: for ever), but at most [`SAFETY_NET`].
+pub(crate) fn capped(timeout: Option<Duration>) -> Duration {
+    timeout.map_or(SAFETY_NET, |t| t.min(SAFETY_NET))
 }
 
 fn sem_release(obj: &Object) -> Result<()> {
@@ -316,11 +328,9 @@ impl Event {
                 return false;
             }
             waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = futex::wait(flag, 0, timeout);
+            // The loop looks at the flag and the deadline again.
+            futex::wait(flag, 0, Some(capped(timeout)));
             waiters.fetch_sub(1, Ordering::SeqCst);
-            if woke == Wake::TimedOut {
-                return flag.load(Ordering::Acquire) != 0;
-            }
         }
     }
 }

@@ -435,12 +435,44 @@ fn open_fd(name: &str) -> Result<OwnedFd> {
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => {
+            check_private(&fd, name)?;
+            Ok(fd)
+        }
         Err(Errno::ENOENT) => Err(Error::NotFound(format!(
             "shared memory segment `{name}` (no /dev/shm/{name})"
         ))),
         Err(e) => Err(os_error(e, &format!("cannot open `{name}`"))),
     }
+}
+
+/// Refuses a segment that another user owns or could write: `/dev/shm` is
+/// writable by everyone, so another local user could create the name first,
+/// and a segment holding a lock must come from someone we trust (glibc
+/// follows pointers inside a robust mutex when unlocking it). Segments this
+/// workspace and Python create are owner-only, so they pass.
+fn check_private(fd: &OwnedFd, name: &str) -> Result<()> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if stat.st_uid != me {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "shared memory segment `{name}` belongs to uid {}, not to this user (uid {me})",
+                stat.st_uid
+            ),
+        )));
+    }
+    if stat.st_mode & 0o077 != 0 {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "shared memory segment `{name}` can be opened by other users (mode {:o}); only owner-only segments are used",
+                stat.st_mode & 0o777
+            ),
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses names Python and Linux would refuse: empty, longer than

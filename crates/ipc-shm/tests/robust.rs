@@ -220,3 +220,49 @@ fn rlocks_and_conditions_report_a_dead_holder_too() {
     }
     assert!(cond.lock().is_ok());
 }
+
+/// A release wakes one sleeping waiter; if that waiter is killed before it
+/// takes the permit, the permit must still reach the other sleeper (a lost
+/// wake-up once stranded it for ever).
+#[test]
+fn a_waiter_killed_after_its_wake_up_does_not_strand_the_others() {
+    use ipc_shm::Semaphore;
+    for _ in 0..5 {
+        let sem = Semaphore::new(0).unwrap();
+        let s = &sem;
+        let mut first = Process::new()
+            .pass("s", s)
+            .unwrap()
+            .fork(move || s.acquire())
+            .unwrap();
+        common::wait_until_asleep(first.pid());
+        let mut second = Process::new()
+            .pass("s", s)
+            .unwrap()
+            .fork(move || s.acquire())
+            .unwrap();
+        common::wait_until_asleep(second.pid());
+        sem.release().unwrap();
+        first.kill().unwrap();
+        first.join().unwrap();
+        // Whichever of the two the release woke, the survivor gets the
+        // permit: at once if it was woken, within the waiters' safety net
+        // if the woken one was killed.
+        let status = second.join_timeout(Duration::from_secs(3)).unwrap();
+        if status.is_none() {
+            // The first child took the permit before it died.
+            assert_eq!(
+                sem.value(),
+                0,
+                "the permit is free, yet the second waiter sleeps on"
+            );
+            sem.release().unwrap();
+            assert!(second
+                .join_timeout(LONG)
+                .unwrap()
+                .is_some_and(|s| s.success()));
+        } else {
+            assert!(status.unwrap().success());
+        }
+    }
+}

@@ -206,6 +206,9 @@ impl RobustMutex {
                 // succeeded), which is what pthread_mutex_consistent requires.
                 let rc = unsafe { libc::pthread_mutex_consistent(raw) };
                 if rc != 0 {
+                    // Do not return an error while still holding the lock.
+                    // SAFETY: we hold the mutex, as above.
+                    unsafe { libc::pthread_mutex_unlock(raw) };
                     return Err(LockFailure::Other(io::Error::from_raw_os_error(rc)));
                 }
                 Ok(true)

@@ -69,3 +69,25 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// Waits until process `pid` sleeps in the kernel (a futex wait), looking
+/// at `/proc/<pid>/wchan` and, where the kernel hides that, at the process
+/// state; bounded by [`LONG`].
+pub fn wait_until_asleep(pid: u32) {
+    let deadline = std::time::Instant::now() + LONG;
+    while std::time::Instant::now() < deadline {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        if wchan.contains("futex") {
+            return;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if (wchan.is_empty() || wchan == "0") && state == Some('S') {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("process {pid} never went to sleep");
+}
