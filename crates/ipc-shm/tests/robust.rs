@@ -249,20 +249,21 @@ fn a_waiter_killed_after_its_wake_up_does_not_strand_the_others() {
         // permit: at once if it was woken, within the waiters' safety net
         // if the woken one was killed.
         let status = second.join_timeout(Duration::from_secs(3)).unwrap();
-        if status.is_none() {
-            // The first child took the permit before it died.
-            assert_eq!(
-                sem.value(),
-                0,
-                "the permit is free, yet the second waiter sleeps on"
-            );
-            sem.release().unwrap();
-            assert!(second
-                .join_timeout(LONG)
-                .unwrap()
-                .is_some_and(|s| s.success()));
-        } else {
-            assert!(status.unwrap().success());
+        match status {
+            Some(status) => assert!(status.success()),
+            None => {
+                // The first child took the permit before it died.
+                assert_eq!(
+                    sem.value(),
+                    0,
+                    "the permit is free, yet the second waiter sleeps on"
+                );
+                sem.release().unwrap();
+                assert!(second
+                    .join_timeout(LONG)
+                    .unwrap()
+                    .is_some_and(|s| s.success()));
+            }
         }
     }
 }
