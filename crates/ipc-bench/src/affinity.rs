@@ -10,7 +10,9 @@
 //! Locked increments from two processes pin them to two different CPUs
 //! (see [`other_cpu`]), so that they really contend: left alone, the
 //! scheduler often time-slices both on one CPU, and the "contended" rate
-//! becomes the uncontended one.
+//! becomes the uncontended one. The queue ping-pong (put→get round trips
+//! through two queues) is pinned the same way, one process per CPU: its
+//! goal is stated for two processes that each have a core.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;

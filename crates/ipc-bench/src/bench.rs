@@ -58,6 +58,11 @@ pub enum Via {
     Tcp,
     /// Shared memory and its locks.
     Shm,
+    /// A queue between one producer and one consumer process (ping-pong:
+    /// two queues, one each way).
+    Queue,
+    /// A queue between two producer and two consumer processes.
+    Queue2,
 }
 
 /// One benchmark: a kind, a message size and what it goes over.
@@ -98,6 +103,11 @@ impl Benchmark {
             b(Kind::Increments, 1, Via::Shm),
             b(Kind::Increments, 2, Via::Shm),
             b(Kind::Bandwidth, 64 << 20, Via::Shm),
+            b(Kind::Throughput, 64, Via::Queue),
+            b(Kind::Throughput, 4 << 10, Via::Queue),
+            b(Kind::Throughput, 64, Via::Queue2),
+            b(Kind::Throughput, 4 << 10, Via::Queue2),
+            b(Kind::PingPong, 64, Via::Queue),
         ]);
         all
     }
@@ -110,6 +120,8 @@ impl Benchmark {
             Via::Unix => "unix-",
             Via::Tcp => "tcp-",
             Via::Shm => "shm-",
+            Via::Queue => "queue-",
+            Via::Queue2 => "queue2x2-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
@@ -161,9 +173,15 @@ impl fmt::Display for Benchmark {
             Via::Unix => " (Unix socket)",
             Via::Tcp => " (TCP 127.0.0.1)",
             Via::Shm => "",
+            Via::Queue => " (queue, 1 producer / 1 consumer)",
+            Via::Queue2 => " (queue, 2 producers / 2 consumers)",
         };
         let size = size_label(self.size);
         match self.kind {
+            Kind::PingPong if self.via == Via::Queue => write!(
+                f,
+                "Queue ping-pong round trip (put→get over two queues), {size}, two CPUs"
+            ),
             Kind::PingPong => write!(f, "Ping-pong round trip, {size}{over}"),
             Kind::Throughput => write!(f, "One-way throughput, {size}{over}"),
             Kind::Connect => write!(f, "Connect + authenticate{over}"),
@@ -340,6 +358,9 @@ mod tests {
             "unix-connect",
             "shm-increments-2p",
             "shm-write-read-64MiB",
+            "queue-throughput-64B",
+            "queue2x2-throughput-4KiB",
+            "queue-ping-pong-64B",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
         }

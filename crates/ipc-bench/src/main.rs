@@ -15,7 +15,8 @@
 //! on the machine hits every contender alike. Each benchmark has its own
 //! floor and Python reference (see [`contenders::floor`]); a contender
 //! runs only the benchmarks its registry entry says it runs. Ping-pong and
-//! connect pin both processes to one CPU (see [`affinity`]). Results go to `target/bench/` as `results.md`, `results.json`
+//! connect pin both processes to one CPU (see [`affinity`]); the queue
+//! ping-pong pins its two processes to two different CPUs. Results go to `target/bench/` as `results.md`, `results.json`
 //! and `chart.svg`; the Markdown is printed at the end.
 //!
 //! Started as `ipc-bench --peer NAME ...`, the program is the peer process
@@ -48,6 +49,8 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
   --bench IDS    only the benchmarks whose ids (ping-pong-8B, throughput-64KiB,
                  unix-ping-pong-8B, tcp-throughput-1MiB, unix-connect,
                  shm-lock-unlock, shm-increments-2p, shm-write-read-64MiB,
+                 queue-throughput-64B, queue2x2-throughput-4KiB,
+                 queue-ping-pong-64B,
                  ...) contain one of IDS
   --out DIR      write the results there instead of target/bench/
   --no-pin       leave ping-pong unpinned (by default both processes are
@@ -74,7 +77,10 @@ impl Options {
     fn cpu(&self, bench: Benchmark) -> Option<usize> {
         // Two incrementing processes are pinned to two different CPUs: the
         // parent to this one, the other to `affinity::other_cpu` of it.
-        let two = bench.kind == Kind::Increments && bench.size == 2;
+        // So are the two ends of the queue ping-pong (a put→get round trip
+        // is meant to be measured while both processes have a core).
+        let two = (bench.kind == Kind::Increments && bench.size == 2)
+            || (bench.kind == Kind::PingPong && bench.via == bench::Via::Queue);
         self.pin
             .filter(|_| two || matches!(bench.kind, Kind::PingPong | Kind::Connect))
     }
@@ -185,8 +191,9 @@ fn run(options: &Options) -> Result {
     notes.push(match options.pin {
         Some(cpu) => format!(
             "ping-pong and connect: both processes pinned to CPU {cpu}; 2-process increments: \
-             one process on CPU {cpu}, the other on CPU {}; everything else unpinned",
-            affinity::other_cpu(cpu).map_or("(none)".to_owned(), |c| c.to_string())
+             one process on CPU {cpu}, the other on CPU {other}; queue ping-pong: \
+             the parent on CPU {cpu}, the echoing peer on CPU {other}; everything else unpinned",
+            other = affinity::other_cpu(cpu).map_or("(none)".to_owned(), |c| c.to_string())
         ),
         None => "nothing pinned (--no-pin)".to_owned(),
     });

@@ -1,7 +1,8 @@
 //! Runs the whole harness once, briefly, across real processes: every
 //! contender must start its peer, answer every kind of benchmark it runs
 //! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
-//! bandwidth) and stop, and the three reports must be written.
+//! bandwidth, queues 1/1 and 2/2 and their ping-pong, the batched pipe
+//! sender) and stop, and the three reports must be written.
 
 use std::process::Command;
 
@@ -14,7 +15,7 @@ fn every_contender_runs_and_reports() {
             "--rounds",
             "1",
             "--bench",
-            "ping-pong-8B,throughput-64KiB,connect,shm",
+            "ping-pong-8B,throughput-64KiB,connect,shm,throughput-64B,queue-ping-pong",
         ])
         .arg("--out")
         .arg(&out)
@@ -39,6 +40,10 @@ fn every_contender_runs_and_reports() {
         "ipc-shm SharedMemory",
         "ipc-shm Array<u8>",
         "python shm",
+        "ipc-pipe bytes (batched)",
+        "POSIX mq",
+        "ipc-queue bytes",
+        "python Queue",
     ] {
         assert!(md.contains(&format!("| {name} |")), "{name} missing:\n{md}");
     }
@@ -52,6 +57,10 @@ fn every_contender_runs_and_reports() {
         "shm-increments-1p",
         "shm-increments-2p",
         "shm-write-read-64MiB",
+        "throughput-64B",
+        "queue-throughput-64B",
+        "queue2x2-throughput-64B",
+        "queue-ping-pong-64B",
     ] {
         assert!(json.contains(&format!("\"{id}\"")), "{id} missing");
     }

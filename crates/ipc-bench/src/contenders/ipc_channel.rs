@@ -28,7 +28,8 @@ pub fn entry() -> Entry {
                 (bootstrapped with `IpcOneShotServer`)",
         start,
         peer: Some(peer),
-        runs: super::pipe_only,
+        // One consumer only: an `IpcBytesReceiver` cannot be shared.
+        runs: |b| super::pipe_only(b) || super::queue_one_to_one(b),
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod ipc_channel;
 pub mod pipe;
 pub mod python;
+pub mod queue;
 pub mod raw;
 pub mod shm;
 pub mod socket;
@@ -42,6 +43,7 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::Unix | Via::Tcp, _) => socket::RAW,
         (Via::Shm, Kind::Bandwidth) => shm::MEMCPY,
         (Via::Shm, _) => shm::MUTEX,
+        (Via::Queue | Via::Queue2, _) => queue::MQ,
     }
 }
 
@@ -51,6 +53,7 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Pipe => python::NAME,
         Via::Unix | Via::Tcp => python::SOCKET,
         Via::Shm => python::SHM,
+        Via::Queue | Via::Queue2 => python::QUEUE,
     }
 }
 
@@ -65,6 +68,23 @@ pub fn is_reference(name: &str) -> bool {
 /// The benchmarks over a pipe-like pair (the first contenders').
 pub fn pipe_only(bench: Benchmark) -> bool {
     bench.via == Via::Pipe
+}
+
+/// The queue benchmarks with one producer and one consumer (those a
+/// plain channel can run too).
+pub fn queue_one_to_one(bench: Benchmark) -> bool {
+    bench.via == Via::Queue
+}
+
+/// The CPU the peer of `bench` is pinned to when the parent is pinned to
+/// `cpu`: the same one, except in the queue ping-pong, whose two processes
+/// each get a CPU (see `affinity`).
+pub fn peer_cpu(bench: Benchmark, cpu: Option<usize>) -> Option<usize> {
+    if bench.via == Via::Queue && bench.kind == Kind::PingPong {
+        cpu.and_then(affinity::other_cpu)
+    } else {
+        cpu
+    }
 }
 
 /// Something measured: it runs benchmarks against a peer process.
@@ -111,6 +131,7 @@ pub fn registry() -> Vec<Entry> {
         raw::entry(),
         raw::exact_entry(),
         pipe::bytes_entry(),
+        pipe::batched_entry(),
         pipe::bytes_alloc_entry(),
         pipe::typed_entry(),
         python::entry(),
@@ -124,6 +145,9 @@ pub fn registry() -> Vec<Entry> {
         shm::shared_memory_entry(),
         shm::array_entry(),
         python::shm_entry(),
+        queue::mq_entry(),
+        queue::entry(),
+        python::queue_entry(),
     ]
 }
 
@@ -263,7 +287,7 @@ impl<L: Link> Contender for LinkContender<L> {
             bench,
             warmup: bench.warmup(count),
             count,
-            cpu,
+            cpu: peer_cpu(bench, cpu),
         })?;
         affinity::pinned(cpu, || drive(&mut self.link, bench, count))
     }

@@ -6,14 +6,17 @@
 //! - `socket_bench.py`: `multiprocessing.connection.Listener` / `Client`
 //!   with an authkey, over a Unix socket and TCP;
 //! - `shm_bench.py`: `multiprocessing.Lock`, `Value('Q')` with its lock,
-//!   and `multiprocessing.shared_memory.SharedMemory`.
+//!   and `multiprocessing.shared_memory.SharedMemory`;
+//! - `queue_bench.py`: `multiprocessing.Queue()` with `put` / `get` of
+//!   `bytes`.
 //!
 //! A script runs in `--serve` mode: it reads one command a line on stdin
 //! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
 //! pipe; the same with the transport, `unix` or `tcp`, after the command
 //! word, and `connect WARMUP COUNT CPU`, for sockets; `lock COUNT`,
 //! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT` for
-//! shared memory;
+//! shared memory; `throughput SIZE COUNT PRODUCERS` and
+//! `pingpong SIZE WARMUP COUNT CPU OTHER_CPU` for the queue;
 //! `quit`; CPU is the one to pin both processes to, or -1) and answers
 //! each with one JSON line in the form of a [`Sample`].
 
@@ -33,6 +36,21 @@ pub const SOCKET: &str = "python Listener/Client";
 
 /// Name of the shared-memory contender.
 pub const SHM: &str = "python shm";
+
+/// Name of the Queue contender.
+pub const QUEUE: &str = "python Queue";
+
+/// The registry entry of the Queue contender.
+pub fn queue_entry() -> Entry {
+    Entry {
+        name: QUEUE,
+        about: "CPython `multiprocessing.Queue()`, `put` / `get` of `bytes` objects between \
+                `multiprocessing.Process` producers and consumers (ping-pong: two queues)",
+        start: || start("queue_bench.py"),
+        peer: None,
+        runs: |b| matches!(b.via, Via::Queue | Via::Queue2),
+    }
+}
 
 /// The registry entry of the contender.
 pub fn entry() -> Entry {
@@ -140,19 +158,30 @@ impl Contender for Python {
             Via::Tcp => " tcp",
             _ => "",
         };
-        match bench.kind {
-            Kind::PingPong => writeln!(self.stdin, "pingpong{via} {size} {warmup} {count} {cpu}")?,
-            Kind::Throughput => writeln!(self.stdin, "throughput{via} {size} {count} {cpu}")?,
-            Kind::Connect => writeln!(self.stdin, "connect {warmup} {count} {cpu}")?,
-            Kind::LockUnlock => writeln!(self.stdin, "lock {count}")?,
-            Kind::Increments => {
-                let other = usize::try_from(cpu)
-                    .ok()
-                    .and_then(crate::affinity::other_cpu)
-                    .map_or(-1, |c| c as i64);
-                writeln!(self.stdin, "increments {size} {count} {cpu} {other}")?
+        let other = usize::try_from(cpu)
+            .ok()
+            .and_then(crate::affinity::other_cpu)
+            .map_or(-1, |c| c as i64);
+        match (bench.via, bench.kind) {
+            (Via::Queue | Via::Queue2, Kind::PingPong) => {
+                writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
             }
-            Kind::Bandwidth => writeln!(self.stdin, "bandwidth {size} {count}")?,
+            (Via::Queue | Via::Queue2, _) => {
+                let procs = if bench.via == Via::Queue2 { 2 } else { 1 };
+                writeln!(self.stdin, "throughput {size} {count} {procs}")?
+            }
+            (_, kind) => match kind {
+                Kind::PingPong => {
+                    writeln!(self.stdin, "pingpong{via} {size} {warmup} {count} {cpu}")?
+                }
+                Kind::Throughput => writeln!(self.stdin, "throughput{via} {size} {count} {cpu}")?,
+                Kind::Connect => writeln!(self.stdin, "connect {warmup} {count} {cpu}")?,
+                Kind::LockUnlock => writeln!(self.stdin, "lock {count}")?,
+                Kind::Increments => {
+                    writeln!(self.stdin, "increments {size} {count} {cpu} {other}")?
+                }
+                Kind::Bandwidth => writeln!(self.stdin, "bandwidth {size} {count}")?,
+            },
         }
         self.stdin.flush()?;
         let line = self.line()?;
