@@ -100,6 +100,7 @@ fn test() -> Result {
 
     // nextest runs every test in a process of its own, which keeps tests
     // that fork sane (see ipc_core::process) and isolates crashes.
+    let shm_before = shm_entries();
     let mut tests = cargo();
     if has_nextest() {
         tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -121,27 +122,35 @@ fn test() -> Result {
     doc.args(["test", "--workspace", "--doc"]);
     run("doc tests", doc)?;
 
-    check_no_leftovers()
+    check_no_leftovers(&shm_before)
 }
 
-/// Tests must clean up after themselves: no segments or socket files named
-/// by this workspace may be left behind.
-fn check_no_leftovers() -> Result {
-    let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
+/// The entries of `/dev/shm` with the prefixes our tests and Python's
+/// auto-naming use (`ipct_`, `ipc_test_`, `psm_`).
+fn shm_entries() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("ipc_test_") || name.starts_with("ipct_"))
+                .filter(|name| {
+                    ["ipct_", "ipc_test_", "psm_"]
+                        .iter()
+                        .any(|p| name.starts_with(p))
+                })
                 .collect()
         })
-        .unwrap_or_default();
-    if leftovers.is_empty() {
+        .unwrap_or_default()
+}
+
+/// Tests must clean up after themselves: no segment of those prefixes may
+/// appear in `/dev/shm` during the run and stay (entries that were there
+/// before are someone else's).
+fn check_no_leftovers(before: &std::collections::BTreeSet<String>) -> Result {
+    let left: Vec<String> = shm_entries().difference(before).cloned().collect();
+    if left.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "tests left these in /dev/shm: {}",
-            leftovers.join(", ")
-        ))
+        Err(format!("tests left these in /dev/shm: {}", left.join(", ")))
     }
 }
 

@@ -63,10 +63,20 @@ def sample(messages, size, elapsed):
 
 
 def serve():
+    shm = SharedMemory(create=True, size=SIZE)
+    try:
+        serve_with(shm)
+    finally:
+        # Unlink even when a command fails; Python's resource tracker covers
+        # a killed process, as long as the tracker itself survives.
+        shm.close()
+        shm.unlink()
+
+
+def serve_with(shm):
     ctx = multiprocessing.get_context("fork")
     lock = ctx.Lock()
     v = ctx.Value("Q", 0)
-    shm = SharedMemory(create=True, size=SIZE)
     data = bytearray(b"\xa5" * SIZE)
     shm.buf[:] = data  # first touch of every page, before any timing
     cmd, cmd_child = ctx.Pipe()
@@ -116,8 +126,6 @@ def serve():
         print(json.dumps(result), flush=True)
     cmd.send_bytes(b"quit")
     proc.join()
-    shm.close()
-    shm.unlink()
 
 
 if __name__ == "__main__":
