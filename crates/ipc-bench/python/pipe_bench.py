@@ -48,17 +48,23 @@ def child(conn):
         if words[0] == "quit":
             return
         size, count, cpu = int(words[1]), int(words[2]), int(words[3])
-        with Pinned(cpu):
-            if words[0] == "pingpong":
-                recv, send = conn.recv_bytes, conn.send_bytes
-                for _ in range(count):
-                    send(recv())
-            elif words[0] == "throughput":
-                recv = conn.recv_bytes
-                for _ in range(count):
-                    if len(recv()) != size:
-                        raise SystemExit("wrong message size")
-                conn.send_bytes(b"")
+        serve_peer(conn, words[0], size, count, cpu)
+
+
+def serve_peer(conn, kind, size, count, cpu):
+    """The peer's side of one pingpong (echo COUNT messages) or throughput
+    (take COUNT messages of SIZE bytes, then acknowledge) run on `conn`."""
+    with Pinned(cpu):
+        if kind == "pingpong":
+            recv, send = conn.recv_bytes, conn.send_bytes
+            for _ in range(count):
+                send(recv())
+        elif kind == "throughput":
+            recv = conn.recv_bytes
+            for _ in range(count):
+                if len(recv()) != size:
+                    raise SystemExit("wrong message size")
+            conn.send_bytes(b"")
 
 
 def percentile(sorted_values, p):

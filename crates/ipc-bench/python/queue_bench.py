@@ -28,28 +28,13 @@ the nearest-rank rule).
 """
 
 import json
-import math
 import multiprocessing
 import os
 import platform
 import sys
 import time
 
-
-class Pinned:
-    """Pins this process to one CPU (unless it is -1) for a `with` block."""
-
-    def __init__(self, cpu):
-        self.cpu = cpu
-
-    def __enter__(self):
-        if self.cpu >= 0:
-            self.before = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {self.cpu})
-
-    def __exit__(self, *exc):
-        if self.cpu >= 0:
-            os.sched_setaffinity(0, self.before)
+from pipe_bench import Pinned, percentile
 
 
 def worker(cmd, data, back):
@@ -86,11 +71,6 @@ def worker(cmd, data, back):
             for _ in range(int(words[2])):
                 put(msg)
             put(b"")
-
-
-def percentile(sorted_values, p):
-    rank = math.ceil(p * len(sorted_values))
-    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
 class Bench:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from multiprocessing.connection import Client, Listener
 
-from pipe_bench import Pinned, percentile, pingpong_timed, throughput_timed
+from pipe_bench import Pinned, percentile, pingpong_timed, serve_peer, throughput_timed
 
 AUTHKEY = b"ipc-bench authkey"
 
@@ -50,17 +50,7 @@ def child(cmd, unix_path, connect_path):
             continue
         conn = conns[words[1]]
         size, count, cpu = int(words[2]), int(words[3]), int(words[4])
-        with Pinned(cpu):
-            if words[0] == "pingpong":
-                recv, send = conn.recv_bytes, conn.send_bytes
-                for _ in range(count):
-                    send(recv())
-            elif words[0] == "throughput":
-                recv = conn.recv_bytes
-                for _ in range(count):
-                    if len(recv()) != size:
-                        raise SystemExit("wrong message size")
-                conn.send_bytes(b"")
+        serve_peer(conn, words[0], size, count, cpu)
     for listener in (unix, tcp, connect):
         listener.close()
 

@@ -187,6 +187,18 @@ fn corrupt(message: String) -> Error {
 /// after `spin_for`. After the first few microseconds it yields the CPU
 /// between looks: the process that will change the word may be waiting
 /// for this very CPU (a woken process is often placed on its waker's CPU).
+/// What a put or get that found the queue full or empty waits on.
+struct Waiting<'a> {
+    /// The other side's sequence word, bumped by each put (or get).
+    seq: &'a AtomicU32,
+    /// The offset of the count of processes asleep on `seq`.
+    waiters: usize,
+    /// How long to spin before sleeping.
+    spin: Duration,
+    /// What a non-blocking call returns: `Full` or `Empty`.
+    busy: Error,
+}
+
 fn spin(word: &AtomicU32, seen: u32, spin_for: Duration) -> bool {
     let start = Instant::now();
     loop {
@@ -443,23 +455,13 @@ impl Core {
                 }
                 return Ok(());
             }
-            let Some(sleep) = wait.sleep() else {
-                return Err(match wait {
-                    Wait::Now => Error::Full,
-                    _ => Error::Timeout,
-                });
+            let waiting = Waiting {
+                seq: get_seq,
+                waiters: layout::WAITING_PUTTERS,
+                spin: PUT_SPIN,
+                busy: Error::Full,
             };
-            let seen = get_seq.load(Ordering::Relaxed);
-            if !spun {
-                spun = true;
-                drop(locked);
-                spin(get_seq, seen, PUT_SPIN);
-                continue;
-            }
-            self.word(layout::WAITING_PUTTERS)
-                .fetch_add(1, Ordering::Relaxed);
-            drop(locked);
-            futex_wait(get_seq, seen, Some(sleep));
+            self.wait_for_change(locked, wait, waiting, &mut spun)?;
         }
     }
 
@@ -504,24 +506,46 @@ impl Core {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let Some(sleep) = wait.sleep() else {
-                return Err(match wait {
-                    Wait::Now => Error::Empty,
-                    _ => Error::Timeout,
-                });
+            let waiting = Waiting {
+                seq: put_seq,
+                waiters: layout::WAITING_GETTERS,
+                spin: GET_SPIN,
+                busy: Error::Empty,
             };
-            let seen = put_seq.load(Ordering::Relaxed);
-            if !spun {
-                spun = true;
-                drop(locked);
-                spin(put_seq, seen, GET_SPIN);
-                continue;
-            }
-            self.word(layout::WAITING_GETTERS)
-                .fetch_add(1, Ordering::Relaxed);
-            drop(locked);
-            futex_wait(put_seq, seen, Some(sleep));
+            self.wait_for_change(locked, wait, waiting, &mut spun)?;
         }
+    }
+
+    /// Called holding the lock after finding no room (or no item): gives
+    /// up as `wait` says (`busy` for a non-blocking call, `Timeout` for a
+    /// timed one), else unlocks and waits for the other side's sequence
+    /// word to move: a short spin the first time, then a futex sleep,
+    /// registered as a waiter so the other side knows to wake us. The
+    /// sequence is read under the lock, so no wake-up is lost.
+    fn wait_for_change(
+        &self,
+        locked: Locked<'_>,
+        wait: Wait,
+        waiting: Waiting<'_>,
+        spun: &mut bool,
+    ) -> Result<()> {
+        let Some(sleep) = wait.sleep() else {
+            return Err(match wait {
+                Wait::Now => waiting.busy,
+                _ => Error::Timeout,
+            });
+        };
+        let seen = waiting.seq.load(Ordering::Relaxed);
+        if !*spun {
+            *spun = true;
+            drop(locked);
+            spin(waiting.seq, seen, waiting.spin);
+            return Ok(());
+        }
+        self.word(waiting.waiters).fetch_add(1, Ordering::Relaxed);
+        drop(locked);
+        futex_wait(waiting.seq, seen, Some(sleep));
+        Ok(())
     }
 
     /// Finds the record at `head` of a non-empty ring: the state after
