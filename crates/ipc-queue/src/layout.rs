@@ -12,17 +12,21 @@
 //!         40  type_hash    u64  FNV-1a of std::any::type_name::<T>()
 //!         48  total_size   u64  RING_OFFSET + capacity
 //!         56  type_name    [u8; 72]  cut short, for messages
-//!        128  robust mutex (64 bytes)
-//!        192  state        head, tail, items, unfinished (4 x u64)
-//!        224  pending      the redo log: the next state (4 x u64)
-//!        256  pending_valid u64
-//!        264  closed       u32
-//!        268  recoveries   u32  how often a dead holder's lock was recovered
-//!        320  put_seq u32, waiting_getters u32    (own cache line)
-//!        384  get_seq u32, waiting_putters u32    (own cache line)
-//!        448  join_seq u32, waiting_joiners u32   (own cache line)
-//!        512  the ring
+//!        128  producer mutex (64 bytes), held by a put
+//!        192  consumer mutex (64 bytes), held by a get
+//!        256  tail u64 (put count << 32 | ring offset), put_seq u32
+//!        320  head u64 (get count << 32 | ring offset), get_seq u32
+//!        384  seen_head u64  the producers' last look at `head`
+//!        448  seen_tail u64  the consumers' last look at `tail`
+//!        512  waiting_getters u32, waiting_putters u32, closed u32, recoveries u32
+//!        576  done u32 (task_done count), join_seq u32, waiting_joiners u32
+//!        640  the ring
 //! ```
+//!
+//! Every group from 128 on has its own 64-byte cache line, so a producer
+//! and a consumer working at the same time each keep their own lines and
+//! share only `tail` and `head`, and those only when one of them has run
+//! out of what its last look showed.
 //!
 //! The header is written through atomics and published with a Release
 //! store of the magic number, then the `init` word; an opener waits on
@@ -39,7 +43,7 @@ use ipc_shm::SharedMemory;
 /// `"ipcqueue"`, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcqueue");
 /// Bumped whenever the layout changes incompatibly.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
 const INIT: usize = 8;
 const VERSION: usize = 12;
@@ -51,19 +55,22 @@ const TOTAL_SIZE: usize = 48;
 const TYPE_NAME: usize = 56;
 const TYPE_NAME_LEN: usize = 72;
 pub(crate) const HEADER_SIZE: usize = 128;
-pub(crate) const MUTEX_OFFSET: usize = HEADER_SIZE;
-pub(crate) const STATE: usize = 192;
-pub(crate) const PENDING: usize = 224;
-pub(crate) const PENDING_VALID: usize = 256;
-pub(crate) const CLOSED: usize = 264;
-pub(crate) const RECOVERIES: usize = 268;
-pub(crate) const PUT_SEQ: usize = 320;
-pub(crate) const WAITING_GETTERS: usize = 324;
-pub(crate) const GET_SEQ: usize = 384;
-pub(crate) const WAITING_PUTTERS: usize = 388;
-pub(crate) const JOIN_SEQ: usize = 448;
-pub(crate) const WAITING_JOINERS: usize = 452;
-pub(crate) const RING_OFFSET: usize = 512;
+pub(crate) const PRODUCER_MUTEX: usize = HEADER_SIZE;
+pub(crate) const CONSUMER_MUTEX: usize = 192;
+pub(crate) const TAIL: usize = 256;
+pub(crate) const PUT_SEQ: usize = 264;
+pub(crate) const HEAD: usize = 320;
+pub(crate) const GET_SEQ: usize = 328;
+pub(crate) const SEEN_HEAD: usize = 384;
+pub(crate) const SEEN_TAIL: usize = 448;
+pub(crate) const WAITING_GETTERS: usize = 512;
+pub(crate) const WAITING_PUTTERS: usize = 516;
+pub(crate) const CLOSED: usize = 520;
+pub(crate) const RECOVERIES: usize = 524;
+pub(crate) const DONE: usize = 576;
+pub(crate) const JOIN_SEQ: usize = 580;
+pub(crate) const WAITING_JOINERS: usize = 584;
+pub(crate) const RING_OFFSET: usize = 640;
 
 /// The layout header as a `#[repr(C)]` type. It is never read or written
 /// as a whole (the fields are reached through atomics at their offsets,
@@ -97,10 +104,14 @@ const _: () = {
     assert!(offset_of!(Header, type_name) == TYPE_NAME);
 };
 const _: () = assert!(TYPE_NAME + TYPE_NAME_LEN == HEADER_SIZE);
-const _: () = assert!(MUTEX_OFFSET + raw::ROBUST_MUTEX_SIZE <= STATE);
+const _: () = assert!(PRODUCER_MUTEX + raw::ROBUST_MUTEX_SIZE <= CONSUMER_MUTEX);
+const _: () = assert!(CONSUMER_MUTEX + raw::ROBUST_MUTEX_SIZE <= TAIL);
 
 /// The smallest ring: one record of up to 56 bytes.
 pub(crate) const MIN_CAPACITY: usize = 64;
+/// The largest ring: ring offsets are 32-bit, beside a 32-bit count in one
+/// 64-bit word that a put or a get stores in one go.
+pub(crate) const MAX_CAPACITY: usize = u32::MAX as usize & !7;
 /// The smallest segment that can hold a queue.
 pub(crate) const MIN_TOTAL_SIZE: usize = RING_OFFSET + MIN_CAPACITY;
 /// How long an opener waits for a creator that is initialising.
@@ -147,24 +158,27 @@ pub(crate) struct Params {
 
 /// The segment size for a ring of `capacity` bytes.
 pub(crate) fn total_size(capacity: usize) -> Result<usize> {
-    capacity
-        .checked_add(RING_OFFSET)
-        .filter(|&n| n <= isize::MAX as usize)
-        .ok_or(Error::InvalidArgument("the queue capacity is too large"))
+    (capacity <= MAX_CAPACITY)
+        .then(|| capacity + RING_OFFSET)
+        .ok_or(Error::InvalidArgument(TOO_LARGE))
 }
 
+const TOO_LARGE: &str = "the queue capacity is too large (at most 4 GiB - 8)";
+
 /// Rounds a requested capacity up to a multiple of 8, at least
-/// [`MIN_CAPACITY`].
+/// [`MIN_CAPACITY`] and at most [`MAX_CAPACITY`].
 pub(crate) fn round_capacity(capacity: usize) -> Result<usize> {
     capacity
         .max(MIN_CAPACITY)
         .checked_next_multiple_of(8)
-        .ok_or(Error::InvalidArgument("the queue capacity is too large"))
+        .filter(|&c| c <= MAX_CAPACITY)
+        .ok_or(Error::InvalidArgument(TOO_LARGE))
 }
 
 /// Lays out a freshly created, zero-filled segment and publishes it.
 pub(crate) fn create(shm: &mut SharedMemory, spec: &Spec, params: &Params) -> Result<()> {
-    raw::init_robust_mutex(shm, MUTEX_OFFSET)?;
+    raw::init_robust_mutex(shm, PRODUCER_MUTEX)?;
+    raw::init_robust_mutex(shm, CONSUMER_MUTEX)?;
     let shm = &*shm;
     atomic_u32(shm, VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
     atomic_u32(shm, KIND).store(spec.kind as u32, Ordering::Relaxed);
@@ -235,7 +249,7 @@ pub(crate) fn validate(shm: &SharedMemory, spec: &Spec) -> Result<Params> {
     let total = atomic_u64(shm, TOTAL_SIZE).load(Ordering::Relaxed);
     let capacity = usize::try_from(capacity)
         .ok()
-        .filter(|&c| c >= MIN_CAPACITY && c % 8 == 0)
+        .filter(|&c| (MIN_CAPACITY..=MAX_CAPACITY).contains(&c) && c % 8 == 0)
         .ok_or_else(|| invalid(format!("{what} has an impossible capacity {capacity}")))?;
     let expected = total_size(capacity)?;
     if total != expected as u64 {

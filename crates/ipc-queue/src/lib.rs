@@ -55,14 +55,17 @@
 //!
 //! # When a process is killed
 //!
-//! One robust process-shared mutex guards a small control state, and every
-//! change to that state goes through a redo log, so a process killed at any
-//! instruction (mid-put, mid-get, holding the lock) leaves a queue that the
-//! others keep using: the next locker finishes or discards the dead
-//! process's change, checks the state, and wakes every waiter. Every item
-//! whose put returned `Ok` is delivered exactly once, except an item that a
-//! killed getter had already taken off. A record length found corrupt in
-//! the ring is reported as an error, never followed past the ring's end.
+//! Producers take one robust process-shared mutex and consumers another,
+//! so a put and a get run at the same time. Every change a put or a get
+//! makes is a single atomic store of the ring's tail (after the record is
+//! written into free space) or head (after the record is copied out), so a
+//! process killed at any instruction (mid-put, mid-get, holding a lock)
+//! leaves a queue that the others keep using: the next locker, told by the
+//! robust mutex that the holder died, checks the ring and wakes every
+//! waiter; there is nothing half-done to repair. Every item whose put
+//! returned `Ok` is delivered exactly once, except an item that a killed
+//! getter had already taken off. A record length found corrupt in the ring
+//! is reported as an error, never followed past the ring's end.
 //!
 //! # Known limits
 //!
@@ -71,14 +74,14 @@
 //!   500 ms that look again); no item is lost meanwhile.
 //! * A waiter killed while registered as waiting leaves a registration
 //!   behind, which costs the next put or get one needless wake-up call.
-//! * Payloads are copied into and out of the ring under the lock, so puts
-//!   and gets do not overlap. Quick measurements on a shared 2-core virtual
-//!   machine (release build, bytes path) gave 3.5–8.7 M items/s for 64-byte
-//!   items with one producer and one consumer, 1.0–3.7 M items/s for 4 KiB
-//!   items, 3–10 M items/s with two of each, and a ping-pong round trip
-//!   through two queues of about 1 µs (p50); the numbers swing with the
-//!   machine's load. A getter spins up to 100 µs (yielding the CPU after
-//!   20 µs) before it sleeps.
+//! * A JoinableQueue's `join` waits for an item that a killed getter took
+//!   off and never marked done, as Python's does.
+//! * The ring holds at most 4 GiB - 8 bytes (offsets are 32-bit).
+//! * A getter that finds the queue empty spins up to 100 µs (yielding the
+//!   CPU after 20 µs) before it sleeps; it leaves the producers' cache
+//!   line alone for the first 300 ns so that a streaming producer is not
+//!   slowed down item by item. `cargo xtask bench` measures the queue
+//!   against Python's and the kernel's (docs/BENCHMARKS.md).
 //! * `qsize`, `empty` and `full` are snapshots, as in Python.
 //! * The item type check is best effort: it compares
 //!   [`std::any::type_name`], which the compiler does not promise to keep

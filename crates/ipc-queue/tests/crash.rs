@@ -1,8 +1,8 @@
 //! Crash safety: producers and consumers killed with SIGKILL at random
 //! moments, over 200 rounds. Each child either blocks in `put`/`get` or
 //! retries `put_nowait`/`get_nowait` without sleeping (so that more kills
-//! land while it holds the queue's lock). Every item whose put returned `Ok` must be
-//! delivered exactly once, except at most one per killed consumer (the
+//! land while it holds one of the queue's locks). Every item whose put
+//! returned `Ok` must be delivered exactly once, except at most one per killed consumer (the
 //! item it had taken off when it died); each producer's items arrive in
 //! order; the queue never deadlocks.
 

@@ -128,13 +128,17 @@ fn wrong_type_kind_version_size_and_garbage_are_refused() {
     );
     // Another layout version.
     let raw = SharedMemory::open(&n).unwrap();
+    let mut version = [0u8; 4];
+    raw.read_at(12, &mut version).unwrap();
     raw.write_at(12, &99u32.to_ne_bytes()).unwrap();
     refused(Queue::<u64>::builder().open(&n), "layout version 99");
-    raw.write_at(12, &1u32.to_ne_bytes()).unwrap();
+    raw.write_at(12, &version).unwrap();
     Queue::<u64>::builder().open(&n).unwrap();
     // A header that describes more bytes than the segment has.
     let small = name();
-    let copy = SharedMemory::create(&small, 512 + 64).unwrap();
+    // (Big enough for the smallest queue: the header, the control words
+    // and a 64-byte ring.)
+    let copy = SharedMemory::create(&small, 1024).unwrap();
     let mut header = vec![0u8; 512];
     raw.read_at(0, &mut header).unwrap();
     copy.write_at(0, &header).unwrap();

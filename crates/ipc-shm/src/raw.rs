@@ -43,6 +43,7 @@ pub fn open_when_sized(name: &str, min: usize, deadline: Instant) -> Result<Shar
 /// # Panics
 ///
 /// If the word is outside the segment or `offset` is not a multiple of 4.
+#[inline]
 pub fn atomic_u32(shm: &SharedMemory, offset: usize) -> &AtomicU32 {
     shm.map.atomic_u32(offset)
 }
@@ -52,6 +53,7 @@ pub fn atomic_u32(shm: &SharedMemory, offset: usize) -> &AtomicU32 {
 /// # Panics
 ///
 /// If the word is outside the segment or `offset` is not a multiple of 8.
+#[inline]
 pub fn atomic_u64(shm: &SharedMemory, offset: usize) -> &AtomicU64 {
     shm.map.atomic_u64(offset)
 }
@@ -107,6 +109,7 @@ impl<'a> RobustMutexRef<'a> {
     /// If the bytes are outside the segment or misaligned.
     // Declaring the contract needs `unsafe fn`; the body has no unsafe code.
     #[allow(unsafe_code)]
+    #[inline]
     pub unsafe fn at(shm: &'a SharedMemory, offset: usize) -> Self {
         RobustMutexRef {
             mutex: shm.map.mutex(offset),
@@ -118,12 +121,14 @@ impl<'a> RobustMutexRef<'a> {
     /// or a holder since then has not called
     /// [`mark_consistent`](Self::mark_consistent): repair the data first.
     /// Locking it again from the holding thread is an error.
+    #[inline]
     pub fn lock(&self, deadline: Option<Instant>) -> Result<bool> {
         let how = deadline.map_or(How::Block, How::Until);
         self.mutex.lock(how).map_err(failure)
     }
 
     /// Locks if the mutex is free now; `Ok(None)` if it is held.
+    #[inline]
     pub fn try_lock(&self) -> Result<Option<bool>> {
         match self.mutex.lock(How::Try) {
             Ok(died) => Ok(Some(died)),
@@ -133,12 +138,14 @@ impl<'a> RobustMutexRef<'a> {
     }
 
     /// Unlocks; an error if this thread does not hold the mutex.
+    #[inline]
     pub fn unlock(&self) -> Result<()> {
         Ok(self.mutex.unlock()?)
     }
 
     /// Clears the owner-died mark once the data is repaired. Only the
     /// holder calls this.
+    #[inline]
     pub fn mark_consistent(&self) {
         self.mutex.mark_consistent();
     }

@@ -285,6 +285,7 @@ impl SharedMemory {
     }
 
     /// The size in bytes (Python's `.size`).
+    #[inline]
     pub fn size(&self) -> usize {
         self.map.len()
     }
@@ -320,6 +321,7 @@ impl SharedMemory {
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`.
+    #[inline]
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
         self.map.copy_out(offset, buf);
@@ -327,6 +329,7 @@ impl SharedMemory {
     }
 
     /// Copies `buf` into the segment at `offset`.
+    #[inline]
     pub fn write_at(&self, offset: usize, buf: &[u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
         self.map.copy_in(offset, buf);
@@ -352,6 +355,7 @@ impl SharedMemory {
         self.map.as_ptr()
     }
 
+    #[inline]
     fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok(()),

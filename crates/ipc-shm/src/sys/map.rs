@@ -37,17 +37,20 @@ impl Mapping {
     }
 
     /// The length of the mapping in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.raw.len()
     }
 
     /// The first byte of the mapping.
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.raw.as_mut_ptr()
     }
 
     /// A pointer to `count` values of `T` at `offset`, after checking that
     /// they lie inside the mapping and that `offset` is aligned for `T`.
+    #[inline]
     pub(super) fn checked<T>(&self, offset: usize, count: usize) -> *mut T {
         let bytes = size_of::<T>()
             .checked_mul(count)
@@ -69,6 +72,7 @@ impl Mapping {
     }
 
     /// The 32-bit atomic at `offset`.
+    #[inline]
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         let p = self.checked::<AtomicU32>(offset, 1);
         // SAFETY: `checked` proved that the four bytes are inside the mapping
@@ -80,6 +84,7 @@ impl Mapping {
     }
 
     /// The 64-bit atomic at `offset`.
+    #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         let p = self.checked::<AtomicU64>(offset, 1);
         // SAFETY: as in `atomic_u32`: in bounds, aligned, outlived by the
@@ -88,6 +93,7 @@ impl Mapping {
     }
 
     /// The robust mutex at `offset`.
+    #[inline]
     pub(crate) fn mutex(&self, offset: usize) -> &RobustMutex {
         let p = self.checked::<RobustMutex>(offset, 1);
         // SAFETY: in bounds and aligned (checked above) and outlived by the
@@ -118,6 +124,7 @@ impl Mapping {
     }
 
     /// Copies `dst.len()` values of `T` from `offset` into `dst`.
+    #[inline]
     pub(crate) fn copy_out<T: Pod>(&self, offset: usize, dst: &mut [T]) {
         let p = self.checked::<T>(offset, dst.len());
         // SAFETY: the source range is inside the mapping and aligned
@@ -129,6 +136,7 @@ impl Mapping {
     }
 
     /// Copies `src` into the mapping at `offset`.
+    #[inline]
     pub(crate) fn copy_in<T: Pod>(&self, offset: usize, src: &[T]) {
         let p = self.checked::<T>(offset, src.len());
         // SAFETY: the destination range is inside the writable mapping and

@@ -178,6 +178,7 @@ impl Mapping {
 impl RobustMutex {
     /// Locks; `Ok(true)` if a previous owner died or the data is still
     /// marked inconsistent.
+    #[inline]
     pub(crate) fn lock(&self, how: How) -> Result<bool, LockFailure> {
         let raw = self.raw.get();
         let rc = match how {
@@ -223,6 +224,7 @@ impl RobustMutex {
     }
 
     /// Unlocks; `EPERM` if this thread does not hold the mutex.
+    #[inline]
     pub(crate) fn unlock(&self) -> io::Result<()> {
         // SAFETY: an initialised robust mutex (see `lock`); unlocking a
         // robust mutex that this thread does not hold fails with EPERM
