@@ -2,9 +2,9 @@
 //! moments, over 200 rounds. Each child either blocks in `put`/`get` or
 //! retries `put_nowait`/`get_nowait` without sleeping (so that more kills
 //! land while it holds one of the queue's locks). Every item whose put
-//! returned `Ok` must be delivered exactly once, except at most one per killed consumer (the
-//! item it had taken off when it died); each producer's items arrive in
-//! order; the queue never deadlocks.
+//! returned `Ok` must be delivered exactly once, except at most one per
+//! killed consumer (the item it had taken off when it died); each
+//! producer's items arrive in order; the queue never deadlocks.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
