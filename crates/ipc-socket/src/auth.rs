@@ -142,7 +142,11 @@ fn left(deadline: Instant) -> Result<Option<Duration>> {
 }
 
 fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> Result<Vec<u8>> {
-    match conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, left(deadline)?) {
+    handshake_result(conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, left(deadline)?))
+}
+
+fn handshake_result(received: Result<Vec<u8>>) -> Result<Vec<u8>> {
+    match received {
         Err(Error::TooLarge { size, .. }) => Err(Error::Authentication(format!(
             "handshake message of {size} bytes is too long"
         ))),
@@ -153,38 +157,44 @@ fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> 
     }
 }
 
-/// Challenges the peer to prove it knows `key` (Python's
-/// `deliver_challenge`).
-pub(crate) fn deliver_challenge<S: Transport>(
-    conn: &mut Connection<S>,
-    key: &[u8],
-    deadline: Instant,
-) -> Result<()> {
-    let mut message = b"{sha256}".to_vec();
-    let mut random = [0u8; MESSAGE_LENGTH];
-    getrandom::fill(&mut random).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
-    message.extend_from_slice(&random);
-    let mut challenge = CHALLENGE.to_vec();
-    challenge.extend_from_slice(&message);
-    conn.send_bytes(&challenge)?;
-    let response = handshake_recv(conn, deadline)?;
-    match verify(key, &message, &response) {
-        Ok(()) => conn.send_bytes(WELCOME),
-        Err(e) => {
-            let _ = conn.send_bytes(FAILURE);
-            Err(e)
+/// A challenge of ours: the random message and its frame.
+struct Challenge {
+    message: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl Challenge {
+    fn new() -> Result<Challenge> {
+        let mut message = b"{sha256}".to_vec();
+        let mut random = [0u8; MESSAGE_LENGTH];
+        getrandom::fill(&mut random)
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        message.extend_from_slice(&random);
+        let mut frame = CHALLENGE.to_vec();
+        frame.extend_from_slice(&message);
+        Ok(Challenge { message, frame })
+    }
+
+    /// Checks the peer's `response` and tells it the verdict.
+    fn judge<S: Transport>(
+        &self,
+        conn: &mut Connection<S>,
+        key: &[u8],
+        response: &[u8],
+    ) -> Result<()> {
+        match verify(key, &self.message, response) {
+            Ok(()) => conn.send_bytes(WELCOME),
+            Err(e) => {
+                let _ = conn.send_bytes(FAILURE);
+                Err(e)
+            }
         }
     }
 }
 
-/// Answers the peer's challenge (Python's `answer_challenge`).
-pub(crate) fn answer_challenge<S: Transport>(
-    conn: &mut Connection<S>,
-    key: &[u8],
-    deadline: Instant,
-) -> Result<()> {
-    let message = handshake_recv(conn, deadline)?;
-    let challenge = message
+/// The answer to a received challenge frame.
+fn answer(key: &[u8], frame: &[u8]) -> Result<Vec<u8>> {
+    let challenge = frame
         .strip_prefix(CHALLENGE)
         .ok_or_else(|| Error::Authentication("protocol error: expected a challenge".into()))?;
     if challenge.len() < LEGACY_LENGTHS[0] {
@@ -193,12 +203,71 @@ pub(crate) fn answer_challenge<S: Transport>(
             challenge.len()
         )));
     }
-    conn.send_bytes(&response_to(key, challenge)?)?;
+    response_to(key, challenge)
+}
+
+/// Waits for the peer's verdict on our answer.
+fn expect_welcome<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> Result<()> {
     if handshake_recv(conn, deadline)? == WELCOME {
         Ok(())
     } else {
         Err(Error::Authentication("digest sent was rejected".into()))
     }
+}
+
+/// The listener's side, as Python's `Listener.accept` does it: challenge
+/// the client (`deliver_challenge`), then answer its challenge
+/// (`answer_challenge`).
+///
+/// A client of this crate sends its challenge right behind its answer
+/// (see [`client_handshake`]); when it is already here, the welcome and
+/// our answer go out in one write.
+pub(crate) fn server_handshake<S: Transport>(
+    conn: &mut Connection<S>,
+    key: &[u8],
+    deadline: Instant,
+) -> Result<()> {
+    let ours = Challenge::new()?;
+    conn.send_bytes(&ours.frame)?;
+    let response = handshake_recv(conn, deadline)?;
+    if let Err(e) = verify(key, &ours.message, &response) {
+        let _ = conn.send_bytes(FAILURE);
+        return Err(e);
+    }
+    let early = conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, Duration::ZERO);
+    match early {
+        Ok(frame) => conn.send_bytes_batch(&[WELCOME, &answer(key, &frame)?])?,
+        Err(Error::Timeout) => {
+            conn.send_bytes(WELCOME)?;
+            let frame = handshake_recv(conn, deadline)?;
+            conn.send_bytes(&answer(key, &frame)?)?;
+        }
+        Err(e) => return handshake_result(Err(e)).map(drop),
+    }
+    expect_welcome(conn, deadline)
+}
+
+/// The client's side, as Python's `Client` does it: answer the listener's
+/// challenge (`answer_challenge`), then challenge it (`deliver_challenge`).
+///
+/// Our challenge goes out in the same write as our answer instead of after
+/// the listener's welcome, which saves one round trip of the three. Python's
+/// listener reads exactly one message at a time, so it finds the challenge
+/// where it expects it; a listener that rejects our answer closes the
+/// connection with the challenge unread, and its failure message still
+/// arrives first.
+pub(crate) fn client_handshake<S: Transport>(
+    conn: &mut Connection<S>,
+    key: &[u8],
+    deadline: Instant,
+) -> Result<()> {
+    let frame = handshake_recv(conn, deadline)?;
+    let response = answer(key, &frame)?;
+    let ours = Challenge::new()?;
+    conn.send_bytes_batch(&[&response, &ours.frame])?;
+    expect_welcome(conn, deadline)?;
+    let response = handshake_recv(conn, deadline)?;
+    ours.judge(conn, key, &response)
 }
 
 #[cfg(test)]

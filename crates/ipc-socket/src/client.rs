@@ -75,8 +75,7 @@ impl Client {
         let mut conn = Connection::new(stream);
         conn.set_max_message_size(options.max_message_size);
         if let Some(key) = &options.authkey {
-            auth::answer_challenge(&mut conn, key, deadline)?;
-            auth::deliver_challenge(&mut conn, key, deadline)?;
+            auth::client_handshake(&mut conn, key, deadline)?;
         }
         Ok(conn)
     }

@@ -85,8 +85,7 @@ impl PendingConnection {
         let mut conn = Connection::new(stream);
         conn.set_max_message_size(options.max_message_size);
         if let Some(key) = &options.authkey {
-            auth::deliver_challenge(&mut conn, key, deadline)?;
-            auth::answer_challenge(&mut conn, key, deadline)?;
+            auth::server_handshake(&mut conn, key, deadline)?;
         }
         Ok(conn)
     }
