@@ -21,8 +21,15 @@ use crate::transport::{FdStream, Transport};
 use crate::wait::{poll_readable, Waitable};
 use crate::{codec, ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
 
-/// The receive buffer. 64 KiB holds a thousand small frames per `read`.
+/// The receive buffer at most. 64 KiB holds a thousand small frames per
+/// `read`.
 const READ_BUFFER_LEN: usize = 64 * 1024;
+/// The receive buffer at first; the first `read` that fills it grows it to
+/// [`READ_BUFFER_LEN`]. A connection that exchanges a few small messages
+/// (an authentication handshake, a request and its reply) so never pays
+/// for zeroing 64 KiB, which took longer than a round trip on a Unix
+/// socket.
+const READ_BUFFER_START: usize = 1024;
 
 /// Messages per vectored write in [`Connection::send_bytes_batch`]: two
 /// slices each (header and payload), within the kernel's `IOV_MAX` of 1024.
@@ -429,7 +436,7 @@ impl<S: Transport> Connection<S> {
             return Ok(len);
         }
         if self.read_buf.is_empty() {
-            self.read_buf = vec![0u8; READ_BUFFER_LEN].into_boxed_slice();
+            self.read_buf = vec![0u8; READ_BUFFER_START].into_boxed_slice();
         }
         loop {
             match frame::parse_header(&self.read_buf[self.read_pos..self.read_end]) {
@@ -476,7 +483,20 @@ impl<S: Transport> Connection<S> {
         self.wait_readable(deadline)?;
         let n = self.stream.read(&mut self.read_buf[self.read_end..])?;
         self.read_end += n;
+        if self.read_end == self.read_buf.len() && self.read_buf.len() < READ_BUFFER_LEN {
+            self.grow_buffer();
+        }
         Ok(n)
+    }
+
+    /// Grows the receive buffer to its full size, keeping the unread bytes.
+    fn grow_buffer(&mut self) {
+        let mut bigger = vec![0u8; READ_BUFFER_LEN];
+        let unread = self.read_end - self.read_pos;
+        bigger[..unread].copy_from_slice(&self.read_buf[self.read_pos..self.read_end]);
+        self.read_buf = bigger.into_boxed_slice();
+        self.read_pos = 0;
+        self.read_end = unread;
     }
 
     fn wait_readable(&self, deadline: Deadline) -> Result<()> {
