@@ -364,7 +364,7 @@ impl Core {
         };
         let locked = Locked { mutex };
         if died {
-            self.recover()?;
+            self.recover(end)?;
             mutex.mark_consistent();
         }
         Ok(locked)
@@ -373,11 +373,11 @@ impl Core {
     /// After a holder died: checks the words it may have changed, and
     /// wakes every waiter (the dead process may have owed one a wake-up).
     /// Every change is one store, so there is nothing to finish or undo.
-    fn recover(&self) -> Result<()> {
+    fn recover(&self, end: End) -> Result<()> {
         self.check(&self.view())?;
         self.word(layout::RECOVERIES)
             .fetch_add(1, Ordering::Relaxed);
-        self.wake_all();
+        self.wake_all(end);
         Ok(())
     }
 
@@ -429,23 +429,30 @@ impl Core {
         waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::AcqRel) != 0
     }
 
-    /// Changes every sequence word and wakes every waiter.
-    fn wake_all(&self) {
-        for (seq, waiting) in [
-            (layout::PUT_SEQ, layout::WAITING_GETTERS),
-            (layout::GET_SEQ, layout::WAITING_PUTTERS),
-            (layout::JOIN_SEQ, layout::WAITING_JOINERS),
-        ] {
-            let word = self.word(seq);
-            word.fetch_add(1, Ordering::Release);
-            self.word(waiting).store(0, Ordering::Relaxed);
-            futex_wake(word, u32::MAX);
-        }
+    /// Wakes every waiter, called holding `end`'s lock. Only the sequence
+    /// words that lock guards (and `join_seq`, which is only ever changed
+    /// atomically) are changed, registrations first: bumping the other
+    /// end's word here could race with its holder's bump and leave the word
+    /// where a waiter that read it in between expects it. That end's
+    /// sleepers are still woken; one that is about to sleep looks again
+    /// within [`SAFETY_NET`].
+    fn wake_all(&self, end: End) {
+        let (own_seq, own_waiting, other_seq) = match end {
+            End::Tail => (layout::PUT_SEQ, layout::WAITING_GETTERS, layout::GET_SEQ),
+            End::Head => (layout::GET_SEQ, layout::WAITING_PUTTERS, layout::PUT_SEQ),
+        };
+        self.word(own_waiting).store(0, Ordering::Relaxed);
+        self.bump(self.word(own_seq));
+        futex_wake(self.word(own_seq), u32::MAX);
+        self.word(layout::WAITING_JOINERS)
+            .store(0, Ordering::Relaxed);
+        let join_seq = self.word(layout::JOIN_SEQ);
+        join_seq.fetch_add(1, Ordering::Release);
+        futex_wake(join_seq, u32::MAX);
+        futex_wake(self.word(other_seq), u32::MAX);
     }
 
-    /// Bumps a sequence word that only its end's lock holder writes (a
-    /// recovery racing with it may lose its own bump, which changed the
-    /// word all the same).
+    /// Bumps a sequence word that only its end's lock holder writes.
     fn bump(&self, seq: &AtomicU32) {
         seq.store(
             seq.load(Ordering::Relaxed).wrapping_add(1),
@@ -768,7 +775,7 @@ impl Core {
     pub(crate) fn close(&self) -> Result<()> {
         let locked = self.lock(End::Tail, Wait::Forever)?;
         self.word(layout::CLOSED).store(1, Ordering::Release);
-        self.wake_all();
+        self.wake_all(End::Tail);
         drop(locked);
         Ok(())
     }
