@@ -254,7 +254,8 @@ struct Waiting<'a> {
 
 /// Spins until `word` has moved at least `want` steps on from `seen`:
 /// `true` then, or after `spin_for` if it moved at all, `false` if it did
-/// not move. It looks once every `pauses` spin-loop hints, so as not to
+/// not move. It leaves the word alone for `quiet` first, then looks once
+/// every `pauses` spin-loop hints, so as not to
 /// pull the cache line away from the process writing it on every one of
 /// its operations. After the first few microseconds it yields the CPU
 /// between looks: the process that will change the word may be waiting
@@ -1103,13 +1104,15 @@ mod tests {
         let q = queue();
         let getter = std::thread::scope(|s| {
             let waiting = s.spawn(|| q.get_bytes_timeout(Duration::from_secs(10)));
-            // Wait until the getter is registered as sleeping.
+            // Wait (boundedly) until the getter is registered as sleeping.
+            let deadline = Instant::now() + Duration::from_secs(10);
             while q
                 .core()
                 .word(layout::WAITING_GETTERS)
                 .load(Ordering::Relaxed)
                 == 0
             {
+                assert!(Instant::now() < deadline, "the getter never went to sleep");
                 std::thread::yield_now();
             }
             die_holding_lock(&q, End::Tail, |core| {

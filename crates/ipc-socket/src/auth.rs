@@ -175,20 +175,18 @@ impl Challenge {
         Ok(Challenge { message, frame })
     }
 
-    /// Checks the peer's `response` and tells it the verdict.
-    fn judge<S: Transport>(
+    /// Checks the peer's `response`; a wrong one is answered with
+    /// `#FAILURE#` (the welcome is the caller's, as the listener sends it
+    /// together with its own answer).
+    fn check<S: Transport>(
         &self,
         conn: &mut Connection<S>,
         key: &[u8],
         response: &[u8],
     ) -> Result<()> {
-        match verify(key, &self.message, response) {
-            Ok(()) => conn.send_bytes(WELCOME),
-            Err(e) => {
-                let _ = conn.send_bytes(FAILURE);
-                Err(e)
-            }
-        }
+        verify(key, &self.message, response).inspect_err(|_| {
+            let _ = conn.send_bytes(FAILURE);
+        })
     }
 }
 
@@ -230,10 +228,7 @@ pub(crate) fn server_handshake<S: Transport>(
     let ours = Challenge::new()?;
     conn.send_bytes(&ours.frame)?;
     let response = handshake_recv(conn, deadline)?;
-    if let Err(e) = verify(key, &ours.message, &response) {
-        let _ = conn.send_bytes(FAILURE);
-        return Err(e);
-    }
+    ours.check(conn, key, &response)?;
     let early = conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, Duration::ZERO);
     match early {
         Ok(frame) => conn.send_bytes_batch(&[WELCOME, &answer(key, &frame)?])?,
@@ -267,7 +262,8 @@ pub(crate) fn client_handshake<S: Transport>(
     conn.send_bytes_batch(&[&response, &ours.frame])?;
     expect_welcome(conn, deadline)?;
     let response = handshake_recv(conn, deadline)?;
-    ours.judge(conn, key, &response)
+    ours.check(conn, key, &response)?;
+    conn.send_bytes(WELCOME)
 }
 
 #[cfg(test)]
