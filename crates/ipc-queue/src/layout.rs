@@ -43,7 +43,7 @@ use ipc_shm::SharedMemory;
 /// `"ipcqueue"`, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcqueue");
 /// Bumped whenever the layout changes incompatibly.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 
 const INIT: usize = 8;
 const VERSION: usize = 12;

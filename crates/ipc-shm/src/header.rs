@@ -42,7 +42,7 @@ use crate::sys::mutex::MUTEX_AREA;
 /// `"ipcshm\0\x01"`, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"ipcshm\0\x01");
 /// Bumped whenever the layout changes incompatibly.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 pub(crate) const HEADER_SIZE: usize = 128;
 pub(crate) const MUTEX_OFFSET: usize = HEADER_SIZE;
 const DATA_MIN_OFFSET: usize = MUTEX_OFFSET + MUTEX_AREA;
@@ -101,6 +101,14 @@ impl Kind {
         Kind::Condition,
         Kind::Barrier,
     ];
+
+    /// Whether objects of this kind have a robust mutex at `MUTEX_OFFSET`.
+    pub(crate) fn has_mutex(self) -> bool {
+        matches!(
+            self,
+            Kind::Value | Kind::Array | Kind::Lock | Kind::RLock | Kind::Condition | Kind::Barrier
+        )
+    }
 
     fn from_u32(n: u32) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| *k as u32 == n)

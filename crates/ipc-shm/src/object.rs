@@ -3,21 +3,28 @@
 //! same way.
 
 use std::io;
+use std::path::Path;
 use std::time::Instant;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
 use ipc_core::{Error, Result};
 
-use crate::header::{self, Layout, Spec, HEADER_SIZE, INIT_WAIT, MUTEX_OFFSET};
+use crate::header::{self, Kind, Layout, Spec, HEADER_SIZE, INIT_WAIT, MUTEX_OFFSET};
 use crate::shm::SharedMemory;
 use crate::sys::map::Mapping;
 use crate::sys::mutex::{MutexKind, RobustMutex};
 
 /// A segment holding one initialised, validated object.
+///
+/// Dropped while a thread of this process holds its mutex without a guard
+/// (Python's `acquire()` with no `release()`), it stays mapped until the
+/// process ends: the thread's robust futex list links into the mutex, and
+/// the kernel and glibc write through those links.
 #[derive(Debug)]
 pub(crate) struct Object {
     pub(crate) shm: SharedMemory,
     pub(crate) layout: Layout,
+    kind: Kind,
 }
 
 /// Where a new object lives.
@@ -40,6 +47,7 @@ impl Object {
         mutex: Option<MutexKind>,
         init: impl FnOnce(&Mapping, &Layout),
     ) -> Result<Object> {
+        debug_assert_eq!(mutex.is_some(), spec.kind.has_mutex());
         let layout = spec.layout(len)?;
         let mut shm = match place {
             Place::Named(name) => SharedMemory::create(name, layout.total)?,
@@ -51,7 +59,11 @@ impl Object {
         }
         init(&shm.map, &layout);
         header::publish(&shm.map);
-        Ok(Object { shm, layout })
+        Ok(Object {
+            shm,
+            layout,
+            kind: spec.kind,
+        })
     }
 
     /// Opens the object `name`, waiting briefly for a creator that is
@@ -95,7 +107,11 @@ impl Object {
             None => "the anonymous segment".to_owned(),
         };
         let layout = header::validate(&shm.map, spec, len, &what)?;
-        Ok(Object { shm, layout })
+        Ok(Object {
+            shm,
+            layout,
+            kind: spec.kind,
+        })
     }
 
     /// The mapping.
@@ -119,6 +135,22 @@ impl Object {
 
     pub(crate) fn inherit(inherited: Inherited, spec: &Spec) -> Result<Object> {
         Object::validated(SharedMemory::from_inherited(inherited)?, spec, None)
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        if !self.kind.has_mutex() {
+            return;
+        }
+        let mutex = self.mutex();
+        let held_here = mutex.held_by_me()
+            || mutex
+                .holder()
+                .is_some_and(|tid| Path::new(&format!("/proc/self/task/{tid}")).exists());
+        if held_here {
+            self.shm.map.keep_mapped();
+        }
     }
 }
 

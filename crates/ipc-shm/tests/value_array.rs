@@ -184,10 +184,11 @@ fn garbage_short_and_foreign_version_segments_are_refused() {
     let v = name();
     let value = Value::create(&v, 1u64).unwrap();
     let raw = SharedMemory::open(&v).unwrap();
+    let version = raw.to_vec()[12..16].to_vec();
     raw.write_at(12, &99u32.to_ne_bytes()).unwrap();
     let msg = invalid_data(Value::<u64>::open(&v));
     assert!(msg.contains("layout version 99"), "{msg}");
-    raw.write_at(12, &1u32.to_ne_bytes()).unwrap();
+    raw.write_at(12, &version).unwrap();
     assert_eq!(Value::<u64>::open(&v).unwrap().get().unwrap(), 1);
 
     // A header that describes more data than the segment holds (the

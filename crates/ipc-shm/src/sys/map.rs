@@ -3,7 +3,7 @@
 //! plain-old-data values, and the robust mutex of an object.
 
 use std::io;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, size_of, ManuallyDrop};
 use std::os::fd::BorrowedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -20,7 +20,9 @@ use super::mutex::RobustMutex;
 /// or writes outside the mapping.
 #[derive(Debug)]
 pub(crate) struct Mapping {
-    raw: MmapRaw,
+    /// Unmapped on drop unless `keep_mapped` was called.
+    raw: ManuallyDrop<MmapRaw>,
+    keep_mapped: bool,
 }
 
 impl Mapping {
@@ -33,7 +35,18 @@ impl Mapping {
             ));
         }
         let raw = MmapOptions::new().len(len).map_raw(&fd)?;
-        Ok(Mapping { raw })
+        Ok(Mapping {
+            raw: ManuallyDrop::new(raw),
+            keep_mapped: false,
+        })
+    }
+
+    /// Leaves the memory mapped when this value is dropped, until the
+    /// process ends: for a mapping that a thread's robust futex list still
+    /// points into (a lock held, without a guard, by a thread of this
+    /// process).
+    pub(crate) fn keep_mapped(&mut self) {
+        self.keep_mapped = true;
     }
 
     /// The length of the mapping in bytes.
@@ -97,10 +110,9 @@ impl Mapping {
     pub(crate) fn mutex(&self, offset: usize) -> &RobustMutex {
         let p = self.checked::<RobustMutex>(offset, 1);
         // SAFETY: in bounds and aligned (checked above) and outlived by the
-        // mapping. RobustMutex is made of an UnsafeCell and an atomic, so
-        // mutation by other processes through this shared reference is
-        // allowed; whether the bytes hold an initialised mutex is checked by
-        // the layout header before any object hands out this reference.
+        // mapping. RobustMutex is made of atomics only, so mutation by other
+        // processes through this shared reference is allowed, and any bytes
+        // are a valid value (the mutex checks its kind word on each lock).
         unsafe { &*p }
     }
 
@@ -150,5 +162,14 @@ impl Mapping {
         let p = self.checked::<u8>(offset, len);
         // SAFETY: the range is inside the writable mapping (checked above).
         unsafe { ptr::write_bytes(p, byte, len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if !self.keep_mapped {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { ManuallyDrop::drop(&mut self.raw) };
+        }
     }
 }

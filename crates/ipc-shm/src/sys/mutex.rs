@@ -1,59 +1,115 @@
-//! The robust, process-shared pthread mutex that every lock of this crate
-//! is built on, and the guard that hands out `&mut` access to the data it
-//! protects.
+//! The robust, process-shared mutex that every lock of this crate is built
+//! on, and the guard that hands out `&mut` access to the data it protects.
 //!
-//! A mutex initialised with `PTHREAD_PROCESS_SHARED` and
-//! `PTHREAD_MUTEX_ROBUST` lives inside a segment. When its holder dies, the
-//! kernel (through glibc's robust list) marks it, and the next locker gets
-//! `EOWNERDEAD`. We call `pthread_mutex_consistent` at once, so the pthread
-//! mutex itself never becomes `ENOTRECOVERABLE`, and record the fact in our
-//! own `inconsistent` word beside it: until a holder marks the data
-//! consistent, every locker is told that a previous owner died.
+//! The mutex is a futex word in the kernel's robust-futex format (the
+//! holder's thread id, or `FUTEX_OWNER_DIED`) linked into the holder's
+//! robust list while held (see `robust`), so that when a holder dies the
+//! kernel marks the word. The next locker takes the lock over at once and
+//! records the death in our own `inconsistent` word beside it: until a
+//! holder marks the data consistent, every locker is told that a previous
+//! owner died. The lock itself never becomes unusable.
+//!
+//! An uncontended lock is one compare-and-swap; an uncontended unlock is a
+//! plain store and a load of the sleeper count (the barrier it would need is
+//! paid by waiters instead, see `robust`). A contended locker spins briefly,
+//! then counts itself among the sleepers and sleeps on a separate wake-up
+//! sequence word, not on the lock word: a holder that unlocks and locks
+//! again in a loop changes the lock word every few nanoseconds, which would
+//! send a sleeper on it back round its loop instead of to sleep. One unlock
+//! wakes one sleeper, and the next unlocks leave the rest alone until that
+//! one has looked at the lock (`waking`). The kernel's own wake-up at a
+//! holder's death goes to the lock word, so sleepers also look at the word
+//! every [`NAP`]: a death is noticed within that time.
+//!
+//! Every word is an atomic, so bytes in the segment, however garbled, can
+//! make a lock misbehave (stay held, report a death) but not this code; the
+//! mutex kind is checked on each lock. The list links are the exception:
+//! like glibc's for a robust pthread mutex, they are trusted while the lock
+//! is held, so a process that can write the segment can break a holder.
 
-use std::cell::UnsafeCell;
 use std::fmt;
+use std::hint;
 use std::io;
 use std::marker::PhantomData;
-use std::mem::{size_of, ManuallyDrop, MaybeUninit};
+use std::mem::{offset_of, size_of, ManuallyDrop};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{compiler_fence, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
+use super::futex::{self, Wake};
 use super::map::Mapping;
-
-extern "C" {
-    // glibc 2.30+; the libc crate does not declare it yet. It is
-    // pthread_mutex_timedlock with a choice of clock, which lets timeouts use
-    // CLOCK_MONOTONIC and so ignore changes of the wall clock.
-    fn pthread_mutex_clocklock(
-        mutex: *mut libc::pthread_mutex_t,
-        clock: libc::clockid_t,
-        abstime: *const libc::timespec,
-    ) -> libc::c_int;
-}
+use super::robust::{self, Me, FUTEX_OFFSET};
 
 /// The bytes reserved for a [`RobustMutex`] in a segment's layout.
 pub(crate) const MUTEX_AREA: usize = 64;
 
 const _: () = assert!(size_of::<RobustMutex>() <= MUTEX_AREA);
+// The kernel finds the futex word from the list entry through the offset
+// glibc declares in the list head; glibc's entries have their `prev` slot
+// right before `next`.
+const _: () = assert!(
+    offset_of!(RobustMutex, word) as isize - offset_of!(RobustMutex, next) as isize == FUTEX_OFFSET
+);
+const _: () = assert!(offset_of!(RobustMutex, prev) + 8 == offset_of!(RobustMutex, next));
 
-/// A robust, process-shared pthread mutex in shared memory, with a word
-/// that says whether the data it guards is marked inconsistent.
+// The kernel's robust-futex word format (<linux/futex.h>). FUTEX_WAITERS
+// is not used: nobody sleeps on the lock word.
+const TID_MASK: u32 = 0x3fff_ffff;
+const OWNER_DIED: u32 = 0x4000_0000;
+
+/// The `kind` word of an initialised mutex: a tag and the kind, so that
+/// bytes that were never initialised are refused.
+const KIND_ERROR_CHECK: u32 = 0x4d58_0001;
+const KIND_RECURSIVE: u32 = 0x4d58_0002;
+
+/// How many times a contended locker looks at the word before it sleeps.
+/// Few: a spinner pulls the lock's cache line away from the holder each
+/// time it looks, and two processes incrementing a `Value` in a loop went
+/// from 39 M/s at 10 looks to 8 M/s at 50 (`cargo xtask bench --bench
+/// shm-increments-2p`), while a sleeper costs the holder one wake-up per
+/// round.
+const SPINS: u32 = 10;
+
+/// The longest a sleeper sleeps before it looks at the lock word again.
+/// Wake-ups from unlocks do not depend on it; it is how soon a sleeper
+/// notices a holder that died (the kernel marks the word but wakes no one
+/// on the sleepers' word), or, in a process that could not register for
+/// membarrier, an unlock in another process that did and so did not see it.
+const NAP: Duration = Duration::from_millis(10);
+
+/// A robust, process-shared mutex in shared memory, with a word that says
+/// whether the data it guards is marked inconsistent.
 #[repr(C)]
 pub(crate) struct RobustMutex {
-    raw: UnsafeCell<libc::pthread_mutex_t>,
+    /// 0 when free, the holder's thread id, or `OWNER_DIED` once the kernel
+    /// saw the holder die.
+    word: AtomicU32,
+    /// How many times the holder took a recursive mutex.
+    depth: AtomicU32,
+    /// Waiters that may sleep: an unlock that sees one wakes one.
+    sleepers: AtomicU32,
+    /// `KIND_ERROR_CHECK` or `KIND_RECURSIVE`.
+    kind: AtomicU32,
     /// 1 from the moment a locker learns that a holder died until a holder
     /// marks the data consistent.
     inconsistent: AtomicU32,
+    /// 1 from an unlock's wake-up until a sleeper looks at the word again.
+    waking: AtomicU32,
+    /// The robust list entry, in glibc's layout; only the holder's thread
+    /// (and the kernel when it dies) uses them.
+    prev: AtomicUsize,
+    next: AtomicUsize,
+    /// What sleepers sleep on: bumped by each unlock that wakes one.
+    wake_seq: AtomicU32,
 }
 
-/// What kind of pthread mutex to initialise.
+/// What kind of mutex to initialise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MutexKind {
-    /// Locking again from the owning thread is `EDEADLK`, unlocking from
+    /// Locking again from the owning thread is an error, unlocking from
     /// another thread is `EPERM` (Python's `Lock`, minus cross-thread
     /// release, which a robust mutex cannot do).
     ErrorCheck,
@@ -82,7 +138,8 @@ pub(crate) enum LockFailure {
     TimedOut,
     /// This thread already holds it (an error-checking mutex).
     Deadlock,
-    /// Anything else: an unrecoverable mutex or bytes that are no mutex.
+    /// Anything else: bytes that are no mutex, a recursion too deep, a
+    /// thread without a robust list.
     Other(io::Error),
 }
 
@@ -95,34 +152,25 @@ impl Mapping {
     /// wait for the header).
     pub(crate) fn init_mutex(&mut self, offset: usize, kind: MutexKind) -> io::Result<()> {
         let mutex = self.mutex(offset);
-        mutex.inconsistent.store(0, Ordering::Relaxed);
+        for word in [
+            &mutex.word,
+            &mutex.depth,
+            &mutex.sleepers,
+            &mutex.inconsistent,
+            &mutex.waking,
+            &mutex.wake_seq,
+        ] {
+            word.store(0, Ordering::Relaxed);
+        }
+        mutex.prev.store(0, Ordering::Relaxed);
+        mutex.next.store(0, Ordering::Relaxed);
         let kind = match kind {
-            MutexKind::ErrorCheck => libc::PTHREAD_MUTEX_ERRORCHECK,
-            MutexKind::Recursive => libc::PTHREAD_MUTEX_RECURSIVE,
+            MutexKind::ErrorCheck => KIND_ERROR_CHECK,
+            MutexKind::Recursive => KIND_RECURSIVE,
         };
-        let mut attr = MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        // SAFETY: `attr` is valid for writes; init fills it in.
-        check(unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) })?;
-        // SAFETY: `attr` was initialised just above, and the setters only
-        // write into it; the mutex pointer is in bounds and aligned (from
-        // `Mapping::mutex`) and, per this function's contract, used by no one
-        // else while it is initialised.
-        let result = unsafe {
-            let attr = attr.as_mut_ptr();
-            let mut r = libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED);
-            if r == 0 {
-                r = libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST);
-            }
-            if r == 0 {
-                r = libc::pthread_mutexattr_settype(attr, kind);
-            }
-            if r == 0 {
-                r = libc::pthread_mutex_init(mutex.raw.get(), attr);
-            }
-            libc::pthread_mutexattr_destroy(attr);
-            r
-        };
-        check(result)
+        // Published with the header that openers wait for.
+        mutex.kind.store(kind, Ordering::Release);
+        Ok(())
     }
 
     /// Locks the mutex at `mutex_offset` and returns a guard for the `T`
@@ -175,69 +223,242 @@ impl Mapping {
     }
 }
 
+/// How a contended lock call ended without taking the mutex afresh.
+enum NotFresh {
+    /// A recursive mutex this thread already held: its depth went up.
+    Again,
+    Failed(LockFailure),
+}
+
 impl RobustMutex {
+    /// The robust list entry, as the kernel's list links it.
+    #[inline]
+    fn entry(&self) -> usize {
+        self.next.as_ptr() as usize
+    }
+
+    /// Whether the mutex is recursive; an error for bytes that are no
+    /// initialised mutex.
+    #[inline]
+    fn recursive(&self) -> Result<bool, LockFailure> {
+        match self.kind.load(Ordering::Relaxed) {
+            KIND_ERROR_CHECK => Ok(false),
+            KIND_RECURSIVE => Ok(true),
+            _ => Err(LockFailure::Other(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the bytes of this lock are not an initialised ipc-shm mutex",
+            ))),
+        }
+    }
+
     /// Locks; `Ok(true)` if a previous owner died or the data is still
     /// marked inconsistent.
     #[inline]
     pub(crate) fn lock(&self, how: How) -> Result<bool, LockFailure> {
-        let raw = self.raw.get();
-        let rc = match how {
-            // SAFETY: `raw` points at a mutex the creator initialised before
-            // publishing the header that was checked when this object was
-            // opened; glibc validates the mutex kind and fails with EINVAL
-            // on bytes it does not recognise.
-            How::Block => unsafe { libc::pthread_mutex_lock(raw) },
-            // SAFETY: as above.
-            How::Try => unsafe { libc::pthread_mutex_trylock(raw) },
-            How::Until(deadline) => {
-                let abstime = monotonic_deadline(deadline);
-                // SAFETY: as above; `abstime` is a valid timespec that
-                // outlives the call.
-                unsafe { pthread_mutex_clocklock(raw, libc::CLOCK_MONOTONIC, &abstime) }
+        let recursive = self.recursive()?;
+        let me = robust::me().map_err(LockFailure::Other)?;
+        me.op_pending(self.entry());
+        let taken =
+            match self
+                .word
+                .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => Ok(false),
+                Err(seen) => self.lock_contended(me, seen, recursive, how),
+            };
+        let died = match taken {
+            Ok(died) => died,
+            Err(not_fresh) => {
+                me.op_done();
+                return match not_fresh {
+                    NotFresh::Again => Ok(self.is_inconsistent()),
+                    NotFresh::Failed(failure) => Err(failure),
+                };
             }
         };
-        match rc {
-            0 => Ok(self.inconsistent.load(Ordering::Acquire) != 0),
-            libc::EOWNERDEAD => {
-                // We hold the mutex now. Make the pthread mutex usable again at
-                // once and keep the news in our own word until a holder marks
-                // the data consistent.
-                self.inconsistent.store(1, Ordering::Release);
-                // SAFETY: we hold the mutex (EOWNERDEAD means the lock
-                // succeeded), which is what pthread_mutex_consistent requires.
-                let rc = unsafe { libc::pthread_mutex_consistent(raw) };
-                if rc != 0 {
-                    // Do not return an error while still holding the lock.
-                    // SAFETY: we hold the mutex, as above.
-                    unsafe { libc::pthread_mutex_unlock(raw) };
-                    return Err(LockFailure::Other(io::Error::from_raw_os_error(rc)));
-                }
-                Ok(true)
-            }
-            libc::EBUSY => Err(LockFailure::WouldBlock),
-            // A try by the holding thread: the lock is just as unavailable.
-            libc::EDEADLK if matches!(how, How::Try) => Err(LockFailure::WouldBlock),
-            libc::ETIMEDOUT => Err(LockFailure::TimedOut),
-            libc::EDEADLK => Err(LockFailure::Deadlock),
-            rc => Err(LockFailure::Other(io::Error::from_raw_os_error(rc))),
+        if recursive {
+            self.depth.store(1, Ordering::Relaxed);
         }
+        // SAFETY: this thread has just locked the mutex, whose list fields
+        // these are, with the futex word at FUTEX_OFFSET from `next` (checked
+        // at compile time). The mapping stays mapped while the lock is held:
+        // guards borrow it, and an object dropped while held by a guard that
+        // was leaked releases it first or stays mapped (`Object`'s drop).
+        unsafe { me.link(self.prev.as_ptr(), self.next.as_ptr()) };
+        me.op_done();
+        if died {
+            self.inconsistent.store(1, Ordering::Release);
+            return Ok(true);
+        }
+        Ok(self.is_inconsistent())
+    }
+
+    /// The lock word was `seen`, not 0: take the mutex again (recursive),
+    /// over from a dead holder, after a spin, or after sleeping. `Ok(true)`
+    /// if it is taken over from a dead holder.
+    #[cold]
+    fn lock_contended(
+        &self,
+        me: Me,
+        mut seen: u32,
+        recursive: bool,
+        how: How,
+    ) -> Result<bool, NotFresh> {
+        if seen & TID_MASK == me.tid {
+            if !recursive {
+                return Err(NotFresh::Failed(match how {
+                    How::Try => LockFailure::WouldBlock,
+                    How::Block | How::Until(_) => LockFailure::Deadlock,
+                }));
+            }
+            let depth = self.depth.load(Ordering::Relaxed);
+            let Some(depth) = depth.checked_add(1) else {
+                return Err(NotFresh::Failed(LockFailure::Other(io::Error::other(
+                    "a recursive lock taken 2^32 - 1 times",
+                ))));
+            };
+            self.depth.store(depth, Ordering::Relaxed);
+            return Err(NotFresh::Again);
+        }
+        let spins = match how {
+            How::Try => 0,
+            How::Block | How::Until(_) => SPINS,
+        };
+        for _ in 0..=spins {
+            // Free, or free after its holder died.
+            while seen & TID_MASK == 0 {
+                match self
+                    .word
+                    .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => return Ok(seen & OWNER_DIED != 0),
+                    Err(now) => seen = now,
+                }
+            }
+            hint::spin_loop();
+            seen = self.word.load(Ordering::Relaxed);
+        }
+        let deadline = match how {
+            How::Try => return Err(NotFresh::Failed(LockFailure::WouldBlock)),
+            How::Block => None,
+            How::Until(deadline) => Some(deadline),
+        };
+        self.sleep_until_taken(me, deadline)
+            .map_err(NotFresh::Failed)
+    }
+
+    /// Counts this thread among the sleepers and sleeps until the mutex is
+    /// free, then takes it; `Ok(true)` if from a dead holder.
+    fn sleep_until_taken(&self, me: Me, deadline: Option<Instant>) -> Result<bool, LockFailure> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let taken = 'sleep: loop {
+            let seq = self.wake_seq.load(Ordering::Acquire);
+            // (Re-)arm: the next unlock that finds a sleeper counted and
+            // `waking` clear sets it, bumps `wake_seq` and wakes one.
+            self.waking.store(0, Ordering::SeqCst);
+            // After this, that unlock either saw us armed or we see its store.
+            robust::heavy_barrier();
+            let mut seen = self.word.load(Ordering::Relaxed);
+            // Free, or free after its holder died.
+            while seen & TID_MASK == 0 {
+                match self
+                    .word
+                    .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => break 'sleep Ok(seen & OWNER_DIED != 0),
+                    Err(now) => seen = now,
+                }
+            }
+            let timeout = match deadline {
+                None => NAP,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break Err(LockFailure::TimedOut);
+                    }
+                    left.min(NAP)
+                }
+            };
+            // Woken, timed out, or not asleep at all (an unlock came between
+            // `seq` and here): re-arm and look again.
+            let _: Wake = futex::wait(&self.wake_seq, seq, Some(timeout));
+        };
+        let others = self.sleepers.fetch_sub(1, Ordering::SeqCst) > 1;
+        if taken.is_err() && others {
+            // We may have taken the wake-up of an unlock meant for a
+            // sleeper: pass it on.
+            self.waking.store(1, Ordering::SeqCst);
+            self.wake_seq.fetch_add(1, Ordering::Release);
+            futex::wake(&self.wake_seq, 1);
+        }
+        taken
     }
 
     /// Unlocks; `EPERM` if this thread does not hold the mutex.
     #[inline]
     pub(crate) fn unlock(&self) -> io::Result<()> {
-        // SAFETY: an initialised robust mutex (see `lock`); unlocking a
-        // robust mutex that this thread does not hold fails with EPERM
-        // instead of corrupting it.
-        check(unsafe { libc::pthread_mutex_unlock(self.raw.get()) })
+        let me = match robust::me_if_known() {
+            Some(me) if self.word.load(Ordering::Relaxed) & TID_MASK == me.tid => me,
+            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+        };
+        if self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
+            let depth = self.depth.load(Ordering::Relaxed);
+            if depth > 1 {
+                self.depth.store(depth - 1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        me.op_pending(self.entry());
+        // SAFETY: this thread holds the mutex, so `lock` linked these fields
+        // into this thread's robust list, and only this thread (here or in
+        // glibc) has changed the links since.
+        unsafe { me.unlink(self.prev.as_ptr(), self.next.as_ptr()) };
+        if robust::plain_unlock() {
+            self.word.store(0, Ordering::Release);
+            // The load below must not move above the store in the compiled
+            // code; the CPU may still reorder them, which the waiters'
+            // membarrier covers (see `robust`).
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            self.word.swap(0, Ordering::SeqCst);
+        }
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.wake_one();
+        }
+        me.op_done();
+        Ok(())
+    }
+
+    /// Wakes a sleeper, unless one was woken and has not looked at the
+    /// word since (waking more would only make the unlocker pay a system
+    /// call per unlock while the first one gets going).
+    #[cold]
+    fn wake_one(&self) {
+        if self.waking.load(Ordering::Relaxed) == 0 && self.waking.swap(1, Ordering::Relaxed) == 0 {
+            self.wake_seq.fetch_add(1, Ordering::Release);
+            futex::wake(&self.wake_seq, 1);
+        }
+    }
+
+    /// Whether the calling thread holds the mutex.
+    pub(crate) fn held_by_me(&self) -> bool {
+        robust::me_if_known()
+            .is_some_and(|me| self.word.load(Ordering::Relaxed) & TID_MASK == me.tid)
+    }
+
+    /// The thread id of the holder, if a thread holds the mutex.
+    pub(crate) fn holder(&self) -> Option<u32> {
+        Some(self.word.load(Ordering::Relaxed) & TID_MASK).filter(|&tid| tid != 0)
     }
 
     /// Clears the inconsistent mark. Only a holder calls this.
+    #[inline]
     pub(crate) fn mark_consistent(&self) {
         self.inconsistent.store(0, Ordering::Release);
     }
 
     /// Whether the data is marked inconsistent.
+    #[inline]
     pub(crate) fn is_inconsistent(&self) -> bool {
         self.inconsistent.load(Ordering::Acquire) != 0
     }
@@ -348,36 +569,5 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
             .field("data", &&**self)
             .field("inconsistent", &self.is_inconsistent())
             .finish()
-    }
-}
-
-/// `deadline` as an absolute CLOCK_MONOTONIC time, which is the clock
-/// behind `Instant` on Linux.
-fn monotonic_deadline(deadline: Instant) -> libc::timespec {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let mut now = MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: `now` is valid for writes; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, now.as_mut_ptr()) };
-    // SAFETY: clock_gettime with a valid clock always fills in `now`.
-    let now = unsafe { now.assume_init() };
-    let mut sec = now
-        .tv_sec
-        .saturating_add(remaining.as_secs() as libc::time_t);
-    let mut nsec = now.tv_nsec + remaining.subsec_nanos() as libc::c_long;
-    if nsec >= 1_000_000_000 {
-        sec = sec.saturating_add(1);
-        nsec -= 1_000_000_000;
-    }
-    libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    }
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
     }
 }

@@ -1,0 +1,258 @@
+//! The per-thread and per-process machinery under [`RobustMutex`]: the
+//! calling thread's id, its kernel robust-futex list (shared with glibc), and
+//! the asymmetric barrier that lets an uncontended unlock be a plain store.
+//!
+//! # The robust list
+//!
+//! The kernel keeps, per thread, a pointer to a user-space list of the
+//! futexes the thread holds (`set_robust_list(2)`). When the thread dies it
+//! walks the list and, for every futex word whose owner field is the dead
+//! thread's id, sets `FUTEX_OWNER_DIED` and wakes one waiter. A thread has
+//! one list head and glibc owns it (it registers the head when the thread
+//! starts, for its own robust pthread mutexes), so our mutexes link
+//! themselves into glibc's list using glibc's own entry layout: a
+//! doubly-linked `{prev, next}` pair with the futex word 32 bytes before
+//! `next` (the `futex_offset` the head declares, checked at run time). glibc
+//! and this module only ever touch the list from the owning thread.
+//!
+//! # The asymmetric barrier
+//!
+//! A waiter announces itself (a sleeper count in the mutex) and then reads
+//! the lock word; the unlocker writes the lock word and then reads the
+//! sleeper count. That is Dekker's pattern: without a full barrier on both
+//! sides, both may miss the other and the waiter sleeps through the unlock.
+//! The unlock is the hot path, so its barrier is moved to the waiter:
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` makes every CPU that runs a
+//! thread of a registered process execute a full barrier before it returns,
+//! which is what the unlocker's missing fence would have done. A process
+//! registers before its first lock; where the kernel refuses, its unlocks
+//! use an atomic swap instead, and waiters also re-check on a timer.
+//!
+//! [`RobustMutex`]: super::mutex::RobustMutex
+
+use std::cell::Cell;
+use std::io;
+use std::ptr;
+use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
+use std::sync::Once;
+
+/// The kernel's `struct robust_list_head`, as glibc keeps it per thread.
+#[repr(C)]
+pub(crate) struct RobustListHead {
+    /// The first entry (the address of its `next` field), or the head itself
+    /// when the list is empty. Bit 0 tags a priority-inheritance entry.
+    list: usize,
+    /// Where an entry's futex word is, relative to the entry.
+    futex_offset: isize,
+    /// An entry being locked or unlocked right now, which the kernel also
+    /// checks at the thread's death.
+    list_op_pending: usize,
+}
+
+/// The `futex_offset` our mutex layout needs (and glibc's pthread mutex
+/// has): the futex word is 32 bytes before the list entry.
+pub(crate) const FUTEX_OFFSET: isize = -32;
+
+/// What the calling thread needs to lock: its id and its robust list head.
+#[derive(Clone, Copy)]
+pub(crate) struct Me {
+    pub(crate) tid: u32,
+    head: *mut RobustListHead,
+}
+
+struct ThreadState {
+    /// 0 until the first lock of this thread (and again in a forked child).
+    tid: Cell<u32>,
+    head: Cell<*mut RobustListHead>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState { tid: Cell::new(0), head: Cell::new(ptr::null_mut()) }
+    };
+}
+
+/// How this process's unlocks publish the free lock word.
+static UNLOCK_MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+const MODE_UNKNOWN: u8 = 0;
+/// Registered for `MEMBARRIER_CMD_GLOBAL_EXPEDITED`: a plain store.
+const MODE_PLAIN: u8 = 1;
+/// No membarrier: an atomic swap, a full barrier by itself.
+const MODE_FENCED: u8 = 2;
+
+// From <linux/membarrier.h>; the libc crate does not have them.
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+static AT_FORK: Once = Once::new();
+
+/// The calling thread's id and robust list, set up on its first call.
+#[inline]
+pub(crate) fn me() -> io::Result<Me> {
+    let (tid, head) = THREAD.with(|t| (t.tid.get(), t.head.get()));
+    if tid != 0 {
+        return Ok(Me { tid, head });
+    }
+    me_first()
+}
+
+/// The calling thread's id if it has ever locked (a thread that has not
+/// cannot hold a lock).
+#[inline]
+pub(crate) fn me_if_known() -> Option<Me> {
+    let (tid, head) = THREAD.with(|t| (t.tid.get(), t.head.get()));
+    (tid != 0).then_some(Me { tid, head })
+}
+
+#[cold]
+fn me_first() -> io::Result<Me> {
+    AT_FORK.call_once(|| {
+        // SAFETY: `forget_after_fork` is an `extern "C" fn()` that only
+        // touches a const thread-local and an atomic, both fine in a freshly
+        // forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_after_fork)) };
+    });
+    if UNLOCK_MODE.load(Ordering::Acquire) == MODE_UNKNOWN {
+        // SAFETY: a membarrier command without pointer arguments.
+        let registered = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+                0,
+                0,
+            )
+        } == 0;
+        let mode = if registered { MODE_PLAIN } else { MODE_FENCED };
+        // Only after the registration returned may an unlock be a plain store.
+        UNLOCK_MODE.store(mode, Ordering::Release);
+    }
+    let mut head: *mut RobustListHead = ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: pid 0 is the calling thread; the kernel writes one pointer and
+    // one size into the two out-parameters, which are valid for writes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut *mut RobustListHead,
+            &mut len as *mut libc::size_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a registered head is the thread's live `robust_list_head`
+    // (glibc's, inside its thread descriptor), readable for `len` bytes.
+    let futex_offset = (!head.is_null() && len == std::mem::size_of::<RobustListHead>())
+        .then(|| unsafe { ptr::read_volatile(ptr::addr_of!((*head).futex_offset)) });
+    if futex_offset != Some(FUTEX_OFFSET) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this thread has no robust futex list in the layout of glibc's (set_robust_list)",
+        ));
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    THREAD.with(|t| {
+        t.head.set(head);
+        t.tid.set(tid);
+    });
+    Ok(Me { tid, head })
+}
+
+/// In a forked child: the thread has a new id, and the process a new
+/// registration to make.
+extern "C" fn forget_after_fork() {
+    THREAD.with(|t| t.tid.set(0));
+    UNLOCK_MODE.store(MODE_UNKNOWN, Ordering::Release);
+}
+
+impl Me {
+    /// Tells the kernel that `entry` is being locked or unlocked: if the
+    /// thread dies before [`op_done`](Self::op_done), the kernel treats it
+    /// as a held entry.
+    #[inline]
+    pub(crate) fn op_pending(self, entry: usize) {
+        // SAFETY: `head` is this thread's live robust list head (see
+        // `me_first`), written only by this thread.
+        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*self.head).list_op_pending), entry) };
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Ends what [`op_pending`](Self::op_pending) began.
+    #[inline]
+    pub(crate) fn op_done(self) {
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: as in `op_pending`.
+        unsafe { ptr::write_volatile(ptr::addr_of_mut!((*self.head).list_op_pending), 0) };
+    }
+
+    /// Links the entry whose `prev` and `next` fields are given at the front
+    /// of the thread's robust list, as glibc links a robust mutex.
+    ///
+    /// # Safety
+    ///
+    /// `prev` and `next` are the fields of a mutex this thread has just
+    /// locked, in a mapping that stays mapped while it is held, with the
+    /// futex word [`FUTEX_OFFSET`] bytes from `next`.
+    #[inline]
+    pub(crate) unsafe fn link(self, prev: *mut usize, next: *mut usize) {
+        let head = self.head;
+        // SAFETY: `head` is this thread's head; its `list` is the head itself
+        // or the `next` field of an entry this thread holds, and 8 bytes
+        // before any of those is the matching `prev` slot (glibc keeps one
+        // before its head too). Only this thread writes these while the
+        // entries are held.
+        unsafe {
+            let first = ptr::read_volatile(ptr::addr_of!((*head).list));
+            ptr::write_volatile(next, first);
+            ptr::write_volatile(prev, head as usize);
+            let first_prev = ((first & !1) as *mut usize).wrapping_sub(1);
+            ptr::write_volatile(first_prev, next as usize);
+            compiler_fence(Ordering::SeqCst);
+            ptr::write_volatile(ptr::addr_of_mut!((*head).list), next as usize);
+        }
+    }
+
+    /// Takes the entry out of the thread's robust list, wherever it is.
+    ///
+    /// # Safety
+    ///
+    /// The entry was [`link`](Self::link)ed by this thread and is still
+    /// held; the neighbours its fields point at are entries of this thread's
+    /// list (or its head), as glibc and `link` keep them.
+    #[inline]
+    pub(crate) unsafe fn unlink(self, prev: *mut usize, next: *mut usize) {
+        // SAFETY: per the contract, the links lead to this thread's own list
+        // entries, each with a `prev` slot 8 bytes before its `next`.
+        unsafe {
+            let after = ptr::read_volatile(next);
+            let before = ptr::read_volatile(prev);
+            let after_prev = ((after & !1) as *mut usize).wrapping_sub(1);
+            ptr::write_volatile(after_prev, before);
+            compiler_fence(Ordering::SeqCst);
+            ptr::write_volatile((before & !1) as *mut usize, after);
+        }
+    }
+}
+
+/// Whether this process's unlocks may publish with a plain store (see the
+/// module docs). Only true once this process registered.
+#[inline]
+pub(crate) fn plain_unlock() -> bool {
+    UNLOCK_MODE.load(Ordering::Relaxed) == MODE_PLAIN
+}
+
+/// The waiter's half of the asymmetric barrier: after it, every unlock
+/// either saw what the waiter stored before it or is visible to the waiter.
+/// Where the kernel refuses (this process could not register either), only
+/// unlocks of processes without membarrier are covered, which swap; the
+/// waiter's periodic look covers the others.
+pub(crate) fn heavy_barrier() {
+    fence(Ordering::SeqCst);
+    if plain_unlock() {
+        // SAFETY: a membarrier command without pointer arguments.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
+        fence(Ordering::SeqCst);
+    }
+}
