@@ -347,7 +347,7 @@ impl Core {
     fn lock(&self, end: End, wait: Wait) -> Result<Locked<'_>> {
         let mutex = sys::mutex(&self.shm, end);
         // The lock is held for a few hundred nanoseconds at a time: try a
-        // little before letting the pthread mutex put this thread to sleep
+        // little before letting the mutex put this thread to sleep
         // in the kernel (which costs microseconds on both sides).
         let mut died = None;
         for _ in 0..LOCK_TRIES {

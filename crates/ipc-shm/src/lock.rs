@@ -1,5 +1,5 @@
 //! Process-shared [`Lock`] and [`RLock`] (Python's `multiprocessing.Lock`
-//! and `RLock`) on robust pthread mutexes, and the error values every lock
+//! and `RLock`) on this crate's robust futex mutex, and the error values every lock
 //! of this crate returns: [`LockError`], whose [`OwnerDied`] variant hands
 //! over the lock of a holder that died.
 
@@ -28,7 +28,8 @@ pub type LockResult<G> = std::result::Result<G, LockError<G>>;
 /// If the guard is dropped without being marked consistent, the lock is
 /// still released and keeps working, but the next locker is told again that
 /// a holder died: the mark stays until someone repairs the data. (Unlike a
-/// bare robust pthread mutex, which would become unusable for everyone.)
+/// robust pthread mutex left inconsistent, which becomes unusable for
+/// everyone.)
 pub struct OwnerDied<G> {
     guard: G,
 }

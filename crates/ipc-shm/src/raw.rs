@@ -71,7 +71,7 @@ pub fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     futex::wake(word, n)
 }
 
-/// Initialises a robust, process-shared, error-checking pthread mutex in
+/// Initialises a robust, process-shared, error-checking mutex in
 /// the [`ROBUST_MUTEX_SIZE`] bytes at `offset` of `shm`. Call it while
 /// creating a layout, before any other process can see it.
 ///
@@ -101,8 +101,10 @@ impl<'a> RobustMutexRef<'a> {
     ///
     /// The bytes at `offset` must hold a mutex that [`init_robust_mutex`]
     /// initialised (in this or another process), for instance because a
-    /// layout header checked on open says so. pthread calls on other bytes
-    /// are undefined behaviour.
+    /// layout header checked on open says so (other bytes are refused or
+    /// lock wrongly, but cannot corrupt memory while unlocked). The segment
+    /// must stay mapped while this thread holds the mutex: the thread's
+    /// robust futex list points into it.
     ///
     /// # Panics
     ///

@@ -1,5 +1,5 @@
 //! The unsafe edge of ipc-shm. Everything that dereferences a pointer into a
-//! shared mapping, calls pthread or futex, or hands out a reference to
+//! shared mapping, calls futex, or hands out a reference to
 //! shared memory lives here; the rest of the crate is safe code
 //! (`#![deny(unsafe_code)]` at the crate root).
 //!

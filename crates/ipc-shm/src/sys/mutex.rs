@@ -473,8 +473,9 @@ impl RobustMutex {
 /// still releases the lock, which keeps working, but the next locker is told
 /// again that the data may be inconsistent.
 ///
-/// The guard cannot be sent to another thread: a pthread mutex must be
-/// unlocked by the thread that locked it.
+/// The guard cannot be sent to another thread: a robust mutex must be
+/// unlocked by the thread that locked it (it is on that thread's robust
+/// list).
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a RobustMutex,
     data: NonNull<T>,
@@ -491,8 +492,7 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     }
 
     /// Marks the guarded data consistent again after a previous holder
-    /// died (`pthread_mutex_consistent` plus this crate's own mark), so the
-    /// next locker is not told about the death.
+    /// died, so the next locker is not told about the death.
     pub fn mark_consistent(&self) {
         self.mutex.mark_consistent();
     }
