@@ -141,6 +141,7 @@ impl<G> From<LockError<G>> for Error {
 }
 
 /// How long a call with this timeout may block.
+#[inline]
 pub(crate) fn how(timeout: Option<Duration>) -> How {
     match timeout.map(|t| Instant::now().checked_add(t)) {
         Some(Some(deadline)) => How::Until(deadline),
@@ -150,6 +151,7 @@ pub(crate) fn how(timeout: Option<Duration>) -> How {
 }
 
 /// Turns what `sys` returns into a [`LockResult`].
+#[inline]
 pub(crate) fn wrap<G>(r: std::result::Result<(G, bool), LockFailure>) -> LockResult<G> {
     match r {
         Ok((guard, false)) => Ok(guard),
@@ -218,12 +220,14 @@ macro_rules! lock_type {
             }
 
             /// Waits for the lock and returns its guard.
+            #[inline]
             pub fn lock(&self) -> LockResult<LockGuard<'_>> {
                 wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Block))
             }
 
             /// Takes the lock if it is free now ([`LockError::WouldBlock`]
             /// otherwise).
+            #[inline]
             pub fn try_lock(&self) -> LockResult<LockGuard<'_>> {
                 wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Try))
             }

@@ -212,6 +212,7 @@ impl Mapping {
 
     /// Locks the mutex at `mutex_offset` with no data behind it (a `Lock`,
     /// an `RLock`, a `Condition`).
+    #[inline]
     pub(crate) fn lock_unit(
         &self,
         mutex_offset: usize,
