@@ -3,7 +3,6 @@
 //! same way.
 
 use std::io;
-use std::path::Path;
 use std::time::Instant;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
@@ -13,6 +12,7 @@ use crate::header::{self, Kind, Layout, Spec, HEADER_SIZE, INIT_WAIT, MUTEX_OFFS
 use crate::shm::SharedMemory;
 use crate::sys::map::Mapping;
 use crate::sys::mutex::{MutexKind, RobustMutex};
+use crate::sys::robust;
 
 /// A segment holding one initialised, validated object.
 ///
@@ -144,10 +144,8 @@ impl Drop for Object {
             return;
         }
         let mutex = self.mutex();
-        let held_here = mutex.held_by_me()
-            || mutex
-                .holder()
-                .is_some_and(|tid| Path::new(&format!("/proc/self/task/{tid}")).exists());
+        let held_here =
+            mutex.held_by_me() || mutex.holder().is_some_and(robust::thread_of_this_process);
         if held_here {
             self.shm.map.keep_mapped();
         }

@@ -102,7 +102,9 @@ impl<'a> RobustMutexRef<'a> {
     /// The bytes at `offset` must hold a mutex that [`init_robust_mutex`]
     /// initialised (in this or another process), for instance because a
     /// layout header checked on open says so (other bytes are refused or
-    /// lock wrongly, but cannot corrupt memory while unlocked). The segment
+    /// lock wrongly; only while this thread holds the mutex can another
+    /// process writing it make the unlock write elsewhere, as with glibc's
+    /// robust mutexes). The segment
     /// must stay mapped while this thread holds the mutex: the thread's
     /// robust futex list points into it.
     ///

@@ -218,3 +218,39 @@ fn dropping_a_lock_still_held_without_a_guard_leaves_the_thread_usable() {
         .unwrap();
     assert!(child.join_timeout(LONG).unwrap().unwrap().success());
 }
+
+#[test]
+fn a_forged_lock_word_does_not_make_this_thread_a_holder() {
+    // The mutex sits right after the 128-byte header: its word first, its
+    // robust list links 24 and 32 bytes in.
+    const MUTEX: usize = 128;
+    let name = common::name();
+    let lock = Lock::create(&name).unwrap();
+    drop(lock.lock().unwrap()); // this thread has locked before
+    let segment = ipc_shm::SharedMemory::open(&name).unwrap();
+    let mut clean = [0u8; 40];
+    segment.read_at(MUTEX, &mut clean).unwrap();
+
+    // Another process writes this thread's id into the word and links that
+    // point at nothing: neither a release nor a lock may follow them.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    segment.write_at(MUTEX, &tid.to_ne_bytes()).unwrap();
+    segment
+        .write_at(MUTEX + 24, &0x10usize.to_ne_bytes())
+        .unwrap();
+    segment
+        .write_at(MUTEX + 32, &0x20usize.to_ne_bytes())
+        .unwrap();
+    assert!(matches!(lock.release(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(lock.try_lock(), Err(LockError::Failed(_))));
+    assert!(matches!(
+        lock.lock_timeout(std::time::Duration::from_millis(1)),
+        Err(LockError::Failed(_))
+    ));
+
+    segment.write_at(MUTEX, &clean).unwrap();
+    drop(lock.lock().unwrap());
+    drop((segment, lock));
+    common::assert_no_leftovers();
+}

@@ -23,5 +23,5 @@
 pub(crate) mod futex;
 pub(crate) mod map;
 pub(crate) mod mutex;
-mod robust;
+pub(crate) mod robust;
 mod slices;

@@ -17,15 +17,21 @@
 //! again in a loop changes the lock word every few nanoseconds, which would
 //! send a sleeper on it back round its loop instead of to sleep. One unlock
 //! wakes one sleeper, and the next unlocks leave the rest alone until that
-//! one has looked at the lock (`waking`). The kernel's own wake-up at a
-//! holder's death goes to the lock word, so sleepers also look at the word
-//! every [`NAP`]: a death is noticed within that time.
+//! one has looked at the lock (`waking`). At a holder's death the kernel
+//! marks the word but wakes no one (nobody sets `FUTEX_WAITERS`), so
+//! sleepers also look at the word every [`NAP`]: a death is noticed within
+//! that time, as is a lock left free while the sleeper an unlock woke is
+//! stopped (SIGSTOP, a debugger) before it looks.
 //!
 //! Every word is an atomic, so bytes in the segment, however garbled, can
 //! make a lock misbehave (stay held, report a death) but not this code; the
-//! mutex kind is checked on each lock. The list links are the exception:
-//! like glibc's for a robust pthread mutex, they are trusted while the lock
-//! is held, so a process that can write the segment can break a holder.
+//! mutex kind is checked on each lock, and whether this thread holds a
+//! mutex is decided by a private per-thread record, not by the word alone.
+//! The list links are the exception: like glibc's for a robust pthread
+//! mutex, they are trusted while this thread holds the lock (and, for a
+//! thread holding more than eight at once, the word is trusted for the
+//! rest), so a process that can write the segment while a thread holds the
+//! lock can make that thread's unlock write where it chooses.
 
 use std::fmt;
 use std::hint;
@@ -283,9 +289,11 @@ impl RobustMutex {
         // SAFETY: this thread has just locked the mutex, whose list fields
         // these are, with the futex word at FUTEX_OFFSET from `next` (checked
         // at compile time). The mapping stays mapped while the lock is held:
-        // guards borrow it, and an object dropped while held by a guard that
-        // was leaked releases it first or stays mapped (`Object`'s drop).
+        // guards borrow it; an object dropped while a thread of this process
+        // holds it without a guard stays mapped (`Object`'s drop); `raw`
+        // users promise it (`RobustMutexRef::at`).
         unsafe { me.link(self.prev.as_ptr(), self.next.as_ptr()) };
+        robust::note_held(self.entry());
         me.op_done();
         if died {
             self.inconsistent.store(1, Ordering::Release);
@@ -306,6 +314,12 @@ impl RobustMutex {
         how: How,
     ) -> Result<bool, NotFresh> {
         if seen & TID_MASK == me.tid {
+            if !robust::holds(self.entry()) {
+                return Err(NotFresh::Failed(LockFailure::Other(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the lock word names this thread, which does not hold the lock",
+                ))));
+            }
             if !recursive {
                 return Err(NotFresh::Failed(match how {
                     How::Try => LockFailure::WouldBlock,
@@ -342,6 +356,9 @@ impl RobustMutex {
         let deadline = match how {
             How::Try => return Err(NotFresh::Failed(LockFailure::WouldBlock)),
             How::Block => None,
+            How::Until(deadline) if deadline <= Instant::now() => {
+                return Err(NotFresh::Failed(LockFailure::TimedOut))
+            }
             How::Until(deadline) => Some(deadline),
         };
         self.sleep_until_taken(me, deadline)
@@ -398,8 +415,14 @@ impl RobustMutex {
     /// Unlocks; `EPERM` if this thread does not hold the mutex.
     #[inline]
     pub(crate) fn unlock(&self) -> io::Result<()> {
+        let entry = self.entry();
         let me = match robust::me_if_known() {
-            Some(me) if self.word.load(Ordering::Relaxed) & TID_MASK == me.tid => me,
+            Some(me)
+                if self.word.load(Ordering::Relaxed) & TID_MASK == me.tid
+                    && robust::holds(entry) =>
+            {
+                me
+            }
             _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
         };
         if self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
@@ -409,10 +432,13 @@ impl RobustMutex {
                 return Ok(());
             }
         }
-        me.op_pending(self.entry());
-        // SAFETY: this thread holds the mutex, so `lock` linked these fields
-        // into this thread's robust list, and only this thread (here or in
-        // glibc) has changed the links since.
+        robust::note_released(entry);
+        me.op_pending(entry);
+        // SAFETY: this thread holds the mutex (its own record says so, not
+        // only the shared word), so `lock` linked these fields into this
+        // thread's robust list; only this thread (here or in glibc) changes
+        // the links of held entries, unless another process scribbles on the
+        // mutex while it is held (see the module docs).
         unsafe { me.unlink(self.prev.as_ptr(), self.next.as_ptr()) };
         if robust::plain_unlock() {
             self.word.store(0, Ordering::Release);

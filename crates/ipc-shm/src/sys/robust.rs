@@ -60,16 +60,78 @@ pub(crate) struct Me {
     head: *mut RobustListHead,
 }
 
+/// How many held mutexes a thread keeps a private record of.
+const HELD_SLOTS: usize = 8;
+
 struct ThreadState {
     /// 0 until the first lock of this thread (and again in a forked child).
     tid: Cell<u32>,
     head: Cell<*mut RobustListHead>,
+    /// The list entries of the mutexes this thread holds, the first
+    /// `HELD_SLOTS` of them. The lock word in shared memory can be forged
+    /// by any process that maps it; this record cannot, and unlinking an
+    /// entry this thread never linked would write through links that
+    /// process chose.
+    held: [Cell<usize>; HELD_SLOTS],
+    held_len: Cell<usize>,
+    /// Mutexes held beyond the slots, for which the lock word is trusted.
+    held_unrecorded: Cell<usize>,
 }
 
 thread_local! {
     static THREAD: ThreadState = const {
-        ThreadState { tid: Cell::new(0), head: Cell::new(ptr::null_mut()) }
+        ThreadState {
+            tid: Cell::new(0),
+            head: Cell::new(ptr::null_mut()),
+            held: [const { Cell::new(0) }; HELD_SLOTS],
+            held_len: Cell::new(0),
+            held_unrecorded: Cell::new(0),
+        }
     };
+}
+
+/// Records that the calling thread has just locked the mutex whose list
+/// entry is `entry`.
+#[inline]
+pub(crate) fn note_held(entry: usize) {
+    THREAD.with(|t| {
+        let n = t.held_len.get();
+        if n < HELD_SLOTS {
+            t.held[n].set(entry);
+            t.held_len.set(n + 1);
+        } else {
+            t.held_unrecorded.set(t.held_unrecorded.get() + 1);
+        }
+    });
+}
+
+/// Whether the calling thread's record says it holds the mutex of `entry`
+/// (true as well when it holds more than the record keeps, and cannot
+/// tell).
+#[inline]
+pub(crate) fn holds(entry: usize) -> bool {
+    THREAD.with(|t| {
+        let n = t.held_len.get();
+        // Newest first: locks are mostly released in reverse order.
+        (0..n).rev().any(|i| t.held[i].get() == entry) || t.held_unrecorded.get() > 0
+    })
+}
+
+/// Forgets the mutex of `entry`, which the calling thread is unlocking.
+#[inline]
+pub(crate) fn note_released(entry: usize) {
+    THREAD.with(|t| {
+        let n = t.held_len.get();
+        match (0..n).rev().find(|&i| t.held[i].get() == entry) {
+            Some(i) => {
+                t.held[i].set(t.held[n - 1].get());
+                t.held_len.set(n - 1);
+            }
+            None => t
+                .held_unrecorded
+                .set(t.held_unrecorded.get().saturating_sub(1)),
+        }
+    });
 }
 
 /// How this process's unlocks publish the free lock word.
@@ -106,12 +168,18 @@ pub(crate) fn me_if_known() -> Option<Me> {
 
 #[cold]
 fn me_first() -> io::Result<Me> {
+    let mut at_fork = 0;
     AT_FORK.call_once(|| {
         // SAFETY: `forget_after_fork` is an `extern "C" fn()` that only
         // touches a const thread-local and an atomic, both fine in a freshly
         // forked child.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_after_fork)) };
+        at_fork = unsafe { libc::pthread_atfork(None, None, Some(forget_after_fork)) };
     });
+    if at_fork != 0 {
+        // Without the handler a forked child would lock with its parent's
+        // thread id.
+        return Err(io::Error::from_raw_os_error(at_fork));
+    }
     if UNLOCK_MODE.load(Ordering::Acquire) == MODE_UNKNOWN {
         // SAFETY: a membarrier command without pointer arguments.
         let registered = unsafe {
@@ -139,7 +207,11 @@ fn me_first() -> io::Result<Me> {
         )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("robust futex lists are not available here (get_robust_list: {e})"),
+        ));
     }
     // SAFETY: a registered head is the thread's live `robust_list_head`
     // (glibc's, inside its thread descriptor), readable for `len` bytes.
@@ -163,7 +235,12 @@ fn me_first() -> io::Result<Me> {
 /// In a forked child: the thread has a new id, and the process a new
 /// registration to make.
 extern "C" fn forget_after_fork() {
-    THREAD.with(|t| t.tid.set(0));
+    THREAD.with(|t| {
+        t.tid.set(0);
+        // glibc empties the child's robust list: it holds nothing.
+        t.held_len.set(0);
+        t.held_unrecorded.set(0);
+    });
     UNLOCK_MODE.store(MODE_UNKNOWN, Ordering::Release);
 }
 
@@ -255,4 +332,15 @@ pub(crate) fn heavy_barrier() {
         unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
         fence(Ordering::SeqCst);
     }
+}
+
+/// Whether `tid` is a thread of this process: a null signal sent with
+/// `tgkill`, which checks the thread group (no `/proc` needed).
+pub(crate) fn thread_of_this_process(tid: u32) -> bool {
+    let Ok(tid) = libc::pid_t::try_from(tid) else {
+        return false;
+    };
+    // SAFETY: signal 0 is delivered to nobody; the call only checks that
+    // the thread exists in our thread group.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) == 0 }
 }
