@@ -143,10 +143,11 @@ impl Drop for Object {
         if !self.kind.has_mutex() {
             return;
         }
-        let mutex = self.mutex();
-        let held_here =
-            mutex.held_by_me() || mutex.holder().is_some_and(robust::thread_of_this_process);
-        if held_here {
+        if self
+            .mutex()
+            .holder()
+            .is_some_and(robust::thread_of_this_process)
+        {
             self.shm.map.keep_mapped();
         }
     }

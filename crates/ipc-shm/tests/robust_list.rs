@@ -13,7 +13,8 @@ use ipc_core::process::Process;
 use ipc_shm::{Error, Lock, LockError, RLock};
 
 /// A robust, process-shared glibc mutex in a shared anonymous mapping,
-/// inherited by forked children.
+/// inherited by forked children. Drop it only when no thread of this
+/// process holds it (its robust list would point into the mapping).
 struct GlibcRobustMutex {
     mutex: NonNull<libc::pthread_mutex_t>,
 }
@@ -52,7 +53,7 @@ impl GlibcRobustMutex {
     /// `pthread_mutex_lock`'s return code (0 or `EOWNERDEAD`).
     fn lock(&self) -> i32 {
         // SAFETY: an initialised robust mutex (see `new`) in a mapping that
-        // lives as long as `self` (it is never unmapped).
+        // lives as long as `self`.
         unsafe { libc::pthread_mutex_lock(self.mutex.as_ptr()) }
     }
 
@@ -85,6 +86,19 @@ fn first_robust_entry() -> usize {
     // SAFETY: the head glibc registered for this thread; its first word is
     // the list pointer.
     unsafe { head.read_volatile() & !1 }
+}
+
+impl Drop for GlibcRobustMutex {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of that length, used by nothing
+        // after this.
+        unsafe {
+            libc::munmap(
+                self.mutex.as_ptr().cast(),
+                std::mem::size_of::<libc::pthread_mutex_t>(),
+            )
+        };
+    }
 }
 
 fn assert_owner_died(lock: &Lock, what: &str) {

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use super::futex::{self, Wake};
+use super::futex;
 use super::map::Mapping;
 use super::robust::{self, Me, FUTEX_OFFSET};
 
@@ -340,15 +340,8 @@ impl RobustMutex {
             How::Block | How::Until(_) => SPINS,
         };
         for _ in 0..=spins {
-            // Free, or free after its holder died.
-            while seen & TID_MASK == 0 {
-                match self
-                    .word
-                    .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => return Ok(seen & OWNER_DIED != 0),
-                    Err(now) => seen = now,
-                }
+            if let Some(died) = self.take_if_free(me, seen) {
+                return Ok(died);
             }
             hint::spin_loop();
             seen = self.word.load(Ordering::Relaxed);
@@ -369,23 +362,15 @@ impl RobustMutex {
     /// free, then takes it; `Ok(true)` if from a dead holder.
     fn sleep_until_taken(&self, me: Me, deadline: Option<Instant>) -> Result<bool, LockFailure> {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let taken = 'sleep: loop {
+        let taken = loop {
             let seq = self.wake_seq.load(Ordering::Acquire);
             // (Re-)arm: the next unlock that finds a sleeper counted and
             // `waking` clear sets it, bumps `wake_seq` and wakes one.
             self.waking.store(0, Ordering::SeqCst);
             // After this, that unlock either saw us armed or we see its store.
             robust::heavy_barrier();
-            let mut seen = self.word.load(Ordering::Relaxed);
-            // Free, or free after its holder died.
-            while seen & TID_MASK == 0 {
-                match self
-                    .word
-                    .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => break 'sleep Ok(seen & OWNER_DIED != 0),
-                    Err(now) => seen = now,
-                }
+            if let Some(died) = self.take_if_free(me, self.word.load(Ordering::Relaxed)) {
+                break Ok(died);
             }
             let timeout = match deadline {
                 None => NAP,
@@ -399,15 +384,14 @@ impl RobustMutex {
             };
             // Woken, timed out, or not asleep at all (an unlock came between
             // `seq` and here): re-arm and look again.
-            let _: Wake = futex::wait(&self.wake_seq, seq, Some(timeout));
+            futex::wait(&self.wake_seq, seq, Some(timeout));
         };
         let others = self.sleepers.fetch_sub(1, Ordering::SeqCst) > 1;
         if taken.is_err() && others {
             // We may have taken the wake-up of an unlock meant for a
             // sleeper: pass it on.
             self.waking.store(1, Ordering::SeqCst);
-            self.wake_seq.fetch_add(1, Ordering::Release);
-            futex::wake(&self.wake_seq, 1);
+            self.wake_sleeper();
         }
         taken
     }
@@ -462,15 +446,32 @@ impl RobustMutex {
     #[cold]
     fn wake_one(&self) {
         if self.waking.load(Ordering::Relaxed) == 0 && self.waking.swap(1, Ordering::Relaxed) == 0 {
-            self.wake_seq.fetch_add(1, Ordering::Release);
-            futex::wake(&self.wake_seq, 1);
+            self.wake_sleeper();
         }
     }
 
-    /// Whether the calling thread holds the mutex.
-    pub(crate) fn held_by_me(&self) -> bool {
-        robust::me_if_known()
-            .is_some_and(|me| self.word.load(Ordering::Relaxed) & TID_MASK == me.tid)
+    /// Bumps the sleepers' sequence word and wakes one sleeper on it.
+    fn wake_sleeper(&self) {
+        self.wake_seq.fetch_add(1, Ordering::Release);
+        futex::wake(&self.wake_seq, 1);
+    }
+
+    /// Takes the mutex if the word, last seen as `seen`, says it is free
+    /// (or free after its holder died), retrying while it stays free but
+    /// changes under us. `Some(true)` if taken over from a dead holder,
+    /// `None` if it is held.
+    #[inline]
+    fn take_if_free(&self, me: Me, mut seen: u32) -> Option<bool> {
+        while seen & TID_MASK == 0 {
+            match self
+                .word
+                .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(seen & OWNER_DIED != 0),
+                Err(now) => seen = now,
+            }
+        }
+        None
     }
 
     /// The thread id of the holder, if a thread holds the mutex.

@@ -151,11 +151,7 @@ static AT_FORK: Once = Once::new();
 /// The calling thread's id and robust list, set up on its first call.
 #[inline]
 pub(crate) fn me() -> io::Result<Me> {
-    let (tid, head) = THREAD.with(|t| (t.tid.get(), t.head.get()));
-    if tid != 0 {
-        return Ok(Me { tid, head });
-    }
-    me_first()
+    me_if_known().map_or_else(me_first, Ok)
 }
 
 /// The calling thread's id if it has ever locked (a thread that has not
