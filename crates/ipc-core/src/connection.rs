@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::frame::{self, Header, Parsed};
 use crate::transport::{FdStream, Transport};
 use crate::wait::{poll_readable, Waitable};
-use crate::{codec, ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
+use crate::{codec, ByteReceiver, ByteSender, Deadline, Error, Receiver, Result, Sender};
 
 /// The receive buffer at most. 64 KiB holds a thousand small frames per
 /// `read`.
@@ -44,8 +44,9 @@ const SCRATCH_KEEP_LEN: usize = 4 * 1024 * 1024;
 
 /// Above this many bytes a payload buffer is grown as data arrives rather
 /// than allocated up front, so a peer that lies about a length costs us
-/// only what it actually sends.
-const UPFRONT_ALLOC_LEN: u64 = 64 * 1024 * 1024;
+/// about what it actually sends: at most this much more, and then at most
+/// twice what arrived.
+const UPFRONT_ALLOC_LEN: u64 = 1024 * 1024;
 
 /// One end of a framed connection.
 ///
@@ -83,22 +84,12 @@ pub struct Connection<S: Transport = FdStream> {
     partial: Vec<u8>,
     /// Set once an invalid header is seen: the stream is out of sync.
     desynced: Option<[u8; 4]>,
+    /// Set once a send timed out part-way through a message: the peer
+    /// would read the next message's bytes as the rest of that one.
+    send_broken: bool,
     scratch: Vec<u8>,
-}
-
-/// When a blocking operation gives up.
-#[derive(Clone, Copy, Debug)]
-enum Deadline {
-    Never,
-    At(Instant),
-}
-
-impl Deadline {
-    fn after(timeout: Duration) -> Deadline {
-        Instant::now()
-            .checked_add(timeout)
-            .map_or(Deadline::Never, Deadline::At)
-    }
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -121,7 +112,10 @@ impl<S: Transport> Connection<S> {
             pending: None,
             partial: Vec::new(),
             desynced: None,
+            send_broken: false,
             scratch: Vec::new(),
+            read_timeout: None,
+            write_timeout: None,
         }
     }
 
@@ -134,6 +128,46 @@ impl<S: Transport> Connection<S> {
     /// announces more gets [`Error::TooLarge`] and nothing is allocated.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.max_message = bytes;
+    }
+
+    /// How long a receive without a timeout of its own ([`recv`](Self::recv),
+    /// [`recv_bytes`](Self::recv_bytes), ...) may wait for a whole message;
+    /// `None`, the default, waits for ever.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+
+    /// Sets the [`read_timeout`](Self::read_timeout). It bounds the whole
+    /// message, however it arrives and however many signals interrupt the
+    /// wait, and a receive that runs out of it returns [`Error::Timeout`],
+    /// keeping what it read for the next receive.
+    ///
+    /// ```
+    /// # use std::{os::fd::OwnedFd, os::unix::net::UnixStream, time::Duration};
+    /// # use ipc_core::{Connection, Error, FdStream};
+    /// # let (a, _b) = UnixStream::pair()?;
+    /// let mut conn = Connection::new(FdStream::new(OwnedFd::from(a))?);
+    /// conn.set_read_timeout(Some(Duration::from_millis(10)));
+    /// assert!(matches!(conn.recv_bytes(), Err(Error::Timeout)));
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// How long a send without a timeout of its own may take to hand a
+    /// whole message to the kernel; `None`, the default, waits for ever.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout
+    }
+
+    /// Sets the [`write_timeout`](Self::write_timeout): the bound of each
+    /// whole message, not of each system call. A send that runs out of it
+    /// returns [`Error::Timeout`]; if part of the message had gone out, the
+    /// peer can no longer find where messages start, so this end refuses
+    /// to send again.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
     }
 
     /// Whether this end can receive.
@@ -157,11 +191,23 @@ impl<S: Transport> Connection<S> {
 
     // ----- sending -------------------------------------------------------
 
-    /// Sends `buf` as one message (Python's `send_bytes`).
+    /// Sends `buf` as one message (Python's `send_bytes`), within the
+    /// [`write_timeout`](Self::write_timeout) if one is set.
     pub fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
-        if !self.writable {
-            return Err(Error::Unsupported("this end of the pipe cannot send"));
-        }
+        self.send_bytes_until(buf, Deadline::from(self.write_timeout))
+    }
+
+    /// Sends `buf` as one message, giving up with [`Error::Timeout`] after
+    /// `timeout` (see [`set_write_timeout`](Self::set_write_timeout) for
+    /// what a timeout part-way through leaves).
+    pub fn send_bytes_timeout(&mut self, buf: &[u8], timeout: Duration) -> Result<()> {
+        self.send_bytes_until(buf, Deadline::after(timeout))
+    }
+
+    /// Sends `buf` as one message, giving up with [`Error::Timeout`] at
+    /// `deadline`, which bounds the whole message.
+    pub fn send_bytes_until(&mut self, buf: &[u8], deadline: impl Into<Deadline>) -> Result<()> {
+        self.check_can_send()?;
         let len = buf.len() as u64;
         if len > self.max_message {
             return Err(Error::TooLarge {
@@ -171,11 +217,35 @@ impl<S: Transport> Connection<S> {
         }
         let header = Header::new(len);
         let mut parts = [IoSlice::new(header.as_bytes()), IoSlice::new(buf)];
-        let mut parts: &mut [IoSlice<'_>] = &mut parts;
+        self.write_all(&mut parts, deadline.into())
+    }
+
+    fn check_can_send(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::Unsupported("this end of the pipe cannot send"));
+        }
+        if self.send_broken {
+            return Err(Error::Unsupported(
+                "an earlier send timed out part-way through a message; the stream is out of sync",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes every byte of `parts` before `deadline`.
+    fn write_all(&mut self, mut parts: &mut [IoSlice<'_>], deadline: Deadline) -> Result<()> {
+        let mut started = false;
         while !parts.is_empty() {
-            match self.stream.write_vectored(parts)? {
-                0 => return Err(Error::Closed),
-                written => IoSlice::advance_slices(&mut parts, written),
+            match self.stream.write_vectored(parts, deadline) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(written) => {
+                    started = true;
+                    IoSlice::advance_slices(&mut parts, written);
+                }
+                Err(e) => {
+                    self.send_broken |= started;
+                    return Err(e.into());
+                }
             }
         }
         Ok(())
@@ -203,9 +273,8 @@ impl<S: Transport> Connection<S> {
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     pub fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
-        if !self.writable {
-            return Err(Error::Unsupported("this end of the pipe cannot send"));
-        }
+        self.check_can_send()?;
+        let deadline = Deadline::from(self.write_timeout);
         if let Some(big) = messages.iter().find(|m| m.len() as u64 > self.max_message) {
             return Err(Error::TooLarge {
                 size: big.len() as u64,
@@ -223,13 +292,7 @@ impl<S: Transport> Connection<S> {
                 .zip(chunk)
                 .flat_map(|(h, m)| [IoSlice::new(h.as_bytes()), IoSlice::new(m)])
                 .collect();
-            let mut rest: &mut [IoSlice<'_>] = &mut parts;
-            while !rest.is_empty() {
-                match self.stream.write_vectored(rest)? {
-                    0 => return Err(Error::Closed),
-                    written => IoSlice::advance_slices(&mut rest, written),
-                }
-            }
+            self.write_all(&mut parts, deadline)?;
         }
         Ok(())
     }
@@ -247,28 +310,45 @@ impl<S: Transport> Connection<S> {
         self.send_bytes(part)
     }
 
-    /// Sends a typed message.
+    /// Sends a typed message, within the
+    /// [`write_timeout`](Self::write_timeout) if one is set.
     pub fn send<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<()> {
+        self.send_until(msg, Deadline::from(self.write_timeout))
+    }
+
+    /// Sends a typed message, giving up with [`Error::Timeout`] after
+    /// `timeout`.
+    pub fn send_timeout<T: Serialize + ?Sized>(
+        &mut self,
+        msg: &T,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_until(msg, Deadline::after(timeout))
+    }
+
+    fn send_until<T: Serialize + ?Sized>(&mut self, msg: &T, deadline: Deadline) -> Result<()> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let result = codec::encode_into(msg, &mut scratch).and_then(|()| self.send_bytes(&scratch));
+        let result = codec::encode_into(msg, &mut scratch)
+            .and_then(|()| self.send_bytes_until(&scratch, deadline));
         self.keep_scratch(scratch);
         result
     }
 
     // ----- receiving -----------------------------------------------------
 
-    /// Receives the next message, waiting as long as it takes (Python's
-    /// `recv_bytes`).
+    /// Receives the next message (Python's `recv_bytes`), waiting as long
+    /// as it takes, or up to the [`read_timeout`](Self::read_timeout) if one
+    /// is set.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        self.recv_vec(self.max_message, Deadline::Never)
+        self.recv_vec(self.max_message, self.read_deadline())
     }
 
     /// Receives the next message if it is at most `max_len` bytes (Python's
     /// `recv_bytes(maxlength)`). A longer one is [`Error::TooLarge`] and
     /// stays unread.
     pub fn recv_bytes_max(&mut self, max_len: usize) -> Result<Vec<u8>> {
-        self.recv_vec(self.max_message.min(max_len as u64), Deadline::Never)
+        self.recv_vec(self.max_message.min(max_len as u64), self.read_deadline())
     }
 
     /// Receives the next message if it is at most `max_len` bytes, giving up
@@ -278,8 +358,18 @@ impl<S: Transport> Connection<S> {
         max_len: usize,
         timeout: impl Into<Option<Duration>>,
     ) -> Result<Vec<u8>> {
-        let deadline = timeout.into().map_or(Deadline::Never, Deadline::after);
-        self.recv_vec(self.max_message.min(max_len as u64), deadline)
+        self.recv_bytes_max_until(max_len, Deadline::from(timeout.into()))
+    }
+
+    /// Receives the next message if it is at most `max_len` bytes, giving up
+    /// with [`Error::Timeout`] at `deadline`, which bounds the whole
+    /// message. With [`Deadline::Now`] it takes only what has arrived.
+    pub fn recv_bytes_max_until(
+        &mut self,
+        max_len: usize,
+        deadline: impl Into<Deadline>,
+    ) -> Result<Vec<u8>> {
+        self.recv_vec(self.max_message.min(max_len as u64), deadline.into())
     }
 
     /// Receives the next message, giving up with [`Error::Timeout`] after
@@ -291,7 +381,7 @@ impl<S: Transport> Connection<S> {
     /// Receives a message that can be had without waiting, or returns
     /// [`Error::Empty`].
     pub fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
-        empty_if_timeout(self.recv_vec(self.max_message, Deadline::At(Instant::now())))
+        empty_if_timeout(self.recv_vec(self.max_message, Deadline::Now))
     }
 
     /// Receives the next message into `buf` and returns its length, without
@@ -299,7 +389,7 @@ impl<S: Transport> Connection<S> {
     /// result is [`Error::BufferTooShort`] with the size needed, and the
     /// message stays unread for a call with a larger buffer.
     pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
-        self.recv_into_deadline(buf, Deadline::Never)
+        self.recv_into_deadline(buf, self.read_deadline())
     }
 
     /// [`recv_bytes_into`](Self::recv_bytes_into) with a timeout.
@@ -307,9 +397,10 @@ impl<S: Transport> Connection<S> {
         self.recv_into_deadline(buf, Deadline::after(timeout))
     }
 
-    /// Receives a typed message.
+    /// Receives a typed message, waiting as long as it takes, or up to the
+    /// [`read_timeout`](Self::read_timeout) if one is set.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
-        self.recv_typed(Deadline::Never)
+        self.recv_typed(self.read_deadline())
     }
 
     /// Receives a typed message, giving up with [`Error::Timeout`] after
@@ -321,7 +412,7 @@ impl<S: Transport> Connection<S> {
     /// Receives a typed message that can be had without waiting, or returns
     /// [`Error::Empty`].
     pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<T> {
-        empty_if_timeout(self.recv_typed(Deadline::At(Instant::now())))
+        empty_if_timeout(self.recv_typed(Deadline::Now))
     }
 
     /// Whether there is something to receive, waiting up to `timeout`
@@ -347,8 +438,14 @@ impl<S: Transport> Connection<S> {
         if self.has_buffered_input() {
             return Ok(true);
         }
-        let deadline = timeout.into().and_then(|t| Instant::now().checked_add(t));
-        Ok(poll_readable(self.stream.as_fd(), deadline)?)
+        Ok(poll_readable(
+            self.stream.as_fd(),
+            Deadline::from(timeout.into()),
+        )?)
+    }
+
+    fn read_deadline(&self) -> Deadline {
+        Deadline::from(self.read_timeout)
     }
 
     fn has_buffered_input(&self) -> bool {
@@ -364,8 +461,6 @@ impl<S: Transport> Connection<S> {
             return Err(Error::TooLarge { size: len, limit });
         }
         if len <= UPFRONT_ALLOC_LEN {
-            // Zeroed allocations of this size come from fresh pages, so this
-            // costs no memset for large messages.
             let mut message = vec![0u8; len as usize];
             self.read_payload(&mut message, deadline)?;
             Ok(message)
@@ -401,7 +496,9 @@ impl<S: Transport> Connection<S> {
             });
         }
         if len > UPFRONT_ALLOC_LEN {
-            // Too large to size a buffer on the peer's word alone.
+            // Too large to size a buffer on the peer's word alone: the
+            // scratch space is sized by what arrives, and kept only if
+            // small.
             let message = self.read_payload_growing(len, deadline)?;
             return codec::decode(&message);
         }
@@ -480,8 +577,9 @@ impl<S: Transport> Connection<S> {
             self.read_end -= self.read_pos;
             self.read_pos = 0;
         }
-        self.wait_readable(deadline)?;
-        let n = self.stream.read(&mut self.read_buf[self.read_end..])?;
+        let n = self
+            .stream
+            .read(&mut self.read_buf[self.read_end..], deadline)?;
         self.read_end += n;
         if self.read_end == self.read_buf.len() && self.read_buf.len() < READ_BUFFER_LEN {
             self.grow_buffer();
@@ -497,21 +595,6 @@ impl<S: Transport> Connection<S> {
         self.read_buf = bigger.into_boxed_slice();
         self.read_pos = 0;
         self.read_end = unread;
-    }
-
-    fn wait_readable(&self, deadline: Deadline) -> Result<()> {
-        match deadline {
-            // A blocking read waits by itself.
-            Deadline::Never => Ok(()),
-            Deadline::At(_) if self.stream.has_buffered_input() => Ok(()),
-            Deadline::At(at) => {
-                if poll_readable(self.stream.as_fd(), Some(at))? {
-                    Ok(())
-                } else {
-                    Err(Error::Timeout)
-                }
-            }
-        }
     }
 
     /// Reads the pending payload into `dst`, which is exactly its length.
@@ -544,8 +627,7 @@ impl<S: Transport> Connection<S> {
                 return Ok(());
             }
             let n = if missing >= self.read_buf.len() / 2 {
-                self.wait_readable(deadline)?;
-                self.stream.read(&mut dst[*filled..])?
+                self.stream.read(&mut dst[*filled..], deadline)?
             } else {
                 let n = self.fill_buffer(deadline)?;
                 if n > 0 {
@@ -564,9 +646,11 @@ impl<S: Transport> Connection<S> {
     }
 
     /// Reads a payload too large to allocate on the peer's word alone: the
-    /// buffer grows as bytes arrive.
+    /// buffer is extended [`UPFRONT_ALLOC_LEN`] bytes at a time as they
+    /// arrive (its capacity doubling, so never more than twice what
+    /// arrived), and a receive that times out has zeroed at most that much
+    /// in vain.
     fn read_payload_growing(&mut self, len: u64, deadline: Deadline) -> Result<Vec<u8>> {
-        const STEP: usize = 16 * 1024 * 1024;
         let len = usize::try_from(len).map_err(|_| Error::TooLarge {
             size: len,
             limit: usize::MAX as u64,
@@ -577,7 +661,7 @@ impl<S: Transport> Connection<S> {
             if filled == len {
                 break Ok(());
             }
-            message.resize(filled + STEP.min(len - filled), 0);
+            message.resize(filled + (len - filled).min(UPFRONT_ALLOC_LEN as usize), 0);
             let mut progress = filled;
             let chunk_end = message.len();
             let step = self.read_payload_from(&mut message[..chunk_end], &mut progress, deadline);

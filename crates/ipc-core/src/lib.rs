@@ -28,6 +28,7 @@
 
 pub mod codec;
 mod connection;
+mod deadline;
 mod error;
 pub mod frame;
 pub mod process;
@@ -38,6 +39,7 @@ mod wait;
 use std::time::Duration;
 
 pub use connection::{Connection, BATCH_LEN, DEFAULT_MAX_MESSAGE_SIZE};
+pub use deadline::Deadline;
 pub use error::{Error, Result};
 pub use transport::{FdKind, FdStream, Transport};
 pub use wait::{wait, Waitable};

@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
@@ -39,7 +39,7 @@ use nix::unistd::Pid;
 
 use crate::sys::{self, Forked};
 use crate::wait::{poll_readable, Waitable};
-use crate::{Error, Result};
+use crate::{Deadline, Error, Result};
 
 /// The environment variable that tells an exec'd child which descriptors
 /// and names it was handed.
@@ -428,11 +428,8 @@ impl Child {
     /// Waits up to `timeout` for the child to exit; `None` if it is still
     /// running then.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            let deadline = Instant::now().checked_add(timeout);
-            if !poll_readable(self.pidfd.as_fd(), deadline)? {
-                return Ok(None);
-            }
+        if self.status.is_none() && !poll_readable(self.pidfd.as_fd(), Deadline::after(timeout))? {
+            return Ok(None);
         }
         self.reap(WaitPidFlag::WNOHANG)
     }

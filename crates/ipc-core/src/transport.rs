@@ -2,23 +2,29 @@
 //! a socket or pipe descriptor here, a TLS session in ipc-socket.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::MsgFlags;
 use nix::sys::stat::SFlag;
 
-use crate::sys;
+use crate::wait::poll_until;
+use crate::{sys, Deadline};
 
 /// A bidirectional (or one-way) byte stream with a descriptor to wait on.
 ///
-/// Implementations block in `read` and `write_vectored` like a blocking
-/// socket; the connection polls [`AsFd::as_fd`] first when it has a deadline.
+/// Both methods wait no later than their [`Deadline`]: at most until it,
+/// however many signals interrupt the wait (an interrupted wait resumes
+/// with the time remaining), and with [`Deadline::Never`] as long as it
+/// takes, never returning `EINTR`. Running out of time is an
+/// [`io::ErrorKind::TimedOut`] error, with nothing read or written.
 pub trait Transport: AsFd {
     /// Reads at least one byte, or returns 0 at the end of the stream.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize>;
 
-    /// Writes some of `bufs`, returning how many bytes went out.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Writes some of `bufs`, at least one byte, returning how many went
+    /// out.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize>;
 
     /// Whether bytes can be read without the descriptor becoming readable
     /// (a TLS session may hold decrypted bytes). Plain descriptors never do.
@@ -105,35 +111,94 @@ impl From<FdStream> for OwnedFd {
 }
 
 impl Transport for FdStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
         loop {
-            match nix::unistd::read(&self.fd, buf) {
+            let result = match (deadline, self.kind) {
+                (Deadline::Never, _) => nix::unistd::read(&self.fd, buf),
+                // Try first: when bytes are there, as they mostly are for a
+                // timed receive in the middle of a message, this is one
+                // system call instead of a poll and a read.
+                (_, FdKind::Socket) => {
+                    nix::sys::socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)
+                }
+                // A pipe read cannot be made non-blocking per call without
+                // changing the file status flags, which the process at the
+                // other end of a fork shares; wait until readable first.
+                (_, FdKind::Pipe) => {
+                    wait_for(self.fd.as_fd(), PollFlags::POLLIN, deadline)?;
+                    nix::unistd::read(&self.fd, buf)
+                }
+            };
+            match result {
                 Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => wait_for(self.fd.as_fd(), PollFlags::POLLIN, deadline)?,
                 other => return other.map_err(io::Error::from),
             }
         }
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize> {
         loop {
-            let result = match self.kind {
-                FdKind::Socket => nix::sys::socket::sendmsg::<nix::sys::socket::SockaddrStorage>(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                    bufs,
-                    &[],
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
-                .map_err(io::Error::from),
-                FdKind::Pipe if !sys::sigpipe_ignored() => {
-                    sys::write_pipe_no_sigpipe(self.fd.as_fd(), bufs)
+            let result = match (self.kind, deadline) {
+                (FdKind::Socket, _) => {
+                    let flags = match deadline {
+                        Deadline::Never => MsgFlags::MSG_NOSIGNAL,
+                        _ => MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                    };
+                    nix::sys::socket::sendmsg::<nix::sys::socket::SockaddrStorage>(
+                        self.fd.as_raw_fd(),
+                        bufs,
+                        &[],
+                        flags,
+                        None,
+                    )
+                    .map_err(io::Error::from)
                 }
-                FdKind::Pipe => nix::sys::uio::writev(&self.fd, bufs).map_err(io::Error::from),
+                (FdKind::Pipe, Deadline::Never) => write_pipe(self.fd.as_fd(), bufs),
+                (FdKind::Pipe, _) => {
+                    // Once the pipe is writable it has room for PIPE_BUF
+                    // bytes, and a write of at most that many never blocks.
+                    wait_for(self.fd.as_fd(), PollFlags::POLLOUT, deadline)?;
+                    let mut room = libc::PIPE_BUF;
+                    let mut head = Vec::with_capacity(bufs.len().min(8));
+                    for buf in bufs {
+                        if room == 0 {
+                            break;
+                        }
+                        let take = buf.len().min(room);
+                        head.push(IoSlice::new(&buf[..take]));
+                        room -= take;
+                    }
+                    write_pipe(self.fd.as_fd(), &head)
+                }
             };
             match result {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(self.fd.as_fd(), PollFlags::POLLOUT, deadline)?
+                }
                 other => return other,
             }
         }
+    }
+}
+
+/// A blocking pipe write that never raises `SIGPIPE`.
+fn write_pipe(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    if sys::sigpipe_ignored() {
+        nix::sys::uio::writev(fd, bufs).map_err(io::Error::from)
+    } else {
+        sys::write_pipe_no_sigpipe(fd, bufs)
+    }
+}
+
+/// Waits until `fd` is ready for `events` (or hung up), or fails with
+/// [`io::ErrorKind::TimedOut`] at the deadline.
+fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, deadline: Deadline) -> io::Result<()> {
+    let mut fds = [PollFd::new(fd, events)];
+    if poll_until(&mut fds, deadline)? > 0 {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::TimedOut.into())
     }
 }

@@ -3,11 +3,11 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::Result;
+use crate::{Deadline, Result};
 
 /// Something [`wait`] can wait on: a descriptor that becomes readable, and
 /// possibly data already buffered in this process.
@@ -61,9 +61,9 @@ pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> 
     // waiting, so that every ready object is reported and one with a
     // backlog of buffered messages cannot hide the rest.
     let deadline = if buffered.contains(&true) {
-        Some(Instant::now())
+        Deadline::Now
     } else {
-        timeout.into().and_then(|t| Instant::now().checked_add(t))
+        Deadline::from(timeout.into())
     };
     let mut fds: Vec<PollFd<'_>> = objects
         .iter()
@@ -79,26 +79,19 @@ pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> 
 }
 
 /// Whether `fd` becomes readable (or hung up) before `deadline`.
-pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     Ok(poll_until(&mut fds, deadline)? > 0)
 }
 
 /// `poll(2)` until something is ready or `deadline` passes, retrying after
-/// signals and rounding the timeout up so it never returns early.
-pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
+/// signals with the time remaining and rounding up so it never returns
+/// early.
+pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> io::Result<usize> {
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let millis = left.as_nanos().div_ceil(1_000_000);
-                PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let timeout = PollTimeout::try_from(deadline.poll_millis()).unwrap_or(PollTimeout::MAX);
         match nix::poll::poll(fds, timeout) {
-            Ok(0) if deadline.is_some_and(|d| Instant::now() < d) => continue,
+            Ok(0) if !deadline.has_passed() => continue,
             Ok(n) => {
                 if fds.iter().any(|fd| {
                     fd.revents()

@@ -54,15 +54,13 @@ use std::io;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ipc_core::{Error, Result};
-use ipc_shm::raw::{atomic_u32, atomic_u64, futex_wait, futex_wake};
+use ipc_core::{Deadline, Error, Result};
+use ipc_shm::raw::{atomic_u32, atomic_u64, futex_wait, futex_wake, SAFETY_NET};
 use ipc_shm::SharedMemory;
 
 use crate::layout::{self, Params, Spec};
 use crate::sys::{self, End};
 
-/// How long a waiter sleeps at most before looking again.
-const SAFETY_NET: Duration = Duration::from_millis(500);
 /// How long a getter keeps checking for a put before it sleeps: more than
 /// a futex wake-up takes on a loaded or virtual machine, so a peer that
 /// answers quickly (a request and its reply) is seen without a sleep on
@@ -101,56 +99,24 @@ const WRAP: u32 = u32::MAX;
 /// Bytes in front of every payload.
 const RECORD_HEADER: u64 = 8;
 
-/// How long an operation may block.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    /// Not at all (Python's `block=False`).
-    Now,
-    /// Until this moment.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
+/// How long a call with this deadline waits for a lock. A non-blocking
+/// call waits out a holder that is running (the lock is held for well under
+/// a microsecond), but not one that is stopped or descheduled for long: it
+/// then reports the queue busy as `Full` or `Empty` rather than block. A
+/// dead holder is reported by the robust mutex at once either way.
+fn lock_deadline(deadline: Deadline) -> Deadline {
+    match deadline {
+        Deadline::Now => Deadline::after(NOWAIT_LOCK_PATIENCE),
+        other => other,
+    }
 }
 
-impl Wait {
-    pub(crate) fn timeout(timeout: Duration) -> Wait {
-        Instant::now()
-            .checked_add(timeout)
-            .map_or(Wait::Forever, Wait::Until)
-    }
-
-    fn lock_deadline(self) -> Option<Instant> {
-        match self {
-            Wait::Until(deadline) => Some(deadline),
-            // A non-blocking call waits out a holder that is running (the
-            // lock is held for well under a microsecond), but not one that
-            // is stopped or descheduled for long: it then reports the queue
-            // busy as Full or Empty rather than block. A dead holder is
-            // reported by the robust mutex at once either way.
-            Wait::Now => Some(Instant::now() + NOWAIT_LOCK_PATIENCE),
-            Wait::Forever => None,
-        }
-    }
-
-    /// The error a call that gave up on the lock returns: `busy` (`Full` or
-    /// `Empty`) for a non-blocking call, `Timeout` for a timed one.
-    fn gave_up(self, error: Error, busy: Error) -> Error {
-        match (self, error) {
-            (Wait::Now, Error::Timeout) => busy,
-            (_, error) => error,
-        }
-    }
-
-    /// How long to sleep now, or `None` if the time is up.
-    fn sleep(self) -> Option<Duration> {
-        match self {
-            Wait::Now => None,
-            Wait::Forever => Some(SAFETY_NET),
-            Wait::Until(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(SAFETY_NET))
-            }
-        }
+/// The error a call that gave up on the lock returns: `busy` (`Full` or
+/// `Empty`) for a non-blocking call, `Timeout` for a timed one.
+fn gave_up(deadline: Deadline, error: Error, busy: Error) -> Error {
+    match (deadline, error) {
+        (Deadline::Now, Error::Timeout) => busy,
+        (_, error) => error,
     }
 }
 
@@ -344,7 +310,7 @@ impl Core {
 
     /// Takes one end's lock, checking the queue first if its last holder
     /// died.
-    fn lock(&self, end: End, wait: Wait) -> Result<Locked<'_>> {
+    fn lock(&self, end: End, deadline: Deadline) -> Result<Locked<'_>> {
         let mutex = sys::mutex(&self.shm, end);
         // The lock is held for a few hundred nanoseconds at a time: try a
         // little before letting the mutex put this thread to sleep
@@ -361,7 +327,7 @@ impl Core {
         }
         let died = match died {
             Some(died) => died,
-            None => mutex.lock(wait.lock_deadline())?,
+            None => mutex.lock(lock_deadline(deadline))?,
         };
         let locked = Locked { mutex };
         if died {
@@ -511,17 +477,17 @@ impl Core {
         }
     }
 
-    /// Puts one record. `Full` (for [`Wait::Now`]), `Timeout`, `Closed` or
+    /// Puts one record. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` leave the queue unchanged.
-    pub(crate) fn put(&self, payload: &[u8], wait: Wait) -> Result<()> {
+    pub(crate) fn put(&self, payload: &[u8], deadline: Deadline) -> Result<()> {
         let need = self.record_size(payload.len())?;
         let cap = self.capacity as u64;
         let get_seq = self.word(layout::GET_SEQ);
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Tail, wait)
-                .map_err(|e| wait.gave_up(e, Error::Full))?;
+                .lock(End::Tail, deadline)
+                .map_err(|e| gave_up(deadline, e, Error::Full))?;
             if self.is_closed() {
                 return Err(Error::Closed);
             }
@@ -568,8 +534,8 @@ impl Core {
             }
             if v.items() == 0 {
                 // Empty, yet the record does not fit after the tail.
-                self.realign(tail, wait)
-                    .map_err(|e| wait.gave_up(e, Error::Full))?;
+                self.realign(tail, deadline)
+                    .map_err(|e| gave_up(deadline, e, Error::Full))?;
                 continue;
             }
             let waiting = Waiting {
@@ -582,7 +548,7 @@ impl Core {
                 spin: PUT_SPIN,
                 busy: Error::Full,
             };
-            self.wait_for_change(locked, wait, waiting, &mut spun)?;
+            self.wait_for_change(locked, deadline, waiting, &mut spun)?;
         }
     }
 
@@ -593,8 +559,8 @@ impl Core {
     /// ring: a wrap marker at the tail, published as if it preceded a
     /// record at 0 (a ring holding only a marker is empty), then the head
     /// moved past it, as a get would.
-    fn realign(&self, tail: Pos, wait: Wait) -> Result<()> {
-        let consumers = self.lock(End::Head, wait)?;
+    fn realign(&self, tail: Pos, deadline: Deadline) -> Result<()> {
+        let consumers = self.lock(End::Head, deadline)?;
         let v = View {
             head: self.load_pos(layout::HEAD, Ordering::Acquire),
             tail,
@@ -621,15 +587,15 @@ impl Core {
     }
 
     /// Takes one record into `dest` and returns its length. `Empty` (for
-    /// [`Wait::Now`]), `Timeout`, `Closed` (closed and drained) and
+    /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
-    pub(crate) fn get(&self, mut dest: Dest<'_>, wait: Wait) -> Result<usize> {
+    pub(crate) fn get(&self, mut dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
         let put_seq = self.word(layout::PUT_SEQ);
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Head, wait)
-                .map_err(|e| wait.gave_up(e, Error::Empty))?;
+                .lock(End::Head, deadline)
+                .map_err(|e| gave_up(deadline, e, Error::Empty))?;
             let mut v = View {
                 head: self.load_pos(layout::HEAD, Ordering::Relaxed),
                 tail: self.load_pos(layout::SEEN_TAIL, Ordering::Relaxed),
@@ -689,7 +655,7 @@ impl Core {
                 spin: GET_SPIN,
                 busy: Error::Empty,
             };
-            self.wait_for_change(locked, wait, waiting, &mut spun)?;
+            self.wait_for_change(locked, deadline, waiting, &mut spun)?;
         }
     }
 
@@ -703,13 +669,13 @@ impl Core {
     fn wait_for_change(
         &self,
         locked: Locked<'_>,
-        wait: Wait,
+        deadline: Deadline,
         waiting: Waiting<'_>,
         spun: &mut bool,
     ) -> Result<()> {
-        let Some(sleep) = wait.sleep() else {
-            return Err(match wait {
-                Wait::Now => waiting.busy,
+        let Some(sleep) = deadline.slice(SAFETY_NET) else {
+            return Err(match deadline {
+                Deadline::Now => waiting.busy,
                 _ => Error::Timeout,
             });
         };
@@ -774,7 +740,7 @@ impl Core {
     /// Closes the queue and wakes every waiter. Taking the producers' lock
     /// orders the close after every put that returned before it.
     pub(crate) fn close(&self) -> Result<()> {
-        let locked = self.lock(End::Tail, Wait::Forever)?;
+        let locked = self.lock(End::Tail, Deadline::Never)?;
         self.word(layout::CLOSED).store(1, Ordering::Release);
         self.wake_all(End::Tail);
         drop(locked);
@@ -828,14 +794,14 @@ impl Core {
     }
 
     /// Waits until every item put has been marked done.
-    pub(crate) fn join(&self, wait: Wait) -> Result<()> {
+    pub(crate) fn join(&self, deadline: Deadline) -> Result<()> {
         let join_seq = self.word(layout::JOIN_SEQ);
         loop {
             let seen = join_seq.load(Ordering::Acquire);
             if self.unfinished() == 0 {
                 return Ok(());
             }
-            let Some(sleep) = wait.sleep() else {
+            let Some(sleep) = deadline.slice(SAFETY_NET) else {
                 return Err(Error::Timeout);
             };
             self.word(layout::WAITING_JOINERS)

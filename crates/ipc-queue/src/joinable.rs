@@ -8,11 +8,10 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{ByteReceiver, ByteSender, Receiver, Result, Sender};
+use ipc_core::{ByteReceiver, ByteSender, Deadline, Receiver, Result, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::Wait;
 use crate::layout::{Kind, Spec};
 use crate::queue::{
     get_owned, inherit, put_owned, sealed, Builder, KindSpec, PutError, QueueKind, RawCore,
@@ -110,13 +109,13 @@ impl<T> JoinableQueue<T> {
 
     /// Waits until every item put has been marked done.
     pub fn join(&self) -> Result<()> {
-        self.queue.core().join(Wait::Forever)
+        self.queue.core().join(Deadline::Never)
     }
 
     /// Like [`join`](Self::join), waiting at most `timeout`
     /// ([`ipc_core::Error::Timeout`]).
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.queue.core().join(Wait::timeout(timeout))
+        self.queue.core().join(Deadline::after(timeout))
     }
 
     /// The number of items put and not yet marked done (a snapshot).
@@ -208,13 +207,13 @@ impl<T> SimpleQueue<T> {
 impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// Puts `item`, waiting for room in the ring if need be.
     pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        put_owned(self.queue.core(), item, Wait::Forever)
+        put_owned(self.queue.core(), item, Deadline::Never)
     }
 
     /// Takes the next item, waiting as long as it takes;
     /// [`ipc_core::Error::Closed`] once closed and drained.
     pub fn get(&self) -> Result<T> {
-        get_owned(self.queue.core(), Wait::Forever)
+        get_owned(self.queue.core(), Deadline::Never)
     }
 }
 

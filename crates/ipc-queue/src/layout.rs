@@ -34,9 +34,9 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 use ipc_shm::raw::{self, atomic_u32, atomic_u64};
 use ipc_shm::SharedMemory;
 
@@ -272,7 +272,7 @@ pub(crate) fn validate(shm: &SharedMemory, spec: &Spec) -> Result<Params> {
 /// that is still initialising.
 fn wait_ready(shm: &SharedMemory, what: &str) -> Result<()> {
     let init = atomic_u32(shm, INIT);
-    let deadline = Instant::now() + INIT_WAIT;
+    let deadline = Deadline::after(INIT_WAIT);
     loop {
         match init.load(Ordering::Acquire) {
             1 => return Ok(()),
@@ -283,13 +283,12 @@ fn wait_ready(shm: &SharedMemory, what: &str) -> Result<()> {
                 )))
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let Some(left) = deadline.remaining().filter(|left| !left.is_zero()) else {
             return Err(invalid(format!(
                 "{what} was never initialised: its creator died while creating it, or it is not an ipc-queue"
             )));
-        }
-        raw::futex_wait(init, 0, Some(deadline - now));
+        };
+        raw::futex_wait(init, 0, Some(left));
     }
 }
 

@@ -4,15 +4,15 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
+use ipc_core::{ByteReceiver, ByteSender, Deadline, Error, Receiver, Result, Sender};
 use ipc_shm::SharedMemory;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::core::{with_scratch, Core, Dest, Wait};
+use crate::core::{with_scratch, Core, Dest};
 use crate::layout::{self, Kind, Params, Spec};
 
 /// The ring size of a queue made without [`Builder::capacity`]: 1 MiB.
@@ -201,7 +201,7 @@ impl<Q: QueueKind> Builder<Q> {
     pub fn open(self, name: &str) -> Result<Q> {
         // A creator sizes its segment a moment after making it: give it
         // that moment (it matters to `open_or_create` racing a creator).
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Deadline::after(Duration::from_secs(2));
         let shm = ipc_shm::raw::open_when_sized(name, layout::MIN_TOTAL_SIZE, deadline)?;
         Ok(Q::from_core(RawCore(Core::open(shm, &Q::spec().0)?)))
     }
@@ -340,31 +340,32 @@ impl<T> Queue<T> {
     /// Puts raw bytes as one item, waiting for room as long as it takes.
     /// A typed getter decodes them with [`ipc_core::codec`].
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<()> {
-        self.core.put(bytes, Wait::Forever)
+        self.core.put(bytes, Deadline::Never)
     }
 
     /// Like [`put_bytes`](Self::put_bytes), waiting at most `timeout`
     /// ([`Error::Timeout`]).
     pub fn put_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<()> {
-        self.core.put(bytes, Wait::timeout(timeout))
+        self.core.put(bytes, Deadline::after(timeout))
     }
 
     /// Puts raw bytes if there is room now, else [`Error::Full`].
     pub fn put_bytes_nowait(&self, bytes: &[u8]) -> Result<()> {
-        self.core.put(bytes, Wait::Now)
+        self.core.put(bytes, Deadline::Now)
     }
 
     /// Takes the next item's bytes, waiting as long as it takes.
     pub fn get_bytes(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.core.get(Dest::Vec(&mut out), Wait::Forever)?;
+        self.core.get(Dest::Vec(&mut out), Deadline::Never)?;
         Ok(out)
     }
 
     /// Like [`get_bytes`](Self::get_bytes), waiting at most `timeout`.
     pub fn get_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.core.get(Dest::Vec(&mut out), Wait::timeout(timeout))?;
+        self.core
+            .get(Dest::Vec(&mut out), Deadline::after(timeout))?;
         Ok(out)
     }
 
@@ -372,7 +373,7 @@ impl<T> Queue<T> {
     /// [`Error::Empty`].
     pub fn get_bytes_nowait(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.core.get(Dest::Vec(&mut out), Wait::Now)?;
+        self.core.get(Dest::Vec(&mut out), Deadline::Now)?;
         Ok(out)
     }
 
@@ -392,19 +393,19 @@ impl<T> Queue<T> {
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     pub fn get_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
-        self.core.get(Dest::Slice(buf), Wait::Forever)
+        self.core.get(Dest::Slice(buf), Deadline::Never)
     }
 
     /// Like [`get_bytes_into`](Self::get_bytes_into), waiting at most
     /// `timeout`.
     pub fn get_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        self.core.get(Dest::Slice(buf), Wait::timeout(timeout))
+        self.core.get(Dest::Slice(buf), Deadline::after(timeout))
     }
 
     /// Like [`get_bytes_into`](Self::get_bytes_into) if an item is there
     /// now, else [`Error::Empty`].
     pub fn get_bytes_into_nowait(&self, buf: &mut [u8]) -> Result<usize> {
-        self.core.get(Dest::Slice(buf), Wait::Now)
+        self.core.get(Dest::Slice(buf), Deadline::Now)
     }
 
     /// The number of items in the queue (Python's `qsize()`); a snapshot
@@ -479,16 +480,16 @@ impl<T> Queue<T> {
     }
 }
 
-fn put_typed<T: Serialize + ?Sized>(core: &Core, item: &T, wait: Wait) -> Result<()> {
+fn put_typed<T: Serialize + ?Sized>(core: &Core, item: &T, deadline: Deadline) -> Result<()> {
     with_scratch(|buf| {
         ipc_core::codec::encode_into(item, buf)?;
-        core.put(buf, wait)
+        core.put(buf, deadline)
     })
 }
 
-fn get_typed<T: DeserializeOwned>(core: &Core, wait: Wait) -> Result<T> {
+fn get_typed<T: DeserializeOwned>(core: &Core, deadline: Deadline) -> Result<T> {
     with_scratch(|buf| {
-        core.get(Dest::Vec(buf), wait)?;
+        core.get(Dest::Vec(buf), deadline)?;
         ipc_core::codec::decode(buf)
     })
 }
@@ -496,32 +497,32 @@ fn get_typed<T: DeserializeOwned>(core: &Core, wait: Wait) -> Result<T> {
 pub(crate) fn put_owned<T: Serialize>(
     core: &Core,
     item: T,
-    wait: Wait,
+    deadline: Deadline,
 ) -> std::result::Result<(), PutError<T>> {
-    put_typed(core, &item, wait).map_err(|error| PutError { item, error })
+    put_typed(core, &item, deadline).map_err(|error| PutError { item, error })
 }
 
-pub(crate) fn get_owned<T: DeserializeOwned>(core: &Core, wait: Wait) -> Result<T> {
-    get_typed(core, wait)
+pub(crate) fn get_owned<T: DeserializeOwned>(core: &Core, deadline: Deadline) -> Result<T> {
+    get_typed(core, deadline)
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Puts `item`, waiting for room as long as it takes (Python's
     /// `put(item)`). On failure the item comes back in the [`PutError`].
     pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        put_owned(&self.core, item, Wait::Forever)
+        put_owned(&self.core, item, Deadline::Never)
     }
 
     /// Puts `item`, waiting at most `timeout` for room (Python's
     /// `put(item, timeout=t)`): [`Error::Timeout`] after it.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
-        put_owned(&self.core, item, Wait::timeout(timeout))
+        put_owned(&self.core, item, Deadline::after(timeout))
     }
 
     /// Puts `item` if there is room now (Python's `put_nowait`):
     /// [`Error::Full`] otherwise.
     pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
-        put_owned(&self.core, item, Wait::Now)
+        put_owned(&self.core, item, Deadline::Now)
     }
 
     /// Takes the next item, waiting as long as it takes (Python's
@@ -529,19 +530,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Bytes that do not decode as `T` are [`Error::Decode`]; that item is
     /// consumed.
     pub fn get(&self) -> Result<T> {
-        get_owned(&self.core, Wait::Forever)
+        get_owned(&self.core, Deadline::Never)
     }
 
     /// Takes the next item, waiting at most `timeout` (Python's
     /// `get(timeout=t)`): [`Error::Timeout`] after it.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        get_owned(&self.core, Wait::timeout(timeout))
+        get_owned(&self.core, Deadline::after(timeout))
     }
 
     /// Takes the next item if there is one now (Python's `get_nowait`):
     /// [`Error::Empty`] otherwise.
     pub fn get_nowait(&self) -> Result<T> {
-        get_owned(&self.core, Wait::Now)
+        get_owned(&self.core, Deadline::Now)
     }
 }
 
@@ -564,21 +565,21 @@ pub(crate) fn inherit<Q: QueueKind>(inherited: Inherited) -> Result<Q> {
 
 impl<T: Serialize> Sender<T> for Queue<T> {
     fn send(&mut self, msg: &T) -> Result<()> {
-        put_typed(&self.core, msg, Wait::Forever)
+        put_typed(&self.core, msg, Deadline::Never)
     }
 }
 
 impl<T: DeserializeOwned> Receiver<T> for Queue<T> {
     fn recv(&mut self) -> Result<T> {
-        get_typed(&self.core, Wait::Forever)
+        get_typed(&self.core, Deadline::Never)
     }
 
     fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
-        get_typed(&self.core, Wait::timeout(timeout))
+        get_typed(&self.core, Deadline::after(timeout))
     }
 
     fn try_recv(&mut self) -> Result<T> {
-        get_typed(&self.core, Wait::Now)
+        get_typed(&self.core, Deadline::Now)
     }
 }
 

@@ -7,12 +7,12 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytemuck::Pod;
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{Kind, Spec, MUTEX_OFFSET};
-use crate::lock::{how, wrap, LockResult};
+use crate::lock::{wrap, LockResult};
 use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{How, MutexGuard, MutexKind};
+use crate::sys::mutex::{MutexGuard, MutexKind};
 
 const OUT_OF_RANGE: Error = Error::InvalidArgument("array index out of range");
 const WRONG_LEN: Error = Error::InvalidArgument("slice length differs from the array length");
@@ -132,28 +132,28 @@ impl<T: Pod> Array<T> {
         self.len() == 0
     }
 
-    fn lock_how(&self, how: How) -> LockResult<MutexGuard<'_, [T]>> {
+    fn lock_until(&self, deadline: Deadline) -> LockResult<MutexGuard<'_, [T]>> {
         wrap(self.obj.map().lock_slice::<T>(
             MUTEX_OFFSET,
             self.obj.layout.data_offset,
             self.len(),
-            how,
+            deadline,
         ))
     }
 
     /// Waits for the lock and returns a guard that derefs to the elements.
     pub fn lock(&self) -> LockResult<MutexGuard<'_, [T]>> {
-        self.lock_how(How::Block)
+        self.lock_until(Deadline::Never)
     }
 
     /// Takes the lock if it is free now ([`LockError::WouldBlock`](crate::LockError)).
     pub fn try_lock(&self) -> LockResult<MutexGuard<'_, [T]>> {
-        self.lock_how(How::Try)
+        self.lock_until(Deadline::Now)
     }
 
     /// Waits at most `timeout` for the lock ([`LockError::Timeout`](crate::LockError)).
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<MutexGuard<'_, [T]>> {
-        self.lock_how(how(Some(timeout)))
+        self.lock_until(Deadline::after(timeout))
     }
 
     /// Element `index`, read under the lock (Python's `arr[i]`).

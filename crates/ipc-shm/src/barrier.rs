@@ -7,14 +7,14 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::lock::{wrap, LockError, LockGuard};
 use crate::object::{object_common, Object, Place};
-use crate::semaphore::{deadline, remaining};
+use crate::raw::SAFETY_NET;
 use crate::sys::futex;
-use crate::sys::mutex::{How, MutexKind};
+use crate::sys::mutex::MutexKind;
 
 /// Words of a barrier: the generation (a futex), the arrivals in this
 /// generation, the number of parties, whether the barrier is broken; then,
@@ -175,7 +175,7 @@ impl Barrier {
     /// Locks the barrier state. A previous holder that died breaks the
     /// barrier (its count may be wrong), which repairs the state.
     fn lock_state(&self) -> std::result::Result<LockGuard<'_>, BarrierError> {
-        match wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Block)) {
+        match wrap(self.obj.map().lock_unit(MUTEX_OFFSET, Deadline::Never)) {
             Ok(guard) => Ok(guard),
             Err(LockError::OwnerDied(died)) => {
                 let guard = died.into_guard();
@@ -206,7 +206,7 @@ impl Barrier {
         timeout: Option<Duration>,
         action: Option<F>,
     ) -> std::result::Result<u32, BarrierError> {
-        let deadline = deadline(timeout);
+        let deadline = Deadline::from(timeout);
         let guard = self.lock_state()?;
         if self.is_broken() {
             return Err(BarrierError::Broken);
@@ -239,16 +239,15 @@ impl Barrier {
             if generation.load(Ordering::Acquire) != g {
                 break;
             }
-            let left = remaining(deadline);
-            if left == Some(Duration::ZERO) {
+            let Some(sleep) = deadline.slice(SAFETY_NET) else {
                 let _guard = self.lock_state()?;
                 if generation.load(Ordering::Acquire) == g {
                     self.break_locked(true);
                     return Err(BarrierError::Broken);
                 }
                 break;
-            }
-            futex::wait(generation, g, Some(crate::semaphore::capped(left)));
+            };
+            futex::wait(generation, g, Some(sleep));
         }
         // The generation was advanced with Release after its outcome bit
         // was written, and loaded above with Acquire.

@@ -4,16 +4,15 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::Result;
+use ipc_core::{Deadline, Result};
 
 use crate::header::{Kind, Spec, MUTEX_OFFSET};
-use crate::lock::{failure_error, how, wrap, LockError, LockGuard, LockResult, OwnerDied};
+use crate::lock::{failure_error, wrap, LockError, LockGuard, LockResult, OwnerDied};
 use crate::object::{object_common, Object, Place};
-use crate::semaphore::{deadline, remaining};
 use crate::sys::futex::{self, Wake};
-use crate::sys::mutex::{How, MutexKind};
+use crate::sys::mutex::MutexKind;
 
 /// Words of a condition: the futex sequence number, the waiters not yet
 /// given a token, the tokens not yet taken.
@@ -116,8 +115,8 @@ impl Condition {
         self.obj.map().atomic_u32(self.obj.word(i))
     }
 
-    fn lock_how(&self, how: How) -> LockResult<ConditionGuard<'_>> {
-        wrap(self.obj.map().lock_unit(MUTEX_OFFSET, how)).map_or_else(
+    fn lock_until(&self, deadline: Deadline) -> LockResult<ConditionGuard<'_>> {
+        wrap(self.obj.map().lock_unit(MUTEX_OFFSET, deadline)).map_or_else(
             |e| Err(e.map(|guard| ConditionGuard { guard, cond: self })),
             |guard| Ok(ConditionGuard { guard, cond: self }),
         )
@@ -125,17 +124,17 @@ impl Condition {
 
     /// Waits for the lock.
     pub fn lock(&self) -> LockResult<ConditionGuard<'_>> {
-        self.lock_how(How::Block)
+        self.lock_until(Deadline::Never)
     }
 
     /// Takes the lock if it is free now.
     pub fn try_lock(&self) -> LockResult<ConditionGuard<'_>> {
-        self.lock_how(How::Try)
+        self.lock_until(Deadline::Now)
     }
 
     /// Waits at most `timeout` for the lock.
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
-        self.lock_how(how(Some(timeout)))
+        self.lock_until(Deadline::after(timeout))
     }
 }
 
@@ -150,7 +149,7 @@ pub struct ConditionGuard<'a> {
 impl<'a> ConditionGuard<'a> {
     /// Releases the lock, sleeps until notified, and takes the lock again.
     pub fn wait(self) -> LockResult<ConditionGuard<'a>> {
-        match self.wait_until(None) {
+        match self.wait_until(Deadline::Never) {
             Ok((guard, _)) => Ok(guard),
             Err(e) => Err(e.map(|(guard, _)| guard)),
         }
@@ -159,7 +158,7 @@ impl<'a> ConditionGuard<'a> {
     /// Like [`wait`](Self::wait) for at most `timeout`; the flag is `false`
     /// if the time ran out without a notification (Python's `wait(t)`).
     pub fn wait_timeout(self, timeout: Duration) -> LockResult<(ConditionGuard<'a>, bool)> {
-        self.wait_until(deadline(Some(timeout)).or(Some(far_future())))
+        self.wait_until(Deadline::after(timeout))
     }
 
     /// Waits until `predicate` (called with the lock held) returns `true`,
@@ -170,13 +169,13 @@ impl<'a> ConditionGuard<'a> {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> LockResult<(ConditionGuard<'a>, bool)> {
-        let deadline = deadline(timeout).or(timeout.map(|_| far_future()));
+        let deadline = Deadline::from(timeout);
         let mut guard = self;
         loop {
             if predicate() {
                 return Ok((guard, true));
             }
-            if remaining(deadline) == Some(Duration::ZERO) {
+            if deadline.has_passed() {
                 return Ok((guard, false));
             }
             guard = match guard.wait_until(deadline) {
@@ -191,7 +190,7 @@ impl<'a> ConditionGuard<'a> {
         }
     }
 
-    fn wait_until(self, deadline: Option<Instant>) -> LockResult<(ConditionGuard<'a>, bool)> {
+    fn wait_until(self, deadline: Deadline) -> LockResult<(ConditionGuard<'a>, bool)> {
         let cond = self.cond;
         let (seq, waiters, tokens) = (cond.word(SEQ), cond.word(WAITERS), cond.word(TOKENS));
         waiters.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +198,7 @@ impl<'a> ConditionGuard<'a> {
         let mut owner_died = false;
         loop {
             let seen = seq.load(Ordering::Relaxed);
-            let timeout = remaining(deadline);
+            let timeout = deadline.remaining();
             let (woke, relocked) = guard.relock_after(|| futex::wait(seq, seen, timeout));
             let recovered;
             (guard, recovered) = match relocked {
@@ -210,7 +209,7 @@ impl<'a> ConditionGuard<'a> {
             let notified = if tokens.load(Ordering::Relaxed) > 0 {
                 tokens.fetch_sub(1, Ordering::Relaxed);
                 Some(true)
-            } else if woke == Wake::TimedOut || remaining(deadline) == Some(Duration::ZERO) {
+            } else if woke == Wake::TimedOut || deadline.has_passed() {
                 // Never below zero, even if a dead waiter's count was given away.
                 let _ = waiters
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
@@ -265,9 +264,4 @@ impl fmt::Debug for ConditionGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConditionGuard").finish_non_exhaustive()
     }
-}
-
-/// A deadline for timeouts too long to represent: they never run out.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }

@@ -29,10 +29,10 @@
 //! compiler versions, so a program built with another compiler may be
 //! refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::shm::invalid_data;
 use crate::sys::futex;
@@ -324,7 +324,7 @@ pub(crate) fn validate(
 /// creator that is still initialising.
 fn wait_ready(map: &Mapping, what: &str) -> Result<()> {
     let state = map.atomic_u32(STATE_OFFSET);
-    let deadline = Instant::now() + INIT_WAIT;
+    let deadline = Deadline::after(INIT_WAIT);
     loop {
         match state.load(std::sync::atomic::Ordering::Acquire) {
             STATE_READY => return Ok(()),
@@ -335,13 +335,12 @@ fn wait_ready(map: &Mapping, what: &str) -> Result<()> {
                 )))
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let Some(left) = deadline.remaining().filter(|left| !left.is_zero()) else {
             return Err(invalid_data(format!(
                 "{what} was never initialised: its creator died while creating it, or it is not an ipc-shm object"
             )));
-        }
-        futex::wait(state, 0, Some(deadline - now));
+        };
+        futex::wait(state, 0, Some(left));
     }
 }
 

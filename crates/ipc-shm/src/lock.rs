@@ -4,13 +4,13 @@
 //! over the lock of a holder that died.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{How, LockFailure, MutexGuard, MutexKind};
+use crate::sys::mutex::{LockFailure, MutexGuard, MutexKind};
 
 /// The guard of a [`Lock`] or an [`RLock`]: the lock is held until it is
 /// dropped.
@@ -140,16 +140,6 @@ impl<G> From<LockError<G>> for Error {
     }
 }
 
-/// How long a call with this timeout may block.
-#[inline]
-pub(crate) fn how(timeout: Option<Duration>) -> How {
-    match timeout.map(|t| Instant::now().checked_add(t)) {
-        Some(Some(deadline)) => How::Until(deadline),
-        // No timeout, or one too far away to tell apart from none.
-        Some(None) | None => How::Block,
-    }
-}
-
 /// Turns what `sys` returns into a [`LockResult`].
 #[inline]
 pub(crate) fn wrap<G>(r: std::result::Result<(G, bool), LockFailure>) -> LockResult<G> {
@@ -222,19 +212,19 @@ macro_rules! lock_type {
             /// Waits for the lock and returns its guard.
             #[inline]
             pub fn lock(&self) -> LockResult<LockGuard<'_>> {
-                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Block))
+                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, Deadline::Never))
             }
 
             /// Takes the lock if it is free now ([`LockError::WouldBlock`]
             /// otherwise).
             #[inline]
             pub fn try_lock(&self) -> LockResult<LockGuard<'_>> {
-                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, How::Try))
+                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, Deadline::Now))
             }
 
             /// Waits at most `timeout` for the lock ([`LockError::Timeout`]).
             pub fn lock_timeout(&self, timeout: Duration) -> LockResult<LockGuard<'_>> {
-                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, how(Some(timeout))))
+                wrap(self.obj.map().lock_unit(MUTEX_OFFSET, Deadline::after(timeout)))
             }
 
             /// Python's `acquire()`: takes the lock without a guard; release

@@ -3,10 +3,9 @@
 //! same way.
 
 use std::io;
-use std::time::Instant;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{self, Kind, Layout, Spec, HEADER_SIZE, INIT_WAIT, MUTEX_OFFSET};
 use crate::shm::SharedMemory;
@@ -70,7 +69,7 @@ impl Object {
     /// still initialising it, and checks its header against `spec` (and
     /// `len`, if given).
     pub(crate) fn open(name: &str, spec: &Spec, len: Option<usize>) -> Result<Object> {
-        let shm = SharedMemory::open_when_sized(name, HEADER_SIZE, Instant::now() + INIT_WAIT)?;
+        let shm = SharedMemory::open_when_sized(name, HEADER_SIZE, Deadline::after(INIT_WAIT))?;
         Object::validated(shm, spec, len)
     }
 

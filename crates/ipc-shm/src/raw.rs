@@ -10,20 +10,27 @@
 //! raw::init_robust_mutex(&mut shm, 0)?;
 //! // SAFETY: offset 0 holds the mutex initialised just above.
 //! let mutex = unsafe { raw::RobustMutexRef::at(&shm, 0) };
-//! assert!(!mutex.lock(None)?); // no previous owner died
+//! assert!(!mutex.lock(ipc_core::Deadline::Never)?); // no previous owner died
 //! raw::atomic_u64(&shm, 128).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 //! mutex.unlock()?;
 //! # Ok::<(), ipc_core::Error>(())
 //! ```
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::sys::futex;
-use crate::sys::mutex::{How, LockFailure, MutexKind, RobustMutex, MUTEX_AREA};
+use crate::sys::mutex::{LockFailure, MutexKind, RobustMutex, MUTEX_AREA};
 use crate::SharedMemory;
+
+/// The longest a waiter on a futex in shared memory sleeps before looking
+/// again. A wake-up is lost when the process it went to (a woken waiter,
+/// or a waker between its store and its wake) is killed before passing it
+/// on; looking again now and then bounds what that costs the others. It is
+/// not how waiting normally ends: a change wakes a sleeper at once.
+pub const SAFETY_NET: Duration = Duration::from_millis(500);
 
 /// The bytes a robust mutex takes in a layout (a multiple of 8).
 pub const ROBUST_MUTEX_SIZE: usize = MUTEX_AREA;
@@ -34,8 +41,12 @@ pub const ROBUST_MUTEX_SIZE: usize = MUTEX_AREA;
 /// millisecond, only in that short window); a segment that has a size, but
 /// less than `min`, is refused at once. [`Error::NotFound`] if there is no
 /// such segment. Never unlinks it.
-pub fn open_when_sized(name: &str, min: usize, deadline: Instant) -> Result<SharedMemory> {
-    SharedMemory::open_when_sized(name, min, deadline)
+pub fn open_when_sized(
+    name: &str,
+    min: usize,
+    deadline: impl Into<Deadline>,
+) -> Result<SharedMemory> {
+    SharedMemory::open_when_sized(name, min, deadline.into())
 }
 
 /// The 32-bit atomic at `offset` of `shm`.
@@ -126,15 +137,14 @@ impl<'a> RobustMutexRef<'a> {
     /// [`mark_consistent`](Self::mark_consistent): repair the data first.
     /// Locking it again from the holding thread is an error.
     #[inline]
-    pub fn lock(&self, deadline: Option<Instant>) -> Result<bool> {
-        let how = deadline.map_or(How::Block, How::Until);
-        self.mutex.lock(how).map_err(failure)
+    pub fn lock(&self, deadline: impl Into<Deadline>) -> Result<bool> {
+        self.mutex.lock(deadline.into()).map_err(failure)
     }
 
     /// Locks if the mutex is free now; `Ok(None)` if it is held.
     #[inline]
     pub fn try_lock(&self) -> Result<Option<bool>> {
-        match self.mutex.lock(How::Try) {
+        match self.mutex.lock(Deadline::Now) {
             Ok(died) => Ok(Some(died)),
             Err(LockFailure::WouldBlock) => Ok(None),
             Err(e) => Err(failure(e)),

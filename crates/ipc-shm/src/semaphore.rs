@@ -4,25 +4,14 @@
 //! and that a process can die next to without harm (they have no owner).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{Kind, Spec};
 use crate::object::{object_common, Object, Place};
+use crate::raw::SAFETY_NET;
 use crate::sys::futex;
-
-/// The time left until `deadline`, `Some(ZERO)` once it has passed, `None`
-/// for no deadline.
-pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Duration> {
-    deadline.map(|d| d.saturating_duration_since(Instant::now()))
-}
-
-/// `now + timeout`, or `None` (no deadline) if the timeout is `None` or too
-/// far away to represent.
-pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
-}
 
 /// Words of a semaphore: the count, the number of sleepers, the maximum,
 /// and whether the maximum applies (1 for a bounded semaphore).
@@ -49,7 +38,7 @@ fn word(obj: &Object, i: usize) -> &AtomicU32 {
     obj.map().atomic_u32(obj.word(i))
 }
 
-fn sem_acquire(obj: &Object, deadline: Option<Instant>) -> bool {
+fn sem_acquire(obj: &Object, deadline: Deadline) -> bool {
     let count = word(obj, COUNT);
     let waiters = word(obj, WAITERS);
     loop {
@@ -63,28 +52,15 @@ fn sem_acquire(obj: &Object, deadline: Option<Instant>) -> bool {
             }
             continue;
         }
-        let timeout = remaining(deadline);
-        if timeout == Some(Duration::ZERO) {
+        let Some(sleep) = deadline.slice(SAFETY_NET) else {
             return false;
-        }
+        };
         // SeqCst on both sides: either the releaser sees us counted, or our
         // futex wait sees its increment.
         waiters.fetch_add(1, Ordering::SeqCst);
-        futex::wait(count, 0, Some(capped(timeout)));
+        futex::wait(count, 0, Some(sleep));
         waiters.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// The longest a waiter sleeps before looking again. A wake-up is lost
-/// when the process it went to (a woken waiter, or a releaser between its
-/// store and its wake) is killed before passing it on; looking again now
-/// and then bounds what that costs the others. It is not how waiting
-/// normally ends: a release wakes a sleeper at once.
-pub(crate) const SAFETY_NET: Duration = Duration::from_millis(500);
-
-/// `timeout` (`None`: for ever), but at most [`SAFETY_NET`].
-pub(crate) fn capped(timeout: Option<Duration>) -> Duration {
-    timeout.map_or(SAFETY_NET, |t| t.min(SAFETY_NET))
 }
 
 fn sem_release(obj: &Object) -> Result<()> {
@@ -155,20 +131,20 @@ macro_rules! semaphore_type {
 
             /// Waits until the value is positive and decrements it.
             pub fn acquire(&self) {
-                sem_acquire(&self.obj, None);
+                sem_acquire(&self.obj, Deadline::Never);
             }
 
             /// Decrements the value if it is positive now (Python's
             /// `acquire(False)`); `false` if it is zero.
             pub fn try_acquire(&self) -> bool {
-                sem_acquire(&self.obj, Some(Instant::now()))
+                sem_acquire(&self.obj, Deadline::Now)
             }
 
             /// Waits at most `timeout` for a positive value and decrements
             /// it; `false` if the time ran out (Python's
             /// `acquire(timeout=t)`).
             pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-                sem_acquire(&self.obj, deadline(Some(timeout)))
+                sem_acquire(&self.obj, Deadline::after(timeout))
             }
 
             /// The current value (Python's `get_value()`).
@@ -308,28 +284,27 @@ impl Event {
 
     /// Waits until the flag is set; returns `true` (as Python does).
     pub fn wait(&self) -> bool {
-        self.wait_until(None)
+        self.wait_until(Deadline::Never)
     }
 
     /// Waits at most `timeout` for the flag; `false` if it is still not set.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(deadline(Some(timeout)))
+        self.wait_until(Deadline::after(timeout))
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+    fn wait_until(&self, deadline: Deadline) -> bool {
         let flag = word(&self.obj, FLAG);
         let waiters = word(&self.obj, WAITERS);
         loop {
             if flag.load(Ordering::Acquire) != 0 {
                 return true;
             }
-            let timeout = remaining(deadline);
-            if timeout == Some(Duration::ZERO) {
+            let Some(sleep) = deadline.slice(SAFETY_NET) else {
                 return false;
-            }
+            };
             waiters.fetch_add(1, Ordering::SeqCst);
             // The loop looks at the flag and the deadline again.
-            futex::wait(flag, 0, Some(capped(timeout)));
+            futex::wait(flag, 0, Some(sleep));
             waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }

@@ -6,10 +6,10 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -179,7 +179,7 @@ impl SharedMemory {
     pub(crate) fn open_when_sized(
         name: &str,
         min: usize,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<SharedMemory> {
         let fd = open_fd(name)?;
         loop {
@@ -187,7 +187,7 @@ impl SharedMemory {
             if size >= min {
                 return SharedMemory::from_named_fd(&fd, name, size);
             }
-            if size > 0 || Instant::now() >= deadline {
+            if size > 0 || deadline.has_passed() {
                 return Err(invalid_data(format!(
                     "shared memory segment `{name}` has {size} bytes, too few to hold an ipc-shm object"
                 )));

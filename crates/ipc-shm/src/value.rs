@@ -7,12 +7,12 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytemuck::Pod;
-use ipc_core::{Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::header::{Kind, Spec, MUTEX_OFFSET};
-use crate::lock::{how, wrap, LockError, LockResult};
+use crate::lock::{wrap, LockError, LockResult};
 use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{How, MutexGuard, MutexKind};
+use crate::sys::mutex::{MutexGuard, MutexKind};
 
 /// A value of a plain-old-data type in shared memory, guarded by a robust
 /// process-shared lock: Python's `multiprocessing.Value`.
@@ -103,27 +103,27 @@ impl<T: Pod> Value<T> {
         .map(Self::wrap)
     }
 
-    fn lock_how(&self, how: How) -> LockResult<MutexGuard<'_, T>> {
+    fn lock_until(&self, deadline: Deadline) -> LockResult<MutexGuard<'_, T>> {
         wrap(
             self.obj
                 .map()
-                .lock_data::<T>(MUTEX_OFFSET, self.obj.layout.data_offset, how),
+                .lock_data::<T>(MUTEX_OFFSET, self.obj.layout.data_offset, deadline),
         )
     }
 
     /// Waits for the lock and returns a guard that derefs to the value.
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        self.lock_how(How::Block)
+        self.lock_until(Deadline::Never)
     }
 
     /// Takes the lock if it is free now ([`LockError::WouldBlock`]).
     pub fn try_lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        self.lock_how(How::Try)
+        self.lock_until(Deadline::Now)
     }
 
     /// Waits at most `timeout` for the lock ([`LockError::Timeout`]).
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<MutexGuard<'_, T>> {
-        self.lock_how(how(Some(timeout)))
+        self.lock_until(Deadline::after(timeout))
     }
 
     /// Reads the value under the lock (Python's `.value`).

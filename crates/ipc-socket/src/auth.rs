@@ -8,10 +8,10 @@
 //! we reply raw HMAC-MD5 to a 20- or 16-byte challenge and `{name}` + MAC to
 //! a prefixed one, as CPython 3.12 does.
 
-use std::time::{Duration, Instant};
+use std::os::fd::BorrowedFd;
 
 use hmac::{Hmac, KeyInit, Mac, SimpleHmac};
-use ipc_core::{Connection, Error, Result, Transport};
+use ipc_core::{Connection, Deadline, Error, Result, Transport};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
@@ -133,16 +133,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Time left until `deadline`, as the timeout of one handshake step.
-fn left(deadline: Instant) -> Result<Option<Duration>> {
-    match deadline.checked_duration_since(Instant::now()) {
-        Some(left) if !left.is_zero() => Ok(Some(left)),
-        _ => Err(Error::Timeout),
-    }
+fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Deadline) -> Result<Vec<u8>> {
+    handshake_result(conn.recv_bytes_max_until(MAX_HANDSHAKE_FRAME, deadline))
 }
 
-fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> Result<Vec<u8>> {
-    handshake_result(conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, left(deadline)?))
+/// The next handshake frame if it has arrived whole, `None` if not yet.
+fn handshake_try_recv<S: Transport>(conn: &mut Connection<S>) -> Result<Option<Vec<u8>>> {
+    match conn.recv_bytes_max_until(MAX_HANDSHAKE_FRAME, Deadline::Now) {
+        Err(Error::Timeout) => Ok(None),
+        other => handshake_result(other).map(Some),
+    }
 }
 
 fn handshake_result(received: Result<Vec<u8>>) -> Result<Vec<u8>> {
@@ -158,6 +158,7 @@ fn handshake_result(received: Result<Vec<u8>>) -> Result<Vec<u8>> {
 }
 
 /// A challenge of ours: the random message and its frame.
+#[derive(Debug)]
 struct Challenge {
     message: Vec<u8>,
     frame: Vec<u8>,
@@ -183,9 +184,10 @@ impl Challenge {
         conn: &mut Connection<S>,
         key: &[u8],
         response: &[u8],
+        deadline: Deadline,
     ) -> Result<()> {
         verify(key, &self.message, response).inspect_err(|_| {
-            let _ = conn.send_bytes(FAILURE);
+            let _ = conn.send_bytes_until(FAILURE, deadline);
         })
     }
 }
@@ -204,9 +206,9 @@ fn answer(key: &[u8], frame: &[u8]) -> Result<Vec<u8>> {
     response_to(key, challenge)
 }
 
-/// Waits for the peer's verdict on our answer.
-fn expect_welcome<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> Result<()> {
-    if handshake_recv(conn, deadline)? == WELCOME {
+/// Whether the peer's verdict on our answer is a welcome.
+fn welcomed(frame: &[u8]) -> Result<()> {
+    if frame == WELCOME {
         Ok(())
     } else {
         Err(Error::Authentication("digest sent was rejected".into()))
@@ -220,26 +222,108 @@ fn expect_welcome<S: Transport>(conn: &mut Connection<S>, deadline: Instant) -> 
 /// A client of this crate sends its challenge right behind its answer
 /// (see [`client_handshake`]); when it is already here, the welcome and
 /// our answer go out in one write.
-pub(crate) fn server_handshake<S: Transport>(
-    conn: &mut Connection<S>,
-    key: &[u8],
-    deadline: Instant,
-) -> Result<()> {
-    let ours = Challenge::new()?;
-    conn.send_bytes(&ours.frame)?;
-    let response = handshake_recv(conn, deadline)?;
-    ours.check(conn, key, &response)?;
-    let early = conn.recv_bytes_max_timeout(MAX_HANDSHAKE_FRAME, Duration::ZERO);
-    match early {
-        Ok(frame) => conn.send_bytes_batch(&[WELCOME, &answer(key, &frame)?])?,
-        Err(Error::Timeout) => {
-            conn.send_bytes(WELCOME)?;
-            let frame = handshake_recv(conn, deadline)?;
-            conn.send_bytes(&answer(key, &frame)?)?;
-        }
-        Err(e) => return handshake_result(Err(e)).map(drop),
+///
+/// It is a state machine that goes as far as the bytes already received
+/// allow, so that one thread can run many handshakes at once
+/// ([`Listener`](crate::Listener)) or one to its end
+/// ([`run_to_end`](ServerHandshake::run_to_end)).
+#[derive(Debug)]
+pub(crate) struct ServerHandshake {
+    ours: Challenge,
+    step: ServerStep,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerStep {
+    /// Our challenge is still to be sent.
+    Start,
+    /// Waiting for the answer to our challenge.
+    Response,
+    /// Answer checked; looking for the client's challenge, which our
+    /// clients pipeline behind their answer (`welcomed` once we have sent
+    /// the welcome on its own).
+    Challenge {
+        welcomed: bool,
+    },
+    /// Waiting for the client's verdict on our answer.
+    Verdict,
+    Done,
+}
+
+impl ServerHandshake {
+    pub(crate) fn new() -> Result<ServerHandshake> {
+        Ok(ServerHandshake {
+            ours: Challenge::new()?,
+            step: ServerStep::Start,
+        })
     }
-    expect_welcome(conn, deadline)
+
+    /// Goes as far as the bytes received so far allow, sending within
+    /// `deadline`; true once the client is authenticated.
+    pub(crate) fn advance<S: Transport>(
+        &mut self,
+        conn: &mut Connection<S>,
+        key: &[u8],
+        deadline: Deadline,
+    ) -> Result<bool> {
+        loop {
+            self.step = match self.step {
+                ServerStep::Start => {
+                    conn.send_bytes_until(&self.ours.frame, deadline)?;
+                    ServerStep::Response
+                }
+                ServerStep::Response => {
+                    let Some(response) = handshake_try_recv(conn)? else {
+                        return Ok(false);
+                    };
+                    self.ours.check(conn, key, &response, deadline)?;
+                    ServerStep::Challenge { welcomed: false }
+                }
+                ServerStep::Challenge { welcomed } => match handshake_try_recv(conn)? {
+                    Some(frame) if welcomed => {
+                        conn.send_bytes_until(&answer(key, &frame)?, deadline)?;
+                        ServerStep::Verdict
+                    }
+                    Some(frame) => {
+                        let reply = answer(key, &frame)?;
+                        conn.send_bytes_batch(&[WELCOME, &reply])?;
+                        ServerStep::Verdict
+                    }
+                    None if welcomed => return Ok(false),
+                    None => {
+                        conn.send_bytes_until(WELCOME, deadline)?;
+                        ServerStep::Challenge { welcomed: true }
+                    }
+                },
+                ServerStep::Verdict => {
+                    let Some(frame) = handshake_try_recv(conn)? else {
+                        return Ok(false);
+                    };
+                    welcomed(&frame)?;
+                    ServerStep::Done
+                }
+                ServerStep::Done => return Ok(true),
+            }
+        }
+    }
+
+    /// Runs the handshake to its end, waiting for the client's bytes until
+    /// `deadline`.
+    pub(crate) fn run_to_end<S: Transport>(
+        mut self,
+        conn: &mut Connection<S>,
+        key: &[u8],
+        deadline: Deadline,
+    ) -> Result<()> {
+        while !self.advance(conn, key, deadline)? {
+            if !conn.get_ref().has_buffered_input()
+                && !wait_readable(conn.get_ref().as_fd(), deadline)?
+            {
+                return handshake_result(Err(Error::Timeout)).map(drop);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The client's side, as Python's `Client` does it: answer the listener's
@@ -254,16 +338,21 @@ pub(crate) fn server_handshake<S: Transport>(
 pub(crate) fn client_handshake<S: Transport>(
     conn: &mut Connection<S>,
     key: &[u8],
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<()> {
     let frame = handshake_recv(conn, deadline)?;
     let response = answer(key, &frame)?;
     let ours = Challenge::new()?;
     conn.send_bytes_batch(&[&response, &ours.frame])?;
-    expect_welcome(conn, deadline)?;
+    welcomed(&handshake_recv(conn, deadline)?)?;
     let response = handshake_recv(conn, deadline)?;
-    ours.check(conn, key, &response)?;
-    conn.send_bytes(WELCOME)
+    ours.check(conn, key, &response, deadline)?;
+    conn.send_bytes_until(WELCOME, deadline)
+}
+
+/// Whether `fd` becomes readable before `deadline`.
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<bool> {
+    Ok(!ipc_core::wait(&[&fd], deadline.remaining())?.is_empty())
 }
 
 #[cfg(test)]

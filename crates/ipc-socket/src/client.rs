@@ -3,17 +3,18 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::OwnedFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixStream};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
-use ipc_core::{Connection, Result};
+use ipc_core::{Deadline, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::address::Address;
 use crate::auth;
 use crate::options::Options;
-use crate::stream::{apply_socket_timeouts, SocketStream};
+use crate::stream::SocketStream;
 use crate::SocketConnection;
 
 /// Connects to a listener.
@@ -44,36 +45,31 @@ impl Client {
     pub fn connect(address: impl crate::ToAddress, options: Options) -> Result<SocketConnection> {
         options.validate()?;
         let address = address.to_address()?;
-        let deadline = Instant::now() + options.connect_timeout;
+        let deadline = Deadline::after(options.connect_timeout);
         let mut backoff = Duration::from_millis(1);
         let fd = loop {
-            match connect_once(&address, &options, deadline) {
+            match connect_once(&address, deadline) {
                 Ok(fd) => break fd,
                 Err(e) if worth_retrying(&e) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = deadline.remaining().unwrap_or(Duration::MAX);
                     if left.is_zero() {
                         return Err(e.into());
                     }
-                    // Retrying a refused connect has nothing to wait on, so
-                    // it backs off; this is not a test's synchronisation.
+                    // A refused connect, or a listener whose backlog is
+                    // full, has nothing to wait on, so it backs off; this
+                    // is not a test's synchronisation.
                     std::thread::sleep(backoff.min(left));
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        let deadline = Instant::now() + options.handshake_timeout;
+        let deadline = Deadline::after(options.handshake_timeout);
         let stream = match &options.tls_client {
-            Some(tls) => SocketStream::tls_client(
-                fd,
-                tls,
-                deadline,
-                (options.read_timeout, options.write_timeout),
-            )?,
+            Some(tls) => SocketStream::tls_client(fd, tls, deadline)?,
             None => SocketStream::plain(fd, None)?,
         };
-        let mut conn = Connection::new(stream);
-        conn.set_max_message_size(options.max_message_size);
+        let mut conn = options.connection(stream);
         if let Some(key) = &options.authkey {
             auth::client_handshake(&mut conn, key, deadline)?;
         }
@@ -81,31 +77,22 @@ impl Client {
     }
 }
 
-fn connect_once(address: &Address, options: &Options, deadline: Instant) -> io::Result<OwnedFd> {
+fn connect_once(address: &Address, deadline: Deadline) -> io::Result<OwnedFd> {
     match address {
-        Address::Unix(path) => {
-            let stream = UnixStream::connect(path)?;
-            apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
-                .map_err(io::Error::from)?;
-            Ok(stream.into())
-        }
-        Address::Abstract(name) => {
-            let stream = UnixStream::connect_addr(&UnixSocketAddr::from_abstract_name(name)?)?;
-            apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
-                .map_err(io::Error::from)?;
-            Ok(stream.into())
-        }
+        Address::Unix(path) => connect_unix(&UnixAddr::new(path.as_path())?),
+        Address::Abstract(name) => connect_unix(&UnixAddr::new_abstract(name)?),
         Address::Tcp(host, port) => {
             let mut last = io::Error::from(io::ErrorKind::ConnectionRefused);
             for addr in Address::resolve(host, *port).map_err(io::Error::from)? {
                 let left = deadline
-                    .saturating_duration_since(Instant::now())
+                    .remaining()
+                    .unwrap_or(Duration::MAX)
                     .max(Duration::from_millis(1));
+                // std waits for the connection with poll, resuming with the
+                // time remaining after a signal.
                 match TcpStream::connect_timeout(&addr, left) {
                     Ok(stream) => {
                         stream.set_nodelay(true)?;
-                        apply_socket_timeouts(&stream, options.read_timeout, options.write_timeout)
-                            .map_err(io::Error::from)?;
                         return Ok(stream.into());
                     }
                     Err(e) => last = e,
@@ -114,4 +101,27 @@ fn connect_once(address: &Address, options: &Options, deadline: Instant) -> io::
             Err(last)
         }
     }
+}
+
+/// Connects a Unix socket without blocking: a blocking connect to a
+/// listener whose backlog is full sleeps until there is room, past any
+/// deadline, while a non-blocking one says `EAGAIN` at once, which the
+/// caller retries until its deadline.
+fn connect_unix(addr: &UnixAddr) -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    loop {
+        match connect(fd.as_raw_fd(), addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The connection is made; it is used blocking from here on.
+    fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty()))?;
+    Ok(fd)
 }

@@ -8,14 +8,14 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ipc_core::{Connection, Error, Result};
+use ipc_core::{Deadline, Error, Result};
 
 use crate::address::Address;
 use crate::auth;
 use crate::options::Options;
-use crate::stream::{apply_socket_timeouts, Limit, Slot, SocketStream};
+use crate::stream::{Limit, Slot, SocketStream};
 use crate::SocketConnection;
 
 #[derive(Debug)]
@@ -71,21 +71,14 @@ impl PendingConnection {
     /// within the handshake timeout.
     pub fn authenticate(self) -> Result<SocketConnection> {
         let options = &self.options;
-        let deadline = Instant::now() + options.handshake_timeout;
+        let deadline = Deadline::after(options.handshake_timeout);
         let stream = match &options.tls_server {
-            Some(tls) => SocketStream::tls_server(
-                self.fd,
-                self.slot,
-                tls,
-                deadline,
-                (options.read_timeout, options.write_timeout),
-            )?,
+            Some(tls) => SocketStream::tls_server(self.fd, self.slot, tls, deadline)?,
             None => SocketStream::plain(self.fd, self.slot)?,
         };
-        let mut conn = Connection::new(stream);
-        conn.set_max_message_size(options.max_message_size);
+        let mut conn = options.connection(stream);
         if let Some(key) = &options.authkey {
-            auth::server_handshake(&mut conn, key, deadline)?;
+            auth::ServerHandshake::new()?.run_to_end(&mut conn, key, deadline)?;
         }
         Ok(conn)
     }
@@ -142,24 +135,25 @@ impl Listener {
     /// it takes. A client that fails the handshake gets an error for that
     /// connection alone; call `accept` again for the next one.
     pub fn accept(&self) -> Result<SocketConnection> {
-        self.accept_pending_deadline(None)?.authenticate()
+        self.accept_pending_deadline(Deadline::Never)?
+            .authenticate()
     }
 
     /// [`accept`](Self::accept), giving up with [`Error::Timeout`] if no
     /// client arrives within `timeout`.
     pub fn accept_timeout(&self, timeout: Duration) -> Result<SocketConnection> {
-        self.accept_pending_deadline(Instant::now().checked_add(timeout))?
+        self.accept_pending_deadline(Deadline::after(timeout))?
             .authenticate()
     }
 
     /// Accepts the next connection without authenticating it yet.
     pub fn accept_pending(&self) -> Result<PendingConnection> {
-        self.accept_pending_deadline(None)
+        self.accept_pending_deadline(Deadline::Never)
     }
 
     /// [`accept_pending`](Self::accept_pending) with a timeout.
     pub fn accept_pending_timeout(&self, timeout: Duration) -> Result<PendingConnection> {
-        self.accept_pending_deadline(Instant::now().checked_add(timeout))
+        self.accept_pending_deadline(Deadline::after(timeout))
     }
 
     /// Accepted, authenticated connections, one at a time.
@@ -167,16 +161,15 @@ impl Listener {
         std::iter::repeat_with(move || self.accept())
     }
 
-    fn accept_pending_deadline(&self, deadline: Option<Instant>) -> Result<PendingConnection> {
+    fn accept_pending_deadline(&self, deadline: Deadline) -> Result<PendingConnection> {
         let slot = match &self.limit {
             Some(limit) => Some(limit.take(deadline).ok_or(Error::Timeout)?),
             None => None,
         };
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if ipc_core::wait(&[&self.as_fd()], left)?.is_empty() {
-                return Err(Error::Timeout);
-            }
+        if deadline != Deadline::Never
+            && ipc_core::wait(&[&self.as_fd()], deadline.remaining())?.is_empty()
+        {
+            return Err(Error::Timeout);
         }
         let fd: OwnedFd = match &self.inner {
             Inner::Unix(listener) => listener.accept()?.0.into(),
@@ -186,7 +179,6 @@ impl Listener {
                 stream.into()
             }
         };
-        apply_socket_timeouts(&fd, self.options.read_timeout, self.options.write_timeout)?;
         Ok(PendingConnection {
             fd,
             slot,

@@ -76,14 +76,17 @@ impl Options {
         self
     }
 
-    /// A receive that waits longer than this returns
-    /// [`Error::Timeout`](ipc_core::Error::Timeout), keeping what it read.
+    /// A receive that waits longer than this for a whole message returns
+    /// [`Error::Timeout`](ipc_core::Error::Timeout), keeping what it read
+    /// (see [`Connection::set_read_timeout`](ipc_core::Connection::set_read_timeout)).
     pub fn read_timeout(mut self, timeout: Option<Duration>) -> Options {
         self.read_timeout = timeout;
         self
     }
 
-    /// A send that blocks longer than this returns an error.
+    /// A send that takes longer than this to hand a whole message to the
+    /// kernel returns [`Error::Timeout`](ipc_core::Error::Timeout) (see
+    /// [`Connection::set_write_timeout`](ipc_core::Connection::set_write_timeout)).
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Options {
         self.write_timeout = timeout;
         self
@@ -127,6 +130,15 @@ impl Options {
     pub fn tls_client(mut self, tls: crate::TlsClient) -> Options {
         self.tls_client = Some(tls);
         self
+    }
+
+    /// A connection over `stream` with these options' limit and timeouts.
+    pub(crate) fn connection(&self, stream: crate::SocketStream) -> crate::SocketConnection {
+        let mut conn = ipc_core::Connection::new(stream);
+        conn.set_max_message_size(self.max_message_size);
+        conn.set_read_timeout(self.read_timeout);
+        conn.set_write_timeout(self.write_timeout);
+        conn
     }
 
     /// Checks the options for values that cannot work.

@@ -5,11 +5,8 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
 
-use ipc_core::{Error, FdStream, Transport};
-use nix::sys::socket::{setsockopt, sockopt};
-use nix::sys::time::TimeVal;
+use ipc_core::{Deadline, Error, FdStream, Transport};
 
 use crate::tls::{TlsClient, TlsServer};
 
@@ -36,18 +33,23 @@ struct TlsState {
     plaintext_waiting: bool,
 }
 
-/// `Read`/`Write` over the socket for rustls's record I/O.
-struct SocketIo<'a>(&'a mut FdStream);
+/// `Read`/`Write` over the socket for rustls's record I/O, each call
+/// bounded by the operation's deadline.
+struct SocketIo<'a> {
+    socket: &'a mut FdStream,
+    deadline: Deadline,
+}
 
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.socket.read(buf, self.deadline)
     }
 }
 
 impl Write for SocketIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_vectored(&[IoSlice::new(buf)])
+        self.socket
+            .write_vectored(&[IoSlice::new(buf)], self.deadline)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -59,15 +61,34 @@ fn tls_io_error(e: rustls::Error) -> io::Error {
 }
 
 impl TlsState {
-    fn flush_records(&mut self) -> io::Result<()> {
+    fn flush_records(&mut self, deadline: Deadline) -> io::Result<()> {
         while self.session.wants_write() {
-            self.session.write_tls(&mut SocketIo(&mut self.socket))?;
+            let session = &mut self.session;
+            session.write_tls(&mut SocketIo {
+                socket: &mut self.socket,
+                deadline,
+            })?;
         }
         Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.flush_records()?;
+    /// Reads and processes one more record's worth of bytes; false at the
+    /// end of the stream.
+    fn read_records(&mut self, deadline: Deadline) -> io::Result<bool> {
+        let session = &mut self.session;
+        if session.read_tls(&mut SocketIo {
+            socket: &mut self.socket,
+            deadline,
+        })? == 0
+        {
+            return Ok(false);
+        }
+        self.session.process_new_packets().map_err(tls_io_error)?;
+        Ok(true)
+    }
+
+    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
+        self.flush_records(deadline)?;
         loop {
             match self.session.reader().read(buf) {
                 Ok(n) => {
@@ -77,11 +98,10 @@ impl TlsState {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing decrypted yet: read another record.
-                    if self.session.read_tls(&mut SocketIo(&mut self.socket))? == 0 {
+                    if !self.read_records(deadline)? {
                         // The peer closed without close_notify.
                         return Ok(0);
                     }
-                    self.session.process_new_packets().map_err(tls_io_error)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
@@ -89,20 +109,25 @@ impl TlsState {
         }
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize> {
         let n = self.session.writer().write_vectored(bufs)?;
-        self.flush_records()?;
+        self.flush_records(deadline)?;
         Ok(n)
     }
 
     /// Runs the TLS handshake to completion before `deadline`.
-    fn handshake(&mut self, deadline: Instant) -> ipc_core::Result<()> {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        set_socket_timeouts(&self.socket, Some(left), Some(left))?;
+    fn handshake(&mut self, deadline: Deadline) -> ipc_core::Result<()> {
+        let step = |state: &mut TlsState| -> io::Result<()> {
+            if state.session.wants_write() {
+                state.flush_records(deadline)
+            } else if state.read_records(deadline)? {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+        };
         while self.session.is_handshaking() {
-            if let Err(e) = self.session.complete_io(&mut SocketIo(&mut self.socket)) {
+            if let Err(e) = step(self) {
                 return Err(match Error::from(e) {
                     Error::Timeout => Error::Authentication("the peer did not finish the TLS handshake in time".into()),
                     Error::Io(e) => Error::Authentication(format!("TLS handshake failed: {e}")),
@@ -113,44 +138,10 @@ impl TlsState {
                 });
             }
         }
+        // The last flight (a client's Finished) may still be waiting.
+        self.flush_records(deadline)?;
         Ok(())
     }
-}
-
-/// Sets `SO_RCVTIMEO`/`SO_SNDTIMEO` on a fresh socket, which has none: a
-/// `None` is already in force, so only the given ones cost a system call.
-pub(crate) fn apply_socket_timeouts(
-    fd: &impl AsFd,
-    read: Option<Duration>,
-    write: Option<Duration>,
-) -> ipc_core::Result<()> {
-    if read.is_some() {
-        setsockopt(fd, sockopt::ReceiveTimeout, &timeval(read))?;
-    }
-    if write.is_some() {
-        setsockopt(fd, sockopt::SendTimeout, &timeval(write))?;
-    }
-    Ok(())
-}
-
-/// Sets both timeouts, `None` clearing one (after the TLS handshake, which
-/// bounds itself with them).
-fn set_socket_timeouts(
-    fd: &impl AsFd,
-    read: Option<Duration>,
-    write: Option<Duration>,
-) -> ipc_core::Result<()> {
-    setsockopt(fd, sockopt::ReceiveTimeout, &timeval(read))?;
-    setsockopt(fd, sockopt::SendTimeout, &timeval(write))?;
-    Ok(())
-}
-
-/// A socket timeout; zero means none.
-fn timeval(d: Option<Duration>) -> TimeVal {
-    TimeVal::new(
-        d.map_or(0, |d| d.as_secs() as _),
-        d.map_or(0, |d| d.subsec_micros() as _),
-    )
 }
 
 impl SocketStream {
@@ -166,33 +157,30 @@ impl SocketStream {
         fd: OwnedFd,
         slot: Option<Slot>,
         tls: &TlsServer,
-        deadline: Instant,
-        timeouts: (Option<Duration>, Option<Duration>),
+        deadline: Deadline,
     ) -> ipc_core::Result<SocketStream> {
         let session = rustls::ServerConnection::new(Arc::clone(&tls.0))
             .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
-        SocketStream::tls(fd, slot, session.into(), deadline, timeouts)
+        SocketStream::tls(fd, slot, session.into(), deadline)
     }
 
     /// The client side of a TLS session over `fd`, handshake done.
     pub(crate) fn tls_client(
         fd: OwnedFd,
         tls: &TlsClient,
-        deadline: Instant,
-        timeouts: (Option<Duration>, Option<Duration>),
+        deadline: Deadline,
     ) -> ipc_core::Result<SocketStream> {
         let session =
             rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
                 .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
-        SocketStream::tls(fd, None, session.into(), deadline, timeouts)
+        SocketStream::tls(fd, None, session.into(), deadline)
     }
 
     fn tls(
         fd: OwnedFd,
         slot: Option<Slot>,
         session: rustls::Connection,
-        deadline: Instant,
-        (read_timeout, write_timeout): (Option<Duration>, Option<Duration>),
+        deadline: Deadline,
     ) -> ipc_core::Result<SocketStream> {
         let mut state = TlsState {
             socket: FdStream::socket(fd),
@@ -200,7 +188,6 @@ impl SocketStream {
             plaintext_waiting: false,
         };
         state.handshake(deadline)?;
-        set_socket_timeouts(&state.socket, read_timeout, write_timeout)?;
         Ok(SocketStream {
             inner: Inner::Tls(Box::new(state)),
             _slot: slot,
@@ -261,10 +248,10 @@ impl AsFd for SocketStream {
 }
 
 impl Transport for SocketStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
         match &mut self.inner {
             Inner::Plain(stream, checked) => {
-                let n = stream.read(buf)?;
+                let n = stream.read(buf, deadline)?;
                 if !*checked && n > 0 {
                     *checked = true;
                     if looks_like_tls(&buf[..n]) {
@@ -276,14 +263,14 @@ impl Transport for SocketStream {
                 }
                 Ok(n)
             }
-            Inner::Tls(state) => state.read(buf),
+            Inner::Tls(state) => state.read(buf, deadline),
         }
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize> {
         match &mut self.inner {
-            Inner::Plain(stream, _) => stream.write_vectored(bufs),
-            Inner::Tls(state) => state.write_vectored(bufs),
+            Inner::Plain(stream, _) => stream.write_vectored(bufs, deadline),
+            Inner::Tls(state) => state.write_vectored(bufs, deadline),
         }
     }
 
@@ -321,14 +308,14 @@ impl Limit {
         })
     }
 
-    /// Takes a place, waiting until `deadline` (`None`: for ever) for one.
-    pub(crate) fn take(self: &Arc<Limit>, deadline: Option<Instant>) -> Option<Slot> {
+    /// Takes a place, waiting until `deadline` for one.
+    pub(crate) fn take(self: &Arc<Limit>, deadline: Deadline) -> Option<Slot> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         while *live >= self.max {
-            live = match deadline {
+            live = match deadline.remaining() {
                 None => self.freed.wait(live).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.checked_duration_since(Instant::now())?;
+                Some(left) if left.is_zero() => return None,
+                Some(left) => {
                     self.freed
                         .wait_timeout(live, left)
                         .unwrap_or_else(|e| e.into_inner())

@@ -1,7 +1,7 @@
 //! Shared helpers of the multi-process integration tests in `tests/` and of
 //! the `ipc-test-child` helper program: bounded waits, message patterns, a
-//! raw socket end a forked "hostile peer" can inherit, descriptor probes
-//! and the Python interpreters to test against.
+//! raw socket end a forked "hostile peer" can inherit, descriptor probes,
+//! the Python interpreters to test against, and a [`SignalStorm`].
 //!
 //! Every wait here is bounded by [`PATIENCE`], so a bug makes a test fail
 //! instead of hang.
@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use ipc_core::process::{Child, Handle, Inheritable, Inherited};
 use serde::{Deserialize, Serialize};
+
+mod storm;
+pub use storm::SignalStorm;
 
 /// How long a test waits for something that should happen soon. Generous
 /// for a loaded machine; a bug then fails instead of hanging.

@@ -41,9 +41,10 @@ use std::mem::{offset_of, size_of, ManuallyDrop};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::Pod;
+use ipc_core::Deadline;
 
 use super::futex;
 use super::map::Mapping;
@@ -124,23 +125,12 @@ pub(crate) enum MutexKind {
     Recursive,
 }
 
-/// How long a lock call may block.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum How {
-    /// Until the mutex is ours.
-    Block,
-    /// Not at all.
-    Try,
-    /// Until this moment.
-    Until(Instant),
-}
-
 /// Why a lock call did not return the mutex.
 #[derive(Debug)]
 pub(crate) enum LockFailure {
-    /// `How::Try` and another thread or process holds it.
+    /// `Deadline::Now` and another thread or process holds it.
     WouldBlock,
-    /// `How::Until` and the moment passed.
+    /// The deadline passed.
     TimedOut,
     /// This thread already holds it (an error-checking mutex).
     Deadlock,
@@ -189,13 +179,13 @@ impl Mapping {
         &self,
         mutex_offset: usize,
         data_offset: usize,
-        how: How,
+        deadline: Deadline,
     ) -> Result<(MutexGuard<'_, T>, bool), LockFailure> {
         // Bounds and alignment are checked before locking.
         let data = NonNull::new(self.checked::<T>(data_offset, 1))
             .expect("a mapping is never at address 0");
         let mutex = self.mutex(mutex_offset);
-        let recovered = mutex.lock(how)?;
+        let recovered = mutex.lock(deadline)?;
         Ok((MutexGuard::new(mutex, data), recovered))
     }
 
@@ -205,14 +195,14 @@ impl Mapping {
         mutex_offset: usize,
         data_offset: usize,
         len: usize,
-        how: How,
+        deadline: Deadline,
     ) -> Result<(MutexGuard<'_, [T]>, bool), LockFailure> {
         // Bounds and alignment of the whole slice are checked before locking.
         let first = NonNull::new(self.checked::<T>(data_offset, len))
             .expect("a mapping is never at address 0");
         let data = NonNull::slice_from_raw_parts(first, len);
         let mutex = self.mutex(mutex_offset);
-        let recovered = mutex.lock(how)?;
+        let recovered = mutex.lock(deadline)?;
         Ok((MutexGuard::new(mutex, data), recovered))
     }
 
@@ -222,10 +212,10 @@ impl Mapping {
     pub(crate) fn lock_unit(
         &self,
         mutex_offset: usize,
-        how: How,
+        deadline: Deadline,
     ) -> Result<(MutexGuard<'_, ()>, bool), LockFailure> {
         let mutex = self.mutex(mutex_offset);
-        let recovered = mutex.lock(how)?;
+        let recovered = mutex.lock(deadline)?;
         Ok((MutexGuard::new(mutex, NonNull::dangling()), recovered))
     }
 }
@@ -261,7 +251,7 @@ impl RobustMutex {
     /// Locks; `Ok(true)` if a previous owner died or the data is still
     /// marked inconsistent.
     #[inline]
-    pub(crate) fn lock(&self, how: How) -> Result<bool, LockFailure> {
+    pub(crate) fn lock(&self, deadline: Deadline) -> Result<bool, LockFailure> {
         let recursive = self.recursive()?;
         let me = robust::me().map_err(LockFailure::Other)?;
         me.op_pending(self.entry());
@@ -271,7 +261,7 @@ impl RobustMutex {
                 .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
             {
                 Ok(_) => Ok(false),
-                Err(seen) => self.lock_contended(me, seen, recursive, how),
+                Err(seen) => self.lock_contended(me, seen, recursive, deadline),
             };
         let died = match taken {
             Ok(died) => died,
@@ -311,7 +301,7 @@ impl RobustMutex {
         me: Me,
         mut seen: u32,
         recursive: bool,
-        how: How,
+        deadline: Deadline,
     ) -> Result<bool, NotFresh> {
         if seen & TID_MASK == me.tid {
             if !robust::holds(self.entry()) {
@@ -321,9 +311,9 @@ impl RobustMutex {
                 ))));
             }
             if !recursive {
-                return Err(NotFresh::Failed(match how {
-                    How::Try => LockFailure::WouldBlock,
-                    How::Block | How::Until(_) => LockFailure::Deadlock,
+                return Err(NotFresh::Failed(match deadline {
+                    Deadline::Now => LockFailure::WouldBlock,
+                    Deadline::Never | Deadline::At(_) => LockFailure::Deadlock,
                 }));
             }
             let depth = self.depth.load(Ordering::Relaxed);
@@ -335,9 +325,9 @@ impl RobustMutex {
             self.depth.store(depth, Ordering::Relaxed);
             return Err(NotFresh::Again);
         }
-        let spins = match how {
-            How::Try => 0,
-            How::Block | How::Until(_) => SPINS,
+        let spins = match deadline {
+            Deadline::Now => 0,
+            Deadline::Never | Deadline::At(_) => SPINS,
         };
         for _ in 0..=spins {
             if let Some(died) = self.take_if_free(me, seen) {
@@ -346,21 +336,20 @@ impl RobustMutex {
             hint::spin_loop();
             seen = self.word.load(Ordering::Relaxed);
         }
-        let deadline = match how {
-            How::Try => return Err(NotFresh::Failed(LockFailure::WouldBlock)),
-            How::Block => None,
-            How::Until(deadline) if deadline <= Instant::now() => {
+        match deadline {
+            Deadline::Now => return Err(NotFresh::Failed(LockFailure::WouldBlock)),
+            Deadline::At(_) if deadline.has_passed() => {
                 return Err(NotFresh::Failed(LockFailure::TimedOut))
             }
-            How::Until(deadline) => Some(deadline),
-        };
+            Deadline::Never | Deadline::At(_) => {}
+        }
         self.sleep_until_taken(me, deadline)
             .map_err(NotFresh::Failed)
     }
 
     /// Counts this thread among the sleepers and sleeps until the mutex is
     /// free, then takes it; `Ok(true)` if from a dead holder.
-    fn sleep_until_taken(&self, me: Me, deadline: Option<Instant>) -> Result<bool, LockFailure> {
+    fn sleep_until_taken(&self, me: Me, deadline: Deadline) -> Result<bool, LockFailure> {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         let taken = loop {
             let seq = self.wake_seq.load(Ordering::Acquire);
@@ -372,15 +361,8 @@ impl RobustMutex {
             if let Some(died) = self.take_if_free(me, self.word.load(Ordering::Relaxed)) {
                 break Ok(died);
             }
-            let timeout = match deadline {
-                None => NAP,
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break Err(LockFailure::TimedOut);
-                    }
-                    left.min(NAP)
-                }
+            let Some(timeout) = deadline.slice(NAP) else {
+                break Err(LockFailure::TimedOut);
             };
             // Woken, timed out, or not asleep at all (an unlock came between
             // `seq` and here): re-arm and look again.
@@ -557,7 +539,7 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
         }
         let result = f();
         let relocked = mutex
-            .lock(How::Block)
+            .lock(Deadline::Never)
             .map(|recovered| (MutexGuard::new(mutex, data), recovered));
         (result, relocked)
     }
