@@ -185,6 +185,13 @@ impl<S: Transport> Connection<S> {
         &self.stream
     }
 
+    /// The stream underneath, mutably: for settings of the stream itself.
+    /// Bytes read or written through it bypass the framing, and the peer
+    /// loses its place in the stream.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// Closes this end. The peer's receives return [`Error::Closed`] once
     /// it has read everything sent before.
     pub fn close(self) {}
@@ -273,8 +280,18 @@ impl<S: Transport> Connection<S> {
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     pub fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        self.send_bytes_batch_until(messages, Deadline::from(self.write_timeout))
+    }
+
+    /// [`send_bytes_batch`](Self::send_bytes_batch), giving up with
+    /// [`Error::Timeout`] at `deadline`, which bounds the whole batch.
+    pub fn send_bytes_batch_until(
+        &mut self,
+        messages: &[&[u8]],
+        deadline: impl Into<Deadline>,
+    ) -> Result<()> {
         self.check_can_send()?;
-        let deadline = Deadline::from(self.write_timeout);
+        let deadline = deadline.into();
         if let Some(big) = messages.iter().find(|m| m.len() as u64 > self.max_message) {
             return Err(Error::TooLarge {
                 size: big.len() as u64,

@@ -259,7 +259,9 @@ impl ServerHandshake {
     }
 
     /// Goes as far as the bytes received so far allow, sending within
-    /// `deadline`; true once the client is authenticated.
+    /// `deadline` (every frame it sends is small enough for an empty socket
+    /// buffer, so [`Deadline::Now`] only fails a peer whose buffer is
+    /// full); true once the client is authenticated.
     pub(crate) fn advance<S: Transport>(
         &mut self,
         conn: &mut Connection<S>,
@@ -286,7 +288,7 @@ impl ServerHandshake {
                     }
                     Some(frame) => {
                         let reply = answer(key, &frame)?;
-                        conn.send_bytes_batch(&[WELCOME, &reply])?;
+                        conn.send_bytes_batch_until(&[WELCOME, &reply], deadline)?;
                         ServerStep::Verdict
                     }
                     None if welcomed => return Ok(false),
@@ -343,7 +345,7 @@ pub(crate) fn client_handshake<S: Transport>(
     let frame = handshake_recv(conn, deadline)?;
     let response = answer(key, &frame)?;
     let ours = Challenge::new()?;
-    conn.send_bytes_batch(&[&response, &ours.frame])?;
+    conn.send_bytes_batch_until(&[&response, &ours.frame], deadline)?;
     welcomed(&handshake_recv(conn, deadline)?)?;
     let response = handshake_recv(conn, deadline)?;
     ours.check(conn, key, &response, deadline)?;

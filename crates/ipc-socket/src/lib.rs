@@ -45,7 +45,10 @@ mod tls;
 pub use address::Address;
 pub use client::Client;
 pub use listener::{Listener, PendingConnection};
-pub use options::{Options, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use options::{
+    Options, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+};
 pub use server::Server;
 pub use stream::SocketStream;
 pub use tls::{TlsClient, TlsServer};

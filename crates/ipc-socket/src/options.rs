@@ -12,6 +12,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pending connections the kernel queues for `accept` (Python uses 1).
 pub const DEFAULT_BACKLOG: i32 = 1024;
+/// Handshakes a listener runs at once unless told otherwise.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 
 /// Options of a listener or a client; fields that do not apply to one
 /// side are ignored by it.
@@ -35,6 +37,7 @@ pub struct Options {
     pub(crate) connect_timeout: Duration,
     pub(crate) backlog: i32,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_handshakes: usize,
     pub(crate) tls_server: Option<crate::TlsServer>,
     pub(crate) tls_client: Option<crate::TlsClient>,
 }
@@ -50,6 +53,7 @@ impl Default for Options {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             backlog: DEFAULT_BACKLOG,
             max_connections: None,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             tls_server: None,
             tls_client: None,
         }
@@ -112,9 +116,23 @@ impl Options {
     }
 
     /// At most this many accepted connections alive at once; `accept` waits
-    /// for one to close before taking another.
+    /// for one to close before handing out another (clients meanwhile go on
+    /// with their handshakes, which have a bound of their own:
+    /// [`max_handshakes`](Self::max_handshakes)).
     pub fn max_connections(mut self, max: Option<usize>) -> Options {
         self.max_connections = max;
+        self
+    }
+
+    /// At most this many clients in their handshakes at once (default
+    /// [`DEFAULT_MAX_HANDSHAKES`]); further clients wait in the listen
+    /// backlog until one is through or dropped at its handshake deadline,
+    /// so the bound should exceed the stalled clients a listener is to
+    /// shrug off (each costs a descriptor meanwhile). Handshakes do not count
+    /// against [`max_connections`](Self::max_connections), which bounds
+    /// the connections that are through them.
+    pub fn max_handshakes(mut self, max: usize) -> Options {
+        self.max_handshakes = max;
         self
     }
 
@@ -150,6 +168,9 @@ impl Options {
         }
         if self.max_connections == Some(0) {
             return Err(Error::InvalidArgument("max_connections must be at least 1"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(Error::InvalidArgument("max_handshakes must be at least 1"));
         }
         if self.handshake_timeout.is_zero() {
             return Err(Error::InvalidArgument(

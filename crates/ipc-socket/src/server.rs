@@ -3,20 +3,27 @@
 //!
 //! # Threading model
 //!
-//! One accept thread waits for clients (and for the shutdown signal). Each
-//! accepted client gets a thread of its own, which runs the authkey
-//! handshake and then the handler, so a client that stalls in the
-//! handshake or in the handler holds up nobody else. With
-//! [`Options::max_connections`](crate::Options::max_connections) set, at
-//! most that many client threads exist at once and further clients wait in
-//! the listen backlog. [`Server::shutdown`] stops accepting, shuts down the
-//! sockets of live connections (their handlers' receives return
+//! One accept thread waits for clients (and for the shutdown signal) and
+//! runs every client's handshakes at once, as
+//! [`Listener::accept`](crate::Listener::accept) does, so a client that
+//! stalls in its handshake holds up nobody else, and costs no thread. Each
+//! connection through its handshakes gets a thread of its own for the
+//! handler, so a client that stalls in the handler holds up nobody either.
+//! With [`Options::max_connections`](crate::Options::max_connections) set,
+//! at most that many handler threads exist at once; handshakes in progress
+//! do not count against it (they have their own bound,
+//! [`Options::max_handshakes`](crate::Options::max_handshakes)).
+//! [`Server::shutdown`] stops accepting, shuts down the sockets of live
+//! connections (their handlers' receives return
 //! [`Error::Closed`](ipc_core::Error::Closed)), and joins every thread.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ipc_core::Deadline;
 
 use nix::sys::socket::{shutdown, Shutdown};
 
@@ -106,22 +113,22 @@ where
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id = 0u64;
     loop {
-        match ipc_core::wait(&[&listener.as_fd(), &stop.as_fd()], None) {
-            Ok(ready) if ready.contains(&1) => break,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-        let Ok(pending) = listener.accept_pending() else {
-            continue;
+        let conn = match listener.next_connection(Deadline::Never, Some(stop.as_fd())) {
+            Ok(Some(Ok(conn))) => conn,
+            // A client that failed its handshake: its error is its own.
+            Ok(Some(Err(_))) => continue,
+            Ok(None) | Err(_) => break,
         };
-        // Shutdown may have come while this accept waited for a slot.
-        if ipc_core::wait(&[&stop.as_fd()], std::time::Duration::ZERO).is_ok_and(|r| !r.is_empty())
-        {
+        let Some(conn) = listener.take_slot(conn) else {
+            break;
+        };
+        // Shutdown may have come while this waited for a slot.
+        if ipc_core::wait(&[&stop.as_fd()], Duration::ZERO).is_ok_and(|r| !r.is_empty()) {
             break;
         }
         let id = next_id;
         next_id += 1;
-        if let Ok(fd) = pending.as_fd().try_clone_to_owned() {
+        if let Ok(fd) = conn.as_fd().try_clone_to_owned() {
             live.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, fd);
@@ -131,9 +138,7 @@ where
         let worker = std::thread::Builder::new()
             .name("ipc-socket-conn".into())
             .spawn(move || {
-                if let Ok(conn) = pending.authenticate() {
-                    handler(conn);
-                }
+                handler(conn);
                 worker_live
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

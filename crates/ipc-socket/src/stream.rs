@@ -115,32 +115,39 @@ impl TlsState {
         Ok(n)
     }
 
-    /// Runs the TLS handshake to completion before `deadline`.
-    fn handshake(&mut self, deadline: Deadline) -> ipc_core::Result<()> {
-        let step = |state: &mut TlsState| -> io::Result<()> {
-            if state.session.wants_write() {
-                state.flush_records(deadline)
-            } else if state.read_records(deadline)? {
-                Ok(())
-            } else {
-                Err(io::ErrorKind::ConnectionReset.into())
-            }
-        };
-        while self.session.is_handshaking() {
-            if let Err(e) = step(self) {
-                return Err(match Error::from(e) {
-                    Error::Timeout => Error::Authentication("the peer did not finish the TLS handshake in time".into()),
-                    Error::Io(e) => Error::Authentication(format!("TLS handshake failed: {e}")),
-                    Error::Closed => {
-                        Error::Authentication("TLS handshake failed: the peer closed the connection (is it speaking TLS?)".into())
+    /// Goes on with the TLS handshake, waiting for the peer until
+    /// `deadline`; true once it is done. With [`Deadline::Now`], false
+    /// means it needs bytes that have not arrived yet.
+    fn handshake(&mut self, deadline: Deadline) -> ipc_core::Result<bool> {
+        let mut run = || -> io::Result<bool> {
+            while self.session.is_handshaking() {
+                if self.session.wants_write() {
+                    self.flush_records(deadline)?;
+                    continue;
+                }
+                match self.read_records(deadline) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(io::ErrorKind::ConnectionReset.into()),
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut && deadline == Deadline::Now => {
+                        return Ok(false)
                     }
-                    other => other,
-                });
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        // The last flight (a client's Finished) may still be waiting.
-        self.flush_records(deadline)?;
-        Ok(())
+            // The last flight (a client's Finished) may still be waiting.
+            self.flush_records(deadline)?;
+            Ok(true)
+        };
+        run().map_err(|e| match Error::from(e) {
+            Error::Timeout => {
+                Error::Authentication("the peer did not finish the TLS handshake in time".into())
+            }
+            Error::Io(e) => Error::Authentication(format!("TLS handshake failed: {e}")),
+            Error::Closed => Error::Authentication(
+                "TLS handshake failed: the peer closed the connection (is it speaking TLS?)".into(),
+            ),
+            other => other,
+        })
     }
 }
 
@@ -162,6 +169,39 @@ impl SocketStream {
         let session = rustls::ServerConnection::new(Arc::clone(&tls.0))
             .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
         SocketStream::tls(fd, slot, session.into(), deadline)
+    }
+
+    /// The server side of a TLS session over `fd` whose handshake is yet
+    /// to run, step by step, through [`continue_handshake`](Self::continue_handshake).
+    pub(crate) fn tls_server_unstarted(
+        fd: OwnedFd,
+        tls: &TlsServer,
+    ) -> ipc_core::Result<SocketStream> {
+        let session = rustls::ServerConnection::new(Arc::clone(&tls.0))
+            .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
+        Ok(SocketStream {
+            inner: Inner::Tls(Box::new(TlsState {
+                socket: FdStream::socket(fd),
+                session: session.into(),
+                plaintext_waiting: false,
+            })),
+            _slot: None,
+        })
+    }
+
+    /// Goes on with a TLS handshake as far as the bytes already received
+    /// allow, without waiting; true once it is done (at once for a plain
+    /// socket).
+    pub(crate) fn continue_handshake(&mut self) -> ipc_core::Result<bool> {
+        match &mut self.inner {
+            Inner::Plain(..) => Ok(true),
+            Inner::Tls(state) => state.handshake(Deadline::Now),
+        }
+    }
+
+    /// Holds `slot` of the listener's connection limit until dropped.
+    pub(crate) fn hold_slot(&mut self, slot: Slot) {
+        self._slot = Some(slot);
     }
 
     /// The client side of a TLS session over `fd`, handshake done.
