@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ipc_socket::{Address, Client, Listener, Options, SocketConnection, TlsClient, TlsServer};
+use ipc_socket::{Address, Client, Listener, Options, SocketConnection};
 
 fn unique() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -63,13 +63,7 @@ fn tcp_authenticated() -> (SocketConnection, SocketConnection) {
 }
 
 fn tls() -> (SocketConnection, SocketConnection) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let server_tls = TlsServer::from_pem(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let client_tls = TlsClient::from_pem(cert.cert.pem().as_bytes(), "localhost").unwrap();
+    let (server_tls, client_tls) = ipc_tests::self_signed_tls();
     pair(
         "127.0.0.1:0".parse().unwrap(),
         Options::new().authkey(b"k").tls_server(server_tls),

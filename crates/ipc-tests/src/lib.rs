@@ -1,7 +1,8 @@
 //! Shared helpers of the multi-process integration tests in `tests/` and of
 //! the `ipc-test-child` helper program: bounded waits, message patterns, a
 //! raw socket end a forked "hostile peer" can inherit, descriptor probes,
-//! the Python interpreters to test against, and a [`SignalStorm`].
+//! the Python interpreters to test against, a [`SignalStorm`], and a
+//! self-signed TLS identity ([`self_signed_tls`]).
 //!
 //! Every wait here is bounded by [`PATIENCE`], so a bug makes a test fail
 //! instead of hang.
@@ -178,4 +179,19 @@ pub fn find_python(candidates: &[&str]) -> Option<(String, String)> {
         }
         Some((name.to_owned(), version))
     })
+}
+
+/// A TLS server identity for `localhost`, generated now, and a client that
+/// trusts it.
+pub fn self_signed_tls() -> (ipc_socket::TlsServer, ipc_socket::TlsClient) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .expect("generate a certificate");
+    let server = ipc_socket::TlsServer::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )
+    .expect("load the certificate and key");
+    let client = ipc_socket::TlsClient::from_pem(cert.cert.pem().as_bytes(), "localhost")
+        .expect("trust the certificate");
+    (server, client)
 }

@@ -12,8 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use ipc_core::{Connection, Error, FdStream};
-use ipc_socket::{Client, Listener, Options, TlsClient, TlsServer};
-use ipc_tests::{SignalStorm, PATIENCE};
+use ipc_socket::{Client, Listener, Options};
+use ipc_tests::{self_signed_tls, SignalStorm, PATIENCE};
 
 /// The timeout every call here is given.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// timeout restarts at each signal returns only when the storm ends (8 s).
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// Runs `call` under a signal storm and checks that it ended within its
+/// Runs `call` under a signal storm and checks that it ended at its
 /// timeout (not before, and not much after) with the error `expect`ed.
 #[track_caller]
 fn times_out<T: std::fmt::Debug>(
@@ -61,17 +61,6 @@ fn socketpair() -> (Connection, Connection) {
 
 fn unique(tag: &str) -> String {
     format!("ipct-storm-{tag}-{}", std::process::id())
-}
-
-fn certificate() -> (TlsServer, TlsClient) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let server = TlsServer::from_pem(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let client = TlsClient::from_pem(cert.cert.pem().as_bytes(), "localhost").unwrap();
-    (server, client)
 }
 
 #[test]
@@ -195,6 +184,23 @@ fn connect_timeout_holds_against_a_full_backlog_on_unix_paths_and_abstract_names
 }
 
 #[test]
+fn connect_timeout_holds_for_tcp_while_nobody_listens() {
+    // A port that was free a moment ago: every attempt is refused, and the
+    // client retries until its connect deadline.
+    let port = RawTcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = Options::new().connect_timeout(TIMEOUT);
+    times_out(
+        TIMEOUT,
+        || Client::connect(format!("127.0.0.1:{port}").as_str(), options),
+        |e| matches!(e, Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused),
+    );
+}
+
+#[test]
 fn accept_timeout_holds() {
     let listener =
         Listener::bind(format!("@{}", unique("accept")).as_str(), Options::new()).unwrap();
@@ -207,7 +213,7 @@ fn the_listener_handshake_deadline_holds_against_a_silent_client() {
         let name = format!("@{}", unique(if tls { "hs-tls" } else { "hs" }));
         let mut options = Options::new().authkey(b"k").handshake_timeout(TIMEOUT);
         if tls {
-            options = options.tls_server(certificate().0);
+            options = options.tls_server(self_signed_tls().0);
         }
         let listener = Listener::bind(name.as_str(), options).unwrap();
         let addr =
@@ -224,7 +230,7 @@ fn the_client_handshake_deadline_holds_against_a_silent_listener() {
         let address = raw.local_addr().unwrap().to_string();
         let mut options = Options::new().authkey(b"k").handshake_timeout(TIMEOUT);
         if tls {
-            options = options.tls_client(certificate().1);
+            options = options.tls_client(self_signed_tls().1);
         }
         // The kernel completes the connection; nobody ever answers.
         times_out(
