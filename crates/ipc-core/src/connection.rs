@@ -242,20 +242,31 @@ impl<S: Transport> Connection<S> {
     /// Writes every byte of `parts` before `deadline`.
     fn write_all(&mut self, mut parts: &mut [IoSlice<'_>], deadline: Deadline) -> Result<()> {
         let mut started = false;
+        let mut result = Ok(());
         while !parts.is_empty() {
             match self.stream.write_vectored(parts, deadline) {
-                Ok(0) => return Err(Error::Closed),
+                Ok(0) => {
+                    result = Err(Error::Closed);
+                    break;
+                }
                 Ok(written) => {
                     started = true;
                     IoSlice::advance_slices(&mut parts, written);
                 }
                 Err(e) => {
-                    self.send_broken |= started;
-                    return Err(e.into());
+                    result = Err(e.into());
+                    break;
                 }
             }
         }
-        Ok(())
+        if result.is_ok() {
+            result = self.stream.flush(deadline).map_err(Error::from);
+        }
+        // Part of the message may be out, or held by the stream to go out
+        // later: the peer would read the next message as its rest. (A peer
+        // that is gone keeps saying so by itself.)
+        self.send_broken |= started && result.as_ref().is_err_and(|e| !matches!(e, Error::Closed));
+        result
     }
 
     /// Sends each of `messages` as one message, handing up to

@@ -42,7 +42,7 @@ pub use connection::{Connection, BATCH_LEN, DEFAULT_MAX_MESSAGE_SIZE};
 pub use deadline::Deadline;
 pub use error::{Error, Result};
 pub use transport::{FdKind, FdStream, Transport};
-pub use wait::{wait, Waitable};
+pub use wait::{wait, wait_fds, Interest, Waitable};
 
 /// Sends raw messages: each call is one message, received whole.
 pub trait ByteSender {

@@ -18,6 +18,12 @@ use crate::{sys, Deadline};
 /// with the time remaining), and with [`Deadline::Never`] as long as it
 /// takes, never returning `EINTR`. Running out of time is an
 /// [`io::ErrorKind::TimedOut`] error, with nothing read or written.
+///
+/// A pipe cannot be made non-blocking for one call without changing flags
+/// that the processes sharing it see too, so with a deadline a pipe is
+/// polled first and then read or written (at most `PIPE_BUF` bytes, which
+/// fit once it is writable): if another process sharing the same end takes
+/// the bytes or the room in between, that call can wait past its deadline.
 pub trait Transport: AsFd {
     /// Reads at least one byte, or returns 0 at the end of the stream.
     fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize>;
@@ -25,6 +31,14 @@ pub trait Transport: AsFd {
     /// Writes some of `bufs`, at least one byte, returning how many went
     /// out.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize>;
+
+    /// Sends whatever the stream still holds of what `write_vectored`
+    /// accepted (a TLS session keeps records it could not send yet).
+    /// Plain descriptors hold nothing.
+    fn flush(&mut self, deadline: Deadline) -> io::Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
 
     /// Whether bytes can be read without the descriptor becoming readable
     /// (a TLS session may hold decrypted bytes). Plain descriptors never do.

@@ -78,6 +78,50 @@ pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> 
         .collect())
 }
 
+/// What [`wait_fds`] waits for on a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Something to read, or the end of the stream.
+    Read,
+    /// Room to write.
+    Write,
+    /// Either.
+    ReadOrWrite,
+}
+
+/// Waits until at least one of `fds` is ready the way asked (a hang-up or
+/// an error counts as ready), or `deadline` passes, and returns for each
+/// whether it is. The wait resumes with the time remaining after a signal
+/// and never ends early: the lower layer of [`wait`], for event loops over
+/// raw descriptors.
+///
+/// ```
+/// use std::os::{fd::AsFd, unix::net::UnixStream};
+/// use ipc_core::{wait_fds, Deadline, Interest};
+/// let (a, b) = UnixStream::pair()?;
+/// let ready = wait_fds(&[(a.as_fd(), Interest::Read), (b.as_fd(), Interest::Write)], Deadline::Now)?;
+/// assert_eq!(ready, [false, true]);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn wait_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -> Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|&(fd, interest)| {
+            let events = match interest {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::Write => PollFlags::POLLOUT,
+                Interest::ReadOrWrite => PollFlags::POLLIN | PollFlags::POLLOUT,
+            };
+            PollFd::new(fd, events)
+        })
+        .collect();
+    poll_until(&mut polled, deadline)?;
+    Ok(polled
+        .iter()
+        .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
+}
+
 /// Whether `fd` becomes readable (or hung up) before `deadline`.
 pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];

@@ -14,27 +14,33 @@
 //! ([`Options::max_handshakes`]; clients beyond it wait in the listen
 //! backlog) and take a place of [`Options::max_connections`] only once
 //! they are through; a stalled one is dropped at its handshake deadline.
+//! (While `accept` waits for a free place, nothing runs the handshakes in
+//! progress: they wait too, and may reach their deadline.)
 //!
 //! Threads that call `accept` on the same listener at once take turns
 //! running the handshakes; a connection that one of them finishes goes to
 //! whichever caller asks first.
 
 use std::collections::VecDeque;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ipc_core::{Deadline, Error, Result, Transport, Waitable};
+use ipc_core::{Deadline, Error, Interest, Result, Transport};
 
 use crate::address::Address;
 use crate::auth::ServerHandshake;
 use crate::options::Options;
-use crate::stream::{Limit, SocketStream};
+use crate::stream::{Limit, Slot, SocketStream};
+
+/// How long accepting pauses after `accept(2)` failed for want of
+/// resources.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 use crate::SocketConnection;
 
 #[derive(Debug)]
@@ -71,9 +77,15 @@ pub struct Listener {
     options: Options,
     limit: Option<Arc<Limit>>,
     remove_on_drop: Option<PathBuf>,
+    /// Whether the listening socket is non-blocking (one this process
+    /// bound); an inherited one is left as its owner made it.
+    nonblocking: bool,
     handshakes: Mutex<Handshakes>,
     /// Signalled when a caller stops running the handshakes.
     turn: Condvar,
+    /// Written to wake the caller running the handshakes when a finished
+    /// connection is put back for others to take.
+    wake: (UnixStream, UnixStream),
 }
 
 /// The handshakes a listener has in progress, and their outcomes not yet
@@ -84,6 +96,10 @@ struct Handshakes {
     running: bool,
     in_progress: Vec<InProgress>,
     finished: VecDeque<Result<SocketConnection>>,
+    /// After `accept(2)` failed for want of resources (descriptors,
+    /// memory), the listening socket is left alone until then instead of
+    /// failing again at once.
+    accept_paused_until: Option<Instant>,
 }
 
 /// One client between `accept(2)` and the end of its handshakes.
@@ -91,7 +107,27 @@ struct Handshakes {
 struct InProgress {
     conn: SocketConnection,
     auth: Option<ServerHandshake>,
-    deadline: Instant,
+    deadline: Deadline,
+}
+
+/// Puts the handshakes back and hands the turn on when a round ends, even
+/// by a panic, so that the listener stays usable.
+struct Turn<'a> {
+    listener: &'a Listener,
+    in_progress: Vec<InProgress>,
+    finished: Vec<Result<SocketConnection>>,
+    accept_paused_until: Option<Instant>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut shared = self.listener.lock_handshakes();
+        shared.running = false;
+        shared.in_progress.append(&mut self.in_progress);
+        shared.finished.extend(self.finished.drain(..));
+        shared.accept_paused_until = self.accept_paused_until;
+        self.listener.turn.notify_all();
+    }
 }
 
 /// What one round of running the handshakes came to.
@@ -111,7 +147,7 @@ enum Round {
 #[derive(Debug)]
 pub struct PendingConnection {
     fd: OwnedFd,
-    limit: Option<Arc<Limit>>,
+    slot: Option<Slot>,
     options: Options,
 }
 
@@ -119,22 +155,17 @@ impl PendingConnection {
     /// Runs the server's side of the handshakes: TLS first when the
     /// listener has a certificate, then the authkey challenge–response when
     /// it has a key (challenge the client, then answer its challenge), all
-    /// within the handshake timeout. With
-    /// [`Options::max_connections`], it then waits for a free place.
+    /// within the handshake timeout.
     pub fn authenticate(self) -> Result<SocketConnection> {
         let options = &self.options;
         let deadline = Deadline::after(options.handshake_timeout);
         let stream = match &options.tls_server {
-            Some(tls) => SocketStream::tls_server(self.fd, None, tls, deadline)?,
-            None => SocketStream::plain(self.fd, None)?,
+            Some(tls) => SocketStream::tls_server(self.fd, self.slot, tls, deadline)?,
+            None => SocketStream::plain(self.fd, self.slot)?,
         };
         let mut conn = options.connection(stream);
         if let Some(key) = &options.authkey {
             ServerHandshake::new()?.run_to_end(&mut conn, key, deadline)?;
-        }
-        if let Some(limit) = &self.limit {
-            let slot = limit.take(Deadline::Never).ok_or(Error::Timeout)?;
-            conn.get_mut().hold_slot(slot);
         }
         Ok(conn)
     }
@@ -167,7 +198,15 @@ impl Listener {
                 (Inner::Tcp(listener), Address::tcp(local), None)
             }
         };
-        let listener = Listener::new(inner, address, options, remove_on_drop)?;
+        // Accepting never blocks: the accept loops wait in poll, and
+        // another thread or process taking the client first is harmless.
+        // (The flag belongs to the socket, so a process it is handed to
+        // sees it too.)
+        match &inner {
+            Inner::Unix(listener) => listener.set_nonblocking(true)?,
+            Inner::Tcp(listener) => listener.set_nonblocking(true)?,
+        }
+        let listener = Listener::new(inner, address, options, remove_on_drop, true)?;
         // std listens with a fixed backlog; listening again sets ours.
         nix::sys::socket::listen(
             &listener.as_fd(),
@@ -181,21 +220,21 @@ impl Listener {
         address: Address,
         options: Options,
         remove_on_drop: Option<PathBuf>,
+        nonblocking: bool,
     ) -> Result<Listener> {
-        // Accepting never blocks: the accept loops wait in poll, and
-        // another thread or process taking the client first is harmless.
-        match &inner {
-            Inner::Unix(listener) => listener.set_nonblocking(true)?,
-            Inner::Tcp(listener) => listener.set_nonblocking(true)?,
-        }
+        let wake = UnixStream::pair()?;
+        wake.0.set_nonblocking(true)?;
+        wake.1.set_nonblocking(true)?;
         Ok(Listener {
             inner,
             address,
             limit: options.max_connections.map(Limit::new),
             options,
             remove_on_drop,
+            nonblocking,
             handshakes: Mutex::default(),
             turn: Condvar::new(),
+            wake,
         })
     }
 
@@ -231,6 +270,10 @@ impl Listener {
                     // Keep it for the next call rather than drop a client
                     // that did everything right.
                     self.lock_handshakes().finished.push_front(Ok(conn));
+                    self.turn.notify_all();
+                    // A caller running the handshakes is in poll: wake it
+                    // to hand this one out.
+                    let _ = (&self.wake.0).write(&[1]);
                     return Err(Error::Timeout);
                 }
             }
@@ -280,15 +323,16 @@ impl Listener {
                 continue;
             }
             shared.running = true;
-            let mut in_progress = std::mem::take(&mut shared.in_progress);
-            let mut finished = Vec::new();
+            let mut turn = Turn {
+                listener: self,
+                in_progress: std::mem::take(&mut shared.in_progress),
+                finished: Vec::new(),
+                accept_paused_until: shared.accept_paused_until,
+            };
             drop(shared);
-            let round = self.run_handshakes(&mut in_progress, &mut finished, deadline, stop);
+            let round = self.run_handshakes(&mut turn, deadline, stop);
+            drop(turn);
             shared = self.lock_handshakes();
-            shared.running = false;
-            shared.in_progress.append(&mut in_progress);
-            shared.finished.extend(finished);
-            self.turn.notify_all();
             match round? {
                 Round::Stopped => return Ok(None),
                 Round::TimedOut if shared.finished.is_empty() => return Err(Error::Timeout),
@@ -298,67 +342,79 @@ impl Listener {
     }
 
     /// One round: waits until the listening socket, a handshake in
-    /// progress or `stop` is readable, or the earliest deadline passes, and
-    /// does what can be done without waiting.
+    /// progress, the wake-up socket or `stop` is ready, or the earliest
+    /// deadline passes, and does what can be done without waiting.
     fn run_handshakes(
         &self,
-        in_progress: &mut Vec<InProgress>,
-        finished: &mut Vec<Result<SocketConnection>>,
+        turn: &mut Turn<'_>,
         deadline: Deadline,
         stop: Option<BorrowedFd<'_>>,
     ) -> Result<Round> {
+        let in_progress = &mut turn.in_progress;
         let earliest = in_progress
             .iter()
-            .map(|h| h.deadline)
-            .min()
-            .map_or(deadline, |d| deadline.min(Deadline::At(d)));
+            .fold(deadline, |earliest, h| earliest.min(h.deadline));
+        let now = Instant::now();
+        let paused = turn.accept_paused_until.filter(|&until| until > now);
+        turn.accept_paused_until = paused;
+        // At the bound (or after accept ran out of resources) new clients
+        // are left in the backlog: the listening socket is not watched,
+        // or it would be ready all along.
+        let watch_listener = in_progress.len() < self.options.max_handshakes && paused.is_none();
+        let earliest = match paused {
+            Some(until) => earliest.min(Deadline::At(until)),
+            None => earliest,
+        };
         // Decrypted bytes waiting in a TLS session do not show on its
         // socket: such a handshake goes on without waiting.
         let buffered = in_progress
             .iter()
             .any(|h| h.conn.get_ref().has_buffered_input());
         let wait = if buffered { Deadline::Now } else { earliest };
-        // At the bound, new clients are left in the backlog: the listening
-        // socket is not watched, or it would be readable all along.
-        let room = in_progress.len() < self.options.max_handshakes;
-        let (listener_ready, stopped, ready) = {
-            let mut fds: Vec<BorrowedFd<'_>> = vec![self.as_fd()];
-            fds.extend(stop);
-            fds.extend(in_progress.iter().map(|h| h.conn.as_fd()));
-            let waitables: Vec<&dyn Waitable> = fds.iter().map(|fd| fd as &dyn Waitable).collect();
-            let ready = ipc_core::wait(&waitables, wait.remaining())?;
-            let first = 1 + usize::from(stop.is_some());
-            let mut handshakes = vec![false; in_progress.len()];
-            for &i in ready.iter().filter(|&&i| i >= first) {
-                handshakes[i - first] = true;
-            }
-            (
-                room && ready.contains(&0),
-                stop.is_some() && ready.contains(&1),
-                handshakes,
-            )
-        };
-        if stopped {
+        let mut fds = vec![(self.wake.1.as_fd(), Interest::Read)];
+        fds.extend(stop.map(|fd| (fd, Interest::Read)));
+        let first_handshake = fds.len();
+        fds.extend(in_progress.iter().map(|h| {
+            // A TLS handshake that could not send all of its flight waits
+            // for room as well.
+            let interest = if h.conn.get_ref().wants_write() {
+                Interest::ReadOrWrite
+            } else {
+                Interest::Read
+            };
+            (h.conn.as_fd(), interest)
+        }));
+        if watch_listener {
+            fds.push((self.as_fd(), Interest::Read));
+        }
+        let ready = ipc_core::wait_fds(&fds, wait)?;
+        drop(fds);
+        if ready[0] {
+            let mut drain = [0u8; 64];
+            while matches!((&self.wake.1).read(&mut drain), Ok(n) if n > 0) {}
+        }
+        if stop.is_some() && ready[1] {
             return Ok(Round::Stopped);
         }
+        let listener_ready = watch_listener && ready[ready.len() - 1];
         // Back to front, so that taking one out keeps the others' indices.
         for i in (0..in_progress.len()).rev() {
-            if ready[i] || in_progress[i].conn.get_ref().has_buffered_input() {
-                self.advance(in_progress, i, finished);
+            if ready[first_handshake + i] || in_progress[i].conn.get_ref().has_buffered_input() {
+                self.advance(in_progress, i, &mut turn.finished);
             }
         }
         if listener_ready {
-            self.accept_arrivals(in_progress, finished);
+            self.accept_arrivals(turn);
         }
-        let now = Instant::now();
+        let in_progress = &mut turn.in_progress;
         let before = in_progress.len();
-        in_progress.retain(|h| h.deadline > now);
+        in_progress.retain(|h| !h.deadline.has_passed());
         for _ in in_progress.len()..before {
-            finished.push(Err(Error::Authentication(
+            turn.finished.push(Err(Error::Authentication(
                 "the peer did not finish the handshake in time".into(),
             )));
         }
-        Ok(if !finished.is_empty() || !deadline.has_passed() {
+        Ok(if !turn.finished.is_empty() || !deadline.has_passed() {
             Round::Again
         } else {
             Round::TimedOut
@@ -367,27 +423,28 @@ impl Listener {
 
     /// Takes the clients waiting in the backlog and starts their
     /// handshakes.
-    fn accept_arrivals(
-        &self,
-        in_progress: &mut Vec<InProgress>,
-        finished: &mut Vec<Result<SocketConnection>>,
-    ) {
+    fn accept_arrivals(&self, turn: &mut Turn<'_>) {
         // Clients beyond the bound wait in the listen backlog.
-        while in_progress.len() < self.options.max_handshakes {
+        while turn.in_progress.len() < self.options.max_handshakes {
             let fd = match self.accept_raw() {
                 Ok(fd) => fd,
                 Err(Error::Timeout) => return,
                 Err(e) => {
-                    finished.push(Err(e));
+                    // Out of descriptors or memory: the backlog stays
+                    // readable, so give the process a moment instead of
+                    // failing in a loop.
+                    turn.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    turn.finished.push(Err(e));
                     return;
                 }
             };
             match self.start_handshake(fd) {
                 Ok(handshake) => {
-                    in_progress.push(handshake);
-                    self.advance(in_progress, in_progress.len() - 1, finished);
+                    turn.in_progress.push(handshake);
+                    let last = turn.in_progress.len() - 1;
+                    self.advance(&mut turn.in_progress, last, &mut turn.finished);
                 }
-                Err(e) => finished.push(Err(e)),
+                Err(e) => turn.finished.push(Err(e)),
             }
         }
     }
@@ -405,7 +462,7 @@ impl Listener {
         Ok(InProgress {
             conn: options.connection(stream),
             auth,
-            deadline: Instant::now() + options.handshake_timeout,
+            deadline: Deadline::after(options.handshake_timeout),
         })
     }
 
@@ -437,9 +494,12 @@ impl Listener {
         }
     }
 
-    /// One `accept(2)` on the non-blocking listening socket;
-    /// [`Error::Timeout`] if nobody is waiting.
+    /// One `accept(2)` that does not wait; [`Error::Timeout`] if nobody is
+    /// waiting.
     fn accept_raw(&self) -> Result<OwnedFd> {
+        if !self.nonblocking && ipc_core::wait(&[&self.as_fd()], Duration::ZERO)?.is_empty() {
+            return Err(Error::Timeout);
+        }
         let accepted = match &self.inner {
             Inner::Unix(listener) => listener.accept().map(|(s, _)| OwnedFd::from(s)),
             Inner::Tcp(listener) => listener.accept().and_then(|(stream, _)| {
@@ -472,12 +532,19 @@ impl Listener {
     }
 
     fn accept_pending_deadline(&self, deadline: Deadline) -> Result<PendingConnection> {
+        // A pending connection holds its place from here on: handshakes
+        // that the caller runs on threads of its own are bounded by the
+        // connection limit.
+        let slot = match &self.limit {
+            Some(limit) => Some(limit.take(deadline).ok_or(Error::Timeout)?),
+            None => None,
+        };
         loop {
             match self.accept_raw() {
                 Ok(fd) => {
                     return Ok(PendingConnection {
                         fd,
-                        limit: self.limit.clone(),
+                        slot,
                         options: self.options.clone(),
                     })
                 }
@@ -515,13 +582,25 @@ impl ipc_core::process::Inheritable for Listener {
             Address::Tcp(..) => Inner::Tcp(TcpListener::from(fd)),
             _ => Inner::Unix(UnixListener::from(fd)),
         };
-        Listener::new(inner, address, Options::new(), None)
+        // A socket some other program made is left as it is; a blocking one
+        // is only accepted from once poll says a client waits.
+        let flags = nix::fcntl::fcntl(fd_of(&inner), nix::fcntl::FcntlArg::F_GETFL)?;
+        let nonblocking =
+            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK);
+        Listener::new(inner, address, Options::new(), None, nonblocking)
     }
 }
 
 impl AsFd for PendingConnection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+fn fd_of(inner: &Inner) -> BorrowedFd<'_> {
+    match inner {
+        Inner::Unix(listener) => listener.as_fd(),
+        Inner::Tcp(listener) => listener.as_fd(),
     }
 }
 

@@ -116,9 +116,11 @@ impl Options {
     }
 
     /// At most this many accepted connections alive at once; `accept` waits
-    /// for one to close before handing out another (clients meanwhile go on
-    /// with their handshakes, which have a bound of their own:
-    /// [`max_handshakes`](Self::max_handshakes)).
+    /// for one to close before handing out another. Handshakes in progress
+    /// do not count against it (they have a bound of their own,
+    /// [`max_handshakes`](Self::max_handshakes)), but a connection from
+    /// [`Listener::accept_pending`](crate::Listener::accept_pending) holds
+    /// its place from the start.
     pub fn max_connections(mut self, max: Option<usize>) -> Options {
         self.max_connections = max;
         self

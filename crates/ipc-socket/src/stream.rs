@@ -72,6 +72,14 @@ impl TlsState {
         Ok(())
     }
 
+    /// Processes the records read so far, noting whether they left
+    /// decrypted bytes to read (which the socket will not show).
+    fn process(&mut self) -> io::Result<()> {
+        let state = self.session.process_new_packets().map_err(tls_io_error)?;
+        self.plaintext_waiting = state.plaintext_bytes_to_read() > 0;
+        Ok(())
+    }
+
     /// Reads and processes one more record's worth of bytes; false at the
     /// end of the stream.
     fn read_records(&mut self, deadline: Deadline) -> io::Result<bool> {
@@ -83,17 +91,22 @@ impl TlsState {
         {
             return Ok(false);
         }
-        self.session.process_new_packets().map_err(tls_io_error)?;
+        self.process()?;
         Ok(true)
     }
 
     fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
-        self.flush_records(deadline)?;
+        // Records the session still holds (its own, or the rest of a send
+        // that timed out) go out if they can without waiting: a receive
+        // must not block on a peer that is not reading.
+        match self.flush_records(Deadline::Now) {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            other => other?,
+        }
         loop {
             match self.session.reader().read(buf) {
                 Ok(n) => {
-                    let state = self.session.process_new_packets().map_err(tls_io_error)?;
-                    self.plaintext_waiting = state.plaintext_bytes_to_read() > 0;
+                    self.process()?;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -109,34 +122,48 @@ impl TlsState {
         }
     }
 
+    /// Hands plaintext to the session and sends its records. What an
+    /// earlier call left unsent goes first, so the session has room and
+    /// the count returned is exactly what it took; once it has taken some,
+    /// that count is returned even if its records could not all go out
+    /// (the caller's next write or flush sends them, or fails).
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize> {
-        let n = self.session.writer().write_vectored(bufs)?;
         self.flush_records(deadline)?;
-        Ok(n)
+        let n = self.session.writer().write_vectored(bufs)?;
+        match self.flush_records(deadline) {
+            Err(_) if n > 0 => Ok(n),
+            other => other.map(|()| n),
+        }
     }
 
     /// Goes on with the TLS handshake, waiting for the peer until
     /// `deadline`; true once it is done. With [`Deadline::Now`], false
-    /// means it needs bytes that have not arrived yet.
+    /// means it needs bytes that have not arrived yet, or room to send
+    /// (see [`SocketStream::wants_write`]).
     fn handshake(&mut self, deadline: Deadline) -> ipc_core::Result<bool> {
+        let not_yet =
+            |e: &io::Error| e.kind() == io::ErrorKind::TimedOut && deadline == Deadline::Now;
         let mut run = || -> io::Result<bool> {
             while self.session.is_handshaking() {
                 if self.session.wants_write() {
-                    self.flush_records(deadline)?;
+                    match self.flush_records(deadline) {
+                        Err(e) if not_yet(&e) => return Ok(false),
+                        other => other?,
+                    }
                     continue;
                 }
                 match self.read_records(deadline) {
                     Ok(true) => {}
                     Ok(false) => return Err(io::ErrorKind::ConnectionReset.into()),
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut && deadline == Deadline::Now => {
-                        return Ok(false)
-                    }
+                    Err(e) if not_yet(&e) => return Ok(false),
                     Err(e) => return Err(e),
                 }
             }
             // The last flight (a client's Finished) may still be waiting.
-            self.flush_records(deadline)?;
-            Ok(true)
+            match self.flush_records(deadline) {
+                Err(e) if not_yet(&e) => Ok(false),
+                other => other.map(|()| true),
+            }
         };
         run().map_err(|e| match Error::from(e) {
             Error::Timeout => {
@@ -197,6 +224,13 @@ impl SocketStream {
             Inner::Plain(..) => Ok(true),
             Inner::Tls(state) => state.handshake(Deadline::Now),
         }
+    }
+
+    /// Whether a TLS session holds records it could not send yet: a
+    /// handshake that stopped for want of room in the socket goes on once
+    /// it is writable.
+    pub(crate) fn wants_write(&self) -> bool {
+        matches!(&self.inner, Inner::Tls(state) if state.session.wants_write())
     }
 
     /// Holds `slot` of the listener's connection limit until dropped.
@@ -311,6 +345,13 @@ impl Transport for SocketStream {
         match &mut self.inner {
             Inner::Plain(stream, _) => stream.write_vectored(bufs, deadline),
             Inner::Tls(state) => state.write_vectored(bufs, deadline),
+        }
+    }
+
+    fn flush(&mut self, deadline: Deadline) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Plain(..) => Ok(()),
+            Inner::Tls(state) => state.flush_records(deadline),
         }
     }
 
