@@ -74,7 +74,7 @@ fn rust_files(root: &Path) -> Vec<PathBuf> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if path.is_dir() {
-                if !matches!(name.as_ref(), "target" | ".git" | "fuzz") && !name.starts_with('.') {
+                if !matches!(name.as_ref(), "target" | ".git") && !name.starts_with('.') {
                     stack.push(path);
                 }
             } else if name.ends_with(".rs") {

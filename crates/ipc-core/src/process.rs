@@ -338,6 +338,29 @@ fn parse_handles(spec: &str) -> HandleTable {
     table
 }
 
+/// An entry of the handle table as [`parse_handles_for_fuzzing`] lists it.
+type ParsedEntry = (String, Vec<(RawFd, u64, u64)>, String);
+
+/// Parses an [`HANDLES_ENV`] value as [`inherited`] does, without touching
+/// any descriptor, and lists the entries it keeps, sorted by key: the key,
+/// each descriptor as `(number, dev, ino)`, and the text.
+///
+/// Not part of the API: it exists only for the fuzz target
+/// `fuzz/fuzz_targets/handles_parse.rs`, which must reach this private
+/// parser from outside the crate.
+#[doc(hidden)]
+pub fn parse_handles_for_fuzzing(spec: &str) -> Vec<ParsedEntry> {
+    let mut entries: Vec<_> = parse_handles(spec)
+        .into_iter()
+        .map(|(key, (fds, text))| {
+            let fds = fds.iter().map(|fd| (fd.fd, fd.dev, fd.ino)).collect();
+            (key, fds, text)
+        })
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
 /// Takes the handle the parent passed under `key` and rebuilds the object.
 /// Each handle can be taken once; a missing one, or one whose descriptor is
 /// no longer the file the parent passed, is [`Error::NotFound`].

@@ -354,10 +354,14 @@ impl Core {
     }
 
     /// The bytes between head and tail: records, and wrap markers in front
-    /// of them.
+    /// of them. A view read from a hostile segment gives a wrong number,
+    /// never an overflow.
     fn used(&self, v: &View) -> u64 {
-        let cap = self.capacity as u64;
-        let (head, tail) = (u64::from(v.head.offset), u64::from(v.tail.offset));
+        let cap = (self.capacity as u64).max(1);
+        let (head, tail) = (
+            u64::from(v.head.offset) % cap,
+            u64::from(v.tail.offset) % cap,
+        );
         match (head == tail, v.items() == 0) {
             (true, true) => 0,
             (true, false) => cap,
@@ -1107,6 +1111,20 @@ mod tests {
             assert!(q.put_bytes(b"x").is_err());
             assert!(q.get_bytes_nowait().is_err());
         }
+    }
+
+    #[test]
+    fn a_head_past_the_ring_gives_a_wrong_size_not_an_overflow() {
+        // Found by the `shm_open` fuzz target: `used_bytes` reads the
+        // words without the checks a put or get makes first.
+        let q = queue();
+        let head = Pos {
+            count: 0,
+            offset: 22_528,
+        };
+        q.core().store_pos(layout::HEAD, head, Ordering::Release);
+        assert!(q.used_bytes() <= 256);
+        assert!(q.get_bytes_nowait().is_err());
     }
 
     #[test]

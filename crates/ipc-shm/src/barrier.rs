@@ -155,7 +155,8 @@ impl Barrier {
     }
 
     /// Like [`wait`](Self::wait), breaking the barrier if the parties are
-    /// not all there within `timeout`.
+    /// not all there within `timeout`. If the barrier's lock cannot be
+    /// taken in that time, the result is `Failed(Timeout)`.
     pub fn wait_timeout(&self, timeout: Duration) -> std::result::Result<u32, BarrierError> {
         self.wait_inner(Some(timeout), None::<fn()>)
     }
@@ -172,10 +173,11 @@ impl Barrier {
         self.wait_inner(timeout, Some(action))
     }
 
-    /// Locks the barrier state. A previous holder that died breaks the
-    /// barrier (its count may be wrong), which repairs the state.
-    fn lock_state(&self) -> std::result::Result<LockGuard<'_>, BarrierError> {
-        match wrap(self.obj.map().lock_unit(MUTEX_OFFSET, Deadline::Never)) {
+    /// Locks the barrier state, waiting until `deadline` (then
+    /// `Failed(Timeout)`). A previous holder that died breaks the barrier
+    /// (its count may be wrong), which repairs the state.
+    fn lock_state(&self, deadline: Deadline) -> std::result::Result<LockGuard<'_>, BarrierError> {
+        match wrap(self.obj.map().lock_unit(MUTEX_OFFSET, deadline)) {
             Ok(guard) => Ok(guard),
             Err(LockError::OwnerDied(died)) => {
                 let guard = died.into_guard();
@@ -207,7 +209,7 @@ impl Barrier {
         action: Option<F>,
     ) -> std::result::Result<u32, BarrierError> {
         let deadline = Deadline::from(timeout);
-        let guard = self.lock_state()?;
+        let guard = self.lock_state(deadline)?;
         if self.is_broken() {
             return Err(BarrierError::Broken);
         }
@@ -215,6 +217,12 @@ impl Barrier {
         let g = generation.load(Ordering::Relaxed);
         let count = self.word(COUNT);
         let index = count.load(Ordering::Relaxed);
+        if index >= self.parties() {
+            // No sequence of waits leaves this: the segment was written by
+            // someone else. Break the barrier rather than trust it.
+            self.break_locked(true);
+            return Err(BarrierError::Broken);
+        }
         if index + 1 >= self.parties() {
             if let Some(action) = action {
                 if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(action)) {
@@ -240,7 +248,8 @@ impl Barrier {
                 break;
             }
             let Some(sleep) = deadline.slice(SAFETY_NET) else {
-                let _guard = self.lock_state()?;
+                // Breaking the barrier must happen whatever the deadline.
+                let _guard = self.lock_state(Deadline::Never)?;
                 if generation.load(Ordering::Acquire) == g {
                     self.break_locked(true);
                     return Err(BarrierError::Broken);
@@ -261,7 +270,7 @@ impl Barrier {
     /// Breaks the barrier: current and future waiters get
     /// [`BarrierError::Broken`] until [`reset`](Self::reset).
     pub fn abort(&self) -> std::result::Result<(), BarrierError> {
-        let _guard = self.lock_state()?;
+        let _guard = self.lock_state(Deadline::Never)?;
         self.break_locked(true);
         Ok(())
     }
@@ -269,7 +278,7 @@ impl Barrier {
     /// Returns the barrier to its empty, unbroken state; parties waiting
     /// now get [`BarrierError::Broken`].
     pub fn reset(&self) -> std::result::Result<(), BarrierError> {
-        let _guard = self.lock_state()?;
+        let _guard = self.lock_state(Deadline::Never)?;
         if self.word(COUNT).load(Ordering::Relaxed) > 0 {
             self.break_locked(false);
         }
@@ -279,3 +288,23 @@ impl Barrier {
 }
 
 object_common!(Barrier);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arrival_count_no_waits_can_leave_breaks_the_barrier() {
+        // Found by the `shm_open` fuzz target: the count is read from the
+        // segment, and `u32::MAX + 1` overflowed.
+        for count in [u32::MAX, 3, 7] {
+            let barrier = Barrier::new(3).unwrap();
+            barrier.word(COUNT).store(count, Ordering::Relaxed);
+            assert!(matches!(
+                barrier.wait_timeout(Duration::ZERO),
+                Err(BarrierError::Broken)
+            ));
+            assert!(barrier.is_broken());
+        }
+    }
+}
