@@ -27,7 +27,6 @@
 #![no_main]
 
 use std::io;
-use std::net::Shutdown;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::OnceLock;
@@ -35,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use ipc_core::Error;
 use ipc_fuzz::{
-    answer_is_right, challenge_message, drain, expected_answer, frame, is_our_challenge,
-    read_frame, response, send_all, unique_name, Script, CHALLENGE, FAILURE, KEY, WELCOME,
+    answer_is_right, challenge_message, expected_answer, frame, is_our_challenge, play_out,
+    read_frame, response, send_all, unique_name, Script, Seen, CHALLENGE, FAILURE, KEY, WELCOME,
 };
 use ipc_socket::{Client, Options};
 use libfuzzer_sys::fuzz_target;
@@ -82,28 +81,6 @@ fn accept(listener: &UnixListener) -> Option<UnixStream> {
     None
 }
 
-/// What the scripted listener saw of the client.
-#[derive(Debug, Default)]
-struct Seen {
-    /// The challenge message the listener sent (stages 1 to 3).
-    ours: Option<Vec<u8>>,
-    /// The client's answer to it.
-    answer: Option<Vec<u8>>,
-    /// The client's verdict on the listener's answer (stage 3).
-    verdict: Option<Vec<u8>>,
-}
-
-fn listener_side(mut stream: UnixStream, script: &Script) -> Seen {
-    let mut seen = Seen::default();
-    // An I/O error (the client gave up and closed) ends the script.
-    let _ = play(&mut stream, script, &mut seen);
-    if !script.keep_open {
-        let _ = stream.shutdown(Shutdown::Write);
-    }
-    drain(&mut stream);
-    seen
-}
-
 fn play(stream: &mut UnixStream, script: &Script, seen: &mut Seen) -> io::Result<()> {
     if script.stage == 0 {
         return send_all(stream, &script.wire(&script.tail));
@@ -145,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
     let deadline = if script.keep_open { HASTY } else { PATIENT };
     let peer = std::thread::spawn({
         let script = script.clone();
-        move || accept(raw).map(|stream| listener_side(stream, &script))
+        move || accept(raw).map(|stream| play_out(stream, &script, play))
     });
 
     let options = Options::new()

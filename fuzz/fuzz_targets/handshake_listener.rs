@@ -32,7 +32,6 @@
 #![no_main]
 
 use std::io;
-use std::net::Shutdown;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::OnceLock;
@@ -40,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use ipc_core::Error;
 use ipc_fuzz::{
-    answer_is_right, challenge_message, drain, expected_answer, frame, is_our_challenge,
-    read_frame, response, send_all, unique_name, Script, CHALLENGE, FAILURE, KEY, WELCOME,
+    answer_is_right, challenge_message, expected_answer, frame, is_our_challenge, play_out,
+    read_frame, response, send_all, unique_name, Script, Seen, CHALLENGE, FAILURE, KEY, WELCOME,
 };
 use ipc_socket::{Listener, Options};
 use libfuzzer_sys::fuzz_target;
@@ -74,28 +73,6 @@ fn listeners() -> &'static [Bound; 2] {
             }
         })
     })
-}
-
-/// What the scripted client saw of the listener.
-#[derive(Debug, Default)]
-struct Seen {
-    /// The challenge message the client sent (stages 2 and 3).
-    ours: Option<Vec<u8>>,
-    /// The verdict on the client's answer.
-    verdict: Option<Vec<u8>>,
-    /// The listener's answer to the client's challenge.
-    answer: Option<Vec<u8>>,
-}
-
-fn client(mut stream: UnixStream, script: &Script) -> Seen {
-    let mut seen = Seen::default();
-    // An I/O error (the listener gave up and closed) ends the script.
-    let _ = play(&mut stream, script, &mut seen);
-    if !script.keep_open {
-        let _ = stream.shutdown(Shutdown::Write);
-    }
-    drain(&mut stream);
-    seen
 }
 
 fn play(stream: &mut UnixStream, script: &Script, seen: &mut Seen) -> io::Result<()> {
@@ -153,7 +130,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     let peer = std::thread::spawn({
         let script = script.clone();
-        move || client(stream, &script)
+        move || play_out(stream, &script, play)
     });
 
     let start = Instant::now();

@@ -75,6 +75,34 @@ pub fn drain(stream: &mut UnixStream) {
     }
 }
 
+/// What the scripted peer saw of the side under test.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The challenge message the scripted peer sent.
+    pub ours: Option<Vec<u8>>,
+    /// The side under test's answer to it.
+    pub answer: Option<Vec<u8>>,
+    /// The side under test's verdict on the scripted peer's answer.
+    pub verdict: Option<Vec<u8>>,
+}
+
+/// Plays `script` on `stream` with `play` (an I/O error, the side under
+/// test giving up and closing, ends it), closes the write side unless the
+/// script keeps it open, and reads until the other side closes.
+pub fn play_out(
+    mut stream: UnixStream,
+    script: &Script,
+    play: impl FnOnce(&mut UnixStream, &Script, &mut Seen) -> io::Result<()>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let _ = play(&mut stream, script, &mut seen);
+    if !script.keep_open {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    drain(&mut stream);
+    seen
+}
+
 /// How a scripted peer behaves, read from the first two bytes of the
 /// fuzzer's input; the rest is the tail it sends where the script says.
 #[derive(Clone, Debug)]
