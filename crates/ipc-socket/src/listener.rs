@@ -398,13 +398,22 @@ impl Listener {
         }
         let listener_ready = watch_listener && ready[ready.len() - 1];
         // Back to front, so that taking one out keeps the others' indices.
+        // A TLS handshake step costs real CPU (a signature): once the
+        // caller's deadline has passed, the round stops after its first
+        // step, and the handshakes still ready (their sockets stay so) go
+        // on in the next round.
+        let mut stepped = false;
         for i in (0..in_progress.len()).rev() {
+            if stepped && deadline.has_passed() {
+                break;
+            }
             if ready[first_handshake + i] || in_progress[i].conn.get_ref().has_buffered_input() {
                 self.advance(in_progress, i, &mut turn.finished);
+                stepped = true;
             }
         }
-        if listener_ready {
-            self.accept_arrivals(turn);
+        if listener_ready && !(stepped && deadline.has_passed()) {
+            self.accept_arrivals(turn, deadline);
         }
         let in_progress = &mut turn.in_progress;
         let before = in_progress.len();
@@ -423,9 +432,13 @@ impl Listener {
 
     /// Takes the clients waiting in the backlog and starts their
     /// handshakes.
-    fn accept_arrivals(&self, turn: &mut Turn<'_>) {
-        // Clients beyond the bound wait in the listen backlog.
-        while turn.in_progress.len() < self.options.max_handshakes {
+    fn accept_arrivals(&self, turn: &mut Turn<'_>, deadline: Deadline) {
+        // Clients beyond the bound wait in the listen backlog; past the
+        // caller's deadline, the others wait for the next round.
+        let mut first = true;
+        while turn.in_progress.len() < self.options.max_handshakes
+            && (std::mem::take(&mut first) || !deadline.has_passed())
+        {
             let fd = match self.accept_raw() {
                 Ok(fd) => fd,
                 Err(Error::Timeout) => return,
