@@ -18,7 +18,8 @@ usage: cargo xtask <command>
 commands:
   test          format check, clippy (warnings denied), tidy, a stable
                 build check of the fuzz targets, every test (unit,
-                multi-process, Python interop) and the doc tests
+                multi-process, Python interop), the doc tests and the docs
+                (rustdoc warnings denied)
   demo          run each scenario of the original Python articles in Rust,
                 across real processes, beside the Python original
   bench [--quick]
@@ -151,6 +152,14 @@ fn test() -> Result {
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc"]);
     run("doc tests", doc)?;
+
+    // Broken intra-doc links (a link to a private module, say) fail here
+    // rather than in a user's `cargo doc`.
+    let mut rustdoc = cargo();
+    rustdoc
+        .args(["doc", "--workspace", "--no-deps", "--exclude", "xtask"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    run("cargo doc (warnings denied)", rustdoc)?;
 
     check_no_leftovers(&shm_before)
 }

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! After the peer has closed and everything it sent has been read, a
-//! receive returns [`Error::Closed`](ipc_core::Error::Closed) (Python's
+//! receive returns [`Error::Closed`] (Python's
 //! `EOFError`); sending to a closed peer returns an error instead of
 //! killing the process with `SIGPIPE`.
 #![deny(unsafe_code)]

@@ -2,24 +2,7 @@
 //! authenticated framed connections on a Unix path, an abstract name or a
 //! TCP address.
 //!
-//! # Handshakes in progress
-//!
-//! Python's `Listener.accept` runs each client's handshake to its end
-//! before it looks at the next client, so one client that connects and
-//! says nothing holds up everyone else. Here the thread in `accept` runs
-//! every handshake in progress at once: it polls the listening socket and
-//! all of them, accepts whoever arrives, takes each handshake as far as
-//! the bytes received allow (never waiting on one peer), and returns the
-//! first connection that is through. Handshakes have their own bound
-//! ([`Options::max_handshakes`]; clients beyond it wait in the listen
-//! backlog) and take a place of [`Options::max_connections`] only once
-//! they are through; a stalled one is dropped at its handshake deadline.
-//! (While `accept` waits for a free place, nothing runs the handshakes in
-//! progress: they wait too, and may reach their deadline.)
-//!
-//! Threads that call `accept` on the same listener at once take turns
-//! running the handshakes; a connection that one of them finishes goes to
-//! whichever caller asks first.
+//! See [`Listener`] for how it runs many clients' handshakes at once.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -53,6 +36,25 @@ enum Inner {
 /// `multiprocessing.connection.Client`.
 ///
 /// A Unix socket file is removed when its `Listener` is dropped.
+///
+/// # Handshakes in progress
+///
+/// Python's `Listener.accept` runs each client's handshake to its end
+/// before it looks at the next client, so one client that connects and
+/// says nothing holds up everyone else. Here the thread in `accept` runs
+/// every handshake in progress at once: it polls the listening socket and
+/// all of them, accepts whoever arrives, takes each handshake as far as
+/// the bytes received allow (never waiting on one peer), and returns the
+/// first connection that is through. Handshakes have their own bound
+/// ([`Options::max_handshakes`]; clients beyond it wait in the listen
+/// backlog) and take a place of [`Options::max_connections`] only once
+/// they are through; a stalled one is dropped at its handshake deadline.
+/// (While `accept` waits for a free place, nothing runs the handshakes in
+/// progress: they wait too, and may reach their deadline.)
+///
+/// Threads that call `accept` on the same listener at once take turns
+/// running the handshakes; a connection that one of them finishes goes to
+/// whichever caller asks first.
 ///
 /// ```
 /// use ipc_socket::{Client, Listener, Options};
@@ -244,8 +246,8 @@ impl Listener {
     }
 
     /// Returns the next connection through its handshakes, waiting as long
-    /// as it takes. Many clients' handshakes run at once (see the [module
-    /// docs](self)), so a client that stalls holds up nobody. A client that
+    /// as it takes. Many clients' handshakes run at once (see
+    /// [`Listener`]), so a client that stalls holds up nobody. A client that
     /// fails its handshake (a wrong key, garbage, its handshake deadline
     /// passing) is an error for that connection alone, returned by one
     /// call; call `accept` again for the next one.

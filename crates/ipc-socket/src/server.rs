@@ -1,21 +1,5 @@
 //! [`Server`]: a listener serving many clients at once, and shutting down
 //! cleanly.
-//!
-//! # Threading model
-//!
-//! One accept thread waits for clients (and for the shutdown signal) and
-//! runs every client's handshakes at once, as
-//! [`Listener::accept`](crate::Listener::accept) does, so a client that
-//! stalls in its handshake holds up nobody else, and costs no thread. Each
-//! connection through its handshakes gets a thread of its own for the
-//! handler, so a client that stalls in the handler holds up nobody either.
-//! With [`Options::max_connections`](crate::Options::max_connections) set,
-//! at most that many handler threads exist at once; handshakes in progress
-//! do not count against it (they have their own bound,
-//! [`Options::max_handshakes`](crate::Options::max_handshakes)).
-//! [`Server::shutdown`] stops accepting, shuts down the sockets of live
-//! connections (their handlers' receives return
-//! [`Error::Closed`](ipc_core::Error::Closed)), and joins every thread.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -34,7 +18,23 @@ use crate::SocketConnection;
 /// shutdown can wake handlers blocked in a receive.
 type LiveSockets = Arc<Mutex<HashMap<u64, OwnedFd>>>;
 
-/// A running server; see the [module docs](self) for its threads.
+/// A running server.
+///
+/// # Threading model
+///
+/// One accept thread waits for clients (and for the shutdown signal) and
+/// runs every client's handshakes at once, as
+/// [`Listener::accept`](crate::Listener::accept) does, so a client that
+/// stalls in its handshake holds up nobody else, and costs no thread. Each
+/// connection through its handshakes gets a thread of its own for the
+/// handler, so a client that stalls in the handler holds up nobody either.
+/// With [`Options::max_connections`](crate::Options::max_connections) set,
+/// at most that many handler threads exist at once; handshakes in progress
+/// do not count against it (they have their own bound,
+/// [`Options::max_handshakes`](crate::Options::max_handshakes)).
+/// [`Server::shutdown`] stops accepting, shuts down the sockets of live
+/// connections (their handlers' receives return
+/// [`Error::Closed`](ipc_core::Error::Closed)), and joins every thread.
 ///
 /// ```
 /// use ipc_socket::{Client, Listener, Options, Server};
