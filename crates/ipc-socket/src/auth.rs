@@ -57,22 +57,60 @@ impl Digest {
         }
     }
 
-    fn mac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
-        fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+    /// The length of a MAC of this digest.
+    fn len(self) -> usize {
+        match self {
+            Digest::Md5 => 16,
+            Digest::Sha256 | Digest::Sha3_256 => 32,
+            Digest::Sha384 | Digest::Sha3_384 => 48,
+        }
+    }
+
+    /// Runs `f` over an HMAC of this digest keyed with `key` and fed
+    /// `message`.
+    fn with_mac<R>(self, key: &[u8], message: &[u8], f: impl MacUser<R>) -> R {
+        fn keyed<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> M {
             let mut mac =
                 <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
             mac.update(message);
-            mac.finalize().into_bytes().to_vec()
+            mac
         }
         match self {
-            Digest::Md5 => run::<Hmac<md5::Md5>>(key, message),
-            Digest::Sha256 => run::<Hmac<sha2::Sha256>>(key, message),
-            Digest::Sha384 => run::<Hmac<sha2::Sha384>>(key, message),
+            Digest::Md5 => f.use_mac(keyed::<Hmac<md5::Md5>>(key, message)),
+            Digest::Sha256 => f.use_mac(keyed::<Hmac<sha2::Sha256>>(key, message)),
+            Digest::Sha384 => f.use_mac(keyed::<Hmac<sha2::Sha384>>(key, message)),
             // SHA-3 cores are sponges, which only the simple HMAC takes.
-            Digest::Sha3_256 => run::<SimpleHmac<sha3::Sha3_256>>(key, message),
-            Digest::Sha3_384 => run::<SimpleHmac<sha3::Sha3_384>>(key, message),
+            Digest::Sha3_256 => f.use_mac(keyed::<SimpleHmac<sha3::Sha3_256>>(key, message)),
+            Digest::Sha3_384 => f.use_mac(keyed::<SimpleHmac<sha3::Sha3_384>>(key, message)),
         }
     }
+
+    fn mac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
+        struct Finish;
+        impl MacUser<Vec<u8>> for Finish {
+            fn use_mac<M: Mac>(self, mac: M) -> Vec<u8> {
+                mac.finalize().into_bytes().to_vec()
+            }
+        }
+        self.with_mac(key, message, Finish)
+    }
+
+    /// Whether `tag` is the MAC of `message`, compared in constant time
+    /// (`hmac`'s `verify_slice`).
+    fn verifies(self, key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+        struct Verify<'t>(&'t [u8]);
+        impl MacUser<bool> for Verify<'_> {
+            fn use_mac<M: Mac>(self, mac: M) -> bool {
+                mac.verify_slice(self.0).is_ok()
+            }
+        }
+        self.with_mac(key, message, Verify(tag))
+    }
+}
+
+/// What to do with a keyed HMAC whose digest is known only at run time.
+trait MacUser<R> {
+    fn use_mac<M: Mac>(self, mac: M) -> R;
 }
 
 /// Splits a challenge or response into its digest and payload, as CPython's
@@ -111,26 +149,19 @@ fn response_to(key: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
 /// Whether `response` is a valid answer to our challenge `message`.
 fn verify(key: &[u8], message: &[u8], response: &[u8]) -> Result<()> {
     let (digest, mac) = digest_and_payload(response)?;
-    let expected = digest.mac(key, message);
-    if expected.len() != mac.len() {
+    if mac.len() != digest.len() {
         return Err(Error::Authentication(format!(
             "expected {} of length {} got {}",
             digest.name(),
-            expected.len(),
+            digest.len(),
             mac.len()
         )));
     }
-    if constant_time_eq(&expected, mac) {
+    if digest.verifies(key, message, mac) {
         Ok(())
     } else {
         Err(Error::Authentication("digest received was wrong".into()))
     }
-}
-
-/// Compares without an early exit, so the time taken says nothing about
-/// where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Deadline) -> Result<Vec<u8>> {
