@@ -122,6 +122,22 @@ impl<T> JoinableQueue<T> {
     pub fn unfinished_tasks(&self) -> usize {
         self.queue.core().unfinished()
     }
+
+    /// Another handle to the same joinable queue in this process (to move
+    /// to another thread, say); see [`Queue::try_clone`].
+    ///
+    /// ```
+    /// let q = ipc_queue::JoinableQueue::<u8>::new()?;
+    /// let other = q.try_clone()?;
+    /// other.put(7)?;
+    /// assert_eq!(q.get()?, 7);
+    /// q.task_done()?;
+    /// other.join()?;
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<Self> {
+        self.queue.clone_as()
+    }
 }
 
 /// A plain FIFO with `put`, `get`, `empty` and `close` (Python's
@@ -176,6 +192,18 @@ impl<T> SimpleQueue<T> {
     /// given to it is ignored: a simple queue has none).
     pub fn builder() -> Builder<Self> {
         Builder::new()
+    }
+
+    /// Another handle to the same simple queue in this process.
+    ///
+    /// ```
+    /// let q = ipc_queue::SimpleQueue::<u8>::new()?;
+    /// q.try_clone()?.put(7)?;
+    /// assert_eq!(q.get()?, 7);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<Self> {
+        self.queue.clone_as()
     }
 
     /// Whether the queue holds no items (a snapshot).

@@ -325,6 +325,12 @@ impl<T> Queue<T> {
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     pub fn try_clone(&self) -> Result<Self> {
+        self.clone_as()
+    }
+
+    /// Another handle to this queue's segment, of the kind `Q` (the kind
+    /// the segment holds: a `JoinableQueue`'s queue clones as one).
+    pub(crate) fn clone_as<Q: QueueKind>(&self) -> Result<Q> {
         let handle = self.core.shm.handle();
         let fds = handle
             .fds
