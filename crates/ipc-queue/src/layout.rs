@@ -145,7 +145,7 @@ pub(crate) struct Spec {
 
 impl Spec {
     fn type_hash(&self) -> u64 {
-        fnv1a(self.type_name.as_bytes())
+        raw::type_hash(self.type_name)
     }
 }
 
@@ -290,11 +290,4 @@ fn wait_ready(shm: &SharedMemory, what: &str) -> Result<()> {
         };
         raw::futex_wait(init, 0, Some(left));
     }
-}
-
-/// FNV-1a, 64 bits: a hash that does not change between releases.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

@@ -32,6 +32,19 @@ use crate::SharedMemory;
 /// not how waiting normally ends: a change wakes a sleeper at once.
 pub const SAFETY_NET: Duration = Duration::from_millis(500);
 
+/// The hash of a type name that every layout header of the workspace
+/// records (FNV-1a, 64 bits: stable across releases, unlike std's
+/// hashers), so that an object is never opened as another item type.
+///
+/// ```
+/// use ipc_shm::raw::type_hash;
+/// assert_eq!(type_hash("u64"), type_hash(std::any::type_name::<u64>()));
+/// assert_ne!(type_hash("u64"), type_hash("u32"));
+/// ```
+pub fn type_hash(type_name: &str) -> u64 {
+    crate::header::fnv1a(type_name.as_bytes())
+}
+
 /// The bytes a robust mutex takes in a layout (a multiple of 8).
 pub const ROBUST_MUTEX_SIZE: usize = MUTEX_AREA;
 
