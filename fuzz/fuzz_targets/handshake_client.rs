@@ -35,17 +35,11 @@ use std::time::{Duration, Instant};
 use ipc_core::Error;
 use ipc_fuzz::{
     answer_is_right, challenge_message, expected_answer, frame, is_our_challenge, play_out,
-    read_frame, response, send_all, unique_name, Script, Seen, CHALLENGE, FAILURE, KEY, WELCOME,
+    read_frame, response, send_all, unique_name, Script, Seen, CHALLENGE, FAILURE, HASTY, KEY,
+    PATIENT, SLACK, WELCOME,
 };
 use ipc_socket::{Client, Options};
 use libfuzzer_sys::fuzz_target;
-
-/// The handshake deadline of scripts that end by shutting down.
-const PATIENT: Duration = Duration::from_secs(5);
-/// The handshake deadline of scripts that keep the connection open.
-const HASTY: Duration = Duration::from_millis(20);
-/// How much later than its deadline a handshake may end on a busy machine.
-const SLACK: Duration = Duration::from_secs(2);
 
 /// A raw listener on an abstract name of this process.
 fn raw_listener() -> &'static (UnixListener, String) {

@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac, SimpleHmac};
 
@@ -74,6 +75,13 @@ pub fn drain(stream: &mut UnixStream) {
         }
     }
 }
+
+/// The handshake deadline of scripts that end by shutting down.
+pub const PATIENT: Duration = Duration::from_secs(5);
+/// The handshake deadline of scripts that keep the connection open.
+pub const HASTY: Duration = Duration::from_millis(20);
+/// How much later than its deadline a handshake may end on a busy machine.
+pub const SLACK: Duration = Duration::from_secs(2);
 
 /// What the scripted peer saw of the side under test.
 #[derive(Debug, Default)]
