@@ -74,6 +74,9 @@ pub enum Error {
     Unsupported(&'static str),
     /// A named resource or inherited handle does not exist.
     NotFound(String),
+    /// A named resource to be created exists already (the name is
+    /// given); `open_or_create` opens it instead.
+    AlreadyExists(String),
     /// The peer failed the authkey challenge, or rejected ours.
     Authentication(String),
     /// The previous holder of a lock died while holding it. The data it
@@ -120,6 +123,7 @@ impl fmt::Display for Error {
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::Unsupported(what) => write!(f, "unsupported operation: {what}"),
             Error::NotFound(what) => write!(f, "not found: {what}"),
+            Error::AlreadyExists(what) => write!(f, "already exists: {what}"),
             Error::Authentication(why) => write!(f, "authentication failed: {why}"),
             Error::OwnerDied => f.write_str("the previous owner of the lock died while holding it"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
@@ -165,6 +169,7 @@ impl From<Error> for io::Error {
             Error::Full | Error::Empty => io::Error::new(io::ErrorKind::WouldBlock, e),
             Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
             Error::NotFound(_) => io::Error::new(io::ErrorKind::NotFound, e),
+            Error::AlreadyExists(_) => io::Error::new(io::ErrorKind::AlreadyExists, e),
             Error::Unsupported(_) => io::Error::new(io::ErrorKind::Unsupported, e),
             Error::Authentication(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
             _ => io::Error::new(io::ErrorKind::InvalidData, e),

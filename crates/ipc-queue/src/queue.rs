@@ -211,7 +211,7 @@ impl<Q: QueueKind> Builder<Q> {
     pub fn open_or_create(self, name: &str) -> Result<Q> {
         for _ in 0..100 {
             match self.create(name) {
-                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(Error::AlreadyExists(_)) => {}
                 other => return other,
             }
             match self.open(name) {

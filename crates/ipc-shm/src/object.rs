@@ -86,7 +86,7 @@ impl Object {
             match Object::create(Place::Named(name), spec, len, mutex, |map, layout| {
                 (init.take().expect("init runs once"))(map, layout)
             }) {
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(Error::AlreadyExists(_)) => {}
                 other => return other,
             }
             match Object::open(name, spec, Some(len)) {

@@ -93,7 +93,7 @@ pub struct SharedMemory {
 impl SharedMemory {
     /// Creates the segment `/dev/shm/<name>` of `size` bytes, zero-filled,
     /// readable and writable by this user only. This process becomes its
-    /// owner. Fails if the name exists (`io::ErrorKind::AlreadyExists`).
+    /// owner. Fails with [`Error::AlreadyExists`] if the name exists.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
         check_name(name)?;
         if size == 0 {
@@ -109,9 +109,8 @@ impl SharedMemory {
         ) {
             Ok(fd) => fd,
             Err(Errno::EEXIST) => {
-                return Err(Error::Io(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("shared memory segment `{name}` already exists"),
+                return Err(Error::AlreadyExists(format!(
+                    "shared memory segment `{name}`"
                 )))
             }
             Err(e) => return Err(os_error(e, &format!("cannot create `{name}`"))),
@@ -148,11 +147,11 @@ impl SharedMemory {
         for _ in 0..64 {
             let name = format!("{AUTO_NAME_PREFIX}{:08x}", random_u32()?);
             match SharedMemory::create(&name, size) {
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e @ Error::AlreadyExists(_)) => last = Some(e),
                 other => return other,
             }
         }
-        Err(Error::Io(last.expect("the loop ran")))
+        Err(last.expect("the loop ran"))
     }
 
     /// Opens the existing segment `/dev/shm/<name>`, whatever its size
@@ -226,7 +225,7 @@ impl SharedMemory {
     pub fn open_or_create(name: &str, size: usize) -> Result<SharedMemory> {
         for _ in 0..100 {
             match SharedMemory::create(name, size) {
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(Error::AlreadyExists(_)) => {}
                 other => return other,
             }
             match SharedMemory::open_at_least(name, size) {
