@@ -64,17 +64,6 @@ impl Deadline {
         self.remaining() == Some(Duration::ZERO)
     }
 
-    /// The instant it falls at: `None` for [`Deadline::Never`], the present
-    /// for [`Deadline::Now`].
-    #[inline]
-    pub fn instant(self) -> Option<Instant> {
-        match self {
-            Deadline::Never => None,
-            Deadline::Now => Some(Instant::now()),
-            Deadline::At(at) => Some(at),
-        }
-    }
-
     /// How long one sleep inside a longer wait may last: the time left, but
     /// at most `cap`, or `None` once the time is up. Waiters that cannot
     /// rely on every wake-up reaching them (a waker may be killed between

@@ -4,11 +4,11 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::poll::{PollFd, PollFlags};
+use nix::poll::PollFlags;
 use nix::sys::socket::MsgFlags;
 use nix::sys::stat::SFlag;
 
-use crate::wait::poll_until;
+use crate::wait::poll_one;
 use crate::{sys, Deadline};
 
 /// A bidirectional (or one-way) byte stream with a descriptor to wait on.
@@ -209,8 +209,7 @@ fn write_pipe(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 /// Waits until `fd` is ready for `events` (or hung up), or fails with
 /// [`io::ErrorKind::TimedOut`] at the deadline.
 fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, deadline: Deadline) -> io::Result<()> {
-    let mut fds = [PollFd::new(fd, events)];
-    if poll_until(&mut fds, deadline)? > 0 {
+    if poll_one(fd, events, deadline)? {
         Ok(())
     } else {
         Err(io::ErrorKind::TimedOut.into())

@@ -65,16 +65,13 @@ pub fn wait(objects: &[&dyn Waitable], timeout: impl Into<Option<Duration>>) -> 
     } else {
         Deadline::from(timeout.into())
     };
-    let mut fds: Vec<PollFd<'_>> = objects
+    let fds: Vec<_> = objects
         .iter()
-        .map(|o| PollFd::new(o.wait_fd(), PollFlags::POLLIN))
+        .map(|o| (o.wait_fd(), Interest::Read))
         .collect();
-    poll_until(&mut fds, deadline)?;
-    Ok(fds
-        .iter()
-        .enumerate()
-        .filter(|&(i, fd)| buffered[i] || fd.revents().is_some_and(|r| !r.is_empty()))
-        .map(|(i, _)| i)
+    let ready = wait_fds(&fds, deadline)?;
+    Ok((0..objects.len())
+        .filter(|&i| buffered[i] || ready[i])
         .collect())
 }
 
@@ -124,7 +121,16 @@ pub fn wait_fds(fds: &[(BorrowedFd<'_>, Interest)], deadline: Deadline) -> Resul
 
 /// Whether `fd` becomes readable (or hung up) before `deadline`.
 pub(crate) fn poll_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> io::Result<bool> {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll_one(fd, PollFlags::POLLIN, deadline)
+}
+
+/// Whether `fd` becomes ready for `events` (or hung up) before `deadline`.
+pub(crate) fn poll_one(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    deadline: Deadline,
+) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, events)];
     Ok(poll_until(&mut fds, deadline)? > 0)
 }
 

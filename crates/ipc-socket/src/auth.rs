@@ -11,7 +11,7 @@
 use std::os::fd::BorrowedFd;
 
 use hmac::{Hmac, KeyInit, Mac, SimpleHmac};
-use ipc_core::{Connection, Deadline, Error, Result, Transport};
+use ipc_core::{Connection, Deadline, Error, Interest, Result, Transport};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
@@ -385,7 +385,7 @@ pub(crate) fn client_handshake<S: Transport>(
 
 /// Whether `fd` becomes readable before `deadline`.
 fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<bool> {
-    Ok(!ipc_core::wait(&[&fd], deadline.remaining())?.is_empty())
+    Ok(ipc_core::wait_fds(&[(fd, Interest::Read)], deadline)?[0])
 }
 
 #[cfg(test)]

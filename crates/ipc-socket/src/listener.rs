@@ -143,9 +143,9 @@ enum Round {
     Again,
 }
 
-/// A connection accepted but not yet authenticated: a server hands it to a
-/// worker thread so that a client that stalls in the handshake does not
-/// hold up `accept` for the others.
+/// A connection accepted but not yet authenticated, for callers that run
+/// each handshake on a thread of their own (`accept` runs them all on its
+/// caller's thread instead).
 #[derive(Debug)]
 pub struct PendingConnection {
     fd: OwnedFd,
@@ -512,7 +512,9 @@ impl Listener {
     /// One `accept(2)` that does not wait; [`Error::Timeout`] if nobody is
     /// waiting.
     fn accept_raw(&self) -> Result<OwnedFd> {
-        if !self.nonblocking && ipc_core::wait(&[&self.as_fd()], Duration::ZERO)?.is_empty() {
+        if !self.nonblocking
+            && !ipc_core::wait_fds(&[(self.as_fd(), Interest::Read)], Deadline::Now)?[0]
+        {
             return Err(Error::Timeout);
         }
         let accepted = match &self.inner {
@@ -564,7 +566,7 @@ impl Listener {
                     })
                 }
                 Err(Error::Timeout) => {
-                    if ipc_core::wait(&[&self.as_fd()], deadline.remaining())?.is_empty() {
+                    if !ipc_core::wait_fds(&[(self.as_fd(), Interest::Read)], deadline)?[0] {
                         return Err(Error::Timeout);
                     }
                 }
@@ -593,15 +595,15 @@ impl ipc_core::process::Inheritable for Listener {
             .try_into()
             .map_err(|_| Error::InvalidArgument("a listener handle has one descriptor"))?;
         let address: Address = inherited.text.parse()?;
+        // A socket some other program made is left as it is; a blocking one
+        // is only accepted from once poll says a client waits.
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let nonblocking =
+            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK);
         let inner = match address {
             Address::Tcp(..) => Inner::Tcp(TcpListener::from(fd)),
             _ => Inner::Unix(UnixListener::from(fd)),
         };
-        // A socket some other program made is left as it is; a blocking one
-        // is only accepted from once poll says a client waits.
-        let flags = nix::fcntl::fcntl(fd_of(&inner), nix::fcntl::FcntlArg::F_GETFL)?;
-        let nonblocking =
-            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK);
         Listener::new(inner, address, Options::new(), None, nonblocking)
     }
 }
@@ -609,13 +611,6 @@ impl ipc_core::process::Inheritable for Listener {
 impl AsFd for PendingConnection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-fn fd_of(inner: &Inner) -> BorrowedFd<'_> {
-    match inner {
-        Inner::Unix(listener) => listener.as_fd(),
-        Inner::Tcp(listener) => listener.as_fd(),
     }
 }
 

@@ -63,8 +63,7 @@ fn tls_io_error(e: rustls::Error) -> io::Error {
 impl TlsState {
     fn flush_records(&mut self, deadline: Deadline) -> io::Result<()> {
         while self.session.wants_write() {
-            let session = &mut self.session;
-            session.write_tls(&mut SocketIo {
+            self.session.write_tls(&mut SocketIo {
                 socket: &mut self.socket,
                 deadline,
             })?;
@@ -83,8 +82,7 @@ impl TlsState {
     /// Reads and processes one more record's worth of bytes; false at the
     /// end of the stream.
     fn read_records(&mut self, deadline: Deadline) -> io::Result<bool> {
-        let session = &mut self.session;
-        if session.read_tls(&mut SocketIo {
+        if self.session.read_tls(&mut SocketIo {
             socket: &mut self.socket,
             deadline,
         })? == 0

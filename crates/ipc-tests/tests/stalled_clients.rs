@@ -7,7 +7,7 @@
 //! to their idle counts.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_core::process::Process;
+use ipc_core::{Deadline, Interest};
 use ipc_socket::{Client, Listener, Options, Server};
 use ipc_tests::{open_fds, PATIENCE};
 
@@ -74,26 +75,22 @@ fn stalled_clients(name: &str, stall: Stall) -> (ipc_core::process::Child, ipc_c
             let mut buf = [0u8; 512];
             let mut next_drip = Instant::now() + DRIP;
             while clients.iter().any(Option::is_some) && start.elapsed() < PATIENCE {
-                let mut fds: Vec<nix::poll::PollFd<'_>> = clients
+                let open: Vec<usize> = (0..STALLED).filter(|&i| clients[i].is_some()).collect();
+                let fds: Vec<_> = open
                     .iter()
-                    .flatten()
-                    .map(|c| nix::poll::PollFd::new(c.as_fd(), nix::poll::PollFlags::POLLIN))
+                    .filter_map(|&i| clients[i].as_ref())
+                    .map(|client| (client.as_fd(), Interest::Read))
                     .collect();
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16));
-                let readable: Vec<i32> = fds
-                    .iter()
-                    .filter(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .map(|fd| fd.as_fd().as_raw_fd())
-                    .collect();
+                // Wakes at least every 50 ms, for the drip.
+                let ready = ipc_core::wait_fds(&fds, Deadline::after(Duration::from_millis(50)))?;
                 drop(fds);
-                for slot in clients.iter_mut() {
-                    let Some(client) = slot else { continue };
-                    if readable.contains(&client.as_raw_fd()) {
-                        // The challenge, or the end of the connection.
-                        match client.read(&mut buf) {
-                            Ok(0) | Err(_) => *slot = None,
-                            Ok(_) => {}
-                        }
+                for (&i, _) in open.iter().zip(ready).filter(|&(_, ready)| ready) {
+                    let Some(client) = &mut clients[i] else {
+                        continue;
+                    };
+                    // The challenge, or the end of the connection.
+                    if matches!(client.read(&mut buf), Ok(0) | Err(_)) {
+                        clients[i] = None;
                     }
                 }
                 if let Stall::Drip = stall {
