@@ -204,7 +204,7 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
     ("Pipe: a list through a pipe", "ipc-pipe", "pipe_list"),
     (
         "Queue: a producer process and a consumer process",
-        "ipc-queue",
+        "ipc-shm-queue",
         "queue",
     ),
     (

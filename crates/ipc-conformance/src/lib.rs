@@ -31,9 +31,7 @@ use ipc_core::process::{Inheritable, Process};
 use ipc_core::{ByteReceiver, ByteSender, Error, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
-/// How long a check waits for something that should happen at once. Long
-/// enough for a loaded machine; a bug then fails instead of hanging.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub use ipc_testkit::{pattern, PATIENCE};
 
 /// The timeout the timing checks use.
 pub const SHORT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -169,20 +167,6 @@ pub fn nested() -> Nested {
         ]),
         odd: (true, '🦀', i128::MIN, u128::MAX, f32::INFINITY),
     }
-}
-
-/// `len` bytes of a pattern that differs with `seed`, so a message that
-/// arrives shifted, cut or mixed with another does not compare equal.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Runs every in-process check against pairs from `make`, which must

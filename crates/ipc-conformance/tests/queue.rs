@@ -162,11 +162,7 @@ fn named_queue_conforms() {
         )
     };
     ipc_conformance::run_all(make);
-    let prefix = format!("ipct_{}_", std::process::id());
-    assert!(std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .all(|n| !n.starts_with(&prefix)));
+    ipc_testkit::assert_no_leftovers();
 }
 
 #[test]

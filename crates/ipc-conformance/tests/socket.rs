@@ -2,18 +2,8 @@
 //! abstract name, TCP, TCP with the authkey handshake, and TLS, each in
 //! both directions and across processes.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use ipc_socket::{Address, Client, Listener, Options, SocketConnection};
-
-fn unique() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "ipct_conf_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use ipc_testkit::{temp_path, unique};
 
 /// A connected (client end, accepted end) pair; the accept runs on a
 /// thread because an authenticating client needs the server to answer.
@@ -32,13 +22,13 @@ fn pair(
 }
 
 fn unix() -> (SocketConnection, SocketConnection) {
-    let path = std::env::temp_dir().join(unique());
+    let path = temp_path("ipct_conf");
     pair(Address::Unix(path), Options::new(), Options::new())
 }
 
 fn abstract_name() -> (SocketConnection, SocketConnection) {
     pair(
-        Address::Abstract(unique().into_bytes()),
+        Address::Abstract(unique("ipct_conf").into_bytes()),
         Options::new(),
         Options::new(),
     )

@@ -82,6 +82,18 @@ pub enum Error {
     /// The previous holder of a lock died while holding it. The data it
     /// guarded may be inconsistent.
     OwnerDied,
+    /// A shared-memory object is not the object asked for: another kind,
+    /// item type, length or layout version, too small, or not an object of
+    /// this workspace at all. Nothing in it was touched.
+    Incompatible(Box<Mismatch>),
+    /// The bytes of a shared-memory object are impossible: no process of
+    /// this workspace writes them (a header that contradicts itself, a
+    /// control word or record length out of range, a lock that is no
+    /// lock). Someone else wrote the segment, or memory was damaged.
+    Corrupt(Box<Mismatch>),
+    /// The creator of the named object died before it finished creating it
+    /// (the name is given). `open_or_create` reclaims such a name.
+    Abandoned(String),
     /// Any other operating-system error.
     Io(io::Error),
 }
@@ -126,6 +138,19 @@ impl fmt::Display for Error {
             Error::AlreadyExists(what) => write!(f, "already exists: {what}"),
             Error::Authentication(why) => write!(f, "authentication failed: {why}"),
             Error::OwnerDied => f.write_str("the previous owner of the lock died while holding it"),
+            Error::Incompatible(m) => write!(
+                f,
+                "{} does not hold what was asked for: {} is {}, expected {}",
+                m.segment, m.property, m.found, m.expected
+            ),
+            Error::Corrupt(m) => write!(
+                f,
+                "{} is corrupt: {} is {}, expected {}",
+                m.segment, m.property, m.found, m.expected
+            ),
+            Error::Abandoned(what) => {
+                write!(f, "the creator of {what} died before it finished creating it")
+            }
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -172,7 +197,104 @@ impl From<Error> for io::Error {
             Error::AlreadyExists(_) => io::Error::new(io::ErrorKind::AlreadyExists, e),
             Error::Unsupported(_) => io::Error::new(io::ErrorKind::Unsupported, e),
             Error::Authentication(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
+            Error::Incompatible(_) | Error::Corrupt(_) | Error::Abandoned(_) => {
+                io::Error::new(io::ErrorKind::InvalidData, e)
+            }
             _ => io::Error::new(io::ErrorKind::InvalidData, e),
         }
+    }
+}
+
+/// What [`Error::Incompatible`] and [`Error::Corrupt`] found: which
+/// property of which segment differs, what was expected and what is there.
+///
+/// ```
+/// use ipc_core::{Error, Mismatch, Property};
+/// let e = Error::Incompatible(Box::new(Mismatch::new(
+///     "shared memory segment `prices`",
+///     Property::ItemType,
+///     "`f64`",
+///     "`u64`",
+/// )));
+/// assert!(matches!(&e, Error::Incompatible(m) if m.property == Property::ItemType));
+/// assert_eq!(
+///     e.to_string(),
+///     "shared memory segment `prices` does not hold what was asked for: the item type is `u64`, expected `f64`"
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Mismatch {
+    /// The segment, as messages name it (`shared memory segment `name``
+    /// or `the anonymous segment`).
+    pub segment: String,
+    /// What differs.
+    pub property: Property,
+    /// What was expected, for people.
+    pub expected: String,
+    /// What was found, for people.
+    pub found: String,
+}
+
+impl Mismatch {
+    /// A mismatch of `property` in `segment`.
+    pub fn new(
+        segment: impl Into<String>,
+        property: Property,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Mismatch {
+        Mismatch {
+            segment: segment.into(),
+            property,
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+}
+
+/// The property of a shared-memory object that a [`Mismatch`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Property {
+    /// The segment's size in bytes.
+    Size,
+    /// The magic number that marks an object of this workspace.
+    Magic,
+    /// The word that says whether the creator finished initialising.
+    State,
+    /// The layout version.
+    Version,
+    /// The kind of object (`Value`, `Lock`, `Queue` ...).
+    Kind,
+    /// The type of the elements or items.
+    ItemType,
+    /// The number of elements, or a queue's capacity.
+    Length,
+    /// Header fields that contradict each other.
+    Header,
+    /// A control word (a queue's head or tail, a cache of them).
+    ControlWord,
+    /// A record inside a queue's ring.
+    Record,
+    /// A lock's words.
+    Lock,
+}
+
+impl fmt::Display for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Property::Size => "the size",
+            Property::Magic => "the magic number",
+            Property::State => "the initialisation state",
+            Property::Version => "the layout version",
+            Property::Kind => "the kind",
+            Property::ItemType => "the item type",
+            Property::Length => "the length",
+            Property::Header => "the header",
+            Property::ControlWord => "a control word",
+            Property::Record => "a record",
+            Property::Lock => "the lock",
+        })
     }
 }

@@ -4,7 +4,7 @@
 //! A frame is a header followed by the payload. The header is the payload
 //! length as a 4-byte big-endian signed integer; a payload longer than
 //! `0x7fff_ffff` bytes is announced by -1 (`ff ff ff ff`) followed by the
-//! length as an 8-byte big-endian unsigned integer. See `docs/PROTOCOL.md`.
+//! length as an 8-byte big-endian unsigned integer. See `docs/PROTOCOL.md` in the repository.
 
 use crate::{Error, Result};
 

@@ -1,12 +1,15 @@
 //! The thin unsafe edge of ipc-core: the few system calls that nix does not
-//! wrap safely. Everything else in the crate is safe code; each function
-//! here has a safe signature whose contract is stated in its doc comment.
+//! wrap safely, made through rustix where it wraps them and raw otherwise.
+//! Everything else in the crate is safe code; each function here has a safe
+//! signature whose contract is stated in its doc comment.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use rustix::io::Errno;
+use rustix::process::PidfdFlags;
 
 /// `pidfd_open(2)`: a descriptor that refers to the process `pid` itself,
 /// immune to pid reuse, and readable once the process has exited.
@@ -14,35 +17,20 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 /// The caller must be the parent of `pid` and must not have reaped it yet;
 /// then `pid` cannot have been reused by another process.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags by value and touches no memory
-    // of ours; the return value is checked before use.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us, so it is open
-    // and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    // Pid 0 or a negative one names no single process.
+    let pid = (pid > 0)
+        .then(|| rustix::process::Pid::from_raw(pid))
+        .flatten()
+        .ok_or(Errno::INVAL)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// `pidfd_send_signal(2)`: signals the process the pidfd refers to, never a
 /// process that happens to reuse its pid.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
-    // SAFETY: a null siginfo is allowed (the kernel fills in the defaults);
-    // the descriptor is borrowed, so it is open for the duration of the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // Every signal nix names is one rustix names too.
+    let signal = rustix::process::Signal::from_named_raw(signal as i32).ok_or(Errno::INVAL)?;
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
 }
 
 /// What `fork` returned in this process.
@@ -98,6 +86,7 @@ pub(crate) fn close_all_except(keep: &[RawFd]) {
 }
 
 fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // Raw: rustix has no wrapper for close_range.
     // SAFETY: close_range only closes descriptors. It is called in a freshly
     // forked child on descriptors that the child's code is told not to use
     // (`Process::fork` docs); it touches no memory.

@@ -10,7 +10,7 @@
 //! Consumed data: 5
 //! ```
 //!
-//! Run with `cargo run -p ipc-queue --example queue`.
+//! Run with `cargo run -p ipc-shm-queue --example queue`.
 
 use ipc_core::process::Process;
 use ipc_queue::Queue;

@@ -1,27 +1,16 @@
-//! The ring itself, shared by all three queue types: variable-size records
-//! in a byte ring, a tail that producers move under one robust mutex and a
-//! head that consumers move under another, and futex words to sleep on.
+//! The operations of all three queue types: put, get, close, task_done
+//! and join, each under one of two robust mutexes, with the ring's
+//! arithmetic in `ring` and the waiting in `waker`.
 //!
-//! # Records
-//!
-//! A record is `[len: u32][0: u32][payload][padding to 8]`. A record that
-//! does not fit before the end of the ring is preceded by a wrap marker
-//! (`len == u32::MAX`) and starts at offset 0.
-//!
-//! # Two ends, one word each
-//!
-//! `tail` packs the number of puts ever made (wrapping, high 32 bits) with
-//! the ring offset where the next record goes; `head` packs the number of
-//! gets with the offset of the next record to take. A put writes its
-//! record into free space and then publishes it with one store of `tail`;
-//! a get copies its record out and then takes it with one store of `head`.
-//! So every change a process makes to the queue is a single atomic store:
-//! a process killed at any instruction leaves either the old word (its put
-//! never returned, its get took nothing) or the new one, and the next
-//! process to take that end's mutex, told by it that the owner died, only
-//! checks the words and wakes everyone ([`Core::recover`]); there is
-//! nothing to repair. The number of items is `tail.count - head.count`;
-//! JoinableQueue's unfinished tasks are `tail.count - done`.
+//! A put writes its record into free space and then publishes it with one
+//! store of `tail`; a get copies its record out and then takes it with one
+//! store of `head`. So every change a process makes to the queue is a
+//! single atomic store: a process killed at any instruction leaves either
+//! the old word (its put never returned, its get took nothing) or the new
+//! one, and the next process to take that end's mutex, told by it that the
+//! owner died, only checks the words and wakes everyone ([`Core::recover`]);
+//! there is nothing to repair. The number of items is `tail.count -
+//! head.count`; JoinableQueue's unfinished tasks are `tail.count - done`.
 //!
 //! Producers and consumers never take each other's mutex, so one producer
 //! and one consumer run at the same time. Each end keeps its last look at
@@ -29,37 +18,22 @@
 //! one, a cache line the other side writes, when that look shows no room
 //! or no item. The one operation that needs both ends is moving an empty
 //! ring back to offset 0 when a record does not fit after the tail
-//! ([`Core::realign`]), done in steps that each leave a valid ring.
-//!
-//! # Waiting
-//!
-//! `put_seq` changes with every put and `get_seq` with every get. A getter
-//! that finds nothing has read `put_seq` before looking at `tail`; it spins
-//! briefly, then registers in `waiting_getters` and sleeps on `put_seq`
-//! with the value it read. A put stores `tail`, then `put_seq`, then
-//! (after a full fence, which the registration also has) looks at
-//! `waiting_getters`: either the getter's sleep sees the new `put_seq` and
-//! returns at once, or the put sees the registration, clears it and wakes
-//! every sleeper after unlocking; a woken getter that still finds nothing
-//! registers again. So `futex_wake` is called once per sleep, not once per
-//! operation, and never when nobody sleeps; a waiter that times out or is
-//! killed leaves at most one needless wake-up behind. Taking a mutex tries
-//! a few times before blocking in the kernel, as it is only ever held for
-//! a short copy. Sleeps are cut at [`SAFETY_NET`] and the waiter looks
-//! again: that is what lets a waiter recover when the process that should
-//! have woken it was killed between its store and its wake.
+//! ([`Core::realign`]), done in steps that each leave a valid ring. Taking
+//! a mutex tries a few times before blocking in the kernel, as it is only
+//! ever held for a short copy.
 
 use std::cell::RefCell;
-use std::io;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{fence, Ordering};
+use std::time::Duration;
 
 use ipc_core::{Deadline, Error, Result};
-use ipc_shm::raw::{atomic_u32, atomic_u64, futex_wait, futex_wake, SAFETY_NET};
+use ipc_shm::raw::{Object, SAFETY_NET};
 use ipc_shm::SharedMemory;
 
-use crate::layout::{self, Params, Spec};
+use crate::layout::{Control, Params};
+use crate::ring::{self, Pos, Ring, View, RECORD_HEADER, WRAP};
 use crate::sys::{self, End};
+use crate::waker::{Spin, Waker};
 
 /// How long a getter keeps checking for a put before it sleeps: more than
 /// a futex wake-up takes on a loaded or virtual machine, so a peer that
@@ -87,18 +61,11 @@ const PUT_SPIN: Duration = Duration::from_micros(20);
 const PUT_BATCH: u32 = 64;
 /// Spin-loop hints between a waiting putter's looks, for the same reason.
 const PUT_PAUSES: u32 = 16;
-/// How long a spin runs before it starts yielding the CPU between looks.
-const YIELD_AFTER: Duration = Duration::from_micros(20);
 /// How many times [`Core::lock`] tries the mutex before it blocks.
 const LOCK_TRIES: u32 = 64;
 /// How long a non-blocking put or get waits for the lock before calling
 /// the queue busy.
 const NOWAIT_LOCK_PATIENCE: Duration = Duration::from_millis(1);
-/// The length that marks "the next record starts at offset 0".
-const WRAP: u32 = u32::MAX;
-/// Bytes in front of every payload.
-const RECORD_HEADER: u64 = 8;
-
 /// How long a call with this deadline waits for a lock. A non-blocking
 /// call waits out a holder that is running (the lock is held for well under
 /// a microsecond), but not one that is stopped or descheduled for long: it
@@ -120,41 +87,6 @@ fn gave_up(deadline: Deadline, error: Error, busy: Error) -> Error {
     }
 }
 
-/// One end of the ring: how many items have passed it (wrapping) and the
-/// ring offset it is at. Stored as one `u64`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Pos {
-    pub(crate) count: u32,
-    pub(crate) offset: u32,
-}
-
-impl Pos {
-    fn pack(self) -> u64 {
-        u64::from(self.count) << 32 | u64::from(self.offset)
-    }
-
-    fn unpack(word: u64) -> Pos {
-        Pos {
-            count: (word >> 32) as u32,
-            offset: word as u32,
-        }
-    }
-}
-
-/// A head and a tail, as one process saw them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct View {
-    pub(crate) head: Pos,
-    pub(crate) tail: Pos,
-}
-
-impl View {
-    /// The number of records between head and tail.
-    fn items(&self) -> u32 {
-        self.tail.count.wrapping_sub(self.head.count)
-    }
-}
-
 /// Where a received payload goes.
 pub(crate) enum Dest<'b> {
     /// Into this slice; [`Error::BufferTooShort`] if it is too short.
@@ -166,9 +98,8 @@ pub(crate) enum Dest<'b> {
 /// A mapped, validated queue segment.
 #[derive(Debug)]
 pub(crate) struct Core {
-    pub(crate) shm: SharedMemory,
-    pub(crate) capacity: usize,
-    pub(crate) maxsize: usize,
+    pub(crate) obj: Object,
+    pub(crate) ring: Ring,
 }
 
 /// One end's mutex, held; released on drop.
@@ -194,124 +125,78 @@ fn crash_point() {
 #[inline(always)]
 fn crash_point() {}
 
-fn corrupt(message: String) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidData, message))
-}
-
 /// What a put or get that found the queue full or empty waits on.
 struct Waiting<'a> {
-    /// The other end's sequence word, changed by each put (or get).
-    seq: &'a AtomicU32,
-    /// What `seq` held before the queue was found full or empty.
+    /// The other end's sequence word and registrations.
+    waker: Waker<'a>,
+    /// What the sequence held before the queue was found full or empty.
     seen: u32,
-    /// The offset of the count of processes asleep on `seq`.
-    waiters: usize,
-    /// How long to leave `seq` alone before the first look.
-    quiet: Duration,
-    /// How far `seq` should move before the spin ends early.
-    want: u32,
-    /// Spin-loop hints between looks at `seq`.
-    pauses: u32,
-    /// How long to spin before sleeping.
-    spin: Duration,
+    /// How to spin before sleeping.
+    spin: Spin,
     /// What a non-blocking call returns: `Full` or `Empty`.
     busy: Error,
 }
 
-/// Spins until `word` has moved at least `want` steps on from `seen`:
-/// `true` then, or after `spin_for` if it moved at all, `false` if it did
-/// not move. It leaves the word alone for `quiet` first, then looks once
-/// every `pauses` spin-loop hints, so as not to
-/// pull the cache line away from the process writing it on every one of
-/// its operations. After the first few microseconds it yields the CPU
-/// between looks: the process that will change the word may be waiting
-/// for this very CPU (a woken process is often placed on its waker's CPU).
-fn spin(
-    word: &AtomicU32,
-    seen: u32,
-    quiet: Duration,
-    want: u32,
-    pauses: u32,
-    spin_for: Duration,
-) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < quiet {
-        for _ in 0..4 {
-            std::hint::spin_loop();
-        }
-    }
-    loop {
-        for _ in 0..16 {
-            if word.load(Ordering::Relaxed).wrapping_sub(seen) >= want {
-                return true;
-            }
-            for _ in 0..pauses {
-                std::hint::spin_loop();
-            }
-        }
-        let spent = start.elapsed();
-        if spent >= spin_for {
-            return word.load(Ordering::Relaxed) != seen;
-        }
-        if spent >= YIELD_AFTER {
-            std::thread::yield_now();
-        }
-    }
-}
-
-/// Where a put writes: an optional wrap marker, then its record.
-#[derive(Clone, Copy, Debug)]
-struct Placement {
-    marker: Option<u64>,
-    record: u64,
-}
-
 impl Core {
-    /// Creates a queue in a fresh, zero-filled segment.
-    pub(crate) fn create(mut shm: SharedMemory, spec: &Spec, params: Params) -> Result<Core> {
-        layout::create(&mut shm, spec, &params)?;
-        Ok(Core {
-            shm,
-            capacity: params.capacity,
-            maxsize: params.maxsize,
-        })
+    /// A queue in `obj`, made with `params`.
+    pub(crate) fn new(obj: Object, params: Params) -> Core {
+        Core {
+            obj,
+            ring: Ring {
+                capacity: params.capacity as u64,
+                maxsize: params.maxsize,
+            },
+        }
     }
 
-    /// Checks the header of an existing segment.
-    pub(crate) fn open(shm: SharedMemory, spec: &Spec) -> Result<Core> {
-        let params = layout::validate(&shm, spec)?;
-        Ok(Core {
-            shm,
-            capacity: params.capacity,
-            maxsize: params.maxsize,
-        })
+    /// The segment.
+    pub(crate) fn shm(&self) -> &SharedMemory {
+        self.obj.shm()
     }
 
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        atomic_u32(&self.shm, offset)
+    /// The control block.
+    #[inline]
+    pub(crate) fn control(&self) -> &Control {
+        sys::control(self.shm())
     }
 
-    pub(crate) fn load_pos(&self, at: usize, order: Ordering) -> Pos {
-        Pos::unpack(atomic_u64(&self.shm, at).load(order))
+    /// Getters asleep until a put.
+    fn getters(&self) -> Waker<'_> {
+        let c = self.control();
+        Waker::new(&c.tail.seq, &c.waits.getters)
     }
 
-    pub(crate) fn store_pos(&self, at: usize, pos: Pos, order: Ordering) {
-        atomic_u64(&self.shm, at).store(pos.pack(), order);
+    /// Putters asleep until a get.
+    fn putters(&self) -> Waker<'_> {
+        let c = self.control();
+        Waker::new(&c.head.seq, &c.waits.putters)
+    }
+
+    /// Joiners asleep until no task is unfinished.
+    fn joiners(&self) -> Waker<'_> {
+        let c = self.control();
+        Waker::new(&c.join.seq, &c.join.joiners)
+    }
+
+    /// Refuses a view no sequence of puts and gets produces.
+    pub(crate) fn check(&self, v: &View) -> Result<()> {
+        self.ring.check(v).map_err(|c| c.error(self.shm()))
     }
 
     /// Head and tail as they are now (a snapshot). The head is read first:
     /// it never passes the tail, so the tail read after it is at least as
     /// far along and the item count never comes out negative.
     pub(crate) fn view(&self) -> View {
-        let head = self.load_pos(layout::HEAD, Ordering::Acquire);
-        let tail = self.load_pos(layout::TAIL, Ordering::Acquire);
+        let c = self.control();
+        let head = Pos::load(&c.head.pos, Ordering::Acquire);
+        let tail = Pos::load(&c.tail.pos, Ordering::Acquire);
         View { head, tail }
     }
 
     /// Takes one end's lock, checking the queue first if its last holder
     /// died.
     fn lock(&self, end: End, deadline: Deadline) -> Result<Locked<'_>> {
-        let mutex = sys::mutex(&self.shm, end);
+        let mutex = sys::mutex(self.shm(), end);
         // The lock is held for a few hundred nanoseconds at a time: try a
         // little before letting the mutex put this thread to sleep
         // in the kernel (which costs microseconds on both sides).
@@ -342,7 +227,9 @@ impl Core {
     /// Every change is one store, so there is nothing to finish or undo.
     fn recover(&self, end: End) -> Result<()> {
         self.check(&self.view())?;
-        self.word(layout::RECOVERIES)
+        self.control()
+            .waits
+            .recoveries
             .fetch_add(1, Ordering::Relaxed);
         self.wake_all(end);
         Ok(())
@@ -350,54 +237,7 @@ impl Core {
 
     /// How many times a lock whose holder died was recovered.
     pub(crate) fn recoveries(&self) -> u32 {
-        self.word(layout::RECOVERIES).load(Ordering::Relaxed)
-    }
-
-    /// The bytes between head and tail: records, and wrap markers in front
-    /// of them. A view read from a hostile segment gives a wrong number,
-    /// never an overflow.
-    fn used(&self, v: &View) -> u64 {
-        let cap = (self.capacity as u64).max(1);
-        let (head, tail) = (
-            u64::from(v.head.offset) % cap,
-            u64::from(v.tail.offset) % cap,
-        );
-        match (head == tail, v.items() == 0) {
-            (true, true) => 0,
-            (true, false) => cap,
-            (false, _) => (tail + cap - head) % cap,
-        }
-    }
-
-    /// Refuses a view that no sequence of puts and gets can produce, so
-    /// nothing read from the segment is followed before it is checked.
-    pub(crate) fn check(&self, v: &View) -> Result<()> {
-        let cap = self.capacity as u64;
-        let items = u64::from(v.items());
-        let offset_ok = |p: Pos| u64::from(p.offset) < cap && p.offset % 8 == 0;
-        let ok = offset_ok(v.head)
-            && offset_ok(v.tail)
-            && items * RECORD_HEADER <= self.used(v)
-            // Nothing but a wrap marker between head and tail: it runs to
-            // the end of the ring, so the tail is at 0.
-            && (items != 0 || v.head.offset == v.tail.offset || v.tail.offset == 0);
-        if ok {
-            Ok(())
-        } else {
-            Err(corrupt(format!(
-                "the queue's control state is corrupt ({v:?}, capacity {cap})"
-            )))
-        }
-    }
-
-    /// Whether anyone registered to wait on the counter at `waiting`; if
-    /// so, clears the registrations (the caller then wakes everyone, and
-    /// whoever still has to wait registers again). Called after the store
-    /// that a waiter waits for and a full fence, so a waiter that
-    /// registers after this call sees that store.
-    fn take_waiters(&self, waiting: usize) -> bool {
-        let waiting = self.word(waiting);
-        waiting.load(Ordering::Relaxed) != 0 && waiting.swap(0, Ordering::AcqRel) != 0
+        self.control().waits.recoveries.load(Ordering::Relaxed)
     }
 
     /// Wakes every waiter, called holding `end`'s lock. Only the sequence
@@ -408,85 +248,26 @@ impl Core {
     /// sleepers are still woken; one that is about to sleep looks again
     /// within [`SAFETY_NET`].
     fn wake_all(&self, end: End) {
-        let (own_seq, own_waiting, other_seq) = match end {
-            End::Tail => (layout::PUT_SEQ, layout::WAITING_GETTERS, layout::GET_SEQ),
-            End::Head => (layout::GET_SEQ, layout::WAITING_PUTTERS, layout::PUT_SEQ),
+        let (own, other) = match end {
+            End::Tail => (self.getters(), self.putters()),
+            End::Head => (self.putters(), self.getters()),
         };
-        self.word(own_waiting).store(0, Ordering::Relaxed);
-        self.bump(self.word(own_seq));
-        futex_wake(self.word(own_seq), u32::MAX);
-        self.word(layout::WAITING_JOINERS)
-            .store(0, Ordering::Relaxed);
-        let join_seq = self.word(layout::JOIN_SEQ);
-        join_seq.fetch_add(1, Ordering::Release);
-        futex_wake(join_seq, u32::MAX);
-        futex_wake(self.word(other_seq), u32::MAX);
-    }
-
-    /// Bumps a sequence word that only its end's lock holder writes.
-    fn bump(&self, seq: &AtomicU32) {
-        seq.store(
-            seq.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Release,
-        );
-    }
-
-    /// The size a record for `len` payload bytes takes, or
-    /// [`Error::TooLarge`] if even an empty ring could not hold it.
-    fn record_size(&self, len: usize) -> Result<u64> {
-        let limit = self.capacity as u64 - RECORD_HEADER;
-        let len64 = len as u64;
-        if len64 > limit || len64 >= u64::from(WRAP) {
-            return Err(Error::TooLarge { size: len64, limit });
-        }
-        Ok(RECORD_HEADER + len64.next_multiple_of(8))
-    }
-
-    fn ring_write(&self, off: u64, bytes: &[u8]) -> Result<()> {
-        self.shm
-            .write_at(layout::RING_OFFSET + off as usize, bytes)?;
-        crash_point();
-        Ok(())
-    }
-
-    fn ring_read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        self.shm.read_at(layout::RING_OFFSET + off as usize, buf)
-    }
-
-    fn ring_len(&self, off: u64) -> Result<u32> {
-        let mut b = [0u8; 4];
-        self.ring_read(off, &mut b)?;
-        Ok(u32::from_ne_bytes(b))
-    }
-
-    /// Where a record of `need` bytes goes after `v.tail`, if there is room
-    /// for it (and for one more item).
-    fn place(&self, v: &View, need: u64) -> Option<Placement> {
-        if self.maxsize != 0 && v.items() as usize >= self.maxsize {
-            return None;
-        }
-        let cap = self.capacity as u64;
-        let free = cap - self.used(v);
-        let off = u64::from(v.tail.offset);
-        if need <= cap - off {
-            (need <= free).then_some(Placement {
-                marker: None,
-                record: off,
-            })
-        } else {
-            (cap - off + need <= free).then_some(Placement {
-                marker: Some(off),
-                record: 0,
-            })
-        }
+        own.clear();
+        own.bump();
+        own.wake();
+        let joiners = self.joiners();
+        joiners.clear();
+        joiners.seq.fetch_add(1, Ordering::Release);
+        joiners.wake();
+        other.wake();
     }
 
     /// Puts one record. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` leave the queue unchanged.
     pub(crate) fn put(&self, payload: &[u8], deadline: Deadline) -> Result<()> {
-        let need = self.record_size(payload.len())?;
-        let cap = self.capacity as u64;
-        let get_seq = self.word(layout::GET_SEQ);
+        let need = self.ring.record_size(payload.len())?;
+        let c = self.control();
+        let putters = self.putters();
         let mut spun = false;
         loop {
             let locked = self
@@ -495,21 +276,27 @@ impl Core {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let tail = self.load_pos(layout::TAIL, Ordering::Relaxed);
+            let tail = Pos::load(&c.tail.pos, Ordering::Relaxed);
             let mut v = View {
-                head: self.load_pos(layout::SEEN_HEAD, Ordering::Relaxed),
+                head: Pos::load(&c.seen_head, Ordering::Relaxed),
                 tail,
             };
-            self.check(&v)?;
-            let mut placement = self.place(&v, need);
+            if self.ring.check(&v).is_err() {
+                // A cache word no put writes: repair it from the real head,
+                // which alone says whether the queue is corrupt.
+                v.head = Pos::load(&c.head.pos, Ordering::Acquire);
+                v.head.store(&c.seen_head, Ordering::Relaxed);
+                self.check(&v)?;
+            }
+            let mut placement = self.ring.place(&v, need);
             let mut seen = 0;
             if placement.is_none() {
                 // The last look at the head shows no room: look again.
-                seen = get_seq.load(Ordering::Acquire);
-                v.head = self.load_pos(layout::HEAD, Ordering::Acquire);
-                self.store_pos(layout::SEEN_HEAD, v.head, Ordering::Relaxed);
+                seen = putters.seen();
+                v.head = Pos::load(&c.head.pos, Ordering::Acquire);
+                v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
-                placement = self.place(&v, need);
+                placement = self.ring.place(&v, need);
             }
             if let Some(at) = placement {
                 if let Some(marker) = at.marker {
@@ -519,20 +306,18 @@ impl Core {
                 header[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
                 self.ring_write(at.record, &header)?;
                 self.ring_write(at.record + RECORD_HEADER, payload)?;
-                let tail = Pos {
-                    count: tail.count.wrapping_add(1),
-                    offset: ((at.record + need) % cap) as u32,
-                };
                 // The commit: the record becomes visible to getters.
-                self.store_pos(layout::TAIL, tail, Ordering::Release);
+                self.ring
+                    .tail_after(tail, &at, need)
+                    .store(&c.tail.pos, Ordering::Release);
                 crash_point();
-                let put_seq = self.word(layout::PUT_SEQ);
-                self.bump(put_seq);
+                let getters = self.getters();
+                let now = getters.bump();
                 fence(Ordering::SeqCst);
-                let wake = self.take_waiters(layout::WAITING_GETTERS);
+                let wake = getters.take(now);
                 drop(locked);
                 if wake {
-                    futex_wake(put_seq, u32::MAX);
+                    getters.wake();
                 }
                 return Ok(());
             }
@@ -543,13 +328,14 @@ impl Core {
                 continue;
             }
             let waiting = Waiting {
-                seq: get_seq,
+                waker: putters,
                 seen,
-                waiters: layout::WAITING_PUTTERS,
-                quiet: Duration::ZERO,
-                want: PUT_BATCH,
-                pauses: PUT_PAUSES,
-                spin: PUT_SPIN,
+                spin: Spin {
+                    quiet: Duration::ZERO,
+                    want: PUT_BATCH,
+                    pauses: PUT_PAUSES,
+                    spin_for: PUT_SPIN,
+                },
                 busy: Error::Full,
             };
             self.wait_for_change(locked, deadline, waiting, &mut spun)?;
@@ -564,9 +350,10 @@ impl Core {
     /// record at 0 (a ring holding only a marker is empty), then the head
     /// moved past it, as a get would.
     fn realign(&self, tail: Pos, deadline: Deadline) -> Result<()> {
+        let c = self.control();
         let consumers = self.lock(End::Head, deadline)?;
         let v = View {
-            head: self.load_pos(layout::HEAD, Ordering::Acquire),
+            head: Pos::load(&c.head.pos, Ordering::Acquire),
             tail,
         };
         self.check(&v)?;
@@ -576,16 +363,16 @@ impl Core {
         if tail.offset != 0 {
             self.ring_write(u64::from(tail.offset), &WRAP.to_ne_bytes())?;
             let tail = Pos { offset: 0, ..tail };
-            self.store_pos(layout::TAIL, tail, Ordering::Release);
+            tail.store(&c.tail.pos, Ordering::Release);
             crash_point();
         }
         let head = Pos {
             offset: 0,
             ..v.head
         };
-        self.store_pos(layout::HEAD, head, Ordering::Release);
+        head.store(&c.head.pos, Ordering::Release);
         crash_point();
-        self.store_pos(layout::SEEN_HEAD, head, Ordering::Relaxed);
+        head.store(&c.seen_head, Ordering::Relaxed);
         drop(consumers);
         Ok(())
     }
@@ -594,33 +381,39 @@ impl Core {
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
     pub(crate) fn get(&self, mut dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
-        let put_seq = self.word(layout::PUT_SEQ);
+        let c = self.control();
+        let getters = self.getters();
         let mut spun = false;
         loop {
             let locked = self
                 .lock(End::Head, deadline)
                 .map_err(|e| gave_up(deadline, e, Error::Empty))?;
             let mut v = View {
-                head: self.load_pos(layout::HEAD, Ordering::Relaxed),
-                tail: self.load_pos(layout::SEEN_TAIL, Ordering::Relaxed),
+                head: Pos::load(&c.head.pos, Ordering::Relaxed),
+                tail: Pos::load(&c.seen_tail, Ordering::Relaxed),
             };
             let mut seen = 0;
             if v.items() == 0 {
                 // The last look at the tail shows nothing more: look again.
-                seen = put_seq.load(Ordering::Acquire);
-                v.tail = self.load_pos(layout::TAIL, Ordering::Acquire);
-                self.store_pos(layout::SEEN_TAIL, v.tail, Ordering::Relaxed);
+                seen = getters.seen();
+                v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
+                v.tail.store(&c.seen_tail, Ordering::Relaxed);
                 if v.items() == 0 && self.is_closed() {
                     // Puts before the close are visible after it.
-                    v.tail = self.load_pos(layout::TAIL, Ordering::Acquire);
+                    v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
                     if v.items() == 0 {
                         return Err(Error::Closed);
                     }
                 }
             }
-            self.check(&v)?;
+            if self.ring.check(&v).is_err() {
+                // A cache word no get writes: repair it from the real tail.
+                v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
+                v.tail.store(&c.seen_tail, Ordering::Relaxed);
+                self.check(&v)?;
+            }
             if v.items() != 0 {
-                let (head, payload_off, len) = self.locate(&v)?;
+                let (head, payload_off, len) = self.ring.locate(self.shm(), &v)?;
                 let buf: &mut [u8] = match &mut dest {
                     Dest::Slice(slice) => {
                         if slice.len() < len {
@@ -634,29 +427,30 @@ impl Core {
                         &mut vec[..]
                     }
                 };
-                self.ring_read(payload_off, buf)?;
+                ring::read(self.shm(), payload_off, buf)?;
                 crash_point();
                 // The commit: the record is taken and its space free.
-                self.store_pos(layout::HEAD, head, Ordering::Release);
+                head.store(&c.head.pos, Ordering::Release);
                 crash_point();
-                let get_seq = self.word(layout::GET_SEQ);
-                self.bump(get_seq);
+                let putters = self.putters();
+                let now = putters.bump();
                 fence(Ordering::SeqCst);
-                let wake = self.take_waiters(layout::WAITING_PUTTERS);
+                let wake = putters.take(now);
                 drop(locked);
                 if wake {
-                    futex_wake(get_seq, u32::MAX);
+                    putters.wake();
                 }
                 return Ok(len);
             }
             let waiting = Waiting {
-                seq: put_seq,
+                waker: getters,
                 seen,
-                waiters: layout::WAITING_GETTERS,
-                quiet: GET_QUIET,
-                want: 1,
-                pauses: 1,
-                spin: GET_SPIN,
+                spin: Spin {
+                    quiet: GET_QUIET,
+                    want: 1,
+                    pauses: 1,
+                    spin_for: GET_SPIN,
+                },
                 busy: Error::Empty,
             };
             self.wait_for_change(locked, deadline, waiting, &mut spun)?;
@@ -686,66 +480,29 @@ impl Core {
         drop(locked);
         if !*spun {
             *spun = true;
-            spin(
-                waiting.seq,
-                waiting.seen,
-                waiting.quiet,
-                waiting.want,
-                waiting.pauses,
-                waiting.spin,
-            );
+            waiting.spin.run(waiting.waker.seq, waiting.seen);
             return Ok(());
         }
-        self.word(waiting.waiters).fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        futex_wait(waiting.seq, waiting.seen, Some(sleep));
+        waiting.waker.sleep(waiting.seen, sleep);
         Ok(())
     }
 
-    /// Finds the record at the head of a non-empty, checked view: the head
-    /// after taking it, the ring offset of its payload and its length. A
-    /// length that does not fit the ring is reported, never followed.
-    fn locate(&self, v: &View) -> Result<(Pos, u64, usize)> {
-        let cap = self.capacity as u64;
-        let mut avail = self.used(v);
-        let mut off = u64::from(v.head.offset);
-        let mut len = self.ring_len(off)?;
-        if len == WRAP {
-            let skip = cap - off;
-            if off == 0 || skip >= avail {
-                return Err(corrupt(format!(
-                    "corrupt queue: a wrap marker at ring offset {off} leaves no record behind it"
-                )));
-            }
-            avail -= skip;
-            off = 0;
-            len = self.ring_len(0)?;
-        }
-        let need = (len != WRAP)
-            .then(|| RECORD_HEADER + u64::from(len).next_multiple_of(8))
-            .filter(|&need| need <= cap - off && need <= avail);
-        let Some(need) = need else {
-            return Err(corrupt(format!(
-                "corrupt queue: record length {len} at ring offset {off} runs past the {avail} bytes in use or the ring's end ({cap} bytes)"
-            )));
-        };
-        let head = Pos {
-            count: v.head.count.wrapping_add(1),
-            offset: ((off + need) % cap) as u32,
-        };
-        Ok((head, off + RECORD_HEADER, len as usize))
+    fn ring_write(&self, off: u64, bytes: &[u8]) -> Result<()> {
+        ring::write(self.shm(), off, bytes)?;
+        crash_point();
+        Ok(())
     }
 
     /// Whether the queue was closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.word(layout::CLOSED).load(Ordering::Acquire) != 0
+        self.control().waits.closed.load(Ordering::Acquire) != 0
     }
 
     /// Closes the queue and wakes every waiter. Taking the producers' lock
     /// orders the close after every put that returned before it.
     pub(crate) fn close(&self) -> Result<()> {
         let locked = self.lock(End::Tail, Deadline::Never)?;
-        self.word(layout::CLOSED).store(1, Ordering::Release);
+        self.control().waits.closed.store(1, Ordering::Release);
         self.wake_all(End::Tail);
         drop(locked);
         Ok(())
@@ -759,23 +516,25 @@ impl Core {
     /// The number of items put and not yet marked done (a snapshot). `done`
     /// is read first, as it never passes the put count.
     pub(crate) fn unfinished(&self) -> usize {
-        let done = self.word(layout::DONE).load(Ordering::Acquire);
-        let puts = self.load_pos(layout::TAIL, Ordering::Acquire).count;
+        let c = self.control();
+        let done = c.join.done.load(Ordering::Acquire);
+        let puts = Pos::load(&c.tail.pos, Ordering::Acquire).count;
         puts.wrapping_sub(done) as usize
     }
 
     /// The bytes of the ring in use (a snapshot).
     pub(crate) fn used_bytes(&self) -> usize {
-        self.used(&self.view()) as usize
+        self.ring.used(&self.view()) as usize
     }
 
     /// Marks one item done (Python's `task_done`): one compare-and-swap,
     /// so there is no lock to die holding.
     pub(crate) fn task_done(&self) -> Result<()> {
-        let done = self.word(layout::DONE);
+        let c = self.control();
+        let done = &c.join.done;
         let mut seen = done.load(Ordering::Acquire);
         loop {
-            let puts = self.load_pos(layout::TAIL, Ordering::Acquire).count;
+            let puts = Pos::load(&c.tail.pos, Ordering::Acquire).count;
             if seen == puts {
                 return Err(Error::InvalidArgument(
                     "task_done() called more times than there were items",
@@ -788,30 +547,27 @@ impl Core {
                 Err(now) => seen = now,
             }
         }
-        let join_seq = self.word(layout::JOIN_SEQ);
-        join_seq.fetch_add(1, Ordering::Release);
+        let joiners = self.joiners();
+        let now = joiners.seq.fetch_add(1, Ordering::Release).wrapping_add(1);
         fence(Ordering::SeqCst);
-        if self.take_waiters(layout::WAITING_JOINERS) {
-            futex_wake(join_seq, u32::MAX);
+        if joiners.take(now) {
+            joiners.wake();
         }
         Ok(())
     }
 
     /// Waits until every item put has been marked done.
     pub(crate) fn join(&self, deadline: Deadline) -> Result<()> {
-        let join_seq = self.word(layout::JOIN_SEQ);
+        let joiners = self.joiners();
         loop {
-            let seen = join_seq.load(Ordering::Acquire);
+            let seen = joiners.seen();
             if self.unfinished() == 0 {
                 return Ok(());
             }
             let Some(sleep) = deadline.slice(SAFETY_NET) else {
                 return Err(Error::Timeout);
             };
-            self.word(layout::WAITING_JOINERS)
-                .fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            futex_wait(join_seq, seen, Some(sleep));
+            joiners.sleep(seen, sleep);
         }
     }
 }
@@ -844,6 +600,9 @@ mod tests {
     use super::*;
     use crate::Queue;
     use ipc_core::process::Process;
+    use ipc_core::Property;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
 
     /// The crash point at which this process exits (0: none).
     static CRASH_AT: AtomicU32 = AtomicU32::new(0);
@@ -1008,7 +767,7 @@ mod tests {
             .unwrap()
             .fork(|| {
                 let core = q.core();
-                let died = sys::mutex(&core.shm, end).lock(None).unwrap();
+                let died = sys::mutex(core.shm(), end).lock(None).unwrap();
                 assert!(!died);
                 steps(core);
                 0
@@ -1025,7 +784,7 @@ mod tests {
     }
 
     fn publish(core: &Core, count: u32, offset: u32) {
-        core.store_pos(layout::TAIL, Pos { count, offset }, Ordering::Release);
+        Pos { count, offset }.store(&core.control().tail.pos, Ordering::Release);
     }
 
     #[test]
@@ -1076,12 +835,7 @@ mod tests {
             let waiting = s.spawn(|| q.get_bytes_timeout(Duration::from_secs(10)));
             // Wait (boundedly) until the getter is registered as sleeping.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while q
-                .core()
-                .word(layout::WAITING_GETTERS)
-                .load(Ordering::Relaxed)
-                == 0
-            {
+            while q.core().control().waits.getters.load(Ordering::Relaxed) == 0 {
                 assert!(Instant::now() < deadline, "the getter never went to sleep");
                 std::thread::yield_now();
             }
@@ -1095,6 +849,43 @@ mod tests {
     }
 
     #[test]
+    fn a_late_waker_whose_put_the_getter_saw_does_not_strand_it() {
+        // The interleaving that lost a wake-up: a put, an item taken by
+        // another getter, a getter that read the put's sequence, found the
+        // queue empty, registered and fell asleep; then that put, late,
+        // takes the waiters. The next put must still wake the getter.
+        let q = &queue();
+        q.put_bytes(b"a").unwrap();
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"a");
+        let core = q.core();
+        let (got, woke_after) = std::thread::scope(|s| {
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let getter = s.spawn(move || {
+                let me = std::fs::read_link("/proc/thread-self").unwrap();
+                let tid: u32 = me.file_name().unwrap().to_str().unwrap().parse().unwrap();
+                tid_tx.send(tid).unwrap();
+                let got = q.get_bytes_timeout(Duration::from_secs(10));
+                (got, Instant::now())
+            });
+            let tid = tid_rx.recv().unwrap();
+            ipc_testkit::wait_until_asleep(tid);
+            assert_ne!(core.control().waits.getters.load(Ordering::Relaxed), 0);
+            // The late put: its sequence is the one the getter saw.
+            let seen = core.getters().seen();
+            assert!(!core.getters().take(seen), "it has nobody to wake");
+            let put_at = Instant::now();
+            q.put_bytes(b"b").unwrap();
+            let (got, at) = getter.join().unwrap();
+            (got, at.duration_since(put_at))
+        });
+        assert_eq!(got.unwrap(), b"b");
+        eprintln!("the getter had the item {woke_after:?} after the put");
+        // The safety net would take 500 ms; a wake-up takes microseconds
+        // (the bound leaves room for a loaded machine).
+        assert!(woke_after < Duration::from_millis(100), "{woke_after:?}");
+    }
+
+    #[test]
     fn a_corrupt_control_word_is_reported() {
         // A misaligned tail, a tail past the ring, more items than the
         // bytes in use can hold.
@@ -1103,7 +894,7 @@ mod tests {
             die_holding_lock(&q, End::Tail, |core| publish(core, count, offset));
             let err = q.get_bytes_nowait().unwrap_err();
             assert!(
-                err.to_string().contains("control state is corrupt"),
+                matches!(&err, Error::Corrupt(m) if m.property == Property::ControlWord),
                 "{count} {offset}: {err}"
             );
             // Still reported to the next caller: the words are never
@@ -1111,6 +902,28 @@ mod tests {
             assert!(q.put_bytes(b"x").is_err());
             assert!(q.get_bytes_nowait().is_err());
         }
+    }
+
+    #[test]
+    fn corrupt_cache_words_are_repaired_from_head_and_tail() {
+        let q = queue();
+        q.put_bytes(b"before").unwrap();
+        let garbage = Pos {
+            count: 77,
+            offset: 13,
+        };
+        garbage.store(&q.core().control().seen_head, Ordering::Relaxed);
+        garbage.store(&q.core().control().seen_tail, Ordering::Relaxed);
+        q.put_bytes(b"after").unwrap();
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"before");
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"after");
+        for round in 0..3u8 {
+            garbage.store(&q.core().control().seen_head, Ordering::Relaxed);
+            q.put_bytes(&[round]).unwrap();
+            garbage.store(&q.core().control().seen_tail, Ordering::Relaxed);
+            assert_eq!(q.get_bytes_nowait().unwrap(), [round]);
+        }
+        assert_eq!(q.qsize(), 0);
     }
 
     #[test]
@@ -1122,7 +935,7 @@ mod tests {
             count: 0,
             offset: 22_528,
         };
-        q.core().store_pos(layout::HEAD, head, Ordering::Release);
+        head.store(&q.core().control().head.pos, Ordering::Release);
         assert!(q.used_bytes() <= 256);
         assert!(q.get_bytes_nowait().is_err());
     }
@@ -1135,15 +948,20 @@ mod tests {
             q.core().ring_write(0, &bad.to_ne_bytes()).unwrap();
             let mut buf = [0u8; 512];
             let err = q.get_bytes_into_nowait(&mut buf).unwrap_err();
-            assert!(err.to_string().contains("corrupt queue"), "{bad}: {err}");
-            assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::InvalidData));
+            assert!(
+                matches!(&err, Error::Corrupt(m) if m.property == Property::Record),
+                "{bad}: {err}"
+            );
         }
         // A wrap marker with nothing behind it.
         let q = queue();
         q.put_bytes(&[7u8; 8]).unwrap();
         q.core().ring_write(0, &WRAP.to_ne_bytes()).unwrap();
         let err = q.get_bytes_nowait().unwrap_err();
-        assert!(err.to_string().contains("wrap marker"), "{err}");
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.property == Property::Record),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Deref;
 use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
@@ -21,7 +20,8 @@ use crate::Queue;
 /// A [`Queue`] that also counts unfinished tasks: every put adds one,
 /// [`task_done`](Self::task_done) takes one away, and
 /// [`join`](Self::join) waits until none is left (Python's
-/// `JoinableQueue`). Everything else is the [`Queue`] it dereferences to.
+/// `JoinableQueue`). Everything else is as in [`Queue`], method for
+/// method.
 ///
 /// ```
 /// use ipc_core::process::Process;
@@ -77,11 +77,54 @@ impl<T> QueueKind for JoinableQueue<T> {
     }
 }
 
-impl<T> Deref for JoinableQueue<T> {
-    type Target = Queue<T>;
+/// Writes methods of a wrapper that hand the call to the same method of
+/// its `queue` field, documented as that method.
+macro_rules! same_as_queue {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(
+            #[doc = concat!("[`Queue::", stringify!($name), "`], on this queue.")]
+            #[inline]
+            pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+                self.queue.$name($($arg),*)
+            }
+        )*
+    };
+}
 
-    fn deref(&self) -> &Queue<T> {
-        &self.queue
+impl<T> JoinableQueue<T> {
+    same_as_queue! {
+        fn put_bytes(&self, bytes: &[u8]) -> Result<()>;
+        fn put_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<()>;
+        fn put_bytes_nowait(&self, bytes: &[u8]) -> Result<()>;
+        fn get_bytes(&self) -> Result<Vec<u8>>;
+        fn get_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>>;
+        fn get_bytes_nowait(&self) -> Result<Vec<u8>>;
+        fn get_bytes_into(&self, buf: &mut [u8]) -> Result<usize>;
+        fn get_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize>;
+        fn get_bytes_into_nowait(&self, buf: &mut [u8]) -> Result<usize>;
+        fn qsize(&self) -> usize;
+        fn empty(&self) -> bool;
+        fn full(&self) -> bool;
+        fn maxsize(&self) -> usize;
+        fn capacity(&self) -> usize;
+        fn used_bytes(&self) -> usize;
+        fn close(&self) -> Result<()>;
+        fn is_closed(&self) -> bool;
+        fn is_owner(&self) -> bool;
+        fn recoveries(&self) -> u32;
+        fn name(&self) -> Option<&str>;
+        fn unlink(&self) -> Result<()>;
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    same_as_queue! {
+        fn put(&self, item: T) -> std::result::Result<(), PutError<T>>;
+        fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>>;
+        fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>>;
+        fn get(&self) -> Result<T>;
+        fn get_timeout(&self, timeout: Duration) -> Result<T>;
+        fn get_nowait(&self) -> Result<T>;
     }
 }
 

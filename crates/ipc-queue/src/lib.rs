@@ -81,20 +81,31 @@
 //!   CPU after 20 µs) before it sleeps; it leaves the producers' cache
 //!   line alone for the first 300 ns so that a streaming producer is not
 //!   slowed down item by item. `cargo xtask bench` measures the queue
-//!   against Python's and the kernel's (docs/BENCHMARKS.md).
+//!   against Python's and the kernel's (`docs/BENCHMARKS.md` in the
+//!   repository).
 //! * `qsize`, `empty` and `full` are snapshots, as in Python.
 //! * The item type check is best effort: it compares
 //!   [`std::any::type_name`], which the compiler does not promise to keep
 //!   stable between versions.
-//! * The crate is `publish = false`: the name `ipc-queue` on crates.io
-//!   belongs to an unrelated crate.
+//!
+//! # The package name
+//!
+//! The package is `ipc-shm-queue` (the name `ipc-queue` on crates.io
+//! belongs to an unrelated crate); the library keeps the name `ipc_queue`:
+//!
+//! ```toml
+//! [dependencies]
+//! ipc-shm-queue = "0.1"
+//! ```
 #![deny(unsafe_code)]
 
 mod core;
 mod joinable;
 mod layout;
 mod queue;
+mod ring;
 mod sys;
+mod waker;
 
 pub use joinable::{JoinableQueue, SimpleQueue};
 pub use queue::{Builder, PutError, Queue, QueueKind, DEFAULT_CAPACITY};

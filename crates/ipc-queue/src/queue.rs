@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
 use ipc_core::{ByteReceiver, ByteSender, Deadline, Error, Receiver, Result, Sender};
-use ipc_shm::SharedMemory;
+use ipc_shm::raw::Place;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -173,24 +173,16 @@ impl<Q: QueueKind> Builder<Q> {
     /// [`Process::pass`](ipc_core::process::Process::pass).
     pub fn anonymous(self) -> Result<Q> {
         let params = self.params()?;
-        let shm = SharedMemory::anonymous(layout::total_size(params.capacity)?)?;
-        Ok(Q::from_core(RawCore(Core::create(
-            shm,
-            &Q::spec().0,
-            params,
-        )?)))
+        let obj = layout::create(Place::Anonymous, &Q::spec().0, &params)?;
+        Ok(Q::from_core(RawCore(Core::new(obj, params))))
     }
 
     /// Creates the named queue `/dev/shm/<name>`; fails if the name exists.
     /// This process owns it and removes it when the handle is dropped.
     pub fn create(self, name: &str) -> Result<Q> {
         let params = self.params()?;
-        let shm = SharedMemory::create(name, layout::total_size(params.capacity)?)?;
-        Ok(Q::from_core(RawCore(Core::create(
-            shm,
-            &Q::spec().0,
-            params,
-        )?)))
+        let obj = layout::create(Place::Named(name), &Q::spec().0, &params)?;
+        Ok(Q::from_core(RawCore(Core::new(obj, params))))
     }
 
     /// Opens the existing named queue; [`Error::NotFound`] if there is
@@ -199,30 +191,17 @@ impl<Q: QueueKind> Builder<Q> {
     /// size, or one holding garbage, is refused with a message saying what
     /// was found.
     pub fn open(self, name: &str) -> Result<Q> {
-        // A creator sizes its segment a moment after making it: give it
-        // that moment (it matters to `open_or_create` racing a creator).
-        let deadline = Deadline::after(Duration::from_secs(2));
-        let shm = ipc_shm::raw::open_when_sized(name, layout::MIN_TOTAL_SIZE, deadline)?;
-        Ok(Q::from_core(RawCore(Core::open(shm, &Q::spec().0)?)))
+        let (obj, params) = layout::open(name, &Q::spec().0)?;
+        Ok(Q::from_core(RawCore(Core::new(obj, params))))
     }
 
     /// Creates the named queue, or opens it if it exists; `is_owner()`
     /// [`Queue::is_owner`] says which happened.
     pub fn open_or_create(self, name: &str) -> Result<Q> {
-        for _ in 0..100 {
-            match self.create(name) {
-                Err(Error::AlreadyExists(_)) => {}
-                other => return other,
-            }
-            match self.open(name) {
-                Err(Error::NotFound(_)) => continue,
-                other => return other,
-            }
-        }
-        Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!("`{name}` kept appearing and disappearing"),
-        )))
+        let params = self.params()?;
+        let obj = layout::open_or_create(name, &Q::spec().0, &params)?;
+        let (obj, params) = layout::checked(obj)?;
+        Ok(Q::from_core(RawCore(Core::new(obj, params))))
     }
 }
 
@@ -266,9 +245,9 @@ pub struct Queue<T> {
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
-            .field("name", &self.core.shm.name())
-            .field("capacity", &self.core.capacity)
-            .field("maxsize", &self.core.maxsize)
+            .field("name", &self.core.shm().name())
+            .field("capacity", &self.core.ring.capacity)
+            .field("maxsize", &self.core.ring.maxsize)
             .finish_non_exhaustive()
     }
 }
@@ -331,7 +310,7 @@ impl<T> Queue<T> {
     /// Another handle to this queue's segment, of the kind `Q` (the kind
     /// the segment holds: a `JoinableQueue`'s queue clones as one).
     pub(crate) fn clone_as<Q: QueueKind>(&self) -> Result<Q> {
-        let handle = self.core.shm.handle();
+        let handle = self.core.shm().handle();
         let fds = handle
             .fds
             .iter()
@@ -429,17 +408,17 @@ impl<T> Queue<T> {
     /// `false` without a maxsize. A put can still find no room when the
     /// ring's bytes run out first.
     pub fn full(&self) -> bool {
-        self.core.maxsize != 0 && self.qsize() >= self.core.maxsize
+        self.core.ring.maxsize != 0 && self.qsize() >= self.core.ring.maxsize
     }
 
     /// The bound in items (0: none).
     pub fn maxsize(&self) -> usize {
-        self.core.maxsize
+        self.core.ring.maxsize
     }
 
     /// The size of the ring in bytes.
     pub fn capacity(&self) -> usize {
-        self.core.capacity
+        self.core.ring.capacity as usize
     }
 
     /// The bytes of the ring in use (a snapshot).
@@ -464,7 +443,7 @@ impl<T> Queue<T> {
     /// drop). The segment itself is not handed out: raw writes to the ring
     /// would bypass the queue's lock.
     pub fn is_owner(&self) -> bool {
-        self.core.shm.is_owner()
+        self.core.shm().is_owner()
     }
 
     /// How many times a process found the queue's lock held by a process
@@ -476,13 +455,13 @@ impl<T> Queue<T> {
 
     /// The name of a named queue (`/dev/shm/<name>`).
     pub fn name(&self) -> Option<&str> {
-        self.core.shm.name()
+        self.core.shm().name()
     }
 
     /// Removes a named queue's name now; processes that have it open keep
     /// using it.
     pub fn unlink(&self) -> Result<()> {
-        self.core.shm.unlink()
+        self.core.shm().unlink()
     }
 }
 
@@ -556,7 +535,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// anonymous one by its memfd. The child checks the header again.
 impl<T> Inheritable for Queue<T> {
     fn handle(&self) -> Handle<'_> {
-        self.core.shm.handle()
+        self.core.shm().handle()
     }
 
     fn from_inherited(inherited: Inherited) -> Result<Self> {
@@ -565,8 +544,8 @@ impl<T> Inheritable for Queue<T> {
 }
 
 pub(crate) fn inherit<Q: QueueKind>(inherited: Inherited) -> Result<Q> {
-    let shm = SharedMemory::from_inherited(inherited)?;
-    Ok(Q::from_core(RawCore(Core::open(shm, &Q::spec().0)?)))
+    let (obj, params) = layout::inherit(inherited, &Q::spec().0)?;
+    Ok(Q::from_core(RawCore(Core::new(obj, params))))
 }
 
 impl<T: Serialize> Sender<T> for Queue<T> {

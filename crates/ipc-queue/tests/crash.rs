@@ -13,6 +13,7 @@ use ipc_core::process::{Child, Process};
 use ipc_core::Error;
 use ipc_queue::Queue;
 use ipc_shm::RawArray;
+use ipc_testkit::Rng;
 
 const ROUNDS: usize = 200;
 const PRODUCERS: usize = 2;
@@ -56,21 +57,6 @@ fn decode(code: u64) -> Item {
     (((code >> 32) - 1) as u8, ((code & 0xffff_ffff) - 1) as u32)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Kills `child`, preferably at a moment when it is on a CPU (state `R`
 /// in `/proc/<pid>/stat`), where it may be holding the queue's lock; gives
 /// up waiting for that after a millisecond.
@@ -106,7 +92,7 @@ fn assert_in_order(seen: &[Item], who: &str, seed: u64) {
 /// Runs one round; returns how often the queue recovered a dead holder's
 /// lock.
 fn round(seed: u64) -> u32 {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let start = Instant::now();
     let capacity = 3100 + 8 * rng.below(1024) as usize;
     let maxsize = [0, 1, 3, 16][rng.below(4) as usize];

@@ -4,13 +4,11 @@
 //! `exec_child_entry`.
 
 use std::process::Command;
-use std::time::Duration;
 
 use ipc_core::process::{has_inherited_handles, inherited, Process};
 use ipc_core::Error;
 use ipc_queue::{JoinableQueue, Queue};
-
-const PATIENCE: Duration = Duration::from_secs(10);
+use ipc_testkit::{exists, PATIENCE};
 
 /// In the exec'd child: echo every number doubled onto `out` and mark it
 /// done on `jobs`, until `jobs` is closed. Without inherited handles (run
@@ -59,5 +57,5 @@ fn an_execd_child_rebuilds_anonymous_and_named_queues() {
     let status = child.join_timeout(PATIENCE).unwrap().expect("child hangs");
     assert!(status.success(), "{status:?}");
     drop(out);
-    assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+    assert!(!exists(&name));
 }

@@ -6,54 +6,11 @@ use std::time::{Duration, Instant};
 use ipc_core::process::Process;
 use ipc_core::Error;
 use ipc_queue::{JoinableQueue, Queue, SimpleQueue};
-
-const PATIENCE: Duration = Duration::from_secs(10);
-const SHORT: Duration = Duration::from_millis(100);
-
-/// A timed wait returned no earlier than its timeout, and not absurdly late.
-fn assert_waited(start: Instant, timeout: Duration) {
-    let took = start.elapsed();
-    assert!(
-        took >= timeout,
-        "returned after {took:?}, before {timeout:?}"
-    );
-    assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
-}
+use ipc_testkit::{assert_waited, join_ok, wait_until_asleep, PATIENCE, SHORT};
 
 fn assert_quick(start: Instant) {
     let took = start.elapsed();
     assert!(took < Duration::from_millis(50), "took {took:?}");
-}
-
-/// Waits until process `pid` sleeps in a futex wait (what a blocked
-/// getter does), looking at `/proc/<pid>/wchan`; bounded by PATIENCE.
-fn wait_until_asleep(pid: u32) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-        if wchan.contains("futex") {
-            return;
-        }
-        // Kernels that hide wait channels show "0": fall back to the
-        // process state, `S` (sleeping).
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        if (wchan.is_empty() || wchan == "0") && state == Some('S') {
-            return;
-        }
-        std::thread::yield_now();
-    }
-    panic!("process {pid} never went to sleep on a futex");
-}
-
-fn join_ok(child: &mut ipc_core::process::Child) {
-    let status = child
-        .join_timeout(PATIENCE)
-        .expect("join")
-        .expect("the child did not exit");
-    assert!(status.success(), "child failed: {status:?}");
 }
 
 /// `_TestQueue.test_put`.

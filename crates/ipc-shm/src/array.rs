@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytemuck::Pod;
 use ipc_core::{Deadline, Error, Result};
 
-use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::lock::{wrap, LockResult};
-use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{MutexGuard, MutexKind};
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::sys::mutex::MutexGuard;
 
 const OUT_OF_RANGE: Error = Error::InvalidArgument("array index out of range");
 const WRONG_LEN: Error = Error::InvalidArgument("slice length differs from the array length");
@@ -67,17 +67,11 @@ impl<T: Pod> Array<T> {
     }
 
     fn make(place: Place<'_>, len: usize, init: Option<&[T]>) -> Result<Self> {
-        Object::create(
-            place,
-            &Self::spec(),
-            len,
-            Some(MutexKind::ErrorCheck),
-            |map, layout| {
-                if let Some(init) = init {
-                    map.copy_in(layout.data_offset, init)
-                }
-            },
-        )
+        Object::create(place, &Self::spec(), len, |shm, layout| {
+            if let Some(init) = init {
+                shm.map.copy_in(layout.data_offset, init)
+            }
+        })
         .map(Self::wrap)
     }
 
@@ -112,13 +106,9 @@ impl<T: Pod> Array<T> {
     /// Opens `name`, or creates it holding a copy of `values`. An existing
     /// array must have `values.len()` elements.
     pub fn open_or_create(name: &str, values: &[T]) -> Result<Self> {
-        Object::open_or_create(
-            name,
-            &Self::spec(),
-            values.len(),
-            Some(MutexKind::ErrorCheck),
-            |map, layout| map.copy_in(layout.data_offset, values),
-        )
+        Object::open_or_create(name, &Self::spec(), values.len(), |shm, layout| {
+            shm.map.copy_in(layout.data_offset, values)
+        })
         .map(Self::wrap)
     }
 
@@ -226,9 +216,9 @@ impl<T: Pod> RawArray<T> {
     }
 
     fn make(place: Place<'_>, len: usize, init: Option<&[T]>) -> Result<Self> {
-        Object::create(place, &Self::spec(), len, None, |map, layout| {
+        Object::create(place, &Self::spec(), len, |shm, layout| {
             if let Some(init) = init {
-                map.copy_in(layout.data_offset, init)
+                shm.map.copy_in(layout.data_offset, init)
             }
         })
         .map(Self::wrap)

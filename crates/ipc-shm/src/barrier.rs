@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use ipc_core::{Deadline, Error, Result};
 
-use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::lock::{wrap, LockError, LockGuard};
-use crate::object::{object_common, Object, Place};
 use crate::raw::SAFETY_NET;
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec, MUTEX_OFFSET};
 use crate::sys::futex;
-use crate::sys::mutex::MutexKind;
 
 /// Words of a barrier: the generation (a futex), the arrivals in this
 /// generation, the number of parties, whether the barrier is broken; then,
@@ -101,13 +100,10 @@ impl Barrier {
         if parties == 0 {
             return Err(Error::InvalidArgument("a barrier needs at least one party"));
         }
-        Object::create(
-            place,
-            &Self::spec(),
-            1,
-            Some(MutexKind::ErrorCheck),
-            |map, layout| map.write(layout.data_offset, [0, 0, parties, 0, 0, 0, 0, 0u32]),
-        )
+        Object::create(place, &Self::spec(), 1, |shm, layout| {
+            shm.map
+                .write(layout.data_offset, [0, 0, parties, 0, 0, 0, 0, 0u32])
+        })
         .map(Self::wrap)
     }
 

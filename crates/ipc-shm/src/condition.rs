@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use ipc_core::{Deadline, Result};
 
-use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::lock::{failure_error, wrap, LockError, LockGuard, LockResult, OwnerDied};
-use crate::object::{object_common, Object, Place};
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec, MUTEX_OFFSET};
 use crate::sys::futex::{self, Wake};
-use crate::sys::mutex::MutexKind;
 
 /// Words of a condition: the futex sequence number, the waiters not yet
 /// given a token, the tokens not yet taken.
@@ -74,14 +73,7 @@ impl Condition {
     }
 
     fn make(place: Place<'_>) -> Result<Self> {
-        Object::create(
-            place,
-            &Self::spec(),
-            1,
-            Some(MutexKind::ErrorCheck),
-            |_, _| {},
-        )
-        .map(Self::wrap)
+        Object::create(place, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
     }
 
     /// A new anonymous condition.
@@ -101,14 +93,7 @@ impl Condition {
 
     /// Opens `name`, or creates it.
     pub fn open_or_create(name: &str) -> Result<Self> {
-        Object::open_or_create(
-            name,
-            &Self::spec(),
-            1,
-            Some(MutexKind::ErrorCheck),
-            |_, _| {},
-        )
-        .map(Self::wrap)
+        Object::open_or_create(name, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
     }
 
     fn word(&self, i: usize) -> &AtomicU32 {

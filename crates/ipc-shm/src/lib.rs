@@ -84,6 +84,35 @@
 //! simply uses the object it captured; an exec'd one rebuilds it with
 //! [`inherited`](ipc_core::process::inherited)).
 //!
+//! # Creators that die
+//!
+//! Every object records its creator (pid and start time). A creator killed
+//! while creating never makes a name unusable: `open` says
+//! [`Error::Abandoned`] at once, and `open_or_create` reclaims the name and
+//! creates the object afresh. A complete object whose creator died (killed
+//! before its destructor could unlink it) is adopted by `open_or_create`,
+//! which then owns it and removes it on drop, or removed with
+//! [`remove_orphans`] (by prefix, as Python's resource tracker removes a
+//! program's leftovers) or [`remove_if_orphaned`] (by name), both safe to
+//! run beside live users.
+//!
+//! ```
+//! use ipc_core::process::Process;
+//! use ipc_shm::{remove_orphans, Value};
+//! # let prefix = format!("ipcdoc_{}_crash_", std::process::id());
+//! let name = format!("{prefix}counter");
+//! let mut child = Process::new().fork({
+//!     let name = name.clone();
+//!     move || -> ipc_core::Result<()> {
+//!         std::mem::forget(Value::create(&name, 0u64)?); // as if killed
+//!         Ok(())
+//!     }
+//! })?;
+//! assert!(child.join()?.success());
+//! assert_eq!(remove_orphans(&prefix)?, [name]);
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
+//!
 //! Python's `Value`, `Array` and locks are not reachable by name from
 //! another program, so interoperability with Python is through
 //! [`SharedMemory`], whose bytes are the same on both sides.
@@ -92,14 +121,15 @@
 //!
 //! Every object but a plain [`SharedMemory`] starts with a `#[repr(C)]`
 //! header: magic number, layout version, kind, element size, alignment and
-//! a hash of the element type's name, and length. Opening checks all of it,
-//! so a `Value<u64>` opened as `Value<f64>`, an `Array` opened with another
-//! length, a segment of another layout version or one that holds garbage is
-//! refused with an error saying what was found, never read as something it
-//! is not. The type check is best effort: it compares size, alignment and
+//! a hash of the element type's name, length and creator. Opening checks
+//! all of it, so a `Value<u64>` opened as `Value<f64>`, an `Array` opened
+//! with another length, a segment of another layout version or one that
+//! holds garbage is refused with [`Error::Incompatible`] or
+//! [`Error::Corrupt`], which say the property, what was expected and what
+//! was found, never read as something it is not. The type check is best effort: it compares size, alignment and
 //! [`std::any::type_name`], which the compiler does not promise to keep
-//! stable. An opener that finds a creator still initialising waits for it
-//! briefly (on a futex) before giving up.
+//! stable. An opener that finds a live creator still initialising waits for
+//! it briefly (on a futex) before giving up.
 //!
 //! # Soundness with other processes
 //!
@@ -133,10 +163,10 @@
 mod array;
 mod barrier;
 mod condition;
-mod header;
+mod creator;
 mod lock;
-mod object;
 pub mod raw;
+mod segment;
 mod semaphore;
 mod shm;
 mod sys;
@@ -146,6 +176,7 @@ pub use array::{Array, RawArray};
 pub use barrier::{Barrier, BarrierError};
 pub use condition::{Condition, ConditionGuard};
 pub use lock::{Lock, LockError, LockGuard, LockResult, OwnerDied, RLock};
+pub use segment::{remove_if_orphaned, remove_orphans};
 pub use semaphore::{BoundedSemaphore, Event, Semaphore};
 pub use shm::{SharedMemory, AUTO_NAME_PREFIX, MAX_NAME_LEN};
 pub use sys::mutex::MutexGuard;

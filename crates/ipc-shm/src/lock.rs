@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ipc_core::{Deadline, Error, Result};
 
-use crate::header::{Kind, Spec, MUTEX_OFFSET};
-use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{LockFailure, MutexGuard, MutexKind};
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::sys::mutex::{LockFailure, MutexGuard};
 
 /// The guard of a [`Lock`] or an [`RLock`]: the lock is held until it is
 /// dropped.
@@ -167,7 +167,7 @@ fn leak(r: LockResult<LockGuard<'_>>) -> LockResult<()> {
 }
 
 macro_rules! lock_type {
-    ($(#[$doc:meta])* $ty:ident, $kind:expr, $mutex:expr) => {
+    ($(#[$doc:meta])* $ty:ident, $kind:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $ty {
@@ -184,7 +184,7 @@ macro_rules! lock_type {
             }
 
             fn make(place: Place<'_>) -> Result<Self> {
-                Object::create(place, &Self::spec(), 0, Some($mutex), |_, _| {}).map(Self::wrap)
+                Object::create(place, &Self::spec(), 0, |_, _| {}).map(Self::wrap)
             }
 
             /// A new anonymous lock, for this process and the children it
@@ -205,7 +205,7 @@ macro_rules! lock_type {
 
             /// Opens `name`, or creates it if it does not exist.
             pub fn open_or_create(name: &str) -> Result<Self> {
-                Object::open_or_create(name, &Self::spec(), 0, Some($mutex), |_, _| {})
+                Object::open_or_create(name, &Self::spec(), 0, |_, _| {})
                     .map(Self::wrap)
             }
 
@@ -304,8 +304,7 @@ lock_type!(
     /// locking it again from the holding thread fails with
     /// [`Error::InvalidArgument`] instead of hanging.
     Lock,
-    Kind::Lock,
-    MutexKind::ErrorCheck
+    Kind::Lock
 );
 
 lock_type!(
@@ -325,6 +324,5 @@ lock_type!(
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     RLock,
-    Kind::RLock,
-    MutexKind::Recursive
+    Kind::RLock
 );

@@ -25,6 +25,8 @@ use crate::sys::futex;
 use crate::sys::mutex::{LockFailure, MutexKind, RobustMutex, MUTEX_AREA};
 use crate::SharedMemory;
 
+pub use crate::segment::{Kind, Layout, Object, Place, Spec, HEADER_SIZE, LAYOUT_VERSION};
+
 /// The longest a waiter on a futex in shared memory sleeps before looking
 /// again. A wake-up is lost when the process it went to (a woken waiter,
 /// or a waker between its store and its wake) is killed before passing it
@@ -42,25 +44,11 @@ pub const SAFETY_NET: Duration = Duration::from_millis(500);
 /// assert_ne!(type_hash("u64"), type_hash("u32"));
 /// ```
 pub fn type_hash(type_name: &str) -> u64 {
-    crate::header::fnv1a(type_name.as_bytes())
+    crate::segment::fnv1a(type_name.as_bytes())
 }
 
 /// The bytes a robust mutex takes in a layout (a multiple of 8).
 pub const ROBUST_MUTEX_SIZE: usize = MUTEX_AREA;
-
-/// Opens the named segment `name` for a layout that needs at least `min`
-/// bytes. A creator makes a segment with `shm_open` and sizes it a moment
-/// later, so an empty segment is waited for until `deadline` (polling every
-/// millisecond, only in that short window); a segment that has a size, but
-/// less than `min`, is refused at once. [`Error::NotFound`] if there is no
-/// such segment. Never unlinks it.
-pub fn open_when_sized(
-    name: &str,
-    min: usize,
-    deadline: impl Into<Deadline>,
-) -> Result<SharedMemory> {
-    SharedMemory::open_when_sized(name, min, deadline.into())
-}
 
 /// The 32-bit atomic at `offset` of `shm`.
 ///

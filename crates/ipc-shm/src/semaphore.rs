@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ipc_core::{Deadline, Error, Result};
 
-use crate::header::{Kind, Spec};
-use crate::object::{object_common, Object, Place};
 use crate::raw::SAFETY_NET;
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec};
 use crate::sys::futex;
 
 /// Words of a semaphore: the count, the number of sleepers, the maximum,
@@ -25,8 +25,8 @@ fn sem_spec(kind: Kind) -> Spec {
 }
 
 fn sem_make(place: Place<'_>, kind: Kind, value: u32) -> Result<Object> {
-    Object::create(place, &sem_spec(kind), 1, None, |map, layout| {
-        map.write(layout.data_offset, sem_init(kind, value));
+    Object::create(place, &sem_spec(kind), 1, |shm, layout| {
+        shm.map.write(layout.data_offset, sem_init(kind, value));
     })
 }
 
@@ -123,8 +123,8 @@ macro_rules! semaphore_type {
 
             /// Opens `name`, or creates it with the initial `value`.
             pub fn open_or_create(name: &str, value: u32) -> Result<Self> {
-                Object::open_or_create(name, &Self::spec(), 1, None, |map, layout| {
-                    map.write(layout.data_offset, sem_init($kind, value));
+                Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
+                    shm.map.write(layout.data_offset, sem_init($kind, value));
                 })
                 .map(Self::wrap)
             }
@@ -246,12 +246,12 @@ impl Event {
 
     /// A new anonymous event, not set.
     pub fn new() -> Result<Self> {
-        Object::create(Place::Anonymous, &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+        Object::create(Place::Anonymous, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
     }
 
     /// Creates the event `/dev/shm/<name>`, not set; this process owns it.
     pub fn create(name: &str) -> Result<Self> {
-        Object::create(Place::Named(name), &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+        Object::create(Place::Named(name), &Self::spec(), 1, |_, _| {}).map(Self::wrap)
     }
 
     /// Opens the event `name`.
@@ -261,7 +261,7 @@ impl Event {
 
     /// Opens `name`, or creates it (not set).
     pub fn open_or_create(name: &str) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, None, |_, _| {}).map(Self::wrap)
+        Object::open_or_create(name, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
     }
 
     /// Whether the flag is set.

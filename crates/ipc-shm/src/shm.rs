@@ -4,14 +4,14 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{Deadline, Error, Result};
+use ipc_core::{Error, Mismatch, Property, Result};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::sys::map::Mapping;
@@ -38,7 +38,12 @@ pub const MAX_NAME_LEN: usize = 255;
 /// owner's handle does not unlink either: only the creating process does.
 /// A process killed with `SIGKILL` runs no destructor, so its segments stay
 /// until someone unlinks them; all of them share a prefix you choose, so
-/// stale ones can be listed in `/dev/shm` and removed.
+/// stale ones can be listed in `/dev/shm` and removed. (The typed objects
+/// of this crate and ipc-queue's queues record their creator, so
+/// [`remove_orphans`](crate::remove_orphans) finds theirs; a plain segment
+/// holds only your bytes, as Python's does, and records nothing. A segment
+/// left empty by a creator killed before sizing it is reclaimed by
+/// [`open_or_create`](Self::open_or_create).)
 ///
 /// ```
 /// use ipc_shm::SharedMemory;
@@ -95,6 +100,18 @@ impl SharedMemory {
     /// readable and writable by this user only. This process becomes its
     /// owner. Fails with [`Error::AlreadyExists`] if the name exists.
     pub fn create(name: &str, size: usize) -> Result<SharedMemory> {
+        SharedMemory::create_locked(name, size, &[]).map(|(shm, _creating)| shm)
+    }
+
+    /// Creates `name` as [`create`](Self::create) does, with `header`
+    /// written at its start before it is sized, and returns it with an
+    /// exclusive `flock` on it that says "its creator is at work" until the
+    /// caller drops it (see the `segment` module).
+    pub(crate) fn create_locked(
+        name: &str,
+        size: usize,
+        header: &[u8],
+    ) -> Result<(SharedMemory, Flock<OwnedFd>)> {
         check_name(name)?;
         if size == 0 {
             return Err(Error::InvalidArgument(
@@ -116,22 +133,30 @@ impl SharedMemory {
             Err(e) => return Err(os_error(e, &format!("cannot create `{name}`"))),
         };
         // From here on the name is ours: remove it again if we fail.
-        let sized = i64::try_from(size)
-            .map_err(|_| Error::InvalidArgument("segment size too large"))
-            .and_then(|len| {
-                nix::unistd::ftruncate(&fd, len)
-                    .map_err(|e| os_error(e, &format!("cannot size `{name}`")))
-            })
-            .and_then(|()| Ok(Mapping::new(fd.as_fd(), size)?));
-        match sized {
-            Ok(map) => Ok(SharedMemory {
-                map,
-                name: Some(name.to_owned()),
-                fd: None,
-                owner_pid: Some(std::process::id()),
-                unlink_on_drop: true,
-                unlinked: AtomicBool::new(false),
-            }),
+        let made = Flock::lock(fd, FlockArg::LockExclusive)
+            .map_err(|(_, e)| os_error(e, &format!("cannot lock `{name}`")))
+            .and_then(|lock| {
+                let len = i64::try_from(size)
+                    .map_err(|_| Error::InvalidArgument("segment size too large"))?;
+                write_all_at(&*lock, header)
+                    .map_err(|e| os_error(e, &format!("cannot write `{name}`")))?;
+                nix::unistd::ftruncate(&*lock, len)
+                    .map_err(|e| os_error(e, &format!("cannot size `{name}`")))?;
+                let map = Mapping::new(lock.as_fd(), size)?;
+                Ok((map, lock))
+            });
+        match made {
+            Ok((map, lock)) => Ok((
+                SharedMemory {
+                    map,
+                    name: Some(name.to_owned()),
+                    fd: None,
+                    owner_pid: Some(std::process::id()),
+                    unlink_on_drop: true,
+                    unlinked: AtomicBool::new(false),
+                },
+                lock,
+            )),
             Err(e) => {
                 let _ = nix::sys::mman::shm_unlink(path.as_str());
                 Err(e)
@@ -162,40 +187,13 @@ impl SharedMemory {
         let fd = open_fd(name)?;
         let size = segment_size(&fd, name)?;
         if size == 0 {
-            return Err(invalid_data(format!(
-                "shared memory segment `{name}` is empty (its creator may not have sized it yet)"
-            )));
+            // Creators size a segment right after making it, under a lock.
+            return Err(Error::Abandoned(format!("shared memory segment `{name}`")));
         }
         SharedMemory::from_named_fd(&fd, name, size)
     }
 
-    /// Opens `name` for an object this crate lays out: a creator makes the
-    /// segment with `shm_open` and sizes it a moment later, so an empty
-    /// segment is waited for until `deadline` (the kernel offers no way to
-    /// sleep until a file grows, so this polls every millisecond, only in
-    /// that short window). A segment that has a size, but less than `min`,
-    /// is refused at once.
-    pub(crate) fn open_when_sized(
-        name: &str,
-        min: usize,
-        deadline: Deadline,
-    ) -> Result<SharedMemory> {
-        let fd = open_fd(name)?;
-        loop {
-            let size = segment_size(&fd, name)?;
-            if size >= min {
-                return SharedMemory::from_named_fd(&fd, name, size);
-            }
-            if size > 0 || deadline.has_passed() {
-                return Err(invalid_data(format!(
-                    "shared memory segment `{name}` has {size} bytes, too few to hold an ipc-shm object"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn from_named_fd(fd: &OwnedFd, name: &str, size: usize) -> Result<SharedMemory> {
+    pub(crate) fn from_named_fd(fd: &OwnedFd, name: &str, size: usize) -> Result<SharedMemory> {
         Ok(SharedMemory {
             map: Mapping::new(fd.as_fd(), size)?,
             name: Some(name.to_owned()),
@@ -211,10 +209,12 @@ impl SharedMemory {
     pub fn open_at_least(name: &str, size: usize) -> Result<SharedMemory> {
         let shm = SharedMemory::open(name)?;
         if shm.size() < size {
-            return Err(invalid_data(format!(
-                "shared memory segment `{name}` has {} bytes, fewer than the {size} asked for",
-                shm.size()
-            )));
+            return Err(Error::Incompatible(Box::new(Mismatch::new(
+                format!("shared memory segment `{name}`"),
+                Property::Size,
+                format!("at least {size} bytes"),
+                format!("{} bytes", shm.size()),
+            ))));
         }
         Ok(shm)
     }
@@ -231,6 +231,12 @@ impl SharedMemory {
             match SharedMemory::open_at_least(name, size) {
                 // Unlinked between our two calls: try to create it again.
                 Err(Error::NotFound(_)) => continue,
+                // Left empty by a creator that died, or about to be sized.
+                Err(Error::Abandoned(_)) => {
+                    if !crate::segment::remove_if_orphaned(name)? {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
                 other => return other,
             }
         }
@@ -292,6 +298,15 @@ impl SharedMemory {
     /// Whether this handle created the segment and so removes it on drop.
     pub fn is_owner(&self) -> bool {
         self.owner_pid.is_some()
+    }
+
+    /// Makes this handle the owner of a named segment whose owner died:
+    /// it removes the segment when dropped.
+    pub(crate) fn adopt(&mut self) {
+        if self.name.is_some() {
+            self.owner_pid = Some(std::process::id());
+            self.unlink_on_drop = true;
+        }
     }
 
     /// Whether a creator's drop unlinks the segment (default `true`). Set
@@ -418,7 +433,12 @@ impl Inheritable for SharedMemory {
         let [fd]: [OwnedFd; 1] = inherited.fds.try_into().map_err(|_| bad())?;
         let size = segment_size(&fd, "inherited segment")?;
         if size == 0 {
-            return Err(invalid_data("the inherited segment is empty".to_owned()));
+            return Err(Error::Incompatible(Box::new(Mismatch::new(
+                "the inherited segment",
+                Property::Size,
+                "a positive size",
+                "0 bytes",
+            ))));
         }
         Ok(SharedMemory {
             map: Mapping::new(fd.as_fd(), size)?,
@@ -431,7 +451,12 @@ impl Inheritable for SharedMemory {
     }
 }
 
-fn open_fd(name: &str) -> Result<OwnedFd> {
+/// Where Linux's `shm_open` keeps its names.
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+/// Opens the named segment `name`, refusing one that is not private to
+/// this user.
+pub(crate) fn open_fd(name: &str) -> Result<OwnedFd> {
     check_name(name)?;
     match nix::sys::mman::shm_open(
         format!("/{name}").as_str(),
@@ -502,15 +527,67 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
-    let stat =
-        nix::sys::stat::fstat(fd).map_err(|e| os_error(e, &format!("cannot stat `{what}`")))?;
-    usize::try_from(stat.st_size).map_err(|_| invalid_data(format!("`{what}` has a negative size")))
+/// Removes the name `name` if it still leads to the segment behind `fd`
+/// (the caller holds the segment's `flock`, which every remover takes, so
+/// the name cannot change hands between the check and the removal).
+pub(crate) fn unlink_if_same(name: &str, fd: BorrowedFd<'_>) -> Result<()> {
+    let ours = nix::sys::stat::fstat(fd)?;
+    let named = match nix::sys::stat::stat(format!("{SHM_DIR}/{name}").as_str()) {
+        Ok(named) => named,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(os_error(e, &format!("cannot look at `{name}`"))),
+    };
+    if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
+        return Ok(());
+    }
+    match nix::sys::mman::shm_unlink(format!("/{name}").as_str()) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(os_error(e, &format!("cannot unlink `{name}`"))),
+    }
 }
 
-/// An error for bytes that are not what they should be.
-pub(crate) fn invalid_data(message: String) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidData, message))
+/// Whether the segment behind `fd` changed less than `age` ago (an empty
+/// one that young may still be in its creator's hands).
+pub(crate) fn is_young(fd: BorrowedFd<'_>, age: Duration) -> Result<bool> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(stat.st_ctime).unwrap_or(0),
+            u32::try_from(stat.st_ctime_nsec).unwrap_or(0),
+        );
+    // A clock set back makes the segment look young: that only delays.
+    Ok(std::time::SystemTime::now()
+        .duration_since(changed)
+        .map_or(true, |elapsed| elapsed < age))
+}
+
+/// Writes `bytes` at the start of the file behind `fd`.
+fn write_all_at(fd: &impl AsFd, mut bytes: &[u8]) -> nix::Result<()> {
+    let mut at = 0;
+    while !bytes.is_empty() {
+        match nix::sys::uio::pwrite(fd, bytes, at) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                at += n as i64;
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn segment_size(fd: &OwnedFd, what: &str) -> Result<usize> {
+    let stat =
+        nix::sys::stat::fstat(fd).map_err(|e| os_error(e, &format!("cannot stat `{what}`")))?;
+    usize::try_from(stat.st_size).map_err(|_| {
+        Error::Corrupt(Box::new(Mismatch::new(
+            format!("`{what}`"),
+            Property::Size,
+            "a size of at least 0",
+            format!("{}", stat.st_size),
+        )))
+    })
 }
 
 fn os_error(e: Errno, context: &str) -> Error {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytemuck::Pod;
 use ipc_core::{Deadline, Error, Result};
 
-use crate::header::{Kind, Spec, MUTEX_OFFSET};
 use crate::lock::{wrap, LockError, LockResult};
-use crate::object::{object_common, Object, Place};
-use crate::sys::mutex::{MutexGuard, MutexKind};
+use crate::segment::{object_common, Object, Place};
+use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::sys::mutex::MutexGuard;
 
 /// A value of a plain-old-data type in shared memory, guarded by a robust
 /// process-shared lock: Python's `multiprocessing.Value`.
@@ -65,13 +65,9 @@ impl<T: Pod> Value<T> {
     }
 
     fn make(place: Place<'_>, value: T) -> Result<Self> {
-        Object::create(
-            place,
-            &Self::spec(),
-            1,
-            Some(MutexKind::ErrorCheck),
-            |map, layout| map.write(layout.data_offset, value),
-        )
+        Object::create(place, &Self::spec(), 1, |shm, layout| {
+            shm.map.write(layout.data_offset, value)
+        })
         .map(Self::wrap)
     }
 
@@ -93,13 +89,9 @@ impl<T: Pod> Value<T> {
 
     /// Opens `name`, or creates it holding `value`.
     pub fn open_or_create(name: &str, value: T) -> Result<Self> {
-        Object::open_or_create(
-            name,
-            &Self::spec(),
-            1,
-            Some(MutexKind::ErrorCheck),
-            |map, layout| map.write(layout.data_offset, value),
-        )
+        Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
+            shm.map.write(layout.data_offset, value)
+        })
         .map(Self::wrap)
     }
 
@@ -192,8 +184,8 @@ impl<T: Pod> RawValue<T> {
     }
 
     fn make(place: Place<'_>, value: T) -> Result<Self> {
-        Object::create(place, &Self::spec(), 1, None, |map, layout| {
-            map.write(layout.data_offset, value)
+        Object::create(place, &Self::spec(), 1, |shm, layout| {
+            shm.map.write(layout.data_offset, value)
         })
         .map(Self::wrap)
     }
@@ -215,8 +207,8 @@ impl<T: Pod> RawValue<T> {
 
     /// Opens `name`, or creates it holding `value`.
     pub fn open_or_create(name: &str, value: T) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, None, |map, layout| {
-            map.write(layout.data_offset, value)
+        Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
+            shm.map.write(layout.data_offset, value)
         })
         .map(Self::wrap)
     }

@@ -5,14 +5,12 @@
 //! Python wrote. Also pins down the resource-tracker hazard that the docs
 //! warn about. Each test prints a note and passes if no Python is found.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_no_leftovers, exists, name};
 use ipc_shm::{Error, SharedMemory};
+use ipc_testkit::{assert_no_leftovers, exists, name};
 
 /// `(interpreter, (major, minor))` for every Python 3 found.
 fn pythons() -> Vec<(String, (u32, u32))> {

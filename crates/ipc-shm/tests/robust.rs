@@ -2,13 +2,11 @@
 //! hammer a lock; the next locker is told the owner died, gets the guard,
 //! repairs the data, and the lock keeps working.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Rng, LONG};
 use ipc_core::process::Process;
 use ipc_shm::{Array, Condition, Error, Event, Lock, LockError, RLock, RawValue, Value};
+use ipc_testkit::{Rng, LONG};
 
 const ROUNDS: u32 = 60;
 
@@ -21,7 +19,7 @@ const ROUNDS: u32 = 60;
 /// repairs it and marks the value consistent.
 #[test]
 fn values_survive_holders_killed_at_random_moments() {
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env_or_clock();
     let pair = Value::new([0u64; 2]).unwrap();
     let progress = RawValue::new(0u64).unwrap();
     let (mut owner_died, mut clean) = (0, 0);
@@ -79,7 +77,7 @@ fn values_survive_holders_killed_at_random_moments() {
 /// The same with a plain `Lock` guarding a `RawValue` pair.
 #[test]
 fn locks_survive_holders_killed_at_random_moments() {
-    let mut rng = Rng::new();
+    let mut rng = Rng::from_env_or_clock();
     let lock = Lock::new().unwrap();
     let a = RawValue::new(0u64).unwrap();
     let b = RawValue::new(0u64).unwrap();
@@ -235,13 +233,13 @@ fn a_waiter_killed_after_its_wake_up_does_not_strand_the_others() {
             .unwrap()
             .fork(move || s.acquire())
             .unwrap();
-        common::wait_until_asleep(first.pid());
+        ipc_testkit::wait_until_asleep(first.pid());
         let mut second = Process::new()
             .pass("s", s)
             .unwrap()
             .fork(move || s.acquire())
             .unwrap();
-        common::wait_until_asleep(second.pid());
+        ipc_testkit::wait_until_asleep(second.pid());
         sem.release().unwrap();
         first.kill().unwrap();
         first.join().unwrap();

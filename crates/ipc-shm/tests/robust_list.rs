@@ -4,13 +4,11 @@
 //! and let the holder die (a process, a thread), then check that the kernel
 //! marked exactly the ones still held, and that nothing broke on the way.
 
-mod common;
-
 use std::ptr::NonNull;
 
-use common::LONG;
 use ipc_core::process::Process;
 use ipc_shm::{Error, Lock, LockError, RLock};
+use ipc_testkit::LONG;
 
 /// A robust, process-shared glibc mutex in a shared anonymous mapping,
 /// inherited by forked children. Drop it only when no thread of this
@@ -238,7 +236,7 @@ fn a_forged_lock_word_does_not_make_this_thread_a_holder() {
     // The mutex sits right after the 128-byte header: its word first, its
     // robust list links 24 and 32 bytes in.
     const MUTEX: usize = 128;
-    let name = common::name();
+    let name = ipc_testkit::name();
     let lock = Lock::create(&name).unwrap();
     drop(lock.lock().unwrap()); // this thread has locked before
     let segment = ipc_shm::SharedMemory::open(&name).unwrap();
@@ -266,5 +264,50 @@ fn a_forged_lock_word_does_not_make_this_thread_a_holder() {
     segment.write_at(MUTEX, &clean).unwrap();
     drop(lock.lock().unwrap());
     drop((segment, lock));
-    common::assert_no_leftovers();
+    ipc_testkit::assert_no_leftovers();
+}
+
+#[test]
+fn a_lock_word_rewritten_while_held_leaves_the_robust_list_consistent() {
+    // In a child: before the fix, the next lock after unmapping the forged
+    // lock's segment wrote through the stale list entry and died of SIGSEGV.
+    let mut child = Process::new()
+        .fork(|| -> ipc_shm::Result<()> {
+            const MUTEX: usize = 128;
+            let name = ipc_testkit::name();
+            let lock = Lock::create(&name)?;
+            let segment = ipc_shm::SharedMemory::open(&name)?;
+            let guard = lock.lock()?;
+            let page = first_robust_entry() & !4095;
+            // Another process takes the word over while we hold the lock.
+            segment.write_at(MUTEX, &1u32.to_ne_bytes())?;
+            assert!(matches!(guard.unlock(), Err(Error::Io(_))));
+            drop((segment, lock)); // unmapped: nobody here holds it now
+                                   // Whatever comes to that page next must not be written through
+                                   // the list: make any access to it fault.
+                                   // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                libc::mmap(
+                    page as *mut libc::c_void,
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            assert_eq!(p as usize, page, "the segment's page is free again");
+            let glibc = GlibcRobustMutex::new();
+            let other = Lock::new()?;
+            for _ in 0..3 {
+                drop(other.lock()?);
+                assert_eq!(glibc.lock(), 0);
+                assert_eq!(glibc.unlock(), 0);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let status = child.join_timeout(LONG).unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    ipc_testkit::assert_no_leftovers();
 }

@@ -2,28 +2,14 @@
 //! of CPython's own tests (`_TestLock`, `_TestSemaphore`, `_TestCondition`,
 //! `_TestEvent`, `_TestBarrier`), with real processes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_no_leftovers, name, LONG};
 use ipc_core::process::{Child, Process};
 use ipc_shm::{
     Barrier, BarrierError, BoundedSemaphore, Condition, Error, Event, Lock, LockError, RLock,
     RawValue, Semaphore,
 };
-
-const SHORT: Duration = Duration::from_millis(100);
-
-/// A timed wait returns no earlier than its timeout, and not much later.
-fn assert_took_about(started: Instant, timeout: Duration) {
-    let took = started.elapsed();
-    assert!(
-        took >= timeout,
-        "returned after {took:?}, before {timeout:?}"
-    );
-    assert!(took < timeout + Duration::from_secs(5), "took {took:?}");
-}
+use ipc_testkit::{assert_no_leftovers, assert_waited, name, LONG, SHORT};
 
 #[test]
 fn lock_acquire_try_and_release_like_python() {
@@ -89,7 +75,7 @@ fn semaphore_values_and_timeouts() {
     assert!(started.elapsed() < Duration::from_secs(1));
     let started = Instant::now();
     assert!(!zero.acquire_timeout(SHORT));
-    assert_took_about(started, SHORT);
+    assert_waited(started, SHORT);
 }
 
 #[test]
@@ -148,7 +134,7 @@ fn event_set_clear_and_wait_like_python() {
     assert!(started.elapsed() < Duration::from_secs(1));
     let started = Instant::now();
     assert!(!event.wait_timeout(SHORT));
-    assert_took_about(started, SHORT);
+    assert_waited(started, SHORT);
     event.set();
     assert!(event.is_set());
     assert!(event.wait());
@@ -242,13 +228,13 @@ fn condition_wait_timeouts_and_wait_for() {
     let started = Instant::now();
     let (guard, notified) = guard.wait_timeout(SHORT).unwrap();
     assert!(!notified);
-    assert_took_about(started, SHORT);
+    assert_waited(started, SHORT);
 
     // wait_for with a predicate that never holds times out.
     let started = Instant::now();
     let (guard, ok) = guard.wait_for(|| false, Some(SHORT)).unwrap();
     assert!(!ok);
-    assert_took_about(started, SHORT);
+    assert_waited(started, SHORT);
     drop(guard);
 
     // A child sets a shared value under the lock and notifies.
@@ -379,7 +365,7 @@ fn barrier_abort_reset_and_timeout_break_it() {
         barrier.wait_timeout(SHORT),
         Err(BarrierError::Broken)
     ));
-    assert_took_about(started, SHORT);
+    assert_waited(started, SHORT);
     assert!(barrier.is_broken());
     barrier.reset().unwrap();
 

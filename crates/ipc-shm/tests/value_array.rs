@@ -3,20 +3,25 @@
 //! type, length, kind, version, size, garbage), and four processes doing a
 //! million locked increments each.
 
-mod common;
-
-use std::io;
-
 use bytemuck::{Pod, Zeroable};
-use common::{assert_no_leftovers, name};
 use ipc_core::process::Process;
+use ipc_core::Property;
 use ipc_shm::{Array, Error, LockError, RawArray, RawValue, SharedMemory, Value};
+use ipc_testkit::{assert_no_leftovers, name};
 
-/// The message of an InvalidData error, or a panic.
-fn invalid_data<T: std::fmt::Debug>(r: ipc_shm::Result<T>) -> String {
+/// The property an `Incompatible` error is about, or a panic.
+fn incompatible<T: std::fmt::Debug>(r: ipc_shm::Result<T>) -> Property {
     match r {
-        Err(Error::Io(e)) if e.kind() == io::ErrorKind::InvalidData => e.to_string(),
-        other => panic!("expected InvalidData, got {other:?}"),
+        Err(Error::Incompatible(m)) => m.property,
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+}
+
+/// The property a `Corrupt` error is about, or a panic.
+fn corrupt<T: std::fmt::Debug>(r: ipc_shm::Result<T>) -> Property {
+    match r {
+        Err(Error::Corrupt(m)) => m.property,
+        other => panic!("expected Corrupt, got {other:?}"),
     }
 }
 
@@ -134,16 +139,11 @@ fn raw_values_and_arrays_have_no_lock() {
 fn opening_with_another_type_length_or_kind_is_refused() {
     let n = name();
     let _v = Value::create(&n, 5u64).unwrap();
-    let msg = invalid_data(Value::<f64>::open(&n));
-    assert!(msg.contains("u64") && msg.contains("f64"), "{msg}");
-    let msg = invalid_data(Value::<u32>::open(&n));
-    assert!(msg.contains("size 8") && msg.contains("size 4"), "{msg}");
-    let msg = invalid_data(RawValue::<u64>::open(&n));
-    assert!(msg.contains("holds a Value, not a RawValue"), "{msg}");
-    let msg = invalid_data(Array::<u64>::open(&n, 1));
-    assert!(msg.contains("holds a Value, not an Array"), "{msg}");
-    let msg = invalid_data(ipc_shm::Lock::open(&n));
-    assert!(msg.contains("Lock"), "{msg}");
+    assert_eq!(incompatible(Value::<f64>::open(&n)), Property::ItemType);
+    assert_eq!(incompatible(Value::<u32>::open(&n)), Property::ItemType);
+    assert_eq!(incompatible(RawValue::<u64>::open(&n)), Property::Kind);
+    assert_eq!(incompatible(Array::<u64>::open(&n, 1)), Property::Kind);
+    assert_eq!(incompatible(ipc_shm::Lock::open(&n)), Property::Kind);
 
     let a = name();
     let _arr = Array::create(&a, &[1i32, 2, 3]).unwrap();
@@ -151,10 +151,8 @@ fn opening_with_another_type_length_or_kind_is_refused() {
         Array::<i32>::open(&a, 3).unwrap().to_vec().unwrap(),
         [1, 2, 3]
     );
-    let msg = invalid_data(Array::<i32>::open(&a, 4));
-    assert!(msg.contains("3 elements, not 4"), "{msg}");
-    let msg = invalid_data(RawArray::<i32>::open(&a, 3));
-    assert!(msg.contains("not a RawArray"), "{msg}");
+    assert_eq!(incompatible(Array::<i32>::open(&a, 4)), Property::Length);
+    assert_eq!(incompatible(RawArray::<i32>::open(&a, 3)), Property::Kind);
     assert!(matches!(
         Value::<u64>::open(&name()),
         Err(Error::NotFound(_))
@@ -171,14 +169,12 @@ fn garbage_short_and_foreign_version_segments_are_refused() {
     garbage
         .write_at(0, &(0..4096).map(|i| (i * 7 + 3) as u8).collect::<Vec<_>>())
         .unwrap();
-    let msg = invalid_data(Value::<u64>::open(&g));
-    assert!(msg.contains("not an ipc-shm object"), "{msg}");
+    assert_eq!(incompatible(Value::<u64>::open(&g)), Property::Magic);
 
     // Too small to hold a header.
     let s = name();
     let _small = SharedMemory::create(&s, 64).unwrap();
-    let msg = invalid_data(Value::<u64>::open(&s));
-    assert!(msg.contains("too few"), "{msg}");
+    assert_eq!(incompatible(Value::<u64>::open(&s)), Property::Size);
 
     // A valid header with another layout version.
     let v = name();
@@ -186,8 +182,7 @@ fn garbage_short_and_foreign_version_segments_are_refused() {
     let raw = SharedMemory::open(&v).unwrap();
     let version = raw.to_vec()[12..16].to_vec();
     raw.write_at(12, &99u32.to_ne_bytes()).unwrap();
-    let msg = invalid_data(Value::<u64>::open(&v));
-    assert!(msg.contains("layout version 99"), "{msg}");
+    assert_eq!(incompatible(Value::<u64>::open(&v)), Property::Version);
     raw.write_at(12, &version).unwrap();
     assert_eq!(Value::<u64>::open(&v).unwrap().get().unwrap(), 1);
 
@@ -199,29 +194,54 @@ fn garbage_short_and_foreign_version_segments_are_refused() {
     let copy = SharedMemory::create(&t, 200).unwrap();
     copy.write_at(0, &SharedMemory::open(&a).unwrap().to_vec()[..200])
         .unwrap();
-    let msg = invalid_data(Array::<u64>::open(&t, 100));
-    assert!(msg.contains("has 200 bytes, fewer than the 992"), "{msg}");
+    assert_eq!(corrupt(Array::<u64>::open(&t, 100)), Property::Size);
     // ... or with a length field that disagrees with the rest.
     copy.write_at(40, &1000u64.to_ne_bytes()).unwrap();
-    let msg = invalid_data(Array::<u64>::open(&t, 100));
-    assert!(msg.contains("1000 elements, not 100"), "{msg}");
+    assert_eq!(incompatible(Array::<u64>::open(&t, 100)), Property::Length);
     copy.write_at(64, &0u64.to_ne_bytes()).unwrap();
-    let msg = invalid_data(Array::<u64>::open(&t, 1000));
-    assert!(msg.contains("inconsistent header"), "{msg}");
+    assert_eq!(corrupt(Array::<u64>::open(&t, 1000)), Property::Header);
 
     drop((garbage, _small, value, raw, array, copy));
     assert_no_leftovers();
 }
 
 #[test]
-fn a_segment_whose_creator_never_finished_is_refused_after_a_bounded_wait() {
+fn a_zeroed_segment_is_no_object_and_an_unpublished_one_is_abandoned() {
+    // Zeros: not an object of this workspace at all, refused at once.
     let n = name();
-    let _zeros = SharedMemory::create(&n, 4096).unwrap();
+    let zeros = SharedMemory::create(&n, 4096).unwrap();
+    assert_eq!(incompatible(Value::<u64>::open(&n)), Property::Magic);
+
+    // A header its creator began (the magic creators write first) and never
+    // published, with nobody holding the creator's lock: the creator died.
+    let header = SharedMemory::open(&{
+        let v = name();
+        let complete = Value::create(&v, 7u64).unwrap();
+        let bytes = SharedMemory::open(&v).unwrap().to_vec();
+        drop(complete);
+        let copy = name();
+        SharedMemory::create(&copy, bytes.len())
+            .unwrap()
+            .set_unlink_on_drop(false);
+        let shm = SharedMemory::open(&copy).unwrap();
+        shm.write_at(0, &bytes).unwrap();
+        copy
+    })
+    .unwrap();
+    let unfinished = header.name().unwrap().to_owned();
+    header.write_at(0, b"ipcobj\0\0").unwrap(); // the creator's magic
+    header.write_at(8, &0u32.to_ne_bytes()).unwrap(); // not ready
     let started = std::time::Instant::now();
-    let msg = invalid_data(Value::<u64>::open(&n));
-    assert!(msg.contains("never initialised"), "{msg}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    drop(_zeros);
+    assert!(matches!(
+        Value::<u64>::open(&unfinished),
+        Err(Error::Abandoned(what)) if what.contains(&unfinished)
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    // open_or_create reclaims the name and makes a fresh value.
+    let reclaimed = Value::open_or_create(&unfinished, 9u64).unwrap();
+    assert!(reclaimed.is_owner());
+    assert_eq!(reclaimed.get().unwrap(), 9);
+    drop((zeros, header, reclaimed));
     assert_no_leftovers();
 }
 
@@ -261,7 +281,7 @@ fn a_value_lock_times_out_while_another_process_holds_it() {
             Ok(())
         })
         .unwrap();
-    assert!(held.wait_timeout(common::LONG));
+    assert!(held.wait_timeout(ipc_testkit::LONG));
     let started = std::time::Instant::now();
     assert!(matches!(
         v.lock_timeout(std::time::Duration::from_millis(100)),

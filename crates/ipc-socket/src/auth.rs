@@ -1,6 +1,6 @@
 //! The authkey challenge–response of Python's `multiprocessing.connection`,
 //! in both forms: the legacy raw HMAC-MD5 of CPython 3.11 and earlier, and
-//! the `{digest}`-prefixed form of 3.12 and later. See `docs/PROTOCOL.md`.
+//! the `{digest}`-prefixed form of 3.12 and later. See `docs/PROTOCOL.md` in the repository.
 //!
 //! As deliverer we send `#CHALLENGE#{sha256}` and 40 random bytes and accept
 //! a `{name}`-prefixed MAC for any of Python's five digests or a raw 16-byte
@@ -199,7 +199,7 @@ impl Challenge {
     fn new() -> Result<Challenge> {
         let mut message = b"{sha256}".to_vec();
         let mut random = [0u8; MESSAGE_LENGTH];
-        getrandom::fill(&mut random)
+        getrandom::getrandom(&mut random)
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
         message.extend_from_slice(&random);
         let mut frame = CHALLENGE.to_vec();

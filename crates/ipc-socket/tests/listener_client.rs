@@ -6,34 +6,20 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_core::process::Process;
 use ipc_core::Error;
 use ipc_socket::{Address, Client, Listener, Options, Server};
+use ipc_testkit::{temp_path, unique};
 
 const KEY: &[u8] = b"listener test key";
 const LONG: Duration = Duration::from_secs(20);
 
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn unix_path() -> PathBuf {
-    std::env::temp_dir().join(unique("ipct_sock"))
-}
-
 /// One address of every family, each unique to this call.
 fn every_family() -> Vec<Address> {
     vec![
-        Address::Unix(unix_path()),
+        Address::Unix(temp_path("ipct_sock")),
         Address::Abstract(unique("ipct_abstract").into_bytes()),
         "127.0.0.1:0".parse().unwrap(),
         "[::1]:0".parse().unwrap(),
@@ -91,7 +77,7 @@ fn a_second_listener_on_a_bound_address_fails() {
 
 #[test]
 fn unix_socket_file_is_removed_with_its_listener() {
-    let path = unix_path();
+    let path = temp_path("ipct_sock");
     let listener = Listener::bind(Address::Unix(path.clone()), Options::new()).unwrap();
     assert!(path.exists());
     drop(listener);
@@ -215,7 +201,11 @@ fn a_client_stalled_mid_handshake_is_cut_off_and_others_are_served() {
 
 #[test]
 fn garbage_and_huge_headers_are_errors_for_that_connection_alone() {
-    let listener = Listener::bind(Address::Unix(unix_path()), Options::new().authkey(KEY)).unwrap();
+    let listener = Listener::bind(
+        Address::Unix(temp_path("ipct_sock")),
+        Options::new().authkey(KEY),
+    )
+    .unwrap();
     let Address::Unix(path) = listener.address().clone() else {
         unreachable!()
     };
@@ -340,7 +330,7 @@ fn max_connections_makes_accept_wait_for_a_free_slot() {
 
 #[test]
 fn connect_retries_until_the_listener_appears() {
-    let address = Address::Unix(unix_path());
+    let address = Address::Unix(temp_path("ipct_sock"));
     let Address::Unix(path) = &address else {
         unreachable!()
     };

@@ -5,13 +5,12 @@
 //! one). Skipped, with a note, where no python3 exists.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ipc_core::Error;
 use ipc_socket::{Address, Client, Listener, Options};
+use ipc_testkit::temp_path;
 
 const KEY: &[u8] = b"interop key";
 
@@ -42,13 +41,6 @@ fn pythons() -> Vec<String> {
         eprintln!("note: no python3 found; Python interop tests skipped");
     }
     found.into_iter().map(|(p, _)| p).collect()
-}
-
-/// A Unix socket path unique to this test process and call.
-fn unix_path() -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("ipct_sock_{}_{n}", std::process::id()))
 }
 
 fn python_address(address: &Address) -> String {
@@ -113,7 +105,7 @@ fn rust_listener_serves_python_client(address: Address) {
 
 #[test]
 fn python_client_to_rust_listener_over_unix() {
-    let path = unix_path();
+    let path = temp_path("ipct_sock");
     rust_listener_serves_python_client(Address::Unix(path.clone()));
     assert!(!path.exists(), "the listener left its socket file behind");
 }
@@ -188,7 +180,7 @@ fn rust_client_talks_to_python_listener(address: &str) {
 
 #[test]
 fn rust_client_to_python_listener_over_unix() {
-    let path = unix_path();
+    let path = temp_path("ipct_sock");
     rust_client_talks_to_python_listener(&format!("{:?}", path.to_str().unwrap()));
     let _ = std::fs::remove_file(path);
 }

@@ -5,53 +5,19 @@
 //! self-signed TLS identity ([`self_signed_tls`]).
 //!
 //! Every wait here is bounded by [`PATIENCE`], so a bug makes a test fail
-//! instead of hang.
+//! instead of hang. [`PATIENCE`], [`join`], [`join_ok`] and [`pattern`] are
+//! the ones of [`ipc_testkit`], re-exported for these tests.
 
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use ipc_core::process::{Child, Handle, Inheritable, Inherited};
+use ipc_core::process::{Handle, Inheritable, Inherited};
 use serde::{Deserialize, Serialize};
 
 mod storm;
+pub use ipc_testkit::{join, join_ok, pattern, PATIENCE};
 pub use storm::SignalStorm;
-
-/// How long a test waits for something that should happen soon. Generous
-/// for a loaded machine; a bug then fails instead of hanging.
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Waits (at most [`PATIENCE`]) for `child` to exit and returns its status.
-pub fn join(child: &mut Child) -> ExitStatus {
-    match child.join_timeout(PATIENCE) {
-        Ok(Some(status)) => status,
-        Ok(None) => panic!("child {} did not exit within {PATIENCE:?}", child.pid()),
-        Err(e) => panic!("joining child {}: {e:?}", child.pid()),
-    }
-}
-
-/// Waits for `child` to exit and asserts that it exited with 0.
-pub fn join_ok(child: &mut Child) {
-    let status = join(child);
-    assert!(status.success(), "child {} failed: {status:?}", child.pid());
-}
-
-/// `len` bytes of a pseudo-random pattern that depends on `seed`, so a
-/// message that arrives cut, shifted or mixed up does not compare equal.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let word = state.to_le_bytes();
-        let take = word.len().min(len - out.len());
-        out.extend_from_slice(&word[..take]);
-    }
-    out
-}
 
 /// A 64-bit FNV-1a checksum, to report a large message's content briefly.
 pub fn checksum(bytes: &[u8]) -> u64 {

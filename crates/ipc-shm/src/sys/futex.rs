@@ -1,10 +1,13 @@
-//! Futex wait and wake on a 32-bit word in shared memory, as rustix shapes
-//! them: `wait(&AtomicU32, expected, timeout)` and `wake(&AtomicU32, n)`.
+//! Futex wait and wake on a 32-bit word in shared memory, through rustix's
+//! `futex::wait(&AtomicU32, ..)` and `futex::wake(&AtomicU32, ..)`.
 //! The word may be mapped by several processes, so these never use
-//! `FUTEX_PRIVATE_FLAG`.
+//! `FUTEX_PRIVATE_FLAG` (rustix's `Flags::PRIVATE`).
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::thread::futex::{self, Flags, Timespec};
 
 /// How a [`wait`] ended. Every caller re-checks its condition, so a
 /// spurious return is harmless.
@@ -20,54 +23,28 @@ pub(crate) enum Wake {
 /// Sleeps while `word` holds `expected`, at most `timeout` (`None`: no
 /// limit). A blocked waiter uses no CPU.
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
+    // A relative timeout, measured on CLOCK_MONOTONIC; one too long for a
+    // timespec is as good as none.
+    let ts = timeout.map(|t| {
+        Timespec::try_from(t).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        })
     });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a live, aligned 32-bit atomic for the duration of the
-    // call (the reference guarantees it); FUTEX_WAIT only reads it and
-    // compares it with `expected` atomically in the kernel. `ts_ptr` is null
-    // or points at a timespec that outlives the call (a relative timeout,
-    // measured on CLOCK_MONOTONIC).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
-        Wake::TimedOut
-    } else {
-        // 0, EAGAIN (the word changed), EINTR: the caller re-checks.
-        Wake::Woken
+    // Shared (no `Flags::PRIVATE`): the word may be mapped by other processes.
+    match futex::wait(word, Flags::empty(), expected, ts.as_ref()) {
+        Err(Errno::TIMEDOUT) => Wake::TimedOut,
+        // Ok, EAGAIN (the word changed), EINTR: the caller re-checks.
+        _ => Wake::Woken,
     }
 }
 
 /// Wakes up to `n` waiters sleeping on `word`; returns how many woke.
 pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
-    let n = n.min(i32::MAX as u32) as libc::c_int;
-    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key to find
-    // sleepers; it reads no memory of ours.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    rc.max(0) as usize
+    // The kernel reads the count as an int.
+    let n = n.min(i32::MAX as u32);
+    // Shared, as in `wait`; an error (none is expected) woke nobody.
+    futex::wake(word, Flags::empty(), n).unwrap_or(0)
 }
 
 /// Wakes every waiter sleeping on `word`.

@@ -1,6 +1,6 @@
 //! A shared, read-write memory mapping of a segment (memmap2's `MmapRaw`)
-//! with bounds- and alignment-checked accessors: atomics, volatile copies of
-//! plain-old-data values, and the robust mutex of an object.
+//! with bounds- and alignment-checked accessors: atomics and volatile copies
+//! of plain-old-data values (`mutex` adds the robust mutex of an object).
 
 use std::io;
 use std::mem::{align_of, size_of, ManuallyDrop};
@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use bytemuck::Pod;
 use memmap2::{MmapOptions, MmapRaw};
-
-use super::mutex::RobustMutex;
 
 /// A `MAP_SHARED` read-write mapping of a whole segment.
 ///
@@ -102,17 +100,6 @@ impl Mapping {
         let p = self.checked::<AtomicU64>(offset, 1);
         // SAFETY: as in `atomic_u32`: in bounds, aligned, outlived by the
         // mapping, and an atomic type.
-        unsafe { &*p }
-    }
-
-    /// The robust mutex at `offset`.
-    #[inline]
-    pub(crate) fn mutex(&self, offset: usize) -> &RobustMutex {
-        let p = self.checked::<RobustMutex>(offset, 1);
-        // SAFETY: in bounds and aligned (checked above) and outlived by the
-        // mapping. RobustMutex is made of atomics only, so mutation by other
-        // processes through this shared reference is allowed, and any bytes
-        // are a valid value (the mutex checks its kind word on each lock).
         unsafe { &*p }
     }
 

@@ -140,6 +140,17 @@ pub(crate) enum LockFailure {
 }
 
 impl Mapping {
+    /// The robust mutex at `offset`.
+    #[inline]
+    pub(crate) fn mutex(&self, offset: usize) -> &RobustMutex {
+        let p = self.checked::<RobustMutex>(offset, 1);
+        // SAFETY: in bounds and aligned (checked above) and outlived by the
+        // mapping. RobustMutex is made of atomics only, so mutation by other
+        // processes through this shared reference is allowed, and any bytes
+        // are a valid value (the mutex checks its kind word on each lock).
+        unsafe { &*p }
+    }
+
     /// Initialises a robust, process-shared mutex at `offset`.
     ///
     /// Takes `&mut self`: only the creator of a segment calls this, before
@@ -379,19 +390,27 @@ impl RobustMutex {
     }
 
     /// Unlocks; `EPERM` if this thread does not hold the mutex.
+    ///
+    /// Whether this thread holds it is decided by its private record, not
+    /// by the word alone: if another process rewrote the word while this
+    /// thread held the lock, the entry still comes off this thread's robust
+    /// list (so neither the kernel nor a later lock follows links into a
+    /// segment that may be unmapped by then), the word is left to whoever
+    /// wrote it, and the unlock reports the forgery.
     #[inline]
     pub(crate) fn unlock(&self) -> io::Result<()> {
         let entry = self.entry();
         let me = match robust::me_if_known() {
-            Some(me)
-                if self.word.load(Ordering::Relaxed) & TID_MASK == me.tid
-                    && robust::holds(entry) =>
-            {
-                me
-            }
+            Some(me) if robust::holds(entry) => me,
             _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
         };
-        if self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
+        let forged = self.word.load(Ordering::Relaxed) & TID_MASK != me.tid;
+        if forged && !robust::recorded(entry) {
+            // Held beyond what the record keeps, and the word does not say
+            // so either: nothing tells that this thread linked it.
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        if !forged && self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
             let depth = self.depth.load(Ordering::Relaxed);
             if depth > 1 {
                 self.depth.store(depth - 1, Ordering::Relaxed);
@@ -406,6 +425,13 @@ impl RobustMutex {
         // the links of held entries, unless another process scribbles on the
         // mutex while it is held (see the module docs).
         unsafe { me.unlink(self.prev.as_ptr(), self.next.as_ptr()) };
+        if forged {
+            me.op_done();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "another process rewrote the word of a lock this thread held",
+            ));
+        }
         if robust::plain_unlock() {
             self.word.store(0, Ordering::Release);
             // The load below must not move above the store in the compiled

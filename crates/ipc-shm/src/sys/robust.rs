@@ -36,6 +36,8 @@ use std::ptr;
 use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
 use std::sync::Once;
 
+use rustix::thread::{gettid, membarrier, MembarrierCommand};
+
 /// The kernel's `struct robust_list_head`, as glibc keeps it per thread.
 #[repr(C)]
 pub(crate) struct RobustListHead {
@@ -117,6 +119,13 @@ pub(crate) fn holds(entry: usize) -> bool {
     })
 }
 
+/// Whether the calling thread's record names the mutex of `entry` (false
+/// for one held beyond what the record keeps).
+#[inline]
+pub(crate) fn recorded(entry: usize) -> bool {
+    THREAD.with(|t| (0..t.held_len.get()).any(|i| t.held[i].get() == entry))
+}
+
 /// Forgets the mutex of `entry`, which the calling thread is unlocking.
 #[inline]
 pub(crate) fn note_released(entry: usize) {
@@ -141,10 +150,6 @@ const MODE_UNKNOWN: u8 = 0;
 const MODE_PLAIN: u8 = 1;
 /// No membarrier: an atomic swap, a full barrier by itself.
 const MODE_FENCED: u8 = 2;
-
-// From <linux/membarrier.h>; the libc crate does not have them.
-const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
-const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
 
 static AT_FORK: Once = Once::new();
 
@@ -177,21 +182,14 @@ fn me_first() -> io::Result<Me> {
         return Err(io::Error::from_raw_os_error(at_fork));
     }
     if UNLOCK_MODE.load(Ordering::Acquire) == MODE_UNKNOWN {
-        // SAFETY: a membarrier command without pointer arguments.
-        let registered = unsafe {
-            libc::syscall(
-                libc::SYS_membarrier,
-                MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
-                0,
-                0,
-            )
-        } == 0;
+        let registered = membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
         let mode = if registered { MODE_PLAIN } else { MODE_FENCED };
         // Only after the registration returned may an unlock be a plain store.
         UNLOCK_MODE.store(mode, Ordering::Release);
     }
     let mut head: *mut RobustListHead = ptr::null_mut();
     let mut len: libc::size_t = 0;
+    // Raw: rustix has no wrapper for get_robust_list.
     // SAFETY: pid 0 is the calling thread; the kernel writes one pointer and
     // one size into the two out-parameters, which are valid for writes.
     let rc = unsafe {
@@ -219,8 +217,7 @@ fn me_first() -> io::Result<Me> {
             "this thread has no robust futex list in the layout of glibc's (set_robust_list)",
         ));
     }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() } as u32;
+    let tid = gettid().as_raw_pid() as u32;
     THREAD.with(|t| {
         t.head.set(head);
         t.tid.set(tid);
@@ -324,8 +321,8 @@ pub(crate) fn plain_unlock() -> bool {
 pub(crate) fn heavy_barrier() {
     fence(Ordering::SeqCst);
     if plain_unlock() {
-        // SAFETY: a membarrier command without pointer arguments.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
+        // Supported here: this process registered (`plain_unlock`).
+        let _ = membarrier(MembarrierCommand::GlobalExpedited);
         fence(Ordering::SeqCst);
     }
 }
@@ -336,6 +333,7 @@ pub(crate) fn thread_of_this_process(tid: u32) -> bool {
     let Ok(tid) = libc::pid_t::try_from(tid) else {
         return false;
     };
+    // Raw: rustix has no wrapper for tgkill.
     // SAFETY: signal 0 is delivered to nobody; the call only checks that
     // the thread exists in our thread group.
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) == 0 }

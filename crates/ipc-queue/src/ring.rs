@@ -1,0 +1,240 @@
+//! The ring's arithmetic: where records go and where they are, how much
+//! is in use, and which head and tail words no sequence of puts and gets
+//! can produce. Nothing here waits or locks; `core` does that around it.
+//!
+//! # Records
+//!
+//! A record is `[len: u32][0: u32][payload][padding to 8]`. A record that
+//! does not fit before the end of the ring is preceded by a wrap marker
+//! (`len == u32::MAX`) and starts at offset 0.
+//!
+//! # Two ends, one word each
+//!
+//! `tail` packs the number of puts ever made (wrapping, high 32 bits) with
+//! the ring offset where the next record goes; `head` packs the number of
+//! gets with the offset of the next record to take ([`Pos`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_core::{Error, Mismatch, Property, Result};
+use ipc_shm::SharedMemory;
+
+use crate::layout::RING_OFFSET;
+
+/// The length that marks "the next record starts at offset 0".
+pub(crate) const WRAP: u32 = u32::MAX;
+/// Bytes in front of every payload.
+pub(crate) const RECORD_HEADER: u64 = 8;
+
+/// One end of the ring: how many items have passed it (wrapping) and the
+/// ring offset it is at. Stored as one `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub(crate) count: u32,
+    pub(crate) offset: u32,
+}
+
+impl Pos {
+    /// The position a word holds.
+    #[inline]
+    pub(crate) fn load(word: &AtomicU64, order: Ordering) -> Pos {
+        let word = word.load(order);
+        Pos {
+            count: (word >> 32) as u32,
+            offset: word as u32,
+        }
+    }
+
+    /// Stores the position in one go.
+    #[inline]
+    pub(crate) fn store(self, word: &AtomicU64, order: Ordering) {
+        word.store(u64::from(self.count) << 32 | u64::from(self.offset), order);
+    }
+}
+
+/// A head and a tail, as one process saw them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub(crate) head: Pos,
+    pub(crate) tail: Pos,
+}
+
+impl View {
+    /// The number of records between head and tail.
+    #[inline]
+    pub(crate) fn items(&self) -> u32 {
+        self.tail.count.wrapping_sub(self.head.count)
+    }
+}
+
+/// Where a put writes: an optional wrap marker, then its record.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Placement {
+    pub(crate) marker: Option<u64>,
+    pub(crate) record: u64,
+}
+
+/// What is wrong with bytes read from the ring or its words: the property,
+/// what was expected and what was found.
+#[derive(Debug)]
+pub(crate) struct Corruption(pub(crate) Property, pub(crate) String, pub(crate) String);
+
+impl Corruption {
+    /// The error, naming the queue in `shm`.
+    pub(crate) fn error(self, shm: &SharedMemory) -> Error {
+        let segment = match shm.name() {
+            Some(name) => format!("queue `{name}`"),
+            None => "the anonymous queue".to_owned(),
+        };
+        Error::Corrupt(Box::new(Mismatch::new(segment, self.0, self.1, self.2)))
+    }
+}
+
+/// A ring of `capacity` bytes holding at most `maxsize` items (0: no
+/// bound).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ring {
+    pub(crate) capacity: u64,
+    pub(crate) maxsize: usize,
+}
+
+impl Ring {
+    /// The bytes between head and tail: records, and wrap markers in front
+    /// of them. A view read from a hostile segment gives a wrong number,
+    /// never an overflow.
+    pub(crate) fn used(&self, v: &View) -> u64 {
+        let cap = self.capacity.max(1);
+        let (head, tail) = (
+            u64::from(v.head.offset) % cap,
+            u64::from(v.tail.offset) % cap,
+        );
+        match (head == tail, v.items() == 0) {
+            (true, true) => 0,
+            (true, false) => cap,
+            (false, _) => (tail + cap - head) % cap,
+        }
+    }
+
+    /// Refuses a view that no sequence of puts and gets can produce, so
+    /// nothing read from the segment is followed before it is checked.
+    pub(crate) fn check(&self, v: &View) -> Result<(), Corruption> {
+        let cap = self.capacity;
+        let items = u64::from(v.items());
+        let offset_ok = |p: Pos| u64::from(p.offset) < cap && p.offset % 8 == 0;
+        let ok = offset_ok(v.head)
+            && offset_ok(v.tail)
+            && items * RECORD_HEADER <= self.used(v)
+            // Nothing but a wrap marker between head and tail: it runs to
+            // the end of the ring, so the tail is at 0.
+            && (items != 0 || v.head.offset == v.tail.offset || v.tail.offset == 0);
+        if ok {
+            Ok(())
+        } else {
+            Err(Corruption(
+                Property::ControlWord,
+                format!("a head and a tail of a ring of {cap} bytes"),
+                format!("{v:?}"),
+            ))
+        }
+    }
+
+    /// The size a record for `len` payload bytes takes, or
+    /// [`Error::TooLarge`] if even an empty ring could not hold it.
+    pub(crate) fn record_size(&self, len: usize) -> Result<u64> {
+        let limit = self.capacity - RECORD_HEADER;
+        let len64 = len as u64;
+        if len64 > limit || len64 >= u64::from(WRAP) {
+            return Err(Error::TooLarge { size: len64, limit });
+        }
+        Ok(RECORD_HEADER + len64.next_multiple_of(8))
+    }
+
+    /// Where a record of `need` bytes goes after `v.tail`, if there is room
+    /// for it (and for one more item).
+    pub(crate) fn place(&self, v: &View, need: u64) -> Option<Placement> {
+        if self.maxsize != 0 && v.items() as usize >= self.maxsize {
+            return None;
+        }
+        let cap = self.capacity;
+        let free = cap - self.used(v);
+        let off = u64::from(v.tail.offset);
+        if need <= cap - off {
+            (need <= free).then_some(Placement {
+                marker: None,
+                record: off,
+            })
+        } else {
+            (cap - off + need <= free).then_some(Placement {
+                marker: Some(off),
+                record: 0,
+            })
+        }
+    }
+
+    /// The tail after a record of `need` bytes placed at `at`.
+    pub(crate) fn tail_after(&self, tail: Pos, at: &Placement, need: u64) -> Pos {
+        Pos {
+            count: tail.count.wrapping_add(1),
+            offset: ((at.record + need) % self.capacity) as u32,
+        }
+    }
+
+    /// Finds the record at the head of a non-empty, checked view: the head
+    /// after taking it, the ring offset of its payload and its length. A
+    /// length that does not fit the ring is reported, never followed.
+    pub(crate) fn locate(&self, shm: &SharedMemory, v: &View) -> Result<(Pos, u64, usize)> {
+        let cap = self.capacity;
+        let mut avail = self.used(v);
+        let mut off = u64::from(v.head.offset);
+        let mut len = read_len(shm, off)?;
+        if len == WRAP {
+            let skip = cap - off;
+            if off == 0 || skip >= avail {
+                return Err(Corruption(
+                    Property::Record,
+                    "a record after a wrap marker".to_owned(),
+                    format!("a wrap marker at ring offset {off} with nothing behind it"),
+                )
+                .error(shm));
+            }
+            avail -= skip;
+            off = 0;
+            len = read_len(shm, 0)?;
+        }
+        let need = (len != WRAP)
+            .then(|| RECORD_HEADER + u64::from(len).next_multiple_of(8))
+            .filter(|&need| need <= cap - off && need <= avail);
+        let Some(need) = need else {
+            return Err(Corruption(
+                Property::Record,
+                format!("a record within the {avail} bytes in use and the ring's {cap}"),
+                format!("a record of {len} bytes at ring offset {off}"),
+            )
+            .error(shm));
+        };
+        let head = Pos {
+            count: v.head.count.wrapping_add(1),
+            offset: ((off + need) % cap) as u32,
+        };
+        Ok((head, off + RECORD_HEADER, len as usize))
+    }
+}
+
+/// Copies `bytes` into the ring at `off`.
+#[inline]
+pub(crate) fn write(shm: &SharedMemory, off: u64, bytes: &[u8]) -> Result<()> {
+    shm.write_at(RING_OFFSET + off as usize, bytes)
+}
+
+/// Copies the ring's bytes at `off` into `buf`.
+#[inline]
+pub(crate) fn read(shm: &SharedMemory, off: u64, buf: &mut [u8]) -> Result<()> {
+    shm.read_at(RING_OFFSET + off as usize, buf)
+}
+
+/// The length word of the record (or wrap marker) at `off`.
+fn read_len(shm: &SharedMemory, off: u64) -> Result<u32> {
+    let mut b = [0u8; 4];
+    read(shm, off, &mut b)?;
+    Ok(u32::from_ne_bytes(b))
+}
