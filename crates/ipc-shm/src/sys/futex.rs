@@ -3,11 +3,12 @@
 //! The word may be mapped by several processes, so these never use
 //! `FUTEX_PRIVATE_FLAG` (rustix's `Flags::PRIVATE`).
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rustix::io::Errno;
-use rustix::thread::futex::{self, Flags, Timespec};
+use rustix::thread::futex::{self, Flags, Timespec, Wait, WaitFlags, WaitPtr, WaitvFlags};
+use rustix::time::ClockId;
 
 /// How a [`wait`] ended. Every caller re-checks its condition, so a
 /// spurious return is harmless.
@@ -50,4 +51,51 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
 /// Wakes every waiter sleeping on `word`.
 pub(crate) fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
+}
+
+/// Set once the kernel said it has no `futex_waitv` (Linux before 5.16).
+static NO_WAITV: AtomicBool = AtomicBool::new(false);
+
+/// Sleeps while `a` holds `a_expected` and `b` holds `b_expected`, until a
+/// wake on either word or `timeout` (`futex_waitv`). `None` on a kernel
+/// without `futex_waitv`: the caller waits on one word instead.
+pub(crate) fn wait_either(
+    a: &AtomicU32,
+    a_expected: u32,
+    b: &AtomicU32,
+    b_expected: u32,
+    timeout: Duration,
+) -> Option<Wake> {
+    if NO_WAITV.load(Ordering::Relaxed) {
+        return None;
+    }
+    let word = |atomic: &AtomicU32, expected: u32| {
+        let mut wait = Wait::new();
+        wait.val = u64::from(expected);
+        wait.uaddr = WaitPtr::new(atomic.as_ptr().cast());
+        // Shared (no `WaitFlags::PRIVATE`), as in `wait`.
+        wait.flags = WaitFlags::SIZE_U32;
+        wait
+    };
+    // `futex_waitv` takes an absolute time on the clock it is given.
+    let now = rustix::time::clock_gettime(ClockId::Monotonic);
+    let end = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(timeout);
+    let end = Timespec {
+        tv_sec: i64::try_from(end.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(end.subsec_nanos()),
+    };
+    match futex::waitv(
+        &[word(a, a_expected), word(b, b_expected)],
+        WaitvFlags::empty(),
+        Some(&end),
+        ClockId::Monotonic,
+    ) {
+        Err(Errno::NOSYS) => {
+            NO_WAITV.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(Errno::TIMEDOUT) => Some(Wake::TimedOut),
+        // Woken on either word, EAGAIN (a word changed), EINTR: re-check.
+        _ => Some(Wake::Woken),
+    }
 }

@@ -13,15 +13,18 @@
 //! plain store and a load of the sleeper count (the barrier it would need is
 //! paid by waiters instead, see `robust`). A contended locker spins briefly,
 //! then counts itself among the sleepers and sleeps on a separate wake-up
-//! sequence word, not on the lock word: a holder that unlocks and locks
-//! again in a loop changes the lock word every few nanoseconds, which would
-//! send a sleeper on it back round its loop instead of to sleep. One unlock
-//! wakes one sleeper, and the next unlocks leave the rest alone until that
-//! one has looked at the lock (`waking`). At a holder's death the kernel
-//! marks the word but wakes no one (nobody sets `FUTEX_WAITERS`), so
-//! sleepers also look at the word every [`NAP`]: a death is noticed within
-//! that time, as is a lock left free while the sleeper an unlock woke is
-//! stopped (SIGSTOP, a debugger) before it looks.
+//! sequence word as well as the lock word (`futex_waitv`): unlocks wake
+//! sleepers through the sequence word, since a holder that unlocks and
+//! locks again in a loop changes the lock word every few nanoseconds, which
+//! would send a sleeper that waited for a change of it back round its loop
+//! instead of to sleep. The lock word is for the kernel: a sleeper sets
+//! `FUTEX_WAITERS` in it, and when the holder dies the kernel marks the word
+//! and, seeing that bit, wakes a sleeper on it at once. An unlock wakes two
+//! sleepers (so one stopped by SIGSTOP or a debugger before it looks does
+//! not hold the others up), and the next unlocks leave the rest alone until
+//! one of them has looked at the lock (`waking`). Sleepers also look at the
+//! word every [`NAP`], which only matters on kernels without `futex_waitv`
+//! (before 5.16), where a death is noticed that way.
 //!
 //! Every word is an atomic, so bytes in the segment, however garbled, can
 //! make a lock misbehave (stay held, report a death) but not this code; the
@@ -62,10 +65,14 @@ const _: () = assert!(
 );
 const _: () = assert!(offset_of!(RobustMutex, prev) + 8 == offset_of!(RobustMutex, next));
 
-// The kernel's robust-futex word format (<linux/futex.h>). FUTEX_WAITERS
-// is not used: nobody sleeps on the lock word.
+// The kernel's robust-futex word format (<linux/futex.h>): the holder's
+// thread id, FUTEX_OWNER_DIED set by the kernel when it dies, and
+// FUTEX_WAITERS, set by sleepers so that the kernel then wakes one of them
+// (sleepers wait on the lock word and the wake-up sequence at once).
 const TID_MASK: u32 = 0x3fff_ffff;
-const OWNER_DIED: u32 = 0x4000_0000;
+const OWNER_DIED: u32 = rustix::thread::futex::OWNER_DIED;
+const WAITERS: u32 = rustix::thread::futex::WAITERS;
+const _: () = assert!(TID_MASK & (OWNER_DIED | WAITERS) == 0);
 
 /// The `kind` word of an initialised mutex: a tag and the kind, so that
 /// bytes that were never initialised are refused.
@@ -81,10 +88,11 @@ const KIND_RECURSIVE: u32 = 0x4d58_0002;
 const SPINS: u32 = 10;
 
 /// The longest a sleeper sleeps before it looks at the lock word again.
-/// Wake-ups from unlocks do not depend on it; it is how soon a sleeper
-/// notices a holder that died (the kernel marks the word but wakes no one
-/// on the sleepers' word), or, in a process that could not register for
-/// membarrier, an unlock in another process that did and so did not see it.
+/// Wake-ups from unlocks and from the kernel at a holder's death do not
+/// depend on it; it is how soon a sleeper notices a holder that died on a
+/// kernel without `futex_waitv`, or, in a process that could not register
+/// for membarrier, an unlock in another process that did and so did not
+/// see it.
 const NAP: Duration = Duration::from_millis(10);
 
 /// A robust, process-shared mutex in shared memory, with a word that says
@@ -341,7 +349,7 @@ impl RobustMutex {
             Deadline::Never | Deadline::At(_) => SPINS,
         };
         for _ in 0..=spins {
-            if let Some(died) = self.take_if_free(me, seen) {
+            if let Some(died) = self.take_if_free(me, seen, 0) {
                 return Ok(died);
             }
             hint::spin_loop();
@@ -369,15 +377,32 @@ impl RobustMutex {
             self.waking.store(0, Ordering::SeqCst);
             // After this, that unlock either saw us armed or we see its store.
             robust::heavy_barrier();
-            if let Some(died) = self.take_if_free(me, self.word.load(Ordering::Relaxed)) {
+            let seen = self.word.load(Ordering::Relaxed);
+            // Counted among the sleepers ourselves: others sleep if more.
+            if let Some(died) = self.take_if_free(me, seen, 1) {
                 break Ok(died);
             }
             let Some(timeout) = deadline.slice(NAP) else {
                 break Err(LockFailure::TimedOut);
             };
-            // Woken, timed out, or not asleep at all (an unlock came between
-            // `seq` and here): re-arm and look again.
-            futex::wait(&self.wake_seq, seq, Some(timeout));
+            // Held: mark the word so that the kernel, if the holder dies,
+            // wakes a sleeper on it (the unlock's store of 0 clears the
+            // mark with the rest of the word). Woken, timed out, or not
+            // asleep at all (an unlock came between `seq` and here): re-arm
+            // and look again.
+            let armed = seen | WAITERS;
+            let marked = seen == armed
+                || self
+                    .word
+                    .compare_exchange(seen, armed, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            let slept = marked
+                && futex::wait_either(&self.wake_seq, seq, &self.word, armed, timeout).is_some();
+            if !slept {
+                // The word moved on (this round sleeps for the next unlock
+                // only), or a kernel without `futex_waitv`.
+                futex::wait(&self.wake_seq, seq, Some(timeout));
+            }
         };
         let others = self.sleepers.fetch_sub(1, Ordering::SeqCst) > 1;
         if taken.is_err() && others {
@@ -461,7 +486,10 @@ impl RobustMutex {
     /// Bumps the sleepers' sequence word and wakes one sleeper on it.
     fn wake_sleeper(&self) {
         self.wake_seq.fetch_add(1, Ordering::Release);
-        futex::wake(&self.wake_seq, 1);
+        // Two, not one: if the first is stopped (SIGSTOP, a debugger)
+        // before it looks at the lock, the second still does, instead of
+        // every sleeper waiting for its nap.
+        futex::wake(&self.wake_seq, 2);
     }
 
     /// Takes the mutex if the word, last seen as `seen`, says it is free
@@ -469,12 +497,21 @@ impl RobustMutex {
     /// changes under us. `Some(true)` if taken over from a dead holder,
     /// `None` if it is held.
     #[inline]
-    fn take_if_free(&self, me: Me, mut seen: u32) -> Option<bool> {
+    fn take_if_free(&self, me: Me, mut seen: u32, counted: u32) -> Option<bool> {
         while seen & TID_MASK == 0 {
-            match self
-                .word
-                .compare_exchange(seen, me.tid, Ordering::Acquire, Ordering::Relaxed)
-            {
+            // Others asleep: keep the mark that has the kernel wake one of
+            // them if this thread dies holding the lock.
+            let mark = if self.sleepers.load(Ordering::Relaxed) > counted {
+                WAITERS
+            } else {
+                0
+            };
+            match self.word.compare_exchange(
+                seen,
+                me.tid | mark,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(seen & OWNER_DIED != 0),
                 Err(now) => seen = now,
             }
