@@ -61,6 +61,9 @@ const PUT_SPIN: Duration = Duration::from_micros(20);
 const PUT_BATCH: u32 = 64;
 /// Spin-loop hints between a waiting putter's looks, for the same reason.
 const PUT_PAUSES: u32 = 16;
+/// How many times [`Core::view`] reads the head and the tail for a
+/// consistent pair before it settles for the last reading.
+const SNAPSHOT_TRIES: u32 = 16;
 /// How many times [`Core::lock`] tries the mutex before it blocks.
 const LOCK_TRIES: u32 = 64;
 /// How long a non-blocking put or get waits for the lock before calling
@@ -183,14 +186,29 @@ impl Core {
         self.ring.check(v).map_err(|c| c.error(self.shm()))
     }
 
-    /// Head and tail as they are now (a snapshot). The head is read first:
-    /// it never passes the tail, so the tail read after it is at least as
-    /// far along and the item count never comes out negative.
+    /// Head and tail as they were at one moment (a snapshot), read without
+    /// a lock: the head, the tail, then the head again, until the head did
+    /// not move while the tail was read (the pair then existed when the
+    /// tail was read; the counts only grow, so an unchanged head cannot
+    /// have gone round and back). After a few tries against a busy queue
+    /// the last reading is used; it still never counts negative (the head
+    /// is read first and never passes the tail). A view read from a hostile
+    /// segment can still say anything: callers check it or only report it.
     pub(crate) fn view(&self) -> View {
         let c = self.control();
-        let head = Pos::load(&c.head.pos, Ordering::Acquire);
-        let tail = Pos::load(&c.tail.pos, Ordering::Acquire);
-        View { head, tail }
+        let mut head = Pos::load(&c.head.pos, Ordering::Acquire);
+        for _ in 0..SNAPSHOT_TRIES {
+            let tail = Pos::load(&c.tail.pos, Ordering::Acquire);
+            let again = Pos::load(&c.head.pos, Ordering::Acquire);
+            if again == head {
+                return View { head, tail };
+            }
+            head = again;
+        }
+        View {
+            head,
+            tail: Pos::load(&c.tail.pos, Ordering::Acquire),
+        }
     }
 
     /// Takes one end's lock, checking the queue first if its last holder
@@ -508,9 +526,15 @@ impl Core {
         Ok(())
     }
 
-    /// The number of items (a snapshot).
+    /// The number of items (a snapshot), never more than a checked ring
+    /// can hold: a hostile segment's words give a wrong count, not an
+    /// impossible one.
     pub(crate) fn items(&self) -> usize {
-        self.view().items() as usize
+        let v = self.view();
+        if self.ring.check(&v).is_err() {
+            return 0;
+        }
+        v.items() as usize
     }
 
     /// The number of items put and not yet marked done (a snapshot). `done`
@@ -524,7 +548,11 @@ impl Core {
 
     /// The bytes of the ring in use (a snapshot).
     pub(crate) fn used_bytes(&self) -> usize {
-        self.ring.used(&self.view()) as usize
+        let v = self.view();
+        if self.ring.check(&v).is_err() {
+            return 0;
+        }
+        self.ring.used(&v) as usize
     }
 
     /// Marks one item done (Python's `task_done`): one compare-and-swap,

@@ -394,7 +394,10 @@ impl<T> Queue<T> {
     }
 
     /// The number of items in the queue (Python's `qsize()`); a snapshot
-    /// that other processes may change at once.
+    /// that other processes may change at once, taken from a head and a
+    /// tail that were in the queue together, never more than it can hold.
+    /// A queue whose words are corrupt counts 0 (its puts and gets report
+    /// [`Error::Corrupt`](ipc_core::Error::Corrupt)).
     pub fn qsize(&self) -> usize {
         self.core.items()
     }
@@ -421,7 +424,8 @@ impl<T> Queue<T> {
         self.core.ring.capacity as usize
     }
 
-    /// The bytes of the ring in use (a snapshot).
+    /// The bytes of the ring in use (a snapshot, as consistent as
+    /// [`qsize`](Self::qsize)'s).
     pub fn used_bytes(&self) -> usize {
         self.core.used_bytes()
     }

@@ -10,9 +10,19 @@ use bytemuck::Pod;
 use ipc_core::{Deadline, Error, Result};
 
 use crate::lock::{wrap, LockResult};
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::segment::MUTEX_OFFSET;
+use crate::segment::{object_common, sealed, Builder, Kind, Layout, Object, ObjectKind, Spec};
+use crate::shm::SharedMemory;
 use crate::sys::mutex::MutexGuard;
+
+/// What a new array starts with: a copy of a slice, or zeroed elements.
+#[derive(Clone, Copy, Debug)]
+pub enum Elements<'a, T> {
+    /// A copy of these values.
+    Copy(&'a [T]),
+    /// This many zeroed elements.
+    Zeroed(usize),
+}
 
 const OUT_OF_RANGE: Error = Error::InvalidArgument("array index out of range");
 const WRONG_LEN: Error = Error::InvalidArgument("slice length differs from the array length");
@@ -54,9 +64,26 @@ pub struct Array<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> Array<T> {
+impl<T: Pod> sealed::Sealed for Array<T> {}
+
+impl<T: Pod> ObjectKind for Array<T> {
+    type Init<'a> = Elements<'a, T>;
+
     fn spec() -> Spec {
         Spec::of::<T>(Kind::Array)
+    }
+
+    fn len(init: &Elements<'_, T>) -> usize {
+        match init {
+            Elements::Copy(values) => values.len(),
+            Elements::Zeroed(len) => *len,
+        }
+    }
+
+    fn fill(init: Elements<'_, T>, shm: &SharedMemory, layout: &Layout) {
+        if let Elements::Copy(values) = init {
+            shm.map.copy_in(layout.data_offset, values)
+        }
     }
 
     fn wrap(obj: Object) -> Self {
@@ -65,51 +92,54 @@ impl<T: Pod> Array<T> {
             _type: PhantomData,
         }
     }
+}
 
-    fn make(place: Place<'_>, len: usize, init: Option<&[T]>) -> Result<Self> {
-        Object::create(place, &Self::spec(), len, |shm, layout| {
-            if let Some(init) = init {
-                shm.map.copy_in(layout.data_offset, init)
-            }
-        })
-        .map(Self::wrap)
+impl<T: Pod> Array<T> {
+    /// A builder for an array holding a copy of `values` (see
+    /// [`Builder`]); opening checks that the array has `values.len()`
+    /// elements.
+    pub fn builder(values: &[T]) -> Builder<'_, Self> {
+        Builder::new(Elements::Copy(values))
+    }
+
+    /// A builder for an array of `len` zeroed elements (see [`Builder`]);
+    /// opening checks that the array has `len` elements.
+    pub fn builder_zeroed(len: usize) -> Builder<'static, Self> {
+        Builder::new(Elements::Zeroed(len))
     }
 
     /// A new anonymous array holding a copy of `values`.
     pub fn from_slice(values: &[T]) -> Result<Self> {
-        Self::make(Place::Anonymous, values.len(), Some(values))
+        Self::builder(values).anonymous()
     }
 
     /// A new anonymous array of `len` zeroed elements (Python's
     /// `Array('i', 10)`).
     pub fn zeroed(len: usize) -> Result<Self> {
-        Self::make(Place::Anonymous, len, None)
+        Self::builder_zeroed(len).anonymous()
     }
 
     /// Creates the array `/dev/shm/<name>` holding a copy of `values`; this
     /// process owns it.
     pub fn create(name: &str, values: &[T]) -> Result<Self> {
-        Self::make(Place::Named(name), values.len(), Some(values))
+        Self::builder(values).create(name)
     }
 
     /// Creates the array `/dev/shm/<name>` of `len` zeroed elements.
     pub fn create_zeroed(name: &str, len: usize) -> Result<Self> {
-        Self::make(Place::Named(name), len, None)
+        Self::builder_zeroed(len).create(name)
     }
 
     /// Opens the array `name`, checking that it holds `len` elements of
-    /// type `T` with a lock.
+    /// type `T`.
     pub fn open(name: &str, len: usize) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(len)).map(Self::wrap)
+        Self::builder_zeroed(len).open(name)
     }
 
     /// Opens `name`, or creates it holding a copy of `values`. An existing
     /// array must have `values.len()` elements.
     pub fn open_or_create(name: &str, values: &[T]) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), values.len(), |shm, layout| {
-            shm.map.copy_in(layout.data_offset, values)
-        })
-        .map(Self::wrap)
+        Self::builder(values).open_or_create(name)
     }
 
     /// The number of elements.
@@ -203,9 +233,26 @@ pub struct RawArray<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> RawArray<T> {
+impl<T: Pod> sealed::Sealed for RawArray<T> {}
+
+impl<T: Pod> ObjectKind for RawArray<T> {
+    type Init<'a> = Elements<'a, T>;
+
     fn spec() -> Spec {
         Spec::of::<T>(Kind::RawArray)
+    }
+
+    fn len(init: &Elements<'_, T>) -> usize {
+        match init {
+            Elements::Copy(values) => values.len(),
+            Elements::Zeroed(len) => *len,
+        }
+    }
+
+    fn fill(init: Elements<'_, T>, shm: &SharedMemory, layout: &Layout) {
+        if let Elements::Copy(values) = init {
+            shm.map.copy_in(layout.data_offset, values)
+        }
     }
 
     fn wrap(obj: Object) -> Self {
@@ -214,40 +261,48 @@ impl<T: Pod> RawArray<T> {
             _type: PhantomData,
         }
     }
+}
 
-    fn make(place: Place<'_>, len: usize, init: Option<&[T]>) -> Result<Self> {
-        Object::create(place, &Self::spec(), len, |shm, layout| {
-            if let Some(init) = init {
-                shm.map.copy_in(layout.data_offset, init)
-            }
-        })
-        .map(Self::wrap)
+impl<T: Pod> RawArray<T> {
+    /// A builder for an array holding a copy of `values` (see
+    /// [`Builder`]); opening checks that the array has `values.len()`
+    /// elements.
+    pub fn builder(values: &[T]) -> Builder<'_, Self> {
+        Builder::new(Elements::Copy(values))
+    }
+
+    /// A builder for an array of `len` zeroed elements (see [`Builder`]);
+    /// opening checks that the array has `len` elements.
+    pub fn builder_zeroed(len: usize) -> Builder<'static, Self> {
+        Builder::new(Elements::Zeroed(len))
     }
 
     /// A new anonymous array holding a copy of `values`.
     pub fn from_slice(values: &[T]) -> Result<Self> {
-        Self::make(Place::Anonymous, values.len(), Some(values))
+        Self::builder(values).anonymous()
     }
 
-    /// A new anonymous array of `len` zeroed elements.
+    /// A new anonymous array of `len` zeroed elements (Python's
+    /// `Array('i', 10)`).
     pub fn zeroed(len: usize) -> Result<Self> {
-        Self::make(Place::Anonymous, len, None)
+        Self::builder_zeroed(len).anonymous()
     }
 
-    /// Creates the array `/dev/shm/<name>` holding a copy of `values`.
+    /// Creates the array `/dev/shm/<name>` holding a copy of `values`; this
+    /// process owns it.
     pub fn create(name: &str, values: &[T]) -> Result<Self> {
-        Self::make(Place::Named(name), values.len(), Some(values))
+        Self::builder(values).create(name)
     }
 
     /// Creates the array `/dev/shm/<name>` of `len` zeroed elements.
     pub fn create_zeroed(name: &str, len: usize) -> Result<Self> {
-        Self::make(Place::Named(name), len, None)
+        Self::builder_zeroed(len).create(name)
     }
 
     /// Opens the array `name`, checking that it holds `len` elements of
-    /// type `T` without a lock.
+    /// type `T`.
     pub fn open(name: &str, len: usize) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(len)).map(Self::wrap)
+        Self::builder_zeroed(len).open(name)
     }
 
     /// The number of elements.

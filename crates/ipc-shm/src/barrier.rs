@@ -11,8 +11,9 @@ use ipc_core::{Deadline, Error, Result};
 
 use crate::lock::{wrap, LockError, LockGuard};
 use crate::raw::SAFETY_NET;
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::segment::{object_common, Object};
+use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec, MUTEX_OFFSET};
+use crate::shm::SharedMemory;
 use crate::sys::futex;
 
 /// Words of a barrier: the generation (a futex), the arrivals in this
@@ -87,39 +88,60 @@ pub struct Barrier {
     obj: Object,
 }
 
-impl Barrier {
+impl sealed::Sealed for Barrier {}
+
+impl ObjectKind for Barrier {
+    type Init<'a> = u32;
+
     fn spec() -> Spec {
         Spec::of::<[u32; 8]>(Kind::Barrier)
+    }
+
+    fn len(_: &u32) -> usize {
+        1
+    }
+
+    fn check(parties: &u32) -> Result<()> {
+        if *parties == 0 {
+            return Err(Error::InvalidArgument("a barrier needs at least one party"));
+        }
+        Ok(())
+    }
+
+    fn fill(parties: u32, shm: &SharedMemory, layout: &Layout) {
+        shm.map
+            .write(layout.data_offset, [0, 0, parties, 0, 0, 0, 0, 0u32])
     }
 
     fn wrap(obj: Object) -> Self {
         Barrier { obj }
     }
+}
 
-    fn make(place: Place<'_>, parties: u32) -> Result<Self> {
-        if parties == 0 {
-            return Err(Error::InvalidArgument("a barrier needs at least one party"));
-        }
-        Object::create(place, &Self::spec(), 1, |shm, layout| {
-            shm.map
-                .write(layout.data_offset, [0, 0, parties, 0, 0, 0, 0, 0u32])
-        })
-        .map(Self::wrap)
+impl Barrier {
+    /// A builder for a barrier for `parties` parties (see [`Builder`]).
+    pub fn builder(parties: u32) -> Builder<'static, Self> {
+        Builder::new(parties)
     }
 
     /// A new anonymous barrier for `parties` parties.
     pub fn new(parties: u32) -> Result<Self> {
-        Self::make(Place::Anonymous, parties)
+        Self::builder(parties).anonymous()
     }
 
     /// Creates the barrier `/dev/shm/<name>`; this process owns it.
     pub fn create(name: &str, parties: u32) -> Result<Self> {
-        Self::make(Place::Named(name), parties)
+        Self::builder(parties).create(name)
     }
 
     /// Opens the barrier `name`.
     pub fn open(name: &str) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+        Self::builder(1).open(name)
+    }
+
+    /// Opens `name`, or creates it for `parties` parties.
+    pub fn open_or_create(name: &str, parties: u32) -> Result<Self> {
+        Self::builder(parties).open_or_create(name)
     }
 
     fn word(&self, i: usize) -> &AtomicU32 {

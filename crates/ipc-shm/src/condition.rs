@@ -9,8 +9,9 @@ use std::time::Duration;
 use ipc_core::{Deadline, Result};
 
 use crate::lock::{failure_error, wrap, LockError, LockGuard, LockResult, OwnerDied};
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::segment::{object_common, Object};
+use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec, MUTEX_OFFSET};
+use crate::shm::SharedMemory;
 use crate::sys::futex::{self, Wake};
 
 /// Words of a condition: the futex sequence number, the waiters not yet
@@ -63,37 +64,51 @@ pub struct Condition {
     obj: Object,
 }
 
-impl Condition {
+impl sealed::Sealed for Condition {}
+
+impl ObjectKind for Condition {
+    type Init<'a> = ();
+
     fn spec() -> Spec {
         Spec::of::<[u32; 4]>(Kind::Condition)
     }
 
+    fn len(_: &()) -> usize {
+        1
+    }
+
+    fn fill(_: (), _: &SharedMemory, _: &Layout) {}
+
     fn wrap(obj: Object) -> Self {
         Condition { obj }
     }
+}
 
-    fn make(place: Place<'_>) -> Result<Self> {
-        Object::create(place, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
+impl Condition {
+    /// A builder for a condition (see [`Builder`]).
+    pub fn builder() -> Builder<'static, Self> {
+        Builder::new(())
     }
 
-    /// A new anonymous condition.
+    /// A new anonymous condition, for this process and the children it
+    /// is handed to.
     pub fn new() -> Result<Self> {
-        Self::make(Place::Anonymous)
+        Self::builder().anonymous()
     }
 
     /// Creates the condition `/dev/shm/<name>`; this process owns it.
     pub fn create(name: &str) -> Result<Self> {
-        Self::make(Place::Named(name))
+        Self::builder().create(name)
     }
 
-    /// Opens the condition `name`.
+    /// Opens the condition `name` that another process created.
     pub fn open(name: &str) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+        Self::builder().open(name)
     }
 
-    /// Opens `name`, or creates it.
+    /// Opens `name`, or creates it if it does not exist.
     pub fn open_or_create(name: &str) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
+        Self::builder().open_or_create(name)
     }
 
     fn word(&self, i: usize) -> &AtomicU32 {

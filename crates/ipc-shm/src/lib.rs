@@ -172,11 +172,11 @@ mod shm;
 mod sys;
 mod value;
 
-pub use array::{Array, RawArray};
+pub use array::{Array, Elements, RawArray};
 pub use barrier::{Barrier, BarrierError};
 pub use condition::{Condition, ConditionGuard};
 pub use lock::{Lock, LockError, LockGuard, LockResult, OwnerDied, RLock};
-pub use segment::{remove_if_orphaned, remove_orphans};
+pub use segment::{remove_if_orphaned, remove_orphans, Builder, ObjectKind};
 pub use semaphore::{BoundedSemaphore, Event, Semaphore};
 pub use shm::{SharedMemory, AUTO_NAME_PREFIX, MAX_NAME_LEN};
 pub use sys::mutex::MutexGuard;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use ipc_core::{Deadline, Error, Result};
 
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::segment::{object_common, Object};
+use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec, MUTEX_OFFSET};
+use crate::shm::SharedMemory;
 use crate::sys::mutex::{LockFailure, MutexGuard};
 
 /// The guard of a [`Lock`] or an [`RLock`]: the lock is held until it is
@@ -174,39 +175,51 @@ macro_rules! lock_type {
             obj: Object,
         }
 
-        impl $ty {
+        impl sealed::Sealed for $ty {}
+
+        impl ObjectKind for $ty {
+            type Init<'a> = ();
+
             fn spec() -> Spec {
                 Spec::of::<()>($kind)
             }
 
+            fn len(_: &()) -> usize {
+                0
+            }
+
+            fn fill(_: (), _: &SharedMemory, _: &Layout) {}
+
             fn wrap(obj: Object) -> Self {
                 $ty { obj }
             }
+        }
 
-            fn make(place: Place<'_>) -> Result<Self> {
-                Object::create(place, &Self::spec(), 0, |_, _| {}).map(Self::wrap)
+        impl $ty {
+            /// A builder for a lock (see [`Builder`]).
+            pub fn builder() -> Builder<'static, Self> {
+                Builder::new(())
             }
 
             /// A new anonymous lock, for this process and the children it
             /// is handed to.
             pub fn new() -> Result<Self> {
-                Self::make(Place::Anonymous)
+                Self::builder().anonymous()
             }
 
             /// Creates the lock `/dev/shm/<name>`; this process owns it.
             pub fn create(name: &str) -> Result<Self> {
-                Self::make(Place::Named(name))
+                Self::builder().create(name)
             }
 
             /// Opens the lock `name` that another process created.
             pub fn open(name: &str) -> Result<Self> {
-                Object::open(name, &Self::spec(), Some(0)).map(Self::wrap)
+                Self::builder().open(name)
             }
 
             /// Opens `name`, or creates it if it does not exist.
             pub fn open_or_create(name: &str) -> Result<Self> {
-                Object::open_or_create(name, &Self::spec(), 0, |_, _| {})
-                    .map(Self::wrap)
+                Self::builder().open_or_create(name)
             }
 
             /// Waits for the lock and returns its guard.

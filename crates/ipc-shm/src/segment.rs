@@ -507,6 +507,113 @@ impl Drop for Object {
     }
 }
 
+/// Makes or opens an object of kind `K`, the same four ways for every
+/// kind of this crate (ipc-queue's queues have a builder of the same
+/// shape): [`anonymous`](Self::anonymous), [`create`](Self::create),
+/// [`open`](Self::open) and [`open_or_create`](Self::open_or_create), all
+/// through one race loop and one header check. Each kind's `builder`
+/// takes what a new object starts with; the shorthands (`Value::new`,
+/// `Lock::create`, ...) are this builder.
+///
+/// ```
+/// use ipc_shm::{Semaphore, Value};
+/// # let name = format!("ipcdoc_{}_builder", std::process::id());
+/// let price = Value::builder(1.5f64).open_or_create(&name)?; // made here
+/// let again = Value::builder(0.0f64).open_or_create(&name)?; // opened: 1.5
+/// assert!(price.is_owner() && !again.is_owner());
+/// assert_eq!(again.get()?, 1.5);
+/// let slots = Semaphore::builder(3).anonymous()?;
+/// assert_eq!(slots.value(), 3);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[must_use = "a builder does nothing until one of its four methods is called"]
+pub struct Builder<'a, K: ObjectKind> {
+    init: K::Init<'a>,
+}
+
+impl<K: ObjectKind> std::fmt::Debug for Builder<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("kind", &K::spec().kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: ObjectKind> Builder<'a, K> {
+    /// A builder whose new objects start from `init`.
+    pub(crate) fn new(init: K::Init<'a>) -> Self {
+        Builder { init }
+    }
+
+    /// A new anonymous object (a memfd), for this process and the
+    /// children it is handed to.
+    pub fn anonymous(self) -> Result<K> {
+        self.make(Place::Anonymous)
+    }
+
+    /// Creates the object `/dev/shm/<name>`; [`Error::AlreadyExists`] if
+    /// the name exists. This process owns it and removes it on drop.
+    pub fn create(self, name: &str) -> Result<K> {
+        self.make(Place::Named(name))
+    }
+
+    /// Opens the object `name`, checking that it is a `K` (and of this
+    /// builder's length, for arrays); what a new one would start with is
+    /// ignored. [`Error::Abandoned`] if its creator died before finishing
+    /// it.
+    pub fn open(self, name: &str) -> Result<K> {
+        let len = K::len(&self.init);
+        Object::open(name, &K::spec(), Some(len)).map(K::wrap)
+    }
+
+    /// Opens `name` if it holds a `K`, or creates it: if it does not exist,
+    /// or if its creator died before finishing it. A complete object whose
+    /// creator died is adopted (see the crate docs).
+    pub fn open_or_create(self, name: &str) -> Result<K> {
+        K::check(&self.init)?;
+        let len = K::len(&self.init);
+        let init = self.init;
+        Object::open_or_create(name, &K::spec(), len, |shm, layout| {
+            K::fill(init, shm, layout)
+        })
+        .map(K::wrap)
+    }
+
+    fn make(self, place: Place<'_>) -> Result<K> {
+        K::check(&self.init)?;
+        let len = K::len(&self.init);
+        let init = self.init;
+        Object::create(place, &K::spec(), len, |shm, layout| {
+            K::fill(init, shm, layout)
+        })
+        .map(K::wrap)
+    }
+}
+
+/// The kinds of object a [`Builder`] makes: every type of this crate with
+/// a segment of its own. Sealed; its items are how the builder reaches a
+/// kind's layout.
+pub trait ObjectKind: Sized + sealed::Sealed {
+    /// What a new object starts with (a value, a slice, a count).
+    type Init<'a>;
+    #[doc(hidden)]
+    fn spec() -> Spec;
+    #[doc(hidden)]
+    fn len(init: &Self::Init<'_>) -> usize;
+    #[doc(hidden)]
+    fn check(_init: &Self::Init<'_>) -> Result<()> {
+        Ok(())
+    }
+    #[doc(hidden)]
+    fn fill(init: Self::Init<'_>, shm: &SharedMemory, layout: &Layout);
+    #[doc(hidden)]
+    fn wrap(obj: Object) -> Self;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
 /// How messages name a segment.
 fn what(name: Option<&str>) -> String {
     match name {

@@ -9,8 +9,9 @@ use std::time::Duration;
 use ipc_core::{Deadline, Error, Result};
 
 use crate::raw::SAFETY_NET;
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec};
+use crate::segment::{object_common, Object};
+use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec};
+use crate::shm::SharedMemory;
 use crate::sys::futex;
 
 /// Words of a semaphore: the count, the number of sleepers, the maximum,
@@ -19,16 +20,6 @@ const COUNT: usize = 0;
 const WAITERS: usize = 1;
 const MAX: usize = 2;
 const BOUNDED: usize = 3;
-
-fn sem_spec(kind: Kind) -> Spec {
-    Spec::of::<[u32; 4]>(kind)
-}
-
-fn sem_make(place: Place<'_>, kind: Kind, value: u32) -> Result<Object> {
-    Object::create(place, &sem_spec(kind), 1, |shm, layout| {
-        shm.map.write(layout.data_offset, sem_init(kind, value));
-    })
-}
 
 fn sem_init(kind: Kind, value: u32) -> [u32; 4] {
     [value, 0, value, u32::from(kind == Kind::BoundedSemaphore)]
@@ -97,36 +88,53 @@ macro_rules! semaphore_type {
             obj: Object,
         }
 
-        impl $ty {
+        impl sealed::Sealed for $ty {}
+
+        impl ObjectKind for $ty {
+            type Init<'a> = u32;
+
             fn spec() -> Spec {
-                sem_spec($kind)
+                Spec::of::<[u32; 4]>($kind)
+            }
+
+            fn len(_: &u32) -> usize {
+                1
+            }
+
+            fn fill(value: u32, shm: &SharedMemory, layout: &Layout) {
+                shm.map.write(layout.data_offset, sem_init($kind, value));
             }
 
             fn wrap(obj: Object) -> Self {
                 $ty { obj }
             }
+        }
+
+        impl $ty {
+            /// A builder for a semaphore with the initial `value` (see
+            /// [`Builder`]).
+            pub fn builder(value: u32) -> Builder<'static, Self> {
+                Builder::new(value)
+            }
 
             /// A new anonymous semaphore with the initial `value`.
             pub fn new(value: u32) -> Result<Self> {
-                sem_make(Place::Anonymous, $kind, value).map(Self::wrap)
+                Self::builder(value).anonymous()
             }
 
             /// Creates the semaphore `/dev/shm/<name>`; this process owns it.
             pub fn create(name: &str, value: u32) -> Result<Self> {
-                sem_make(Place::Named(name), $kind, value).map(Self::wrap)
+                Self::builder(value).create(name)
             }
 
             /// Opens the semaphore `name`.
             pub fn open(name: &str) -> Result<Self> {
-                Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+                Self::builder(0).open(name)
             }
 
             /// Opens `name`, or creates it with the initial `value`.
             pub fn open_or_create(name: &str, value: u32) -> Result<Self> {
-                Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
-                    shm.map.write(layout.data_offset, sem_init($kind, value));
-                })
-                .map(Self::wrap)
+                Self::builder(value).open_or_create(name)
             }
 
             /// Waits until the value is positive and decrements it.
@@ -235,33 +243,51 @@ pub struct Event {
     obj: Object,
 }
 
-impl Event {
+impl sealed::Sealed for Event {}
+
+impl ObjectKind for Event {
+    type Init<'a> = ();
+
     fn spec() -> Spec {
         Spec::of::<[u32; 2]>(Kind::Event)
     }
 
+    fn len(_: &()) -> usize {
+        1
+    }
+
+    fn fill(_: (), _: &SharedMemory, _: &Layout) {}
+
     fn wrap(obj: Object) -> Self {
         Event { obj }
     }
+}
 
-    /// A new anonymous event, not set.
+impl Event {
+    /// A builder for an event (not set) (see [`Builder`]).
+    pub fn builder() -> Builder<'static, Self> {
+        Builder::new(())
+    }
+
+    /// A new anonymous event, for this process and the children it
+    /// is handed to.
     pub fn new() -> Result<Self> {
-        Object::create(Place::Anonymous, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
+        Self::builder().anonymous()
     }
 
-    /// Creates the event `/dev/shm/<name>`, not set; this process owns it.
+    /// Creates the event `/dev/shm/<name>`; this process owns it.
     pub fn create(name: &str) -> Result<Self> {
-        Object::create(Place::Named(name), &Self::spec(), 1, |_, _| {}).map(Self::wrap)
+        Self::builder().create(name)
     }
 
-    /// Opens the event `name`.
+    /// Opens the event `name` that another process created.
     pub fn open(name: &str) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+        Self::builder().open(name)
     }
 
-    /// Opens `name`, or creates it (not set).
+    /// Opens `name`, or creates it if it does not exist.
     pub fn open_or_create(name: &str) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, |_, _| {}).map(Self::wrap)
+        Self::builder().open_or_create(name)
     }
 
     /// Whether the flag is set.

@@ -10,8 +10,9 @@ use bytemuck::Pod;
 use ipc_core::{Deadline, Error, Result};
 
 use crate::lock::{wrap, LockError, LockResult};
-use crate::segment::{object_common, Object, Place};
-use crate::segment::{Kind, Spec, MUTEX_OFFSET};
+use crate::segment::{object_common, Object};
+use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec, MUTEX_OFFSET};
+use crate::shm::SharedMemory;
 use crate::sys::mutex::MutexGuard;
 
 /// A value of a plain-old-data type in shared memory, guarded by a robust
@@ -52,9 +53,21 @@ pub struct Value<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> Value<T> {
+impl<T: Pod> sealed::Sealed for Value<T> {}
+
+impl<T: Pod> ObjectKind for Value<T> {
+    type Init<'a> = T;
+
     fn spec() -> Spec {
         Spec::of::<T>(Kind::Value)
+    }
+
+    fn len(_: &T) -> usize {
+        1
+    }
+
+    fn fill(value: T, shm: &SharedMemory, layout: &Layout) {
+        shm.map.write(layout.data_offset, value)
     }
 
     fn wrap(obj: Object) -> Self {
@@ -63,36 +76,34 @@ impl<T: Pod> Value<T> {
             _type: PhantomData,
         }
     }
+}
 
-    fn make(place: Place<'_>, value: T) -> Result<Self> {
-        Object::create(place, &Self::spec(), 1, |shm, layout| {
-            shm.map.write(layout.data_offset, value)
-        })
-        .map(Self::wrap)
+impl<T: Pod> Value<T> {
+    /// A builder for a `Value` that starts as `value`: anonymous, created,
+    /// opened or either (see [`Builder`]).
+    pub fn builder(value: T) -> Builder<'static, Self> {
+        Builder::new(value)
     }
 
     /// A new anonymous value, for this process and the children it is
     /// handed to.
     pub fn new(value: T) -> Result<Self> {
-        Self::make(Place::Anonymous, value)
+        Self::builder(value).anonymous()
     }
 
     /// Creates the value `/dev/shm/<name>`; this process owns it.
     pub fn create(name: &str, value: T) -> Result<Self> {
-        Self::make(Place::Named(name), value)
+        Self::builder(value).create(name)
     }
 
     /// Opens the value `name`, checking that it holds a `Value<T>`.
     pub fn open(name: &str) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+        Self::builder(T::zeroed()).open(name)
     }
 
     /// Opens `name`, or creates it holding `value`.
     pub fn open_or_create(name: &str, value: T) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
-            shm.map.write(layout.data_offset, value)
-        })
-        .map(Self::wrap)
+        Self::builder(value).open_or_create(name)
     }
 
     fn lock_until(&self, deadline: Deadline) -> LockResult<MutexGuard<'_, T>> {
@@ -171,9 +182,21 @@ pub struct RawValue<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> RawValue<T> {
+impl<T: Pod> sealed::Sealed for RawValue<T> {}
+
+impl<T: Pod> ObjectKind for RawValue<T> {
+    type Init<'a> = T;
+
     fn spec() -> Spec {
         Spec::of::<T>(Kind::RawValue)
+    }
+
+    fn len(_: &T) -> usize {
+        1
+    }
+
+    fn fill(value: T, shm: &SharedMemory, layout: &Layout) {
+        shm.map.write(layout.data_offset, value)
     }
 
     fn wrap(obj: Object) -> Self {
@@ -182,35 +205,33 @@ impl<T: Pod> RawValue<T> {
             _type: PhantomData,
         }
     }
+}
 
-    fn make(place: Place<'_>, value: T) -> Result<Self> {
-        Object::create(place, &Self::spec(), 1, |shm, layout| {
-            shm.map.write(layout.data_offset, value)
-        })
-        .map(Self::wrap)
+impl<T: Pod> RawValue<T> {
+    /// A builder for a `RawValue` that starts as `value`: anonymous, created,
+    /// opened or either (see [`Builder`]).
+    pub fn builder(value: T) -> Builder<'static, Self> {
+        Builder::new(value)
     }
 
     /// A new anonymous value.
     pub fn new(value: T) -> Result<Self> {
-        Self::make(Place::Anonymous, value)
+        Self::builder(value).anonymous()
     }
 
     /// Creates the value `/dev/shm/<name>`; this process owns it.
     pub fn create(name: &str, value: T) -> Result<Self> {
-        Self::make(Place::Named(name), value)
+        Self::builder(value).create(name)
     }
 
     /// Opens the value `name`, checking that it holds a `RawValue<T>`.
     pub fn open(name: &str) -> Result<Self> {
-        Object::open(name, &Self::spec(), Some(1)).map(Self::wrap)
+        Self::builder(T::zeroed()).open(name)
     }
 
     /// Opens `name`, or creates it holding `value`.
     pub fn open_or_create(name: &str, value: T) -> Result<Self> {
-        Object::open_or_create(name, &Self::spec(), 1, |shm, layout| {
-            shm.map.write(layout.data_offset, value)
-        })
-        .map(Self::wrap)
+        Self::builder(value).open_or_create(name)
     }
 
     /// Reads the value.

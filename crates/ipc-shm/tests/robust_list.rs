@@ -311,3 +311,28 @@ fn a_lock_word_rewritten_while_held_leaves_the_robust_list_consistent() {
     assert!(status.success(), "{status:?}");
     ipc_testkit::assert_no_leftovers();
 }
+
+#[test]
+fn a_lock_word_naming_a_thread_that_does_not_exist_is_taken_over_as_a_dead_holder() {
+    const MUTEX: usize = 128;
+    // A thread id that no thread has now: a child's, after it is reaped.
+    let mut child = Process::new().fork(|| 0).unwrap();
+    let gone = child.pid();
+    child.join().unwrap();
+    let name = ipc_testkit::name();
+    let lock = Lock::create(&name).unwrap();
+    let segment = ipc_shm::SharedMemory::open(&name).unwrap();
+    // Another process writes that id into the free lock's word, as if it
+    // held the lock; the kernel will never mark it, as nobody dies.
+    segment.write_at(MUTEX, &gone.to_ne_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    match lock.lock_timeout(LONG) {
+        Err(LockError::OwnerDied(died)) => died.into_guard().mark_consistent(),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    // Noticed at the first nap, not at the timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(lock.try_lock().is_ok());
+    drop((segment, lock));
+    ipc_testkit::assert_no_leftovers();
+}

@@ -396,12 +396,14 @@ impl RobustMutex {
                     .word
                     .compare_exchange(seen, armed, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok();
-            let slept = marked
-                && futex::wait_either(&self.wake_seq, seq, &self.word, armed, timeout).is_some();
-            if !slept {
-                // The word moved on (this round sleeps for the next unlock
-                // only), or a kernel without `futex_waitv`.
-                futex::wait(&self.wake_seq, seq, Some(timeout));
+            let both = marked
+                .then(|| futex::wait_either(&self.wake_seq, seq, &self.word, armed, timeout))
+                .flatten();
+            // Without both: the word moved on (this round sleeps for the
+            // next unlock only), or a kernel without `futex_waitv`.
+            let woke = both.unwrap_or_else(|| futex::wait(&self.wake_seq, seq, Some(timeout)));
+            if woke == futex::Wake::TimedOut {
+                self.reap_vanished_holder();
             }
         };
         let others = self.sleepers.fetch_sub(1, Ordering::SeqCst) > 1;
@@ -425,17 +427,13 @@ impl RobustMutex {
     #[inline]
     pub(crate) fn unlock(&self) -> io::Result<()> {
         let entry = self.entry();
-        let me = match robust::me_if_known() {
-            Some(me) if robust::holds(entry) => me,
-            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
-        };
-        let forged = self.word.load(Ordering::Relaxed) & TID_MASK != me.tid;
-        if forged && !robust::recorded(entry) {
-            // Held beyond what the record keeps, and the word does not say
-            // so either: nothing tells that this thread linked it.
+        let Some(me) = robust::me_if_known() else {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
+        };
+        if self.word.load(Ordering::Relaxed) & TID_MASK != me.tid || !robust::holds(entry) {
+            return self.unlock_not_ours(me, entry);
         }
-        if !forged && self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
+        if self.kind.load(Ordering::Relaxed) == KIND_RECURSIVE {
             let depth = self.depth.load(Ordering::Relaxed);
             if depth > 1 {
                 self.depth.store(depth - 1, Ordering::Relaxed);
@@ -450,13 +448,6 @@ impl RobustMutex {
         // the links of held entries, unless another process scribbles on the
         // mutex while it is held (see the module docs).
         unsafe { me.unlink(self.prev.as_ptr(), self.next.as_ptr()) };
-        if forged {
-            me.op_done();
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "another process rewrote the word of a lock this thread held",
-            ));
-        }
         if robust::plain_unlock() {
             self.word.store(0, Ordering::Release);
             // The load below must not move above the store in the compiled
@@ -471,6 +462,32 @@ impl RobustMutex {
         }
         me.op_done();
         Ok(())
+    }
+
+    /// An unlock where the word and this thread's record disagree. If the
+    /// record says this thread holds the mutex but the word names someone
+    /// else, another process rewrote the word: the entry still comes off
+    /// this thread's robust list (so neither the kernel nor a later lock
+    /// follows links into a segment that may be unmapped by then), the word
+    /// is left to whoever wrote it, and the forgery is reported. Otherwise
+    /// this thread does not hold it: `EPERM`.
+    #[cold]
+    fn unlock_not_ours(&self, me: Me, entry: usize) -> io::Result<()> {
+        let named = self.word.load(Ordering::Relaxed) & TID_MASK == me.tid;
+        if named || !robust::recorded(entry) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        robust::note_released(entry);
+        me.op_pending(entry);
+        // SAFETY: this thread's private record says it locked this mutex,
+        // so `lock` linked these fields into its robust list (the links are
+        // trusted as in `unlock`; only the word was found rewritten).
+        unsafe { me.unlink(self.prev.as_ptr(), self.next.as_ptr()) };
+        me.op_done();
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "another process rewrote the word of a lock this thread held",
+        ))
     }
 
     /// Wakes a sleeper, unless one was woken and has not looked at the
@@ -517,6 +534,31 @@ impl RobustMutex {
             }
         }
         None
+    }
+
+    /// After a nap with the mutex held all along: if the thread the word
+    /// names does not exist, marks the word as the kernel marks a dead
+    /// holder's, so that the next look takes the mutex over with
+    /// `OwnerDied`. The kernel does that itself for a holder that dies; a
+    /// word naming a thread that never held it (written by another process)
+    /// would otherwise keep the mutex held for ever. Thread ids are looked
+    /// up in this process's pid namespace: sharing locks with processes of
+    /// another namespace is not supported.
+    #[cold]
+    fn reap_vanished_holder(&self) {
+        let seen = self.word.load(Ordering::Relaxed);
+        let tid = seen & TID_MASK;
+        let Some(pid) = rustix::process::Pid::from_raw(tid as i32) else {
+            return;
+        };
+        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
+            let _ = self.word.compare_exchange(
+                seen,
+                (seen & WAITERS) | OWNER_DIED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The thread id of the holder, if a thread holds the mutex.
