@@ -19,13 +19,15 @@ use ipc_shm::SharedMemory;
 
 pub(crate) use ipc_shm::raw::Kind;
 
-/// The bytes a group of words is padded and aligned to. 128 and not 64:
-/// CPUs that fetch cache lines in pairs (the adjacent-line prefetcher of
-/// x86) would otherwise still make neighbouring groups share.
-pub(crate) const LINE: usize = 128;
+/// The bytes a group of words is padded and aligned to: one cache line.
+/// 128 (a pair of lines, against the adjacent-line prefetcher of x86) was
+/// measured too and was not faster: the same within noise on the 64 B
+/// rows, 0.86x and 0.88x on the 4 KiB rows (`cargo xtask bench`, see
+/// docs/BENCHMARKS.md), so the smaller block is kept.
+pub(crate) const LINE: usize = 64;
 
 /// A group of words on a line of its own.
-#[repr(C, align(128))]
+#[repr(C, align(64))]
 pub(crate) struct Line<T>(pub(crate) T);
 
 const _: () = assert!(std::mem::align_of::<Line<u8>>() == LINE);

@@ -174,7 +174,9 @@ impl Barrier {
 
     /// Like [`wait`](Self::wait), breaking the barrier if the parties are
     /// not all there within `timeout`. If the barrier's lock cannot be
-    /// taken in that time, the result is `Failed(Timeout)`.
+    /// taken in that time, the result is `Failed(Timeout)`; breaking it
+    /// after the timeout waits at most [`SAFETY_NET`](crate::raw::SAFETY_NET)
+    /// more for the lock, then also gives `Failed(Timeout)`.
     pub fn wait_timeout(&self, timeout: Duration) -> std::result::Result<u32, BarrierError> {
         self.wait_inner(Some(timeout), None::<fn()>)
     }
@@ -266,8 +268,12 @@ impl Barrier {
                 break;
             }
             let Some(sleep) = deadline.slice(SAFETY_NET) else {
-                // Breaking the barrier must happen whatever the deadline.
-                let _guard = self.lock_state(Deadline::Never)?;
+                // Breaking the barrier must happen after the deadline, so
+                // its lock gets a grace of its own (it is held for
+                // microseconds); a holder that keeps it longer (stopped, or
+                // a word another process forged) gets this party a
+                // `Failed(Timeout)` instead of a wait with no end.
+                let _guard = self.lock_state(Deadline::after(SAFETY_NET))?;
                 if generation.load(Ordering::Acquire) == g {
                     self.break_locked(true);
                     return Err(BarrierError::Broken);

@@ -55,13 +55,13 @@ const KINDS: [Kind; 11] = [
 
 /// Where the robust-list links of a kind's mutexes are: 24 to 40 bytes
 /// into each mutex (after the header for ipc-shm's kinds; ipc-queue's two
-/// mutexes start its control block, one 128-byte line each).
+/// mutexes start its control block, one 64-byte line each).
 fn link_words(kind: Kind) -> Vec<std::ops::Range<usize>> {
     let mutexes: &[usize] = match kind {
         Kind::Value | Kind::Array | Kind::Lock | Kind::RLock | Kind::Condition | Kind::Barrier => {
             &[128]
         }
-        Kind::Queue | Kind::JoinableQueue => &[128, 256],
+        Kind::Queue | Kind::JoinableQueue => &[128, 192],
         _ => &[],
     };
     mutexes.iter().map(|m| m + 24..m + 40).collect()
