@@ -24,6 +24,42 @@ pub enum Elements<'a, T> {
     Zeroed(usize),
 }
 
+/// The [`ObjectKind`] of an array type: a copy of a slice or zeroed
+/// elements, `len` of them.
+macro_rules! array_kind {
+    ($ty:ident, $kind:expr) => {
+        impl<T: Pod> sealed::Sealed for $ty<T> {}
+
+        impl<T: Pod> ObjectKind for $ty<T> {
+            type Init<'a> = Elements<'a, T>;
+
+            fn spec() -> Spec {
+                Spec::of::<T>($kind)
+            }
+
+            fn len(init: &Elements<'_, T>) -> usize {
+                match init {
+                    Elements::Copy(values) => values.len(),
+                    Elements::Zeroed(len) => *len,
+                }
+            }
+
+            fn fill(init: Elements<'_, T>, shm: &SharedMemory, layout: &Layout) {
+                if let Elements::Copy(values) = init {
+                    shm.map.copy_in(layout.data_offset, values)
+                }
+            }
+
+            fn wrap(obj: Object) -> Self {
+                $ty {
+                    obj,
+                    _type: PhantomData,
+                }
+            }
+        }
+    };
+}
+
 const OUT_OF_RANGE: Error = Error::InvalidArgument("array index out of range");
 const WRONG_LEN: Error = Error::InvalidArgument("slice length differs from the array length");
 
@@ -64,35 +100,7 @@ pub struct Array<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> sealed::Sealed for Array<T> {}
-
-impl<T: Pod> ObjectKind for Array<T> {
-    type Init<'a> = Elements<'a, T>;
-
-    fn spec() -> Spec {
-        Spec::of::<T>(Kind::Array)
-    }
-
-    fn len(init: &Elements<'_, T>) -> usize {
-        match init {
-            Elements::Copy(values) => values.len(),
-            Elements::Zeroed(len) => *len,
-        }
-    }
-
-    fn fill(init: Elements<'_, T>, shm: &SharedMemory, layout: &Layout) {
-        if let Elements::Copy(values) = init {
-            shm.map.copy_in(layout.data_offset, values)
-        }
-    }
-
-    fn wrap(obj: Object) -> Self {
-        Array {
-            obj,
-            _type: PhantomData,
-        }
-    }
-}
+array_kind!(Array, Kind::Array);
 
 impl<T: Pod> Array<T> {
     /// A builder for an array holding a copy of `values` (see
@@ -233,35 +241,7 @@ pub struct RawArray<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> sealed::Sealed for RawArray<T> {}
-
-impl<T: Pod> ObjectKind for RawArray<T> {
-    type Init<'a> = Elements<'a, T>;
-
-    fn spec() -> Spec {
-        Spec::of::<T>(Kind::RawArray)
-    }
-
-    fn len(init: &Elements<'_, T>) -> usize {
-        match init {
-            Elements::Copy(values) => values.len(),
-            Elements::Zeroed(len) => *len,
-        }
-    }
-
-    fn fill(init: Elements<'_, T>, shm: &SharedMemory, layout: &Layout) {
-        if let Elements::Copy(values) = init {
-            shm.map.copy_in(layout.data_offset, values)
-        }
-    }
-
-    fn wrap(obj: Object) -> Self {
-        RawArray {
-            obj,
-            _type: PhantomData,
-        }
-    }
-}
+array_kind!(RawArray, Kind::RawArray);
 
 impl<T: Pod> RawArray<T> {
     /// A builder for an array holding a copy of `values` (see

@@ -402,29 +402,22 @@ impl Object {
         init: impl FnOnce(&SharedMemory, &Layout),
     ) -> Result<Object> {
         let mut init = Some(init);
-        for _ in 0..100 {
-            match Object::create(Place::Named(name), spec, len, |shm, layout| {
-                (init.take().expect("init runs once"))(shm, layout)
-            }) {
-                Err(Error::AlreadyExists(_)) => {}
-                other => return other,
-            }
-            match find(name, Deadline::after(INIT_WAIT)) {
-                Ok(Found::Published(shm)) => {
+        create_or_open(
+            name,
+            || {
+                Object::create(Place::Named(name), spec, len, |shm, layout| {
+                    (init.take().expect("init runs once"))(shm, layout)
+                })
+            },
+            || match find(name, Deadline::after(INIT_WAIT))? {
+                Found::Published(shm) => {
                     let mut object = Object::validated(shm, spec, Some(len))?;
                     object.adopt_if_orphaned()?;
-                    return Ok(object);
+                    Ok(Some(object))
                 }
-                Ok(Found::Abandoned(claim)) => claim.remove(name)?,
-                // Removed between our two calls: create it again.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!("`{name}` kept appearing and disappearing"),
-        )))
+                Found::Abandoned(claim) => claim.remove(name).map(|()| None),
+            },
+        )
     }
 
     /// Rebuilds an object a parent handed over.
@@ -612,6 +605,32 @@ pub trait ObjectKind: Sized + sealed::Sealed {
 
 pub(crate) mod sealed {
     pub trait Sealed {}
+}
+
+/// The race every `open_or_create` runs (objects and plain segments
+/// alike): `create`, and if the name exists, `open`; `open` answers
+/// `Ok(None)` (or `NotFound`) when the name went away or was reclaimed in
+/// between, and the loop creates again.
+pub(crate) fn create_or_open<T>(
+    name: &str,
+    mut create: impl FnMut() -> Result<T>,
+    mut open: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    for _ in 0..100 {
+        match create() {
+            Err(Error::AlreadyExists(_)) => {}
+            other => return other,
+        }
+        match open() {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        format!("`{name}` kept appearing and disappearing"),
+    )))
 }
 
 /// How messages name a segment.

@@ -223,27 +223,21 @@ impl SharedMemory {
     /// holds at least `size` bytes). [`is_owner`](Self::is_owner) says
     /// which happened: only a creator unlinks on drop.
     pub fn open_or_create(name: &str, size: usize) -> Result<SharedMemory> {
-        for _ in 0..100 {
-            match SharedMemory::create(name, size) {
-                Err(Error::AlreadyExists(_)) => {}
-                other => return other,
-            }
-            match SharedMemory::open_at_least(name, size) {
-                // Unlinked between our two calls: try to create it again.
-                Err(Error::NotFound(_)) => continue,
+        crate::segment::create_or_open(
+            name,
+            || SharedMemory::create(name, size),
+            || match SharedMemory::open_at_least(name, size) {
+                Ok(shm) => Ok(Some(shm)),
                 // Left empty by a creator that died, or about to be sized.
                 Err(Error::Abandoned(_)) => {
                     if !crate::segment::remove_if_orphaned(name)? {
                         std::thread::sleep(Duration::from_millis(1));
                     }
+                    Ok(None)
                 }
-                other => return other,
-            }
-        }
-        Err(Error::Io(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!("`{name}` kept appearing and disappearing"),
-        )))
+                Err(e) => Err(e),
+            },
+        )
     }
 
     /// An anonymous segment of `size` bytes (a memfd): no name, nothing in

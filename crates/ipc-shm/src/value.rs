@@ -15,6 +15,37 @@ use crate::segment::{sealed, Builder, Kind, Layout, ObjectKind, Spec, MUTEX_OFFS
 use crate::shm::SharedMemory;
 use crate::sys::mutex::MutexGuard;
 
+/// The [`ObjectKind`] of a value type: one `T`, starting as the value
+/// given.
+macro_rules! value_kind {
+    ($ty:ident, $kind:expr) => {
+        impl<T: Pod> sealed::Sealed for $ty<T> {}
+
+        impl<T: Pod> ObjectKind for $ty<T> {
+            type Init<'a> = T;
+
+            fn spec() -> Spec {
+                Spec::of::<T>($kind)
+            }
+
+            fn len(_: &T) -> usize {
+                1
+            }
+
+            fn fill(value: T, shm: &SharedMemory, layout: &Layout) {
+                shm.map.write(layout.data_offset, value)
+            }
+
+            fn wrap(obj: Object) -> Self {
+                $ty {
+                    obj,
+                    _type: PhantomData,
+                }
+            }
+        }
+    };
+}
+
 /// A value of a plain-old-data type in shared memory, guarded by a robust
 /// process-shared lock: Python's `multiprocessing.Value`.
 ///
@@ -53,30 +84,7 @@ pub struct Value<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> sealed::Sealed for Value<T> {}
-
-impl<T: Pod> ObjectKind for Value<T> {
-    type Init<'a> = T;
-
-    fn spec() -> Spec {
-        Spec::of::<T>(Kind::Value)
-    }
-
-    fn len(_: &T) -> usize {
-        1
-    }
-
-    fn fill(value: T, shm: &SharedMemory, layout: &Layout) {
-        shm.map.write(layout.data_offset, value)
-    }
-
-    fn wrap(obj: Object) -> Self {
-        Value {
-            obj,
-            _type: PhantomData,
-        }
-    }
-}
+value_kind!(Value, Kind::Value);
 
 impl<T: Pod> Value<T> {
     /// A builder for a `Value` that starts as `value`: anonymous, created,
@@ -182,30 +190,7 @@ pub struct RawValue<T: Pod> {
     _type: PhantomData<T>,
 }
 
-impl<T: Pod> sealed::Sealed for RawValue<T> {}
-
-impl<T: Pod> ObjectKind for RawValue<T> {
-    type Init<'a> = T;
-
-    fn spec() -> Spec {
-        Spec::of::<T>(Kind::RawValue)
-    }
-
-    fn len(_: &T) -> usize {
-        1
-    }
-
-    fn fill(value: T, shm: &SharedMemory, layout: &Layout) {
-        shm.map.write(layout.data_offset, value)
-    }
-
-    fn wrap(obj: Object) -> Self {
-        RawValue {
-            obj,
-            _type: PhantomData,
-        }
-    }
-}
+value_kind!(RawValue, Kind::RawValue);
 
 impl<T: Pod> RawValue<T> {
     /// A builder for a `RawValue` that starts as `value`: anonymous, created,

@@ -99,6 +99,34 @@ impl Drop for GlibcRobustMutex {
     }
 }
 
+/// Maps an inaccessible page at `page` unless something is mapped there
+/// (`MAP_FIXED_NOREPLACE`); the address, or `MAP_FAILED`.
+fn reserve_page(page: usize) -> *mut libc::c_void {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; it
+    // fails with EEXIST if the page is mapped.
+    unsafe {
+        libc::mmap(
+            page as *mut libc::c_void,
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    }
+}
+
+/// Locks and unlocks `other` and a glibc robust mutex in turn: both walk
+/// and rewrite this thread's robust list.
+fn use_the_robust_list(other: &Lock, glibc: &GlibcRobustMutex) -> ipc_shm::Result<()> {
+    for _ in 0..3 {
+        drop(other.lock()?);
+        assert_eq!(glibc.lock(), 0);
+        assert_eq!(glibc.unlock(), 0);
+    }
+    Ok(())
+}
+
 fn assert_owner_died(lock: &Lock, what: &str) {
     match lock.lock() {
         Err(LockError::OwnerDied(died)) => died.into_guard().mark_consistent(),
@@ -206,26 +234,9 @@ fn dropping_a_lock_still_held_without_a_guard_leaves_the_thread_usable() {
             // and linking in front of it writes into its mapping: the page
             // must still be mapped (so a new mapping cannot take its place).
             let page = first_robust_entry() & !4095;
-            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
-            // it fails with EEXIST if the page is mapped.
-            let p = unsafe {
-                libc::mmap(
-                    page as *mut libc::c_void,
-                    4096,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
+            let p = reserve_page(page);
             assert_eq!(p, libc::MAP_FAILED, "the held lock's page was unmapped");
-            let other = Lock::new()?;
-            for _ in 0..3 {
-                drop(other.lock()?);
-                assert_eq!(glibc.lock(), 0);
-                assert_eq!(glibc.unlock(), 0);
-            }
-            Ok(())
+            use_the_robust_list(&Lock::new()?, &glibc)
         })
         .unwrap();
     assert!(child.join_timeout(LONG).unwrap().unwrap().success());
@@ -285,26 +296,10 @@ fn a_lock_word_rewritten_while_held_leaves_the_robust_list_consistent() {
             drop((segment, lock)); // unmapped: nobody here holds it now
                                    // Whatever comes to that page next must not be written through
                                    // the list: make any access to it fault.
-                                   // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-            let p = unsafe {
-                libc::mmap(
-                    page as *mut libc::c_void,
-                    4096,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
+            let p = reserve_page(page);
             assert_eq!(p as usize, page, "the segment's page is free again");
             let glibc = GlibcRobustMutex::new();
-            let other = Lock::new()?;
-            for _ in 0..3 {
-                drop(other.lock()?);
-                assert_eq!(glibc.lock(), 0);
-                assert_eq!(glibc.unlock(), 0);
-            }
-            Ok(())
+            use_the_robust_list(&Lock::new()?, &glibc)
         })
         .unwrap();
     let status = child.join_timeout(LONG).unwrap().unwrap();
