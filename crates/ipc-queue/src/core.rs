@@ -26,12 +26,13 @@ use std::cell::RefCell;
 use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
-use ipc_core::{Deadline, Error, Result};
-use ipc_shm::raw::{Object, SAFETY_NET};
+use ipc_core::process::Inherited;
+use ipc_core::{Deadline, Error, Property, Result};
+use ipc_shm::raw::{Object, Place, SAFETY_NET};
 use ipc_shm::SharedMemory;
 
-use crate::layout::{Control, Params};
-use crate::ring::{self, Pos, Ring, View, RECORD_HEADER, WRAP};
+use crate::layout::{Control, Params, Spec, MAX_CAPACITY, MIN_CAPACITY, TOO_LARGE};
+use crate::ring::{self, Corruption, Pos, Ring, View, RECORD_HEADER, WRAP};
 use crate::sys::{self, End};
 use crate::waker::{Spin, Waker};
 
@@ -141,8 +142,68 @@ struct Waiting<'a> {
 }
 
 impl Core {
+    /// Creates a queue at `place` and lays out its control block.
+    pub(crate) fn create(place: Place<'_>, spec: &Spec, params: Params) -> Result<Core> {
+        if params.capacity > MAX_CAPACITY {
+            return Err(Error::InvalidArgument(TOO_LARGE));
+        }
+        let obj = Object::create(place, &spec.object(), params.capacity, |shm, _| {
+            Core::init(shm, &params)
+        })?;
+        Ok(Core::new(obj, params))
+    }
+
+    /// Opens the named queue `name`, or creates it.
+    pub(crate) fn open_or_create(name: &str, spec: &Spec, params: Params) -> Result<Core> {
+        Core::checked(Object::open_or_create(
+            name,
+            &spec.object(),
+            params.capacity,
+            |shm, _| Core::init(shm, &params),
+        )?)
+    }
+
+    /// Opens the named queue `name` and checks it.
+    pub(crate) fn open(name: &str, spec: &Spec) -> Result<Core> {
+        Core::checked(Object::open(name, &spec.object(), None)?)
+    }
+
+    /// Rebuilds a queue a parent handed over, and checks it.
+    pub(crate) fn inherit(inherited: Inherited, spec: &Spec) -> Result<Core> {
+        Core::checked(Object::inherit(inherited, &spec.object())?)
+    }
+
+    /// Fills in a new queue's control block: the segment is zero-filled
+    /// (an empty ring, no waiters, not closed), so only the bound.
+    fn init(shm: &SharedMemory, params: &Params) {
+        sys::control(shm)
+            .join
+            .maxsize
+            .store(params.maxsize as u64, Ordering::Relaxed);
+    }
+
+    /// What the object header cannot check: that the capacity is one this
+    /// crate makes.
+    fn checked(object: Object) -> Result<Core> {
+        let capacity = object.layout().len;
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % 8 != 0 {
+            return Err(Corruption(
+                Property::Length,
+                format!("a ring of {MIN_CAPACITY} to {MAX_CAPACITY} bytes, a multiple of 8"),
+                format!("{capacity} bytes"),
+            )
+            .error(object.shm()));
+        }
+        let maxsize = sys::control(object.shm())
+            .join
+            .maxsize
+            .load(Ordering::Relaxed);
+        let maxsize = usize::try_from(maxsize).unwrap_or(usize::MAX);
+        Ok(Core::new(object, Params { capacity, maxsize }))
+    }
+
     /// A queue in `obj`, made with `params`.
-    pub(crate) fn new(obj: Object, params: Params) -> Core {
+    fn new(obj: Object, params: Params) -> Core {
         Core {
             obj,
             ring: Ring {

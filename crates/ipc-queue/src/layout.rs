@@ -10,12 +10,10 @@
 
 use std::mem::{offset_of, size_of};
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ipc_core::process::Inherited;
-use ipc_core::{Error, Mismatch, Property, Result};
-use ipc_shm::raw::{self, Object, Place, HEADER_SIZE};
-use ipc_shm::SharedMemory;
+use ipc_core::{Error, Result};
+use ipc_shm::raw::{self, HEADER_SIZE};
 
 pub(crate) use ipc_shm::raw::Kind;
 
@@ -122,7 +120,7 @@ pub(crate) struct Spec {
 impl Spec {
     /// The object the queue is: the item type's name is what open checks;
     /// the ring is `capacity` bytes after the control block.
-    fn object(&self) -> raw::Spec {
+    pub(crate) fn object(&self) -> raw::Spec {
         raw::Spec::new(
             self.kind,
             self.type_name,
@@ -141,7 +139,7 @@ pub(crate) struct Params {
     pub(crate) maxsize: usize,
 }
 
-const TOO_LARGE: &str = "the queue capacity is too large (at most 4 GiB - 8)";
+pub(crate) const TOO_LARGE: &str = "the queue capacity is too large (at most 4 GiB - 8)";
 
 /// Rounds a requested capacity up to a multiple of 8, at least
 /// [`MIN_CAPACITY`] and at most [`MAX_CAPACITY`].
@@ -151,63 +149,4 @@ pub(crate) fn round_capacity(capacity: usize) -> Result<usize> {
         .checked_next_multiple_of(8)
         .filter(|&c| c <= MAX_CAPACITY)
         .ok_or(Error::InvalidArgument(TOO_LARGE))
-}
-
-/// Creates a queue at `place` and lays out its control block.
-pub(crate) fn create(place: Place<'_>, spec: &Spec, params: &Params) -> Result<Object> {
-    if params.capacity > MAX_CAPACITY {
-        return Err(Error::InvalidArgument(TOO_LARGE));
-    }
-    Object::create(place, &spec.object(), params.capacity, |shm, _| {
-        init(shm, params)
-    })
-}
-
-/// Opens the named queue `name`, or creates it.
-pub(crate) fn open_or_create(name: &str, spec: &Spec, params: &Params) -> Result<Object> {
-    Object::open_or_create(name, &spec.object(), params.capacity, |shm, _| {
-        init(shm, params)
-    })
-}
-
-fn init(shm: &SharedMemory, params: &Params) {
-    // The segment is zero-filled: empty ring, no waiters, not closed.
-    crate::sys::control(shm)
-        .join
-        .maxsize
-        .store(params.maxsize as u64, Ordering::Relaxed);
-}
-
-/// Opens the named queue `name` and checks it.
-pub(crate) fn open(name: &str, spec: &Spec) -> Result<(Object, Params)> {
-    checked(Object::open(name, &spec.object(), None)?)
-}
-
-/// Rebuilds a queue a parent handed over, and checks it.
-pub(crate) fn inherit(inherited: Inherited, spec: &Spec) -> Result<(Object, Params)> {
-    checked(Object::inherit(inherited, &spec.object())?)
-}
-
-/// What the object header cannot check: that the capacity is one this
-/// crate makes.
-pub(crate) fn checked(object: Object) -> Result<(Object, Params)> {
-    let capacity = object.layout().len;
-    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % 8 != 0 {
-        let segment = match object.shm().name() {
-            Some(name) => format!("shared memory segment `{name}`"),
-            None => "the anonymous segment".to_owned(),
-        };
-        return Err(Error::Corrupt(Box::new(Mismatch::new(
-            segment,
-            Property::Length,
-            format!("a ring of {MIN_CAPACITY} to {MAX_CAPACITY} bytes, a multiple of 8"),
-            format!("{capacity} bytes"),
-        ))));
-    }
-    let maxsize = crate::sys::control(object.shm())
-        .join
-        .maxsize
-        .load(Ordering::Relaxed);
-    let maxsize = usize::try_from(maxsize).unwrap_or(usize::MAX);
-    Ok((object, Params { capacity, maxsize }))
 }

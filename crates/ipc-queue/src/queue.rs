@@ -173,16 +173,22 @@ impl<Q: QueueKind> Builder<Q> {
     /// [`Process::pass`](ipc_core::process::Process::pass).
     pub fn anonymous(self) -> Result<Q> {
         let params = self.params()?;
-        let obj = layout::create(Place::Anonymous, &Q::spec().0, &params)?;
-        Ok(Q::from_core(RawCore(Core::new(obj, params))))
+        Ok(Q::from_core(RawCore(Core::create(
+            Place::Anonymous,
+            &Q::spec().0,
+            params,
+        )?)))
     }
 
     /// Creates the named queue `/dev/shm/<name>`; fails if the name exists.
     /// This process owns it and removes it when the handle is dropped.
     pub fn create(self, name: &str) -> Result<Q> {
         let params = self.params()?;
-        let obj = layout::create(Place::Named(name), &Q::spec().0, &params)?;
-        Ok(Q::from_core(RawCore(Core::new(obj, params))))
+        Ok(Q::from_core(RawCore(Core::create(
+            Place::Named(name),
+            &Q::spec().0,
+            params,
+        )?)))
     }
 
     /// Opens the existing named queue; [`Error::NotFound`] if there is
@@ -191,17 +197,18 @@ impl<Q: QueueKind> Builder<Q> {
     /// size, or one holding garbage, is refused with a message saying what
     /// was found.
     pub fn open(self, name: &str) -> Result<Q> {
-        let (obj, params) = layout::open(name, &Q::spec().0)?;
-        Ok(Q::from_core(RawCore(Core::new(obj, params))))
+        Ok(Q::from_core(RawCore(Core::open(name, &Q::spec().0)?)))
     }
 
     /// Creates the named queue, or opens it if it exists; `is_owner()`
     /// [`Queue::is_owner`] says which happened.
     pub fn open_or_create(self, name: &str) -> Result<Q> {
         let params = self.params()?;
-        let obj = layout::open_or_create(name, &Q::spec().0, &params)?;
-        let (obj, params) = layout::checked(obj)?;
-        Ok(Q::from_core(RawCore(Core::new(obj, params))))
+        Ok(Q::from_core(RawCore(Core::open_or_create(
+            name,
+            &Q::spec().0,
+            params,
+        )?)))
     }
 }
 
@@ -548,8 +555,10 @@ impl<T> Inheritable for Queue<T> {
 }
 
 pub(crate) fn inherit<Q: QueueKind>(inherited: Inherited) -> Result<Q> {
-    let (obj, params) = layout::inherit(inherited, &Q::spec().0)?;
-    Ok(Q::from_core(RawCore(Core::new(obj, params))))
+    Ok(Q::from_core(RawCore(Core::inherit(
+        inherited,
+        &Q::spec().0,
+    )?)))
 }
 
 impl<T: Serialize> Sender<T> for Queue<T> {

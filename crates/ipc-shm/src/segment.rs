@@ -41,17 +41,16 @@
 //! alignment and type name are indistinguishable, and `type_name` is not
 //! guaranteed stable between compiler versions.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
 use ipc_core::process::{Handle, Inherited};
 use ipc_core::{Deadline, Error, Mismatch, Property, Result};
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::creator;
-use crate::shm::{self, SharedMemory};
+use crate::shm::{self, create_or_open, Claim, SharedMemory};
 use crate::sys::futex;
 use crate::sys::map::Mapping;
 use crate::sys::mutex::{MutexKind, MUTEX_AREA};
@@ -74,9 +73,6 @@ const STATE_READY: u32 = 1;
 const TYPE_NAME_LEN: usize = 40;
 /// How long an opener waits for a live creator that is initialising.
 const INIT_WAIT: Duration = Duration::from_secs(2);
-/// How long a creator may take between making a name and locking it: an
-/// empty segment younger than this may still be in its creator's hands.
-const CREATE_GRACE: Duration = Duration::from_millis(20);
 /// How often an opener looks again while a creator works (a creator that
 /// dies wakes nobody).
 const CREATOR_POLL: Duration = Duration::from_millis(2);
@@ -607,32 +603,6 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
-/// The race every `open_or_create` runs (objects and plain segments
-/// alike): `create`, and if the name exists, `open`; `open` answers
-/// `Ok(None)` (or `NotFound`) when the name went away or was reclaimed in
-/// between, and the loop creates again.
-pub(crate) fn create_or_open<T>(
-    name: &str,
-    mut create: impl FnMut() -> Result<T>,
-    mut open: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    for _ in 0..100 {
-        match create() {
-            Err(Error::AlreadyExists(_)) => {}
-            other => return other,
-        }
-        match open() {
-            Ok(Some(found)) => return Ok(found),
-            Ok(None) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::Io(std::io::Error::new(
-        std::io::ErrorKind::WouldBlock,
-        format!("`{name}` kept appearing and disappearing"),
-    )))
-}
-
 /// How messages name a segment.
 fn what(name: Option<&str>) -> String {
     match name {
@@ -683,27 +653,6 @@ enum Found {
     Abandoned(Claim),
 }
 
-/// An exclusive `flock` on a named segment nobody is creating.
-struct Claim(Flock<OwnedFd>);
-
-impl Claim {
-    fn take(fd: OwnedFd) -> std::result::Result<Claim, OwnedFd> {
-        Flock::lock(fd, FlockArg::LockExclusiveNonblock)
-            .map(Claim)
-            .map_err(|(fd, _)| fd)
-    }
-
-    /// Lets the lock go and gives the descriptor back.
-    fn release(self) -> Result<OwnedFd> {
-        self.0.unlock().map_err(|(_, e)| Error::from(e))
-    }
-
-    /// Removes `name` if it still leads to the claimed segment.
-    fn remove(self, name: &str) -> Result<()> {
-        shm::unlink_if_same(name, self.0.as_fd())
-    }
-}
-
 /// Opens `name` and tells a published object (or anything else with a
 /// size) from one its creator abandoned. Waits until `deadline` while a
 /// live creator initialises.
@@ -725,16 +674,14 @@ fn find(name: &str, deadline: Deadline) -> Result<Found> {
                 // Nobody holds the flock: the creator published (and let
                 // go) since we looked, or died.
                 if mapped.is_none() {
-                    mapped = map_if_sized(&claim.0, name)?;
+                    mapped = map_if_sized(claim.fd(), name)?;
                 }
                 match &mapped {
                     Some(shm) if !being_created(&shm.map) => {
                         return Ok(Found::Published(mapped.take().expect("mapped")))
                     }
                     Some(_) => return Ok(Found::Abandoned(claim)),
-                    None if !shm::is_young(claim.0.as_fd(), CREATE_GRACE)? => {
-                        return Ok(Found::Abandoned(claim))
-                    }
+                    None if !claim.is_old_and_empty()? => return Ok(Found::Abandoned(claim)),
                     // Empty and young: its creator may be about to lock it.
                     None => fd = claim.release()?,
                 }
@@ -918,8 +865,8 @@ pub fn remove_if_orphaned(name: &str) -> Result<bool> {
     let Ok(claim) = Claim::take(fd) else {
         return Ok(false);
     };
-    let orphaned = match map_if_sized(&claim.0, name)? {
-        None => !shm::is_young(claim.0.as_fd(), CREATE_GRACE)?,
+    let orphaned = match map_if_sized(claim.fd(), name)? {
+        None => !claim.is_old_and_empty()?,
         Some(shm) if shm.size() < HEADER_SIZE => false,
         Some(shm) => match shm.map.atomic_u64(0).load(Ordering::Acquire) {
             // Under the claim nobody is creating it: its creator died.

@@ -223,14 +223,14 @@ impl SharedMemory {
     /// holds at least `size` bytes). [`is_owner`](Self::is_owner) says
     /// which happened: only a creator unlinks on drop.
     pub fn open_or_create(name: &str, size: usize) -> Result<SharedMemory> {
-        crate::segment::create_or_open(
+        create_or_open(
             name,
             || SharedMemory::create(name, size),
             || match SharedMemory::open_at_least(name, size) {
                 Ok(shm) => Ok(Some(shm)),
                 // Left empty by a creator that died, or about to be sized.
                 Err(Error::Abandoned(_)) => {
-                    if !crate::segment::remove_if_orphaned(name)? {
+                    if !remove_if_empty_and_abandoned(name)? {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Ok(None)
@@ -445,6 +445,88 @@ impl Inheritable for SharedMemory {
     }
 }
 
+/// How long a creator may take between making a name and locking it: an
+/// empty segment younger than this may still be in its creator's hands.
+const CREATE_GRACE: Duration = Duration::from_millis(20);
+
+/// The race every `open_or_create` runs (objects and plain segments
+/// alike): `create`, and if the name exists, `open`; `open` answers
+/// `Ok(None)` (or `NotFound`) when the name went away or was reclaimed in
+/// between, and the loop creates again.
+pub(crate) fn create_or_open<T>(
+    name: &str,
+    mut create: impl FnMut() -> Result<T>,
+    mut open: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    for _ in 0..100 {
+        match create() {
+            Err(Error::AlreadyExists(_)) => {}
+            other => return other,
+        }
+        match open() {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        format!("`{name}` kept appearing and disappearing"),
+    )))
+}
+
+/// An exclusive `flock` on a named segment nobody is creating.
+pub(crate) struct Claim(Flock<OwnedFd>);
+
+impl Claim {
+    pub(crate) fn take(fd: OwnedFd) -> std::result::Result<Claim, OwnedFd> {
+        Flock::lock(fd, FlockArg::LockExclusiveNonblock)
+            .map(Claim)
+            .map_err(|(fd, _)| fd)
+    }
+
+    /// Lets the lock go and gives the descriptor back.
+    pub(crate) fn release(self) -> Result<OwnedFd> {
+        self.0.unlock().map_err(|(_, e)| Error::from(e))
+    }
+
+    /// Removes `name` if it still leads to the claimed segment.
+    pub(crate) fn remove(self, name: &str) -> Result<()> {
+        unlink_if_same(name, self.0.as_fd())
+    }
+
+    /// The claimed segment's descriptor.
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+
+    /// Whether the claimed segment is empty and old enough that its
+    /// creator cannot still be about to lock and size it: a creator killed
+    /// between `shm_open` and its `flock`.
+    pub(crate) fn is_old_and_empty(&self) -> Result<bool> {
+        Ok(segment_size(&self.0, "the claimed segment")? == 0
+            && !is_young(self.0.as_fd(), CREATE_GRACE)?)
+    }
+}
+
+/// Removes `name` if it is an empty segment whose creator died before
+/// sizing it (see [`Claim::is_old_and_empty`]).
+fn remove_if_empty_and_abandoned(name: &str) -> Result<bool> {
+    let fd = match open_fd(name) {
+        Ok(fd) => fd,
+        Err(Error::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Ok(claim) = Claim::take(fd) else {
+        return Ok(false);
+    };
+    if !claim.is_old_and_empty()? {
+        return Ok(false);
+    }
+    claim.remove(name)?;
+    Ok(true)
+}
+
 /// Where Linux's `shm_open` keeps its names.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
 
@@ -524,7 +606,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 /// Removes the name `name` if it still leads to the segment behind `fd`
 /// (the caller holds the segment's `flock`, which every remover takes, so
 /// the name cannot change hands between the check and the removal).
-pub(crate) fn unlink_if_same(name: &str, fd: BorrowedFd<'_>) -> Result<()> {
+fn unlink_if_same(name: &str, fd: BorrowedFd<'_>) -> Result<()> {
     let ours = nix::sys::stat::fstat(fd)?;
     let named = match nix::sys::stat::stat(format!("{SHM_DIR}/{name}").as_str()) {
         Ok(named) => named,
@@ -542,7 +624,7 @@ pub(crate) fn unlink_if_same(name: &str, fd: BorrowedFd<'_>) -> Result<()> {
 
 /// Whether the segment behind `fd` changed less than `age` ago (an empty
 /// one that young may still be in its creator's hands).
-pub(crate) fn is_young(fd: BorrowedFd<'_>, age: Duration) -> Result<bool> {
+fn is_young(fd: BorrowedFd<'_>, age: Duration) -> Result<bool> {
     let stat = nix::sys::stat::fstat(fd)?;
     let changed = std::time::UNIX_EPOCH
         + Duration::new(
