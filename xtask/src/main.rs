@@ -18,8 +18,9 @@ usage: cargo xtask <command>
 commands:
   test          format check, clippy (warnings denied), tidy, a stable
                 build check of the fuzz targets, every test (unit,
-                multi-process, Python interop), the doc tests and the docs
-                (rustdoc warnings denied)
+                multi-process, Python interop), the doc tests, the docs
+                (rustdoc warnings denied) and `cargo package` of the
+                public crates
   demo          run each scenario of the original Python articles in Rust,
                 across real processes, beside the Python original
   bench [--quick]
@@ -161,8 +162,33 @@ fn test() -> Result {
         .env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc (warnings denied)", rustdoc)?;
 
+    // The public crates must stay publishable together. Cargo treats the
+    // crates it just packaged as registry crates of the same version and
+    // does not rebuild them from changed sources in a target directory it
+    // used before, so each check starts from an empty one.
+    let package_target = workspace_root().join("target/package-check");
+    let _ = std::fs::remove_dir_all(&package_target);
+    let mut package = cargo();
+    package
+        .args(["package", "--allow-dirty", "--target-dir"])
+        .arg(&package_target);
+    for krate in PUBLIC_CRATES {
+        package.args(["-p", krate]);
+    }
+    run("cargo package (the public crates)", package)?;
+    let _ = std::fs::remove_dir_all(&package_target);
+
     check_no_leftovers(&shm_before)
 }
+
+/// The packages published to crates.io.
+const PUBLIC_CRATES: [&str; 5] = [
+    "ipc-core",
+    "ipc-pipe",
+    "ipc-shm",
+    "ipc-shm-queue",
+    "ipc-socket",
+];
 
 /// The entries of `/dev/shm` with the prefixes our tests and Python's
 /// auto-naming use (`ipct_`, `ipc_test_`, `psm_`).
