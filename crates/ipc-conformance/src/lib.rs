@@ -633,6 +633,7 @@ where
     let big = pattern(4, 4 << 20);
     let child_big = big.clone();
     let mut child = Process::new()
+        .allow_threads()
         .pass("tx", &tx)
         .expect("pass the sender")
         .fork(move || -> ipc_core::Result<()> {
@@ -674,6 +675,7 @@ where
     let big = pattern(5, 4 << 20);
     let child_big = big.clone();
     let mut child = Process::new()
+        .allow_threads()
         .pass("rx", &rx)
         .expect("pass the receiver")
         .fork(move || -> i32 {

@@ -94,6 +94,12 @@ pub enum Error {
     /// The creator of the named object died before it finished creating it
     /// (the name is given). `open_or_create` reclaims such a name.
     Abandoned(String),
+    /// `fork` was refused: this process has other threads, whose locks the
+    /// child would inherit held (see `Process::allow_threads`).
+    ThreadedFork {
+        /// How many threads the process had.
+        threads: usize,
+    },
     /// Any other operating-system error.
     Io(io::Error),
 }
@@ -151,6 +157,10 @@ impl fmt::Display for Error {
             Error::Abandoned(what) => {
                 write!(f, "the creator of {what} died before it finished creating it")
             }
+            Error::ThreadedFork { threads } => write!(
+                f,
+                "fork refused: this process has {threads} threads, and the child would inherit their locks held (use exec, or Process::allow_threads if they hold nothing)"
+            ),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -195,7 +205,9 @@ impl From<Error> for io::Error {
             Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
             Error::NotFound(_) => io::Error::new(io::ErrorKind::NotFound, e),
             Error::AlreadyExists(_) => io::Error::new(io::ErrorKind::AlreadyExists, e),
-            Error::Unsupported(_) => io::Error::new(io::ErrorKind::Unsupported, e),
+            Error::Unsupported(_) | Error::ThreadedFork { .. } => {
+                io::Error::new(io::ErrorKind::Unsupported, e)
+            }
             Error::Authentication(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
             Error::Incompatible(_) | Error::Corrupt(_) | Error::Abandoned(_) => {
                 io::Error::new(io::ErrorKind::InvalidData, e)

@@ -14,7 +14,12 @@
 //! parent had other threads, the child holds copies of whatever locks those
 //! threads held at the moment of the fork (the allocator's, stdout's, a
 //! logger's), and may deadlock on the first one it touches. This is why
-//! Python stopped defaulting to plain fork.
+//! Python stopped defaulting to plain fork. So `fork` counts the threads
+//! first and refuses with [`Error::ThreadedFork`] when there is more than
+//! one, unless the caller accepts the hazard with
+//! [`Process::allow_threads`] (a test harness's parked thread is the usual
+//! case: this workspace's own tests opt in that way, as libtest runs each
+//! test on a thread of its own).
 //!
 //! In a forked child only stdin, stdout, stderr and the passed handles stay
 //! open. Every other descriptor the parent had is pointed at a dead socket:
@@ -114,6 +119,8 @@ impl<E: Debug> ChildOutcome for std::result::Result<(), E> {
 #[derive(Debug, Default)]
 pub struct Process {
     passed: Vec<Passed>,
+    /// Whether [`fork`](Process::fork) may go ahead beside other threads.
+    allow_threads: bool,
 }
 
 /// One handle given to [`Process::pass`].
@@ -170,15 +177,51 @@ impl Process {
         Ok(self)
     }
 
+    /// Lets [`fork`](Self::fork) go ahead in a process that has other
+    /// threads, which it otherwise refuses.
+    ///
+    /// The hazard you accept: the child starts with a copy of every lock
+    /// another thread held at that instant (the allocator's, stdout's, a
+    /// logger's, a runtime's) and no thread to release it, so the closure
+    /// may deadlock on its first allocation or print. It is sound when the
+    /// other threads hold nothing the child touches at the fork, for
+    /// instance a test harness's thread parked waiting for the test to end.
+    /// Otherwise use [`exec`](Self::exec).
+    ///
+    /// ```
+    /// use ipc_core::process::Process;
+    /// let parked = std::thread::spawn(std::thread::park);
+    /// let refused = Process::new().fork(|| 0);
+    /// assert!(matches!(refused, Err(ipc_core::Error::ThreadedFork { .. })));
+    /// // This thread knows the other one holds nothing:
+    /// let mut child = Process::new().allow_threads().fork(|| 0)?;
+    /// assert!(child.join()?.success());
+    /// parked.thread().unpark();
+    /// parked.join().unwrap();
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn allow_threads(mut self) -> Process {
+        self.allow_threads = true;
+        self
+    }
+
     /// Forks a child that runs `body` and exits with its outcome: 0 for
     /// `()` or `Ok(())`, 1 for `Err` (printed to stderr), the number for an
     /// `i32`, 101 for a panic. See the [module docs](self) for when fork is
-    /// sound.
+    /// sound: in a process with more than one thread it is refused with
+    /// [`Error::ThreadedFork`] unless [`allow_threads`](Self::allow_threads)
+    /// was called.
     pub fn fork<F, R>(self, body: F) -> Result<Child>
     where
         F: FnOnce() -> R,
         R: ChildOutcome,
     {
+        if !self.allow_threads {
+            let threads = thread_count()?;
+            if threads > 1 {
+                return Err(Error::ThreadedFork { threads });
+            }
+        }
         let mut keep: Vec<RawFd> = self
             .passed
             .iter()
@@ -273,6 +316,21 @@ impl Process {
         // Our duplicates are dropped with `self` here; the child has its own.
         Child::adopt(pid, Some(std_child))
     }
+}
+
+/// How many threads this process has: `num_threads`, field 20 of
+/// `/proc/self/stat` (after the command name, which may hold anything, in
+/// parentheses).
+fn thread_count() -> Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].split_ascii_whitespace().nth(17))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            Error::Io(std::io::Error::other(
+                "cannot read the thread count in /proc/self/stat",
+            ))
+        })
 }
 
 /// The descriptors open in this process, from `/proc/self/fd`.

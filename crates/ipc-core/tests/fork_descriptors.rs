@@ -22,6 +22,7 @@ fn captured_but_not_passed_handles_are_closed_in_the_child() {
     let (mut parent, mut unpassed) = pair();
     let (mut report, mut child_report) = pair();
     let mut child = Process::new()
+        .allow_threads()
         .pass("report", &child_report)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -56,6 +57,7 @@ fn the_parent_sees_eof_once_it_closes_its_own_end() {
     let (mut reader, writer) = pair();
     let (mut done, child_done) = pair();
     let mut child = Process::new()
+        .allow_threads()
         .pass("done", &child_done)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {

@@ -712,6 +712,7 @@ mod tests {
     /// whether it stopped there (rather than finishing `op`).
     fn crash_at(q: &Queue<Vec<u8>>, k: u32, op: impl FnOnce(&Queue<Vec<u8>>)) -> bool {
         let mut child = Process::new()
+            .allow_threads()
             .pass("q", q)
             .unwrap()
             .fork(|| {
@@ -852,6 +853,7 @@ mod tests {
     /// holding it.
     fn die_holding_lock(q: &Queue<Vec<u8>>, end: End, steps: impl FnOnce(&Core)) {
         let mut child = Process::new()
+            .allow_threads()
             .pass("q", q)
             .unwrap()
             .fork(|| {

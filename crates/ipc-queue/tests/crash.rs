@@ -109,6 +109,7 @@ fn round(seed: u64) -> u32 {
     for p in 0..PRODUCERS {
         let busy = rng.below(2) == 0;
         let child = Process::new()
+            .allow_threads()
             .pass("q", &q)
             .unwrap()
             .pass("acked", &acked)
@@ -142,6 +143,7 @@ fn round(seed: u64) -> u32 {
     for c in 0..CONSUMERS {
         let busy = rng.below(2) == 0;
         let child = Process::new()
+            .allow_threads()
             .pass("q", &q)
             .unwrap()
             .pass("logs", &logs)

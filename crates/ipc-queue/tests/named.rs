@@ -73,6 +73,7 @@ fn a_child_opens_the_queue_by_name() {
         .unwrap();
     let child_name = n.clone();
     let mut child = Process::new()
+        .allow_threads()
         .fork(move || -> ipc_core::Result<()> {
             let q = JoinableQueue::<(u32, String)>::builder().open(&child_name)?;
             for i in 0..100 {
@@ -162,6 +163,7 @@ fn open_or_create_races_end_in_one_queue() {
         .map(|i| {
             let n = n.clone();
             Process::new()
+                .allow_threads()
                 .pass("barrier", &barrier)
                 .unwrap()
                 .fork({
@@ -226,6 +228,7 @@ fn blocking_on_bytes_and_no_cpu_while_blocked() {
         .unwrap();
     let nothing = Queue::<Vec<u8>>::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .pass("nothing", &nothing)

@@ -43,6 +43,7 @@ fn put_on_a_full_queue() {
 
     // A child drains it.
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .fork({
@@ -65,6 +66,7 @@ fn put_on_a_full_queue() {
 fn get_in_fifo_order_and_on_an_empty_queue() {
     let q = Queue::<i32>::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .fork({
@@ -108,6 +110,7 @@ fn parent_and_child_items_all_arrive() {
         q.put(i).unwrap();
     }
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .fork({
@@ -172,6 +175,7 @@ fn close_wakes_a_blocked_getter() {
     let q = Queue::<i32>::new().unwrap();
     let started = ipc_shm::Event::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .pass("started", &started)
@@ -202,6 +206,7 @@ fn joinable_queue_with_four_workers() {
     let mut workers: Vec<_> = (0..4)
         .map(|_| {
             Process::new()
+                .allow_threads()
                 .pass("q", &q)
                 .unwrap()
                 .pass("done", &done)
@@ -259,6 +264,7 @@ fn simple_queue_empty_and_close() {
     let q = SimpleQueue::<bool>::new().unwrap();
     assert!(q.empty());
     let mut child = Process::new()
+        .allow_threads()
         .pass("q", &q)
         .unwrap()
         .fork({

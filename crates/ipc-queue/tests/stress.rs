@@ -33,6 +33,7 @@ fn four_by_four_move_a_million_items_exactly_once_in_order() {
     let mut producers: Vec<Child> = (0..PRODUCERS)
         .map(|p| {
             Process::new()
+                .allow_threads()
                 .pass("q", &q)
                 .unwrap()
                 .fork({
@@ -50,6 +51,7 @@ fn four_by_four_move_a_million_items_exactly_once_in_order() {
     let mut consumers: Vec<Child> = (0..CONSUMERS)
         .map(|c| {
             Process::new()
+                .allow_threads()
                 .pass("q", &q)
                 .unwrap()
                 .pass("stats", &stats)

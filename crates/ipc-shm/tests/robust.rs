@@ -26,6 +26,7 @@ fn values_survive_holders_killed_at_random_moments() {
     for round in 0..ROUNDS {
         let spin = 50 + rng.below(400);
         let mut child = Process::new()
+            .allow_threads()
             .fork(|| -> ipc_shm::Result<()> {
                 loop {
                     let mut g = pair.lock()?;
@@ -84,6 +85,7 @@ fn locks_survive_holders_killed_at_random_moments() {
     let mut owner_died = 0;
     for round in 0..ROUNDS {
         let mut child = Process::new()
+            .allow_threads()
             .pass("lock", &lock)
             .unwrap()
             .fork(|| -> ipc_shm::Result<()> {
@@ -121,6 +123,7 @@ fn locks_survive_holders_killed_at_random_moments() {
 fn the_owner_died_mark_stays_until_someone_marks_consistent() {
     let arr = Array::from_slice(&[1u32, 2, 3]).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| {
             let mut g = arr.lock().unwrap();
             g[0] = 100; // half an update
@@ -144,6 +147,7 @@ fn the_owner_died_mark_stays_until_someone_marks_consistent() {
     // Value::set replaces the whole value and so repairs it.
     let v = Value::new(1.0f64).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| {
             std::mem::forget(v.lock());
             0
@@ -161,6 +165,7 @@ fn a_blocked_waiter_is_woken_when_the_holder_is_killed() {
     let held = Event::new().unwrap();
     let never = Event::new().unwrap();
     let mut holder = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             let _g = lock.lock()?;
             held.set();
@@ -170,6 +175,7 @@ fn a_blocked_waiter_is_woken_when_the_holder_is_killed() {
         .unwrap();
     assert!(held.wait_timeout(LONG));
     let mut waiter = Process::new()
+        .allow_threads()
         .fork(|| match lock.lock_timeout(LONG) {
             Err(LockError::OwnerDied(died)) => {
                 died.into_guard().mark_consistent();
@@ -196,6 +202,7 @@ fn rlocks_and_conditions_report_a_dead_holder_too() {
     let rlock = RLock::new().unwrap();
     let cond = Condition::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| {
             for _ in 0..3 {
                 std::mem::forget(rlock.lock());
@@ -229,12 +236,14 @@ fn a_waiter_killed_after_its_wake_up_does_not_strand_the_others() {
         let sem = Semaphore::new(0).unwrap();
         let s = &sem;
         let mut first = Process::new()
+            .allow_threads()
             .pass("s", s)
             .unwrap()
             .fork(move || s.acquire())
             .unwrap();
         ipc_testkit::wait_until_asleep(first.pid());
         let mut second = Process::new()
+            .allow_threads()
             .pass("s", s)
             .unwrap()
             .fork(move || s.acquire())
@@ -285,6 +294,7 @@ fn a_sleeping_waiter_learns_of_a_killed_holder_within_a_millisecond() {
         let held = Event::new().unwrap();
         let told_at = RawValue::new(0u64).unwrap();
         let mut holder = Process::new()
+            .allow_threads()
             .fork(|| -> ipc_shm::Result<()> {
                 std::mem::forget(lock.lock()?);
                 held.set();
@@ -295,6 +305,7 @@ fn a_sleeping_waiter_learns_of_a_killed_holder_within_a_millisecond() {
             .unwrap();
         assert!(held.wait_timeout(LONG));
         let mut waiter = Process::new()
+            .allow_threads()
             .fork(|| match lock.lock_timeout(LONG) {
                 Err(LockError::OwnerDied(_)) => {
                     told_at.set(monotonic_nanos());

@@ -140,6 +140,7 @@ fn a_holder_dying_with_interleaved_locks_marks_exactly_the_held_ones() {
     let glibc_held = GlibcRobustMutex::new();
     let glibc_released = GlibcRobustMutex::new();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             // The thread's list, front first, after each step:
             locks[0].acquire()?; // 0
@@ -202,6 +203,7 @@ fn a_forked_child_does_not_hold_what_its_parent_holds() {
     let lock = Lock::new().unwrap();
     lock.acquire().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             // The child's thread has a new id: the parent's lock is not its.
             assert!(matches!(lock.release(), Err(Error::InvalidArgument(_))));
@@ -213,6 +215,7 @@ fn a_forked_child_does_not_hold_what_its_parent_holds() {
     lock.release().unwrap();
     // Still a clean lock for the next child.
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             drop(lock.lock()?);
             Ok(())
@@ -225,6 +228,7 @@ fn a_forked_child_does_not_hold_what_its_parent_holds() {
 fn dropping_a_lock_still_held_without_a_guard_leaves_the_thread_usable() {
     // In a child, so that the mapping kept alive does not outlive the test.
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             let glibc = GlibcRobustMutex::new();
             let forgotten = Lock::new()?;
@@ -283,6 +287,7 @@ fn a_lock_word_rewritten_while_held_leaves_the_robust_list_consistent() {
     // In a child: before the fix, the next lock after unmapping the forged
     // lock's segment wrote through the stale list entry and died of SIGSEGV.
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             const MUTEX: usize = 128;
             let name = ipc_testkit::name();
@@ -311,7 +316,7 @@ fn a_lock_word_rewritten_while_held_leaves_the_robust_list_consistent() {
 fn a_lock_word_naming_a_thread_that_does_not_exist_is_taken_over_as_a_dead_holder() {
     const MUTEX: usize = 128;
     // A thread id that no thread has now: a child's, after it is reaped.
-    let mut child = Process::new().fork(|| 0).unwrap();
+    let mut child = Process::new().allow_threads().fork(|| 0).unwrap();
     let gone = child.pid();
     child.join().unwrap();
     let name = ipc_testkit::name();

@@ -110,6 +110,7 @@ fn keeping_a_segment_and_a_forked_child_dropping_the_owner() {
     // A forked child that drops its copy of the owner's handle must not
     // unlink: only the creating process does.
     let mut child = Process::new()
+        .allow_threads()
         .fork({
             let kept = &kept;
             move || kept.write_at(0, b"child")
@@ -135,6 +136,7 @@ fn anonymous_segments_leave_nothing_in_dev_shm() {
     assert!(matches!(shm.unlink(), Err(Error::Unsupported(_))));
     shm.fill(0, 1 << 20, 0xab).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("shm", &shm)
         .unwrap()
         .fork({

@@ -25,6 +25,7 @@ fn lock_acquire_try_and_release_like_python() {
     // Another process cannot release our lock.
     lock.acquire().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| i32::from(lock.release().is_err()))
         .unwrap();
     assert_eq!(child.join().unwrap().code(), Some(1));
@@ -40,6 +41,7 @@ fn rlock_counts_its_acquires() {
     }
     let other = RLock::open(&n).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| i32::from(matches!(other.try_acquire(), Err(LockError::WouldBlock))))
         .unwrap();
     assert_eq!(child.join().unwrap().code(), Some(1));
@@ -85,6 +87,7 @@ fn semaphores_wake_waiters_in_other_processes() {
     let children: Vec<Child> = (0..3)
         .map(|_| {
             Process::new()
+                .allow_threads()
                 .fork(|| -> ipc_shm::Result<()> {
                     sem.acquire();
                     done.release()
@@ -143,6 +146,7 @@ fn event_set_clear_and_wait_like_python() {
     assert!(!event.is_set());
     let go = Event::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| {
             go.wait();
             event.set();
@@ -166,6 +170,7 @@ fn start_waiters(
     let children = (0..n)
         .map(|_| {
             Process::new()
+                .allow_threads()
                 .fork(|| -> ipc_shm::Result<()> {
                     let guard = cond.lock()?;
                     sleeping.release()?;
@@ -240,6 +245,7 @@ fn condition_wait_timeouts_and_wait_for() {
     // A child sets a shared value under the lock and notifies.
     let state = RawValue::new(0u32).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             for i in 1..=3 {
                 let guard = cond.lock()?;
@@ -262,6 +268,7 @@ fn condition_wait_timeouts_and_wait_for() {
     // wait(60) returns true when a child notifies.
     let guard = cond.lock().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             cond.lock()?.notify(1);
             Ok(())
@@ -285,6 +292,7 @@ fn barrier_passes_parties_in_lock_step() {
     let children: Vec<Child> = (0..PARTIES)
         .map(|_| {
             Process::new()
+                .allow_threads()
                 .fork(|| -> Result<(), BarrierError> {
                     for pass in 0..PASSES as usize {
                         {
@@ -333,6 +341,7 @@ fn barrier_abort_reset_and_timeout_break_it() {
     let waiting = |b: &Barrier| {
         let b = Barrier::open(b.name().unwrap()).unwrap();
         Process::new()
+            .allow_threads()
             .fork(move || i32::from(matches!(b.wait_timeout(LONG), Err(BarrierError::Broken))))
             .unwrap()
     };
@@ -372,8 +381,14 @@ fn barrier_abort_reset_and_timeout_break_it() {
     // And it works again with all three parties.
     let c1 = Barrier::open(&n).unwrap();
     let c2 = Barrier::open(&n).unwrap();
-    let mut k1 = Process::new().fork(move || c1.wait().map(|_| ())).unwrap();
-    let mut k2 = Process::new().fork(move || c2.wait().map(|_| ())).unwrap();
+    let mut k1 = Process::new()
+        .allow_threads()
+        .fork(move || c1.wait().map(|_| ()))
+        .unwrap();
+    let mut k2 = Process::new()
+        .allow_threads()
+        .fork(move || c2.wait().map(|_| ()))
+        .unwrap();
     assert!(barrier.wait_timeout(LONG).is_ok());
     assert!(k1.join().unwrap().success() && k2.join().unwrap().success());
     drop((barrier, single));

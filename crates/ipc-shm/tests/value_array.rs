@@ -33,6 +33,7 @@ fn values_of_several_types_set_by_a_child_are_seen_by_the_parent() {
     let q = Value::new(0i64).unwrap();
     let c = Value::new(b'x').unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             d.set(1.25)?;
             i.set(-7)?;
@@ -90,6 +91,7 @@ fn arrays_index_slice_and_are_updated_by_a_child() {
     assert!(arr.copy_from_slice(&[1, 2]).is_err());
     // The child computes prefix sums in place, as in Python's test.
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             let mut guard = arr.lock()?;
             for i in 1..guard.len() {
@@ -115,6 +117,7 @@ fn raw_values_and_arrays_have_no_lock() {
     let v = RawValue::create(&n, 1.5f32).unwrap();
     let a = RawArray::from_slice(&[1u64, 2, 3]).unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             v.set(v.get() * 2.0);
             a.set(2, 30)?;
@@ -251,6 +254,7 @@ fn four_processes_do_a_million_locked_increments_each() {
     let children: Vec<_> = (0..4)
         .map(|_| {
             Process::new()
+                .allow_threads()
                 .pass("counter", &counter)
                 .unwrap()
                 .fork(|| -> ipc_shm::Result<()> {
@@ -274,6 +278,7 @@ fn a_value_lock_times_out_while_another_process_holds_it() {
     let held = ipc_shm::Event::new().unwrap();
     let release = ipc_shm::Event::new().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> ipc_shm::Result<()> {
             let _guard = v.lock()?;
             held.set();

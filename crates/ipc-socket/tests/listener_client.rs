@@ -47,6 +47,7 @@ fn every_family_carries_typed_messages_between_processes() {
         };
         let bound = listener.address().clone();
         let mut child = Process::new()
+            .allow_threads()
             .fork(move || -> ipc_core::Result<()> {
                 let mut conn = Client::connect(&bound, Options::new().authkey(KEY))?;
                 conn.send(&1729u32)?;
@@ -93,6 +94,7 @@ fn a_client_that_wrote_and_exited_before_accept_is_still_heard() {
         };
         let bound = listener.address().clone();
         let mut child = Process::new()
+            .allow_threads()
             .fork(move || -> ipc_core::Result<()> {
                 let mut conn = Client::connect(&bound, Options::new())?;
                 conn.send_bytes(b"hello")
@@ -115,6 +117,7 @@ fn a_send_right_after_accept_makes_the_clients_poll_true() {
     let listener = Listener::bind("127.0.0.1:0", Options::new()).unwrap();
     let bound = listener.address().clone();
     let mut child = Process::new()
+        .allow_threads()
         .fork(move || -> ipc_core::Result<()> {
             let conn = Client::connect(&bound, Options::new())?;
             assert!(
@@ -147,6 +150,7 @@ fn wrong_authkey_fails_on_both_sides_and_the_listener_keeps_serving() {
     let listener = Listener::bind("127.0.0.1:0", Options::new().authkey(KEY)).unwrap();
     let bound = listener.address().clone();
     let mut child = Process::new()
+        .allow_threads()
         .fork(move || -> i32 {
             let wrong = Client::connect(&bound, Options::new().authkey(b"wrong"));
             if !matches!(wrong, Err(Error::Authentication(_))) {
@@ -337,6 +341,7 @@ fn connect_retries_until_the_listener_appears() {
     let path = path.clone();
     let (mut ready_reader, mut ready_writer) = ipc_pipe::one_way().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("ready", &ready_writer)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -364,6 +369,7 @@ fn stress_500_authenticated_clients_100_round_trips_each() {
     let bound = listener.address().clone();
     // The clients run in another process, each on a thread of its own.
     let mut clients = Process::new()
+        .allow_threads()
         .fork(move || -> i32 {
             let threads: Vec<_> = (0..CLIENTS)
                 .map(|i| {

@@ -31,6 +31,7 @@ fn tls_carries_messages_with_the_authkey_handshake_inside() {
     .unwrap();
     let address = listener.address().clone();
     let mut child = Process::new()
+        .allow_threads()
         .fork(move || -> ipc_core::Result<()> {
             let mut conn = Client::connect(
                 &address,

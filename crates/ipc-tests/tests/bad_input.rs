@@ -168,6 +168,7 @@ fn a_truncated_frame_from_a_child_is_truncated_for_every_kind_of_receive() {
     for which in 0..3 {
         let (mut conn, raw) = RawEnd::pair();
         let mut child = Process::new()
+            .allow_threads()
             .pass("raw", &raw)
             .unwrap()
             .fork(move || {
@@ -275,6 +276,7 @@ fn unframed_junk_from_a_child_gives_errors_not_panics() {
     for seed in 0..8u64 {
         let (mut conn, raw) = RawEnd::pair();
         let mut child = Process::new()
+            .allow_threads()
             .pass("raw", &raw)
             .unwrap()
             .fork(move || raw_write(&raw, &pattern(seed, 64 * 1024)))
@@ -323,6 +325,7 @@ fn limit_address_space(headroom: u64) {
 #[test]
 fn a_lying_length_does_not_allocate_the_claimed_size() {
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> i32 {
             limit_address_space(128 << 20);
             let claim = 200u64 << 20;
@@ -371,6 +374,7 @@ fn stall_then_finish<T: PartialEq + std::fmt::Debug>(
     let (mut conn, raw) = RawEnd::pair();
     let (mut ctl, mut ctl_child) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("raw", &raw)
         .unwrap()
         .pass("ctl", &ctl_child)

@@ -22,6 +22,7 @@ fn child_program() -> Command {
 /// A forked child that echoes every byte message until the peer closes.
 fn fork_echo(mut end: Connection) -> ipc_core::process::Child {
     Process::new()
+        .allow_threads()
         .pass("conn", &end)
         .expect("pass")
         .fork(move || -> ipc_core::Result<()> {
@@ -41,6 +42,7 @@ fn fork_echo(mut end: Connection) -> ipc_core::process::Child {
 fn typed_list_round_trips_through_a_child() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -80,6 +82,7 @@ fn big_round_trip(len: usize) {
     let msg = pattern(len as u64, len);
     let expected_sum = checksum(&msg);
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -176,6 +179,7 @@ fn too_short_buffer_is_reported_and_the_message_kept() {
 fn poll_waits_its_timeout_and_sees_a_sent_message_at_once() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -225,6 +229,7 @@ fn poll_waits_its_timeout_and_sees_a_sent_message_at_once() {
 fn receiving_after_the_peer_closed_is_closed() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || child_end.send(&"bye"))
@@ -274,6 +279,7 @@ fn one_way_ends_refuse_the_wrong_direction() {
 fn one_way_pipe_carries_messages_from_a_child() {
     let (mut reader, mut writer) = ipc_pipe::one_way().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("w", &writer)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -401,6 +407,7 @@ fn a_hundred_thousand_byte_messages_through_a_one_way_pipe() {
     const N: u32 = 100_000;
     let (mut reader, mut writer) = ipc_pipe::one_way().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("w", &writer)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -460,6 +467,7 @@ fn both_directions_at_once() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     // Fork before this process starts any thread of its own.
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> i32 {
@@ -509,6 +517,7 @@ fn child_with_default_sigpipe_sends_to_closed_peer(make: fn() -> (Connection, Co
     let (mut end, peer) = make();
     drop(peer);
     let mut child = Process::new()
+        .allow_threads()
         .pass("end", &end)
         .unwrap()
         .fork(move || -> i32 {
@@ -549,6 +558,7 @@ fn one_way_send_to_closed_peer_with_default_sigpipe_does_not_kill() {
 #[test]
 fn one_way_made_after_sigpipe_reset_does_not_kill() {
     let mut child = Process::new()
+        .allow_threads()
         .fork(|| -> i32 {
             default_sigpipe();
             let (reader, mut writer) = ipc_pipe::one_way().unwrap();
@@ -572,6 +582,7 @@ fn one_way_made_after_sigpipe_reset_does_not_kill() {
 fn reader_closing_mid_write_with_default_sigpipe_does_not_kill() {
     let (reader, mut writer) = ipc_pipe::one_way().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("w", &writer)
         .unwrap()
         .fork(move || -> i32 {

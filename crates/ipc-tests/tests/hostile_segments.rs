@@ -228,6 +228,7 @@ fn random_bytes_in_any_object_give_errors_not_signals() {
         let stop = RawValue::new(0u32).unwrap();
         let uses = RawValue::new(0u64).unwrap();
         let mut user = Process::new()
+            .allow_threads()
             .fork({
                 let name = name.clone();
                 let (stop, uses) = (&stop, &uses);
@@ -284,6 +285,7 @@ fn random_bytes_in_any_object_give_errors_not_signals() {
                 corrupt(&segment, &mut rng, &[]);
             }
             let mut opener = Process::new()
+                .allow_threads()
                 .fork({
                     let name = name.clone();
                     move || {

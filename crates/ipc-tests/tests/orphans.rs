@@ -132,6 +132,7 @@ fn churn_and_kill(prefix: &str, steps: &RawValue<u64>, kill_after: u64) {
     steps.set(0);
     let names = names(prefix);
     let mut child = Process::new()
+        .allow_threads()
         .fork(move || -> ipc_core::Result<()> {
             let mut round = 0u64;
             loop {
@@ -239,6 +240,7 @@ fn remove_orphans_spares_live_creators_and_foreign_segments() {
     let (mut parent_end, mut child_end) = ipc_pipe::duplex().unwrap();
     let name = format!("{prefix}child");
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork({

@@ -18,6 +18,7 @@ use ipc_tests::{join_ok, PATIENCE};
 fn an_empty_message_makes_poll_true_and_it_stays_true() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -58,6 +59,7 @@ fn an_empty_message_makes_poll_true_and_it_stays_true() {
 fn messages_sent_back_to_back_are_not_merged() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -98,6 +100,7 @@ fn a_sequence_with_empty_messages_arrives_in_order() {
     let (mut reader, mut writer) = ipc_pipe::one_way().unwrap();
     let to_send: Vec<Vec<u8>> = strings.iter().map(|s| s.to_vec()).collect();
     let mut child = Process::new()
+        .allow_threads()
         .pass("w", &writer)
         .unwrap()
         .fork(move || to_send.iter().try_for_each(|s| writer.send_bytes(s)))
@@ -123,6 +126,7 @@ fn wait_over_four_children_delivers_everything_then_eof() {
     for who in 0..4u32 {
         let (reader, mut writer) = ipc_pipe::one_way().unwrap();
         let child = Process::new()
+            .allow_threads()
             .pass("w", &writer)
             .unwrap()
             .fork(move || (0..10u32).try_for_each(|i| writer.send(&(who, i))))
@@ -187,6 +191,7 @@ fn wait_on_idle_pipes_times_out_then_reports_the_one_that_sent() {
 
     // A child sends on b.
     let mut child = Process::new()
+        .allow_threads()
         .pass("b", &b_peer)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -223,6 +228,7 @@ fn wait_mixes_connections_a_child_and_a_raw_descriptor() {
     let (idle, _idle_peer) = ipc_pipe::duplex().unwrap();
     let (raw, raw_peer) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("ctl", &ctl_child)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -280,6 +286,7 @@ fn wait_sees_messages_already_buffered_in_the_connection() {
     let (mut a, mut a_peer) = ipc_pipe::duplex().unwrap();
     let (other, _other_peer) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("a", &a_peer)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {

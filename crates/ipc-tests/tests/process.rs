@@ -27,11 +27,18 @@ fn child_program(mode: &str) -> Command {
 #[test]
 fn forked_children_exit_with_their_outcome() {
     let code = |mut child: Child| join(&mut child).code();
-    assert_eq!(code(Process::new().fork(|| ()).unwrap()), Some(0));
-    assert_eq!(code(Process::new().fork(|| 7).unwrap()), Some(7));
+    assert_eq!(
+        code(Process::new().allow_threads().fork(|| ()).unwrap()),
+        Some(0)
+    );
+    assert_eq!(
+        code(Process::new().allow_threads().fork(|| 7).unwrap()),
+        Some(7)
+    );
     assert_eq!(
         code(
             Process::new()
+                .allow_threads()
                 .fork(|| -> Result<(), String> { Ok(()) })
                 .unwrap()
         ),
@@ -40,6 +47,7 @@ fn forked_children_exit_with_their_outcome() {
     assert_eq!(
         code(
             Process::new()
+                .allow_threads()
                 .fork(|| -> Result<(), String> { Err("expected failure".into()) })
                 .unwrap()
         ),
@@ -48,6 +56,7 @@ fn forked_children_exit_with_their_outcome() {
     assert_eq!(
         code(
             Process::new()
+                .allow_threads()
                 .fork(|| -> i32 { panic!("expected panic in a child") })
                 .unwrap()
         ),
@@ -152,6 +161,7 @@ fn handle_keys_must_be_plain() {
 fn join_timeout_is_none_while_running_and_some_after() {
     let (mut parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || child_end.recv_bytes().map(drop))
@@ -186,6 +196,7 @@ fn join_timeout_is_none_while_running_and_some_after() {
 fn kill_ends_a_child_stuck_in_recv() {
     let (_parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || child_end.recv_bytes().map(drop))
@@ -225,6 +236,7 @@ fn kill_ends_an_exec_child_stuck_in_recv() {
 fn terminate_sends_sigterm() {
     let (_parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || child_end.recv_bytes().map(drop))
@@ -255,6 +267,7 @@ fn assert_gone_after_drop(child: Child) {
 fn dropping_an_unjoined_forked_child_kills_and_reaps_it() {
     let (_parent, mut child_end) = ipc_pipe::duplex().unwrap();
     let child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || child_end.recv_bytes().map(drop))
@@ -275,7 +288,7 @@ fn dropping_an_unjoined_exec_child_kills_and_reaps_it() {
 
 #[test]
 fn dropping_a_child_that_already_exited_reaps_it() {
-    let child = Process::new().fork(|| 3).unwrap();
+    let child = Process::new().allow_threads().fork(|| 3).unwrap();
     // Wait for the exit without reaping: the pidfd becomes readable.
     let ready = ipc_core::wait(&[&child], PATIENCE).unwrap();
     assert_eq!(ready, [0]);
@@ -292,6 +305,7 @@ fn a_forked_child_does_not_keep_unpassed_descriptors_open() {
     let (mut reader, writer) = ipc_pipe::one_way().unwrap();
     let (mut ctl, mut ctl_child) = ipc_pipe::duplex().unwrap();
     let mut child = Process::new()
+        .allow_threads()
         .pass("ctl", &ctl_child)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -348,6 +362,7 @@ fn a_forked_child_keeps_what_it_was_passed_and_nothing_else() {
     // `other_peer` is captured below but not passed.
     let passed = child_end.as_fd().as_raw_fd();
     let mut child = Process::new()
+        .allow_threads()
         .pass("conn", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
@@ -375,4 +390,19 @@ fn a_forked_child_keeps_what_it_was_passed_and_nothing_else() {
         Err(Error::Closed) => {}
         got => panic!("the unpassed end reached the parent: {got:?}"),
     }
+}
+
+#[test]
+fn fork_is_refused_beside_other_threads_unless_allowed() {
+    // The test harness already runs this test on a thread of its own; one
+    // more thread makes the count certain.
+    let parked = std::thread::spawn(std::thread::park);
+    match Process::new().fork(|| 0) {
+        Err(Error::ThreadedFork { threads }) => assert!(threads >= 2, "{threads}"),
+        other => panic!("expected ThreadedFork, got {other:?}"),
+    }
+    let mut child = Process::new().allow_threads().fork(|| 3).unwrap();
+    assert_eq!(child.join().unwrap().code(), Some(3));
+    parked.thread().unpark();
+    parked.join().unwrap();
 }

@@ -56,6 +56,7 @@ fn stalled_clients(name: &str, stall: Stall) -> (ipc_core::process::Child, ipc_c
     let (mut report, child_end) = ipc_pipe::duplex().unwrap();
     let name = name.to_owned();
     let child = Process::new()
+        .allow_threads()
         .pass("report", &child_end)
         .unwrap()
         .fork(move || -> ipc_core::Result<()> {
