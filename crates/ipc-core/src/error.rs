@@ -94,6 +94,8 @@ pub enum Error {
     /// The creator of the named object died before it finished creating it
     /// (the name is given). `open_or_create` reclaims such a name.
     Abandoned(String),
+    /// A spawned child did not deliver its entry's result, and why.
+    Child(Box<crate::spawn::ChildFailure>),
     /// `fork` was refused: this process has other threads, whose locks the
     /// child would inherit held (see `Process::allow_threads`).
     ThreadedFork {
@@ -157,6 +159,7 @@ impl fmt::Display for Error {
             Error::Abandoned(what) => {
                 write!(f, "the creator of {what} died before it finished creating it")
             }
+            Error::Child(failure) => write!(f, "the spawned child failed: {failure}"),
             Error::ThreadedFork { threads } => write!(
                 f,
                 "fork refused: this process has {threads} threads, and the child would inherit their locks held (use exec, or Process::allow_threads if they hold nothing)"
@@ -209,6 +212,7 @@ impl From<Error> for io::Error {
                 io::Error::new(io::ErrorKind::Unsupported, e)
             }
             Error::Authentication(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
+            Error::Child(_) => io::Error::other(e),
             Error::Incompatible(_) | Error::Corrupt(_) | Error::Abandoned(_) => {
                 io::Error::new(io::ErrorKind::InvalidData, e)
             }

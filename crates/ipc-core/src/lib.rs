@@ -3,7 +3,8 @@
 //! the bytes-level [`ByteSender`]/[`ByteReceiver`] beneath them, the stream
 //! framing of Python's `multiprocessing.connection` ([`frame`]), the
 //! framed [`Connection`] that pipes and sockets share, [`wait`] over many
-//! connections, and child processes that receive IPC handles ([`process`]).
+//! connections, and child processes that receive IPC handles ([`process`],
+//! [`spawn`]).
 //!
 //! ```
 //! use ipc_core::process::Process;
@@ -32,6 +33,7 @@ mod deadline;
 mod error;
 pub mod frame;
 pub mod process;
+pub mod spawn;
 mod sys;
 mod transport;
 mod wait;
