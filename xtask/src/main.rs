@@ -168,6 +168,7 @@ fn test() -> Result {
     // used before, so each check starts from an empty one.
     let package_target = workspace_root().join("target/package-check");
     let _ = std::fs::remove_dir_all(&package_target);
+    forget_unpacked_packages();
     let mut package = cargo();
     package
         .args(["package", "--allow-dirty", "--target-dir"])
@@ -181,10 +182,47 @@ fn test() -> Result {
     check_no_leftovers(&shm_before)
 }
 
+/// Removes the copies of our own packages that earlier `cargo package`
+/// runs unpacked from their local registry (cargo keeps them under
+/// `$CARGO_HOME/registry/src/-<hash>/`, keyed by the registry's path, and
+/// would verify against a stale copy instead of unpacking the new one).
+/// Only directories named after our packages, in registries whose source
+/// directory name marks them local (a leading `-`), are touched.
+fn forget_unpacked_packages() {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let Some(sources) = cargo_home.map(|home| home.join("registry/src")) else {
+        return;
+    };
+    let Ok(registries) = std::fs::read_dir(&sources) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(packages) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for package in packages.flatten() {
+            let name = package.file_name().to_string_lossy().into_owned();
+            let ours = PUBLIC_CRATES.iter().any(|krate| {
+                name.strip_prefix(krate)
+                    .is_some_and(|v| v.starts_with("-0."))
+            });
+            if ours {
+                let _ = std::fs::remove_dir_all(package.path());
+            }
+        }
+    }
+}
+
 /// The packages published to crates.io.
-const PUBLIC_CRATES: [&str; 5] = [
+const PUBLIC_CRATES: [&str; 6] = [
     "ipc-core",
     "ipc-pipe",
+    "ipc-pool",
     "ipc-shm",
     "ipc-shm-queue",
     "ipc-socket",
@@ -243,6 +281,7 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
         "ipc-socket",
         "socket_echo",
     ),
+    ("Pool: four workers square 0 to 9", "ipc-pool", "pool"),
 ];
 
 fn demo() -> Result {

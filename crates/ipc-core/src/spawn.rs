@@ -84,6 +84,16 @@ pub enum ChildFailure {
     Exited(i32),
     /// The child was killed by this signal before delivering a result.
     Signaled(i32),
+    /// The worker process running the task died before it finished: its
+    /// pid, and the signal that killed it or its exit code.
+    WorkerDied {
+        /// The worker's process id.
+        pid: u32,
+        /// The signal that killed it, if a signal did.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+    },
 }
 
 impl std::fmt::Display for ChildFailure {
@@ -99,6 +109,11 @@ impl std::fmt::Display for ChildFailure {
             ChildFailure::Signaled(signal) => {
                 write!(f, "the child was killed by signal {signal} before it delivered a result")
             }
+            ChildFailure::WorkerDied { pid, signal, code } => match (signal, code) {
+                (Some(signal), _) => write!(f, "worker {pid} was killed by signal {signal} during the task"),
+                (None, Some(code)) => write!(f, "worker {pid} exited with code {code} during the task"),
+                (None, None) => write!(f, "worker {pid} died during the task"),
+            },
         }
     }
 }
@@ -154,6 +169,12 @@ impl<A, R> Entry<A, R> {
     /// name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Whether this program has the entry (always, for one made by
+    /// [`entry!`](crate::entry)).
+    pub fn is_registered(&self) -> bool {
+        registered(self.name).is_some()
     }
 }
 
@@ -250,12 +271,20 @@ pub fn init() {
 fn run_entry(name: &str) -> Result<()> {
     let mut parent: Connection<FdStream> = inherited(SOCKET_KEY)?;
     let argument = parent.recv_bytes()?;
-    let outcome = match registered(name) {
+    parent.send(&run_registered(name, &argument))
+}
+
+/// Runs the registered entry `name` in this process on an encoded
+/// argument and gives its encoded result, or why there is none (a panic is
+/// caught and reported). For workers that run many entries, as ipc-pool's
+/// do.
+#[doc(hidden)]
+pub fn run_registered(name: &str, argument: &[u8]) -> std::result::Result<Vec<u8>, ChildFailure> {
+    match registered(name) {
         None => Err(ChildFailure::UnknownEntry(name.to_owned())),
-        Some(entry) => std::panic::catch_unwind(|| (entry.run)(&argument))
+        Some(entry) => std::panic::catch_unwind(|| (entry.run)(argument))
             .unwrap_or_else(|panic| Err(ChildFailure::Panicked(panic_message(&*panic)))),
-    };
-    parent.send(&outcome)
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
