@@ -681,7 +681,7 @@ fn find(name: &str, deadline: Deadline) -> Result<Found> {
                         return Ok(Found::Published(mapped.take().expect("mapped")))
                     }
                     Some(_) => return Ok(Found::Abandoned(claim)),
-                    None if !claim.is_old_and_empty()? => return Ok(Found::Abandoned(claim)),
+                    None if claim.is_old_and_empty()? => return Ok(Found::Abandoned(claim)),
                     // Empty and young: its creator may be about to lock it.
                     None => fd = claim.release()?,
                 }
@@ -866,7 +866,7 @@ pub fn remove_if_orphaned(name: &str) -> Result<bool> {
         return Ok(false);
     };
     let orphaned = match map_if_sized(claim.fd(), name)? {
-        None => !claim.is_old_and_empty()?,
+        None => claim.is_old_and_empty()?,
         Some(shm) if shm.size() < HEADER_SIZE => false,
         Some(shm) => match shm.map.atomic_u64(0).load(Ordering::Acquire) {
             // Under the claim nobody is creating it: its creator died.

@@ -298,3 +298,52 @@ fn a_value_lock_times_out_while_another_process_holds_it() {
     assert!(child.join().unwrap().success());
     assert!(v.try_lock().is_ok());
 }
+
+/// Makes `/dev/shm/<name>` empty and owner-only, as a creator killed
+/// between `shm_open` and sizing leaves it.
+fn empty_leftover(name: &str) {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    drop(
+        nix::sys::mman::shm_open(
+            format!("/{name}").as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .unwrap(),
+    );
+}
+
+#[test]
+fn an_empty_leftover_is_abandoned_once_old_enough_and_reclaimed() {
+    // `open` waits out the moment a live creator may still be in, then
+    // says the creator is gone.
+    let n = name();
+    empty_leftover(&n);
+    let started = std::time::Instant::now();
+    assert!(matches!(Value::<u64>::open(&n), Err(Error::Abandoned(_))));
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    // `open_or_create` reclaims it, whatever its age.
+    let v = Value::open_or_create(&n, 5u64).unwrap();
+    assert!(v.is_owner());
+    assert_eq!(v.get().unwrap(), 5);
+    drop(v);
+    // `remove_if_orphaned` spares a young one and removes it once old.
+    let m = name();
+    empty_leftover(&m);
+    let deadline = std::time::Instant::now() + ipc_testkit::PATIENCE;
+    let mut spared_while_young = false;
+    loop {
+        if ipc_shm::remove_if_orphaned(&m).unwrap() {
+            break;
+        }
+        spared_while_young = true;
+        assert!(std::time::Instant::now() < deadline, "never removed");
+        std::thread::yield_now();
+    }
+    assert!(
+        spared_while_young,
+        "removed at once: young leftovers must be spared"
+    );
+    assert_no_leftovers();
+}
