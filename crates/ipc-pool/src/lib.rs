@@ -246,6 +246,12 @@ impl Pool {
         }
     }
 
+    /// Kills the workers at once (Python's `terminate()`); dropping the
+    /// pool does the same.
+    pub fn terminate(self) {
+        drop(self);
+    }
+
     /// Lets the workers finish and exit (Python's `close()` then `join()`).
     pub fn close(mut self) -> Result<()> {
         for worker in self.workers.drain(..) {
@@ -323,7 +329,9 @@ impl Pool {
             },
             // The socket ended: the worker died.
             Err(e) if e.is_closed() => None,
-            Err(e) => return Err(e),
+            // A frame over the size limit, or a socket error: the worker
+            // cannot be trusted any more either.
+            Err(e) => Some(ChildFailure::Codec(e.to_string())),
         };
         let replacement = Worker::start()?;
         let mut dead = std::mem::replace(worker, replacement);
