@@ -39,6 +39,17 @@
 //! whole pool.) A task that panics fails alone with the panic message; a
 //! task whose argument or result cannot be encoded fails alone too.
 //!
+//! # Known limits
+//!
+//! * Each task's outcome travels in a frame of its own, so that a worker's
+//!   death names its task: about 1.4 µs per task. A `map` of 100,000
+//!   trivial tasks on 2 workers takes about 140 ms, where Python's
+//!   `Pool.map`, which answers a whole chunk at once, takes 12-17 ms. Pools
+//!   of real work (milliseconds per task) do not notice; batched outcomes
+//!   are the next step.
+//! * No `imap`, `imap_unordered`, `apply_async`, initializer or
+//!   `maxtasksperchild` yet.
+//!
 //! [`ChildFailure::WorkerDied`]: ipc_core::spawn::ChildFailure::WorkerDied
 #![deny(unsafe_code)]
 
