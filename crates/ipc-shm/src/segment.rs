@@ -712,8 +712,18 @@ fn map_if_sized(fd: &OwnedFd, name: &str) -> Result<Option<SharedMemory>> {
 /// published.
 fn being_created(map: &Mapping) -> bool {
     map.len() >= HEADER_SIZE
-        && map.atomic_u64(0).load(Ordering::Acquire) == MAGIC_INIT
-        && map.atomic_u32(STATE_OFFSET).load(Ordering::Acquire) != STATE_READY
+        && unpublished(
+            map.atomic_u64(0).load(Ordering::Acquire),
+            map.atomic_u32(STATE_OFFSET).load(Ordering::Acquire),
+        )
+}
+
+/// Whether a header's magic and state words are those of an object whose
+/// creator has not finished publishing it: the initialising magic, or the
+/// published one before the state word (`publish` stores the two one after
+/// the other, and a creator can die between them).
+fn unpublished(magic: u64, state: u32) -> bool {
+    (magic == MAGIC_INIT && state != STATE_READY) || (magic == MAGIC && state == 0)
 }
 
 /// Checks the header of a mapped segment against `spec` (and `len`, if
@@ -737,7 +747,7 @@ fn validate(map: &Mapping, spec: &Spec, len: Option<usize>, what: &str) -> Resul
     }
     let magic = map.atomic_u64(0).load(Ordering::Acquire);
     let state = map.atomic_u32(STATE_OFFSET).load(Ordering::Acquire);
-    if magic == MAGIC_INIT && state != STATE_READY {
+    if unpublished(magic, state) {
         // An anonymous segment is published before anyone else sees it, so
         // this is a named one whose creator died (`find` saw to the rest).
         return Err(Error::Abandoned(what.to_owned()));
@@ -868,12 +878,13 @@ pub fn remove_if_orphaned(name: &str) -> Result<bool> {
     let orphaned = match map_if_sized(claim.fd(), name)? {
         None => claim.is_old_and_empty()?,
         Some(shm) if shm.size() < HEADER_SIZE => false,
-        Some(shm) => match shm.map.atomic_u64(0).load(Ordering::Acquire) {
-            // Under the claim nobody is creating it: its creator died.
-            MAGIC_INIT => true,
-            MAGIC => !creator::is_alive(shm.map.atomic_u64(CREATOR_OFFSET).load(Ordering::Acquire)),
-            _ => false,
-        },
+        // Under the claim nobody is creating it: an unpublished object's
+        // creator died.
+        Some(shm) if being_created(&shm.map) => true,
+        Some(shm) => {
+            shm.map.atomic_u64(0).load(Ordering::Acquire) == MAGIC
+                && !creator::is_alive(shm.map.atomic_u64(CREATOR_OFFSET).load(Ordering::Acquire))
+        }
     };
     if orphaned {
         match claim.remove(name) {

@@ -347,3 +347,25 @@ fn an_empty_leftover_is_abandoned_once_old_enough_and_reclaimed() {
     );
     assert_no_leftovers();
 }
+
+#[test]
+fn a_creator_killed_between_the_magic_and_the_state_left_an_abandoned_object() {
+    // `publish` stores the published magic, then the state word: a creator
+    // can die between the two. Made here from a complete value's bytes with
+    // the state word back at 0, under a lock-free name.
+    let v = name();
+    let complete = Value::create(&v, 7u64).unwrap();
+    let bytes = SharedMemory::open(&v).unwrap().to_vec();
+    drop(complete);
+    let n = name();
+    let mut copy = SharedMemory::create(&n, bytes.len()).unwrap();
+    copy.set_unlink_on_drop(false);
+    copy.write_at(0, &bytes).unwrap();
+    copy.write_at(8, &0u32.to_ne_bytes()).unwrap(); // the state, not yet ready
+    assert!(matches!(Value::<u64>::open(&n), Err(Error::Abandoned(_))));
+    let reclaimed = Value::open_or_create(&n, 9u64).unwrap();
+    assert!(reclaimed.is_owner());
+    assert_eq!(reclaimed.get().unwrap(), 9);
+    drop((copy, reclaimed));
+    assert_no_leftovers();
+}
