@@ -660,9 +660,7 @@ fn find(name: &str, deadline: Deadline) -> Result<Found> {
     let mut fd = shm::open_fd(name)?;
     let mut mapped: Option<SharedMemory> = None;
     loop {
-        if mapped.is_none() {
-            mapped = map_if_sized(&fd, name)?;
-        }
+        remap_if_grown(&fd, name, &mut mapped)?;
         if let Some(shm) = &mapped {
             if !being_created(&shm.map) {
                 return Ok(Found::Published(mapped.take().expect("mapped")));
@@ -673,9 +671,7 @@ fn find(name: &str, deadline: Deadline) -> Result<Found> {
             Ok(claim) => {
                 // Nobody holds the flock: the creator published (and let
                 // go) since we looked, or died.
-                if mapped.is_none() {
-                    mapped = map_if_sized(claim.fd(), name)?;
-                }
+                remap_if_grown(claim.fd(), name, &mut mapped)?;
                 match &mapped {
                     Some(shm) if !being_created(&shm.map) => {
                         return Ok(Found::Published(mapped.take().expect("mapped")))
@@ -698,6 +694,17 @@ fn find(name: &str, deadline: Deadline) -> Result<Found> {
             None => std::thread::sleep(slice),
         }
     }
+}
+
+/// Maps the segment behind `fd` again if it grew since `mapped` was made:
+/// a creator writes the header (128 bytes) before it sizes the segment, so
+/// an early look can map the header alone.
+fn remap_if_grown(fd: &OwnedFd, name: &str, mapped: &mut Option<SharedMemory>) -> Result<()> {
+    let size = shm::segment_size(fd, name)?;
+    if size > 0 && mapped.as_ref().is_none_or(|shm| shm.size() < size) {
+        *mapped = Some(SharedMemory::from_named_fd(fd, name, size)?);
+    }
+    Ok(())
 }
 
 /// Maps the segment behind `fd` if its creator sized it.

@@ -369,3 +369,55 @@ fn a_creator_killed_between_the_magic_and_the_state_left_an_abandoned_object() {
     drop((copy, reclaimed));
     assert_no_leftovers();
 }
+
+#[test]
+fn an_opener_that_looked_before_the_creator_sized_the_segment_sees_it_whole() {
+    use std::os::fd::AsFd;
+    // The bytes of a complete value, and its header as a creator writes it
+    // first (the initialising magic, state 0).
+    let v = name();
+    let complete = Value::create(&v, 7u64).unwrap();
+    let bytes = SharedMemory::open(&v).unwrap().to_vec();
+    drop(complete);
+    let mut header = bytes[..128].to_vec();
+    header[..8].copy_from_slice(b"ipcobj\0\0");
+    header[8..12].copy_from_slice(&0u32.to_ne_bytes());
+
+    // A creator at work: the name made, locked, the header written, not
+    // yet sized.
+    let n = name();
+    let fd = nix::sys::mman::shm_open(
+        format!("/{n}").as_str(),
+        nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_EXCL | nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let creating = nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    nix::sys::uio::pwrite(creating.as_fd(), &header, 0).unwrap();
+
+    let opened = std::thread::scope(|s| {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let n = &n;
+        let opener = s.spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            let tid: u32 = me.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            tid_tx.send(tid).unwrap();
+            Value::<u64>::open(n).map(|v| v.get())
+        });
+        // Once the opener waits for the creator (it has mapped the header),
+        // the creator sizes, fills and publishes the segment, then lets go.
+        ipc_testkit::wait_until_asleep(tid_rx.recv().unwrap());
+        nix::unistd::ftruncate(creating.as_fd(), bytes.len() as i64).unwrap();
+        let mut published = bytes.clone();
+        published[8..12].copy_from_slice(&0u32.to_ne_bytes());
+        nix::sys::uio::pwrite(creating.as_fd(), &published, 0).unwrap();
+        nix::sys::uio::pwrite(creating.as_fd(), &1u32.to_ne_bytes(), 8).unwrap();
+        drop(creating);
+        opener.join().unwrap()
+    });
+    assert_eq!(opened.unwrap().unwrap(), 7);
+    SharedMemory::open(&n).unwrap().unlink().unwrap();
+    assert_no_leftovers();
+}
