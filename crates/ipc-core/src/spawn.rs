@@ -170,12 +170,6 @@ impl<A, R> Entry<A, R> {
     pub fn name(&self) -> &'static str {
         self.name
     }
-
-    /// Whether this program has the entry (always, for one made by
-    /// [`entry!`](crate::entry)).
-    pub fn is_registered(&self) -> bool {
-        registered(self.name).is_some()
-    }
 }
 
 fn registered(name: &str) -> Option<&'static Registered> {

@@ -208,6 +208,16 @@ fn garbage_short_and_foreign_version_segments_are_refused() {
     assert_no_leftovers();
 }
 
+/// The bytes of a complete, published `Value<u64>` holding `value`, as a
+/// creator leaves them (the value itself is removed again).
+fn complete_value_bytes(value: u64) -> Vec<u8> {
+    let v = name();
+    let complete = Value::create(&v, value).unwrap();
+    let bytes = SharedMemory::open(&v).unwrap().to_vec();
+    drop(complete);
+    bytes
+}
+
 #[test]
 fn a_zeroed_segment_is_no_object_and_an_unpublished_one_is_abandoned() {
     // Zeros: not an object of this workspace at all, refused at once.
@@ -218,10 +228,7 @@ fn a_zeroed_segment_is_no_object_and_an_unpublished_one_is_abandoned() {
     // A header its creator began (the magic creators write first) and never
     // published, with nobody holding the creator's lock: the creator died.
     let header = SharedMemory::open(&{
-        let v = name();
-        let complete = Value::create(&v, 7u64).unwrap();
-        let bytes = SharedMemory::open(&v).unwrap().to_vec();
-        drop(complete);
+        let bytes = complete_value_bytes(7);
         let copy = name();
         SharedMemory::create(&copy, bytes.len())
             .unwrap()
@@ -353,10 +360,7 @@ fn a_creator_killed_between_the_magic_and_the_state_left_an_abandoned_object() {
     // `publish` stores the published magic, then the state word: a creator
     // can die between the two. Made here from a complete value's bytes with
     // the state word back at 0, under a lock-free name.
-    let v = name();
-    let complete = Value::create(&v, 7u64).unwrap();
-    let bytes = SharedMemory::open(&v).unwrap().to_vec();
-    drop(complete);
+    let bytes = complete_value_bytes(7);
     let n = name();
     let mut copy = SharedMemory::create(&n, bytes.len()).unwrap();
     copy.set_unlink_on_drop(false);
@@ -375,10 +379,7 @@ fn an_opener_that_looked_before_the_creator_sized_the_segment_sees_it_whole() {
     use std::os::fd::AsFd;
     // The bytes of a complete value, and its header as a creator writes it
     // first (the initialising magic, state 0).
-    let v = name();
-    let complete = Value::create(&v, 7u64).unwrap();
-    let bytes = SharedMemory::open(&v).unwrap().to_vec();
-    drop(complete);
+    let bytes = complete_value_bytes(7);
     let mut header = bytes[..128].to_vec();
     header[..8].copy_from_slice(b"ipcobj\0\0");
     header[8..12].copy_from_slice(&0u32.to_ne_bytes());
