@@ -123,7 +123,9 @@ impl std::fmt::Display for ChildFailure {
 #[doc(hidden)]
 pub struct Registered {
     pub name: &'static str,
-    pub run: fn(&[u8]) -> std::result::Result<Vec<u8>, ChildFailure>,
+    /// Decodes the argument, runs the function and appends its encoded
+    /// result to the buffer.
+    pub run: fn(&[u8], &mut Vec<u8>) -> std::result::Result<(), ChildFailure>,
 }
 
 /// Every registered entry of this program.
@@ -197,12 +199,15 @@ pub fn typed<A, R>(_function: fn(A) -> R, name: &'static str) -> Entry<A, R> {
 pub fn invoke<A: DeserializeOwned, R: Serialize>(
     function: fn(A) -> R,
     argument: &[u8],
-) -> std::result::Result<Vec<u8>, ChildFailure> {
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), ChildFailure> {
     let argument = codec::decode(argument).map_err(|e| ChildFailure::Codec(e.to_string()))?;
     let result = function(argument);
-    let mut bytes = Vec::new();
-    codec::encode_into(&result, &mut bytes).map_err(|e| ChildFailure::Codec(e.to_string()))?;
-    Ok(bytes)
+    let start = out.len();
+    codec::encode_into(&result, out).map_err(|e| {
+        out.truncate(start);
+        ChildFailure::Codec(e.to_string())
+    })
 }
 
 /// Registers a function `fn(A) -> R` (`A: Deserialize`, `R: Serialize`)
@@ -224,7 +229,7 @@ macro_rules! entry {
         #[linkme(crate = $crate::spawn::linkme)]
         static REGISTERED: $crate::spawn::Registered = $crate::spawn::Registered {
             name: concat!(module_path!(), "::", stringify!($function)),
-            run: |argument| $crate::spawn::invoke($function, argument),
+            run: |argument, out| $crate::spawn::invoke($function, argument, out),
         };
         $crate::spawn::typed($function, REGISTERED.name)
     }};
@@ -270,14 +275,41 @@ fn run_entry(name: &str) -> Result<()> {
 
 /// Runs the registered entry `name` in this process on an encoded
 /// argument and gives its encoded result, or why there is none (a panic is
-/// caught and reported). For workers that run many entries, as ipc-pool's
-/// do.
+/// caught and reported).
+fn run_registered(name: &str, argument: &[u8]) -> std::result::Result<Vec<u8>, ChildFailure> {
+    let runner = Runner::find(name)?;
+    let mut out = Vec::new();
+    runner.run_into(argument, &mut out)?;
+    Ok(out)
+}
+
+/// A registered entry found by name, to run many times in this process:
+/// for workers that run many tasks, as ipc-pool's do.
 #[doc(hidden)]
-pub fn run_registered(name: &str, argument: &[u8]) -> std::result::Result<Vec<u8>, ChildFailure> {
-    match registered(name) {
-        None => Err(ChildFailure::UnknownEntry(name.to_owned())),
-        Some(entry) => std::panic::catch_unwind(|| (entry.run)(argument))
-            .unwrap_or_else(|panic| Err(ChildFailure::Panicked(panic_message(&*panic)))),
+#[derive(Clone, Copy)]
+pub struct Runner(&'static Registered);
+
+impl Runner {
+    /// The entry registered as `name`, or [`ChildFailure::UnknownEntry`].
+    pub fn find(name: &str) -> std::result::Result<Runner, ChildFailure> {
+        registered(name)
+            .map(Runner)
+            .ok_or_else(|| ChildFailure::UnknownEntry(name.to_owned()))
+    }
+
+    /// Runs the entry on an encoded argument and appends its encoded result
+    /// to `out`; a panic is caught and reported, and leaves `out` as it was.
+    pub fn run_into(
+        self,
+        argument: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), ChildFailure> {
+        let start = out.len();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0.run)(argument, out)))
+            .unwrap_or_else(|panic| {
+                out.truncate(start);
+                Err(ChildFailure::Panicked(panic_message(&*panic)))
+            })
     }
 }
 

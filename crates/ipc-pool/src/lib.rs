@@ -61,7 +61,7 @@ use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 
 use ipc_core::process::{inherited, Process};
-use ipc_core::spawn::{run_registered, ChildFailure, Entry, Spawned};
+use ipc_core::spawn::{ChildFailure, Entry, Runner, Spawned};
 use ipc_core::{codec, wait, Connection, FdStream, Waitable};
 use ipc_shm::RawValue;
 use serde::de::DeserializeOwned;
@@ -105,7 +105,10 @@ fn serve(_: ()) {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(chunk.arguments.len());
         for (place, argument) in chunk.arguments.iter().enumerate() {
             progress.set(place as u64);
-            outcomes.push(run_registered(&chunk.entry, argument).map(ByteBuf::from));
+            let mut out = Vec::new();
+            let outcome =
+                Runner::find(&chunk.entry).and_then(|runner| runner.run_into(argument, &mut out));
+            outcomes.push(outcome.map(|()| ByteBuf::from(out)));
         }
         if tasks.send(&outcomes).is_err() {
             return;
