@@ -5,7 +5,7 @@
 //! socket unchanged.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -30,13 +30,24 @@ struct AppendTo<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for AppendTo<'_> {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         self.0.push(byte);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
+        // A varint or a short field: byte pushes beat a call to memcpy,
+        // which matters at tens of nanoseconds a message.
+        if bytes.len() <= 16 {
+            self.0.reserve(bytes.len());
+            for &byte in bytes {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
         Ok(())
     }
 
@@ -57,6 +68,18 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_borrowed(bytes)
+}
+
+/// Like [`decode`], for a value that may borrow from `bytes` (a `&str`, a
+/// `&[u8]`), so that reading it copies nothing.
+///
+/// ```
+/// let (name, data): (&str, &[u8]) = ipc_core::codec::decode_borrowed(&[2, b'h', b'i', 1, 9])?;
+/// assert_eq!((name, data), ("hi", &[9u8][..]));
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(Error::Decode)?;
     if rest.is_empty() {
         Ok(value)

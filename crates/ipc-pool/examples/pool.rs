@@ -17,7 +17,7 @@ fn square(x: u64) -> u64 {
 fn main() -> ipc_core::Result<()> {
     // A worker is a fresh run of this program: it starts here.
     ipc_core::spawn::init();
-    let mut pool = Pool::new(4)?;
+    let pool = Pool::new(4)?;
     println!("{:?}", pool.map(ipc_core::entry!(square), 0..10)?);
     pool.close()
 }

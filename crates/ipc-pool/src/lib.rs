@@ -57,162 +57,161 @@
 //! [`ChildFailure::WorkerDied`]: ipc_core::spawn::ChildFailure::WorkerDied
 #![deny(unsafe_code)]
 
-use std::collections::VecDeque;
-use std::os::unix::net::UnixStream;
+mod dispatcher;
+mod wire;
+mod worker;
 
-use ipc_core::process::{inherited, Process};
-use ipc_core::spawn::{ChildFailure, Entry, Runner, Spawned};
-use ipc_core::{codec, wait, Connection, FdStream, Waitable};
-use ipc_shm::RawValue;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_core::codec;
+use ipc_core::spawn::{ChildFailure, Entry};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use serde::Serialize;
+
+use dispatcher::{Body, Command, Dispatch, Piece, Reply, Submission};
+use wire::ChunkWriter;
+use worker::{Setup, Worker};
 
 pub use ipc_core::{Error, Result};
 
-/// The handle key of a worker's task socket.
-const TASKS: &str = "ipc-pool-tasks";
-/// The handle key of a worker's progress word.
-const PROGRESS: &str = "ipc-pool-progress";
-
-/// What a worker is sent: an entry and the encoded arguments of a chunk of
-/// tasks, answered with one frame holding an [`Outcome`] per task, in
-/// order.
-#[derive(Serialize, Deserialize)]
-struct Chunk {
-    entry: String,
-    arguments: Vec<ByteBuf>,
-}
-
-/// A task's encoded result, or why there is none.
-type Outcome = std::result::Result<ByteBuf, ChildFailure>;
-
-/// The loop a worker runs: a chunk in, its outcomes out in one frame,
-/// until the pool closes the socket. Before each task it writes the task's
-/// place in the chunk to its progress word, so that if it dies the pool
-/// knows which task it was running.
-fn serve(_: ()) {
-    let (Ok(mut tasks), Ok(progress)) = (
-        inherited::<Connection<FdStream>>(TASKS),
-        inherited::<RawValue<u64>>(PROGRESS),
-    ) else {
-        return;
-    };
-    while let Ok(frame) = tasks.recv_bytes() {
-        let Ok(chunk) = codec::decode::<Chunk>(&frame) else {
-            return;
-        };
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(chunk.arguments.len());
-        for (place, argument) in chunk.arguments.iter().enumerate() {
-            progress.set(place as u64);
-            let mut out = Vec::new();
-            let outcome =
-                Runner::find(&chunk.entry).and_then(|runner| runner.run_into(argument, &mut out));
-            outcomes.push(outcome.map(|()| ByteBuf::from(out)));
-        }
-        if tasks.send(&outcomes).is_err() {
-            return;
-        }
-    }
-}
-
-/// One worker process and its task socket.
-struct Worker {
-    spawned: Spawned<()>,
-    tasks: Connection<FdStream>,
-    /// Which task of its chunk the worker is running.
-    progress: RawValue<u64>,
-    /// The tasks sent to it and not yet answered, in order: index and
-    /// encoded argument (kept to send again if the worker dies).
-    pending: VecDeque<(usize, ByteBuf)>,
-}
-
-impl Worker {
-    fn start() -> Result<Worker> {
-        let (ours, theirs) = UnixStream::pair()?;
-        let tasks = Connection::new(FdStream::new(ours.into())?);
-        let theirs = Connection::new(FdStream::new(theirs.into())?);
-        let progress = RawValue::new(0u64)?;
-        let spawned = Process::new()
-            .pass(TASKS, &theirs)?
-            .pass(PROGRESS, &progress)?
-            .spawn(ipc_core::entry!(serve), &())?;
-        Ok(Worker {
-            spawned,
-            tasks,
-            progress,
-            pending: VecDeque::new(),
-        })
-    }
-
-    /// Why this worker is gone: it closed its socket, so it is exiting or
-    /// dead; its status says which.
-    fn death(self) -> ChildFailure {
-        let pid = self.spawned.pid();
-        drop(self.tasks);
-        match self.spawned.join_timeout(REAP) {
-            Err(Error::Child(failure)) => match *failure {
-                ChildFailure::Signaled(signal) => ChildFailure::WorkerDied {
-                    pid,
-                    signal: Some(signal),
-                    code: None,
-                },
-                ChildFailure::Exited(code) => ChildFailure::WorkerDied {
-                    pid,
-                    signal: None,
-                    code: Some(code),
-                },
-                other => other,
-            },
-            _ => ChildFailure::WorkerDied {
-                pid,
-                signal: None,
-                code: None,
-            },
-        }
-    }
-}
-
-/// How long the pool waits for a worker whose socket ended to be reaped.
-const REAP: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
+/// Its methods take `&self`: one pool can serve several threads at once.
 /// Dropping the pool kills its workers (Python's `terminate()` on leaving
-/// a `with` block); [`close`](Self::close) lets them finish and exit.
+/// a `with` block); [`close`](Self::close) then [`join`](Self::join) lets
+/// them finish what was submitted and exit.
 pub struct Pool {
-    workers: Vec<Worker>,
+    dispatch: Dispatch,
+    processes: usize,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("processes", &self.workers.len())
+            .field("processes", &self.processes)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-impl Pool {
-    /// Starts `processes` workers (at least one).
-    pub fn new(processes: usize) -> Result<Pool> {
-        if processes == 0 {
-            return Err(Error::InvalidArgument("a pool needs at least one process"));
+/// Sets up a [`Pool`]: its number of workers, an initializer, and how
+/// many tasks a worker runs before a fresh one replaces it.
+///
+/// ```
+/// fn connect(url: String) {
+///     // Python: Pool(initializer=connect, initargs=(url,)); runs once per worker.
+///     assert!(url.starts_with("db://"));
+/// }
+/// fn double(x: i32) -> i32 {
+///     2 * x
+/// }
+///
+/// fn main() -> ipc_core::Result<()> {
+///     ipc_core::spawn::init();
+///     let pool = ipc_pool::Pool::builder()
+///         .processes(2)
+///         .initializer(ipc_core::entry!(connect), &"db://here".to_string())
+///         .max_tasks_per_child(100)
+///         .build()?;
+///     assert_eq!(pool.map(ipc_core::entry!(double), [1, 2, 3])?, [2, 4, 6]);
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    processes: Option<usize>,
+    initializer: Option<Result<(String, Vec<u8>)>>,
+    max_tasks_per_child: Option<usize>,
+}
+
+impl Builder {
+    /// The number of worker processes; by default as many as the machine
+    /// has CPUs (Python's `os.cpu_count()`).
+    pub fn processes(mut self, processes: usize) -> Builder {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// An entry each worker runs once on `argument` before its first task
+    /// (Python's `initializer` and `initargs`). If it panics, the tasks
+    /// sent to that worker fail with its message.
+    pub fn initializer<A: Serialize>(mut self, entry: Entry<A, ()>, argument: &A) -> Builder {
+        let mut bytes = Vec::new();
+        self.initializer = Some(
+            codec::encode_into(argument, &mut bytes).map(|()| (entry.name().to_owned(), bytes)),
+        );
+        self
+    }
+
+    /// A worker exits after this many tasks and a fresh one takes its place
+    /// (Python's `maxtasksperchild`): a bound on what a task that leaks can
+    /// cost. By default workers live as long as the pool.
+    pub fn max_tasks_per_child(mut self, tasks: usize) -> Builder {
+        self.max_tasks_per_child = Some(tasks);
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(0) => return Err(Error::InvalidArgument("a pool needs at least one process")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_tasks_per_child must be at least 1",
+            ));
         }
+        let setup = Setup {
+            initializer: self.initializer.transpose()?,
+        };
         let workers = (0..processes)
-            .map(|_| Worker::start())
+            .map(|_| Worker::start(&setup))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Pool { workers })
+        Ok(Pool {
+            dispatch: Dispatch::start(workers, setup, self.max_tasks_per_child)?,
+            processes,
+            closed: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Pool {
+    /// Starts `processes` workers (at least one): `Pool::builder().processes(n).build()`.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A [`Builder`] for a pool with an initializer, a task limit per
+    /// worker or the default number of workers.
+    pub fn builder() -> Builder {
+        Builder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+        }
     }
 
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
-        self.workers.len()
+        self.processes
     }
 
     /// Runs `entry` on every item and returns the results in order
-    /// (Python's `map`), or the first task's error in item order.
+    /// (Python's `map`), or the first task's error in item order. The items
+    /// go to the workers in chunks, about four per worker (Python's rule);
+    /// [`chunksize`](Self::chunksize) sets another size.
     pub fn map<A, R>(
-        &mut self,
+        &self,
         entry: Entry<A, R>,
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<R>>
@@ -220,13 +219,13 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        self.map_each(entry, items)?.into_iter().collect()
+        self.chunked(None).map(entry, items)
     }
 
-    /// Runs `entry` on every item and returns each task's own result, in
-    /// item order: a task that failed does not hide the others.
+    /// Like [`map`](Self::map), with each task's own result: a task that
+    /// failed does not hide the others.
     pub fn map_each<A, R>(
-        &mut self,
+        &self,
         entry: Entry<A, R>,
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<Result<R>>>
@@ -234,175 +233,723 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let mut arguments = Vec::new();
-        let mut failed = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let mut bytes = Vec::new();
-            match codec::encode_into(&item, &mut bytes) {
-                Ok(()) => arguments.push((index, ByteBuf::from(bytes))),
-                Err(e) => failed.push((index, e)),
-            }
+        self.chunked(None).map_each(entry, items)
+    }
+
+    /// Runs `entry` on the items and yields the results in item order as
+    /// they come (Python's `imap`). The items are taken lazily, a few
+    /// chunks ahead of the results read, one task per chunk unless
+    /// [`chunksize`](Self::chunksize) says otherwise.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// fn main() -> ipc_core::Result<()> {
+    ///     ipc_core::spawn::init();
+    ///     let pool = ipc_pool::Pool::new(2)?;
+    ///     // An endless input: only what is read is computed.
+    ///     let mut squares = pool.imap(ipc_core::entry!(square), 0u64..);
+    ///     assert_eq!(squares.next().transpose()?, Some(0));
+    ///     assert_eq!(squares.nth(2).transpose()?, Some(9));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn imap<A, R, I>(&self, entry: Entry<A, R>, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.chunked(Some(1)).imap(entry, items)
+    }
+
+    /// Like [`imap`](Self::imap), yielding each result as soon as it is
+    /// ready, in any order (Python's `imap_unordered`).
+    pub fn imap_unordered<A, R, I>(&self, entry: Entry<A, R>, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.chunked(Some(1)).imap_unordered(entry, items)
+    }
+
+    /// The same methods with `chunksize` tasks sent to a worker at a time:
+    /// fewer round trips for many small tasks, a coarser balance for a few
+    /// long ones.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// fn main() -> ipc_core::Result<()> {
+    ///     ipc_core::spawn::init();
+    ///     let pool = ipc_pool::Pool::new(2)?;
+    ///     let squares: Vec<u64> = pool
+    ///         .chunksize(100)
+    ///         .imap(ipc_core::entry!(square), 0..1000u64)
+    ///         .collect::<ipc_core::Result<_>>()?;
+    ///     assert_eq!(squares[999], 998_001);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn chunksize(&self, chunksize: usize) -> Chunked<'_> {
+        self.chunked(Some(chunksize.max(1)))
+    }
+
+    fn chunked(&self, chunksize: Option<usize>) -> Chunked<'_> {
+        Chunked {
+            pool: self,
+            chunksize,
         }
-        let total = arguments.len() + failed.len();
-        let mut results: Vec<Option<Result<R>>> = (0..total).map(|_| None).collect();
-        for (index, e) in failed {
-            results[index] = Some(Err(e));
-        }
-        let chunksize = chunksize(arguments.len(), self.workers.len());
-        for (index, outcome) in self.run(entry, arguments, chunksize)? {
-            results[index] = Some(match outcome {
-                Ok(bytes) => codec::decode(&bytes),
-                Err(failure) => Err(Error::Child(Box::new(failure))),
-            });
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every task has an outcome"))
-            .collect())
     }
 
     /// Runs `entry` on `argument` in a worker and returns its result
     /// (Python's `apply`).
-    pub fn apply<A, R>(&mut self, entry: Entry<A, R>, argument: &A) -> Result<R>
+    pub fn apply<A, R>(&self, entry: Entry<A, R>, argument: &A) -> Result<R>
     where
         A: Serialize,
         R: DeserializeOwned,
     {
-        let mut bytes = Vec::new();
-        codec::encode_into(argument, &mut bytes)?;
-        let (_, outcome) = self
-            .run(entry, vec![(0, ByteBuf::from(bytes))], 1)?
-            .pop()
-            .expect("one task, one outcome");
-        match outcome {
-            Ok(bytes) => codec::decode(&bytes),
-            Err(failure) => Err(Error::Child(Box::new(failure))),
+        self.apply_async(entry, argument)?.get()
+    }
+
+    /// Starts `entry` on `argument` in a worker and returns at once with a
+    /// handle to its result (Python's `apply_async`; the `Future` of
+    /// `ProcessPoolExecutor.submit`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// fn main() -> ipc_core::Result<()> {
+    ///     ipc_core::spawn::init();
+    ///     let pool = ipc_pool::Pool::new(2)?;
+    ///     let pending: Vec<_> = (0..4u64)
+    ///         .map(|x| pool.apply_async(ipc_core::entry!(square), &x))
+    ///         .collect::<ipc_core::Result<_>>()?;
+    ///     let mut first = pending.into_iter();
+    ///     let mut one = first.next().unwrap();
+    ///     assert_eq!(one.get_timeout(Duration::from_secs(10))?, 0);
+    ///     assert_eq!(first.map(|p| p.get()).sum::<ipc_core::Result<u64>>()?, 14);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn apply_async<A, R>(&self, entry: Entry<A, R>, argument: &A) -> Result<AsyncResult<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.check_open()?;
+        let (submission, replies) = Submission::new();
+        let mut writer = ChunkWriter::new(entry.name(), 0);
+        writer.push(argument)?;
+        let piece = Piece {
+            submission: submission.clone(),
+            first: 0,
+            count: 1,
+            frame: writer.finish(),
+            attempts: 0,
+        };
+        self.dispatch.send(Command::Run(piece))?;
+        Ok(AsyncResult {
+            replies,
+            submission,
+            received: RefCell::new(None),
+            spent: false,
+            _result: PhantomData,
+        })
+    }
+
+    /// Takes no more tasks (Python's `close()`); what was submitted still
+    /// runs. Then [`join`](Self::join) waits for it and for the workers to
+    /// exit.
+    pub fn close(&self) -> Result<()> {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.dispatch.send(Command::Close)?;
         }
+        Ok(())
+    }
+
+    /// Waits until every submitted task has run and the workers have
+    /// exited (Python's `join()`); only after [`close`](Self::close).
+    pub fn join(mut self) -> Result<()> {
+        if !self.closed.load(Ordering::SeqCst) {
+            return Err(Error::InvalidArgument("join a pool only after close"));
+        }
+        self.dispatch.join();
+        Ok(())
     }
 
     /// Kills the workers at once (Python's `terminate()`); dropping the
-    /// pool does the same.
+    /// pool does the same. Tasks still pending fail with [`Error::Closed`].
     pub fn terminate(self) {
         drop(self);
     }
 
-    /// Lets the workers finish and exit (Python's `close()` then `join()`).
-    pub fn close(mut self) -> Result<()> {
-        for worker in self.workers.drain(..) {
-            drop(worker.tasks);
-            worker.spawned.join_timeout(REAP)?;
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(Error::InvalidArgument("the pool is closed"))
+        } else {
+            Ok(())
         }
-        Ok(())
-    }
-
-    /// Sends chunks of the tasks to idle workers and collects one outcome
-    /// per task, replacing workers that die.
-    fn run<A, R>(
-        &mut self,
-        entry: Entry<A, R>,
-        tasks: Vec<(usize, ByteBuf)>,
-        chunksize: usize,
-    ) -> Result<Vec<(usize, Outcome)>> {
-        let name = entry.name().to_owned();
-        let mut queue: VecDeque<(usize, ByteBuf)> = tasks.into();
-        let mut outcomes = Vec::with_capacity(queue.len());
-        let total = queue.len();
-        while outcomes.len() < total {
-            for worker in self.workers.iter_mut().filter(|w| w.pending.is_empty()) {
-                let take = chunksize.min(queue.len());
-                if take == 0 {
-                    break;
-                }
-                let chunk: Vec<(usize, ByteBuf)> = queue.drain(..take).collect();
-                let frame = Chunk {
-                    entry: name.clone(),
-                    arguments: chunk.iter().map(|(_, a)| a.clone()).collect(),
-                };
-                worker.pending.extend(chunk);
-                // A worker that died is found by the wait below.
-                // A worker that died is found by the wait below.
-                let _ = worker.tasks.send(&frame);
-            }
-            let busy: Vec<usize> = (0..self.workers.len())
-                .filter(|&i| !self.workers[i].pending.is_empty())
-                .collect();
-            // `wait` also reports a socket whose outcomes the connection
-            // has already read into its buffer.
-            let sockets: Vec<&dyn Waitable> = busy
-                .iter()
-                .map(|&i| &self.workers[i].tasks as &dyn Waitable)
-                .collect();
-            let ready = wait(&sockets, None)?;
-            drop(sockets);
-            for k in ready {
-                self.collect(busy[k], &mut queue, &mut outcomes)?;
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// Reads what worker `i` has to say: a task's outcome, or its end, in
-    /// which case the task it was running fails, the rest of its chunk goes
-    /// back to the front of the queue, and a new worker takes its place.
-    fn collect(
-        &mut self,
-        i: usize,
-        queue: &mut VecDeque<(usize, ByteBuf)>,
-        outcomes: &mut Vec<(usize, Outcome)>,
-    ) -> Result<()> {
-        let worker = &mut self.workers[i];
-        let garbage = match worker.tasks.recv_bytes() {
-            Ok(frame) => match codec::decode::<Vec<Outcome>>(&frame) {
-                Ok(answers) if answers.len() == worker.pending.len() => {
-                    for ((index, _), outcome) in worker.pending.drain(..).zip(answers) {
-                        outcomes.push((index, outcome));
-                    }
-                    return Ok(());
-                }
-                // Bytes no worker of ours sends: it is broken.
-                Ok(answers) => Some(ChildFailure::Codec(format!(
-                    "{} outcomes for a chunk of {} tasks",
-                    answers.len(),
-                    worker.pending.len()
-                ))),
-                Err(e) => Some(ChildFailure::Codec(e.to_string())),
-            },
-            // The socket ended: the worker died.
-            Err(e) if e.is_closed() => None,
-            // A frame over the size limit, or a socket error: the worker
-            // cannot be trusted any more either.
-            Err(e) => Some(ChildFailure::Codec(e.to_string())),
-        };
-        let replacement = Worker::start()?;
-        let mut dead = std::mem::replace(worker, replacement);
-        let pending: Vec<(usize, ByteBuf)> = std::mem::take(&mut dead.pending).into();
-        // The task it was running; a broken worker's whole chunk is lost
-        // with the frame, so its first task takes the blame.
-        let running = match garbage {
-            Some(_) => 0,
-            None => usize::try_from(dead.progress.get()).map_or(0, |p| p.min(pending.len() - 1)),
-        };
-        // A broken worker is killed when dropped; a dead one is reaped to
-        // learn how it died.
-        let failure = garbage.unwrap_or_else(|| dead.death());
-        // Tasks before it had run but their outcomes died with the worker:
-        // they run again (at least once), as do the ones after it.
-        let mut failed = None;
-        for (place, task) in pending.into_iter().enumerate().rev() {
-            if place == running {
-                failed = Some(task.0);
-            } else {
-                queue.push_front(task);
-            }
-        }
-        if let Some(index) = failed {
-            outcomes.push((index, Err(failure)));
-        }
-        Ok(())
     }
 }
 
-/// Python's rule: about four chunks per worker.
-fn chunksize(tasks: usize, workers: usize) -> usize {
+/// A [`Pool`] with a chunk size chosen by the caller, from
+/// [`Pool::chunksize`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked<'p> {
+    pool: &'p Pool,
+    /// `None`: Python's rule for `map`.
+    chunksize: Option<usize>,
+}
+
+impl<'p> Chunked<'p> {
+    /// [`Pool::map`] with this chunk size.
+    pub fn map<A, R>(self, entry: Entry<A, R>, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let decode = |reply: Reply| {
+            let mut results = Vec::with_capacity(reply.count);
+            let mut failed = None;
+            for_each_outcome(reply, |_, result| match result {
+                Ok(value) if failed.is_none() => results.push(value),
+                Ok(_) => {}
+                Err(e) => failed = failed.take().or(Some(e)),
+            });
+            failed.map_or(Ok(results), Err)
+        };
+        let runs = self.batch(entry, items, decode, |_, e| Err(e))?;
+        let mut results = Vec::new();
+        for run in runs {
+            results.extend(run?);
+        }
+        Ok(results)
+    }
+
+    /// [`Pool::map_each`] with this chunk size.
+    pub fn map_each<A, R>(
+        self,
+        entry: Entry<A, R>,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<Result<R>>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let decode = |reply: Reply| {
+            let mut results = Vec::with_capacity(reply.count);
+            for_each_outcome(reply, |_, result| results.push(result));
+            results
+        };
+        let fail = |count, e: Error| (0..count).map(|_| Err(copy_error(&e))).collect();
+        let runs = self.batch(entry, items, decode, fail)?;
+        Ok(runs.into_iter().flatten().collect())
+    }
+
+    /// Sends every item and gives what `decode` makes of each run of
+    /// results, in item order; `fail` makes the same of a run of tasks that
+    /// all failed with one error.
+    fn batch<A, R, T>(
+        self,
+        entry: Entry<A, R>,
+        items: impl IntoIterator<Item = A>,
+        decode: impl Fn(Reply) -> T,
+        fail: impl Fn(usize, Error) -> T,
+    ) -> Result<Vec<T>>
+    where
+        A: Serialize,
+    {
+        self.pool.check_open()?;
+        let items: Vec<A> = items.into_iter().collect();
+        let total = items.len();
+        let chunksize = self
+            .chunksize
+            .unwrap_or_else(|| python_chunksize(total, self.pool.processes));
+        let (submission, replies) = Submission::new();
+        let _withdraw = Withdraw(&submission);
+        let mut runs: Vec<(usize, T)> = Vec::new();
+        let mut outstanding = 0;
+        let mut items = items.into_iter();
+        let mut taken = 0;
+        while taken < total {
+            let sent = send_piece(
+                self.pool,
+                &submission,
+                entry.name(),
+                &mut items,
+                taken,
+                chunksize,
+            );
+            match sent.sent {
+                Ok(count) => outstanding += count,
+                Err((count, e)) => runs.push((taken, fail(count, e))),
+            }
+            if let Some((k, e)) = sent.unencodable {
+                runs.push((k, fail(1, e)));
+            }
+            taken += sent.taken;
+        }
+        while outstanding > 0 {
+            // The dispatcher answers every task, even when terminated.
+            let reply = replies.recv().map_err(|_| Error::Closed)?;
+            outstanding -= reply.count;
+            runs.push((reply.first, decode(reply)));
+        }
+        runs.sort_unstable_by_key(|(first, _)| *first);
+        Ok(runs.into_iter().map(|(_, run)| run).collect())
+    }
+
+    /// [`Pool::imap`] with this chunk size.
+    pub fn imap<A, R, I>(self, entry: Entry<A, R>, items: I) -> Imap<'p, I::IntoIter, R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.lazy(entry, items, true)
+    }
+
+    /// [`Pool::imap_unordered`] with this chunk size.
+    pub fn imap_unordered<A, R, I>(self, entry: Entry<A, R>, items: I) -> Imap<'p, I::IntoIter, R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.lazy(entry, items, false)
+    }
+
+    fn lazy<A, R, I>(self, entry: Entry<A, R>, items: I, ordered: bool) -> Imap<'p, I::IntoIter, R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let chunksize = self.chunksize.unwrap_or(1);
+        // Enough queued that no worker waits for the caller to read.
+        let window = chunksize * self.pool.processes * 2;
+        let mut tasks = Imap::new(
+            self.pool,
+            entry,
+            items.into_iter(),
+            chunksize,
+            window,
+            ordered,
+        );
+        if let Err(e) = self.pool.check_open() {
+            tasks.fail(e);
+        }
+        tasks
+    }
+}
+
+/// Python's rule for `map`: about four chunks per worker.
+fn python_chunksize(tasks: usize, workers: usize) -> usize {
     tasks.div_ceil(workers * 4).max(1)
+}
+
+/// A chunk is sent once its arguments take this many bytes, full or not.
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// The results of [`Pool::imap`] or [`Pool::imap_unordered`]: an iterator
+/// that sends items to the workers as results are read.
+///
+/// Dropping it stops sending items; tasks already sent still run.
+pub struct Imap<'p, I, R> {
+    pool: &'p Pool,
+    entry: &'static str,
+    /// `None` once every item was taken.
+    items: Option<I>,
+    chunksize: usize,
+    /// At most this many tasks sent and not yet answered.
+    window: usize,
+    /// Items taken so far: the next item's index.
+    taken: usize,
+    outstanding: usize,
+    submission: Arc<Submission>,
+    replies: Receiver<Reply>,
+    ordered: bool,
+    /// Ordered: the results from index `base` on, `None` where not yet
+    /// known. Unordered: results in the order they came.
+    ready: VecDeque<Option<Result<R>>>,
+    base: usize,
+}
+
+impl<I, R> std::fmt::Debug for Imap<'_, I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("entry", &self.entry)
+            .field("taken", &self.taken)
+            .field("outstanding", &self.outstanding)
+            .field("ordered", &self.ordered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, A, I, R> Imap<'p, I, R>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+    R: DeserializeOwned,
+{
+    fn new(
+        pool: &'p Pool,
+        entry: Entry<A, R>,
+        items: I,
+        chunksize: usize,
+        window: usize,
+        ordered: bool,
+    ) -> Self {
+        let (submission, replies) = Submission::new();
+        Imap {
+            pool,
+            entry: entry.name(),
+            items: Some(items),
+            chunksize,
+            window: window.max(chunksize),
+            taken: 0,
+            outstanding: 0,
+            submission,
+            replies,
+            ordered,
+            ready: VecDeque::new(),
+            base: 0,
+        }
+    }
+
+    /// Like [`next`](Iterator::next), waiting at most `timeout` for the
+    /// next result: `Some(Err(Error::Timeout))` if it is not there by then
+    /// (Python's `IMapIterator.next(timeout)`); the iterator goes on.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        self.next_until(Some(ipc_core::Deadline::after(timeout)))
+    }
+
+    fn next_until(&mut self, deadline: Option<ipc_core::Deadline>) -> Option<Result<R>> {
+        loop {
+            self.send_more();
+            if let Some(result) = self.take_ready() {
+                return Some(result);
+            }
+            if self.outstanding == 0 {
+                return None;
+            }
+            let reply = match deadline.map(|d| d.remaining()) {
+                None => self
+                    .replies
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(left) => self.replies.recv_timeout(left.unwrap_or(Duration::MAX)),
+            };
+            match reply {
+                Ok(reply) => self.absorb(reply),
+                Err(RecvTimeoutError::Timeout) => return Some(Err(Error::Timeout)),
+                // The pool was terminated: the rest is lost.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.outstanding = 0;
+                    self.items = None;
+                    self.ready.clear();
+                    return Some(Err(Error::Closed));
+                }
+            }
+        }
+    }
+
+    /// Takes items and sends them while fewer than `window` tasks are out.
+    fn send_more(&mut self) {
+        while self.outstanding < self.window {
+            let Some(items) = self.items.as_mut() else {
+                return;
+            };
+            let first = self.taken;
+            let sent = send_piece(
+                self.pool,
+                &self.submission,
+                self.entry,
+                items,
+                first,
+                self.chunksize,
+            );
+            if sent.taken == 0 {
+                self.items = None;
+                return;
+            }
+            self.taken += sent.taken;
+            match sent.sent {
+                Ok(count) => self.outstanding += count,
+                Err((count, e)) => {
+                    for k in first..first + count {
+                        self.put(k, Err(copy_error(&e)));
+                    }
+                }
+            }
+            if let Some((k, e)) = sent.unencodable {
+                self.put(k, Err(e));
+            }
+        }
+    }
+
+    /// Ends the iteration with `error` (a pool closed before it began).
+    fn fail(&mut self, error: Error) {
+        self.items = None;
+        self.ready.push_back(Some(Err(error)));
+    }
+
+    fn put(&mut self, index: usize, result: Result<R>) {
+        if self.ordered {
+            let k = index - self.base;
+            if self.ready.len() <= k {
+                self.ready.resize_with(k + 1, || None);
+            }
+            self.ready[k] = Some(result);
+        } else {
+            self.ready.push_back(Some(result));
+        }
+    }
+
+    fn take_ready(&mut self) -> Option<Result<R>> {
+        match self.ready.front() {
+            Some(Some(_)) => {
+                self.base += 1;
+                self.ready.pop_front().flatten()
+            }
+            _ => None,
+        }
+    }
+
+    fn absorb(&mut self, reply: Reply) {
+        self.outstanding -= reply.count;
+        let first = reply.first;
+        for_each_outcome(reply, |k, result| self.put(first + k, result));
+    }
+}
+
+impl<A, I, R> Iterator for Imap<'_, I, R>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+    R: DeserializeOwned,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        self.next_until(None)
+    }
+}
+
+impl<I, R> Drop for Imap<'_, I, R> {
+    fn drop(&mut self) {
+        self.submission.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What [`send_piece`] did.
+struct Sent {
+    /// Items taken: none once they are all taken.
+    taken: usize,
+    /// How many tasks went to the pool, or how many could not and why.
+    sent: std::result::Result<usize, (usize, Error)>,
+    /// The item that ended the piece because it cannot be encoded: its
+    /// index and why.
+    unencodable: Option<(usize, Error)>,
+}
+
+/// Takes up to `chunksize` items and sends them to the pool as one piece,
+/// its first task numbered `first`. An item that cannot be encoded ends
+/// the piece early and fails alone.
+fn send_piece<A: Serialize>(
+    pool: &Pool,
+    submission: &Arc<Submission>,
+    entry: &str,
+    items: &mut impl Iterator<Item = A>,
+    first: usize,
+    chunksize: usize,
+) -> Sent {
+    // Room for small arguments: growing a large frame copies it each time.
+    let capacity = chunksize.saturating_mul(16).min(CHUNK_BYTES);
+    let mut writer = ChunkWriter::new(entry, capacity);
+    let mut taken = 0;
+    let mut unencodable = None;
+    for item in items.take(chunksize) {
+        taken += 1;
+        if let Err(e) = writer.push(&item) {
+            unencodable = Some((first + taken - 1, e));
+            break;
+        }
+        if writer.bytes() >= CHUNK_BYTES {
+            break;
+        }
+    }
+    let count = writer.len();
+    let sent = if count == 0 {
+        Ok(0)
+    } else {
+        let piece = Piece {
+            submission: submission.clone(),
+            first,
+            count,
+            frame: writer.finish(),
+            attempts: 0,
+        };
+        pool.dispatch
+            .send(Command::Run(piece))
+            .map(|()| count)
+            .map_err(|e| (count, e))
+    };
+    Sent {
+        taken,
+        sent,
+        unencodable,
+    }
+}
+
+/// Decodes the outcomes of a reply's tasks, in order.
+fn for_each_outcome<R: DeserializeOwned>(reply: Reply, mut put: impl FnMut(usize, Result<R>)) {
+    let child = |failure: ChildFailure| Error::Child(Box::new(failure));
+    match reply.body {
+        Body::Outcomes(frame) => {
+            let mut read = 0;
+            for outcome in wire::outcomes(&frame).take(reply.count) {
+                let result = match outcome {
+                    Ok(outcome) => outcome.map_err(child).and_then(codec::decode),
+                    Err(e) => Err(e),
+                };
+                put(read, result);
+                read += 1;
+            }
+            // A frame cut short or garbled: the tasks it does not answer
+            // fail with the reason.
+            for k in read..reply.count {
+                let why = ChildFailure::Codec("a worker's outcomes are malformed".into());
+                put(k, Err(child(why)));
+            }
+        }
+        Body::Failed(failure) => (0..reply.count).for_each(|k| put(k, Err(child(failure.clone())))),
+        Body::Terminated => (0..reply.count).for_each(|k| put(k, Err(Error::Closed))),
+        Body::NoWorker(why) => (0..reply.count).for_each(|k| {
+            let message = format!("no pool worker could be started: {why}");
+            put(k, Err(Error::Io(std::io::Error::other(message))))
+        }),
+    }
+}
+
+/// An error for each of several tasks that one cause failed.
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Closed => Error::Closed,
+        other => Error::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+/// Withdraws a submission's tasks not yet sent to a worker when its caller
+/// returns.
+struct Withdraw<'a>(&'a Submission);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The pending result of [`Pool::apply_async`] (Python's `AsyncResult`).
+///
+/// Dropping it before the task was sent to a worker withdraws the task.
+pub struct AsyncResult<R> {
+    replies: Receiver<Reply>,
+    submission: Arc<Submission>,
+    received: RefCell<Option<Reply>>,
+    /// Whether [`get_timeout`](Self::get_timeout) gave the result.
+    spent: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("received", &self.received.borrow().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Whether the task has finished (Python's `ready()`).
+    pub fn ready(&self) -> bool {
+        self.wait_timeout(Duration::ZERO)
+    }
+
+    /// Waits at most `timeout` for the task to finish, and says whether it
+    /// has (Python's `wait(timeout)`).
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        if self.received.borrow().is_some() || self.spent {
+            return true;
+        }
+        let reply = if timeout.is_zero() {
+            self.replies.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            self.replies.recv_timeout(timeout)
+        };
+        match reply {
+            Ok(reply) => {
+                *self.received.borrow_mut() = Some(reply);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            // The pool is gone: `get` says so at once.
+            Err(RecvTimeoutError::Disconnected) => true,
+        }
+    }
+
+    /// Waits for the result (Python's `get()`): the task's value, or why
+    /// there is none ([`Error::Child`] for a panic or a dead worker,
+    /// [`Error::Closed`] if the pool was terminated first).
+    pub fn get(self) -> Result<R> {
+        let received = self.received.borrow_mut().take();
+        match received {
+            Some(reply) => decode_one(reply),
+            None if self.spent => Err(Error::Closed),
+            None => self
+                .replies
+                .recv()
+                .map_err(|_| Error::Closed)
+                .and_then(decode_one),
+        }
+    }
+
+    /// Waits at most `timeout` for the result (Python's `get(timeout)`):
+    /// [`Error::Timeout`] leaves the task running and the handle usable.
+    /// Once it gave the result, the handle is spent and gives
+    /// [`Error::Closed`].
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        if !self.wait_timeout(timeout) {
+            return Err(Error::Timeout);
+        }
+        let received = self.received.borrow_mut().take();
+        match received {
+            Some(reply) => {
+                self.spent = true;
+                decode_one(reply)
+            }
+            None => Err(Error::Closed),
+        }
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        self.submission.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+fn decode_one<R: DeserializeOwned>(reply: Reply) -> Result<R> {
+    let mut result = None;
+    for_each_outcome(reply, |_, r| result = Some(r));
+    result.unwrap_or(Err(Error::Closed))
 }

@@ -1,7 +1,12 @@
-//! The pool across real worker processes: map and apply, a worker killed
-//! in the middle of a task (that task alone fails, with the worker and the
-//! signal; every other task completes and the pool keeps working), a task
-//! that panics, and a parent with other threads.
+//! The pool across real worker processes: map and apply, imap in and out of
+//! order, apply_async, an initializer, a task limit per worker, a worker
+//! killed in the middle of a task (that task alone fails, with the worker
+//! and the signal; every other task completes and the pool keeps working),
+//! one killed while idle, one that sends garbage, a task that panics,
+//! terminate, and a parent with other threads.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use ipc_core::spawn::ChildFailure;
 use ipc_core::Error;
@@ -34,7 +39,7 @@ fn square_or_panic(x: u64) -> u64 {
 fn map_and_apply_run_in_the_workers() {
     // Another thread in the parent is no obstacle: workers are spawned.
     let beside = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(100)));
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     assert_eq!(pool.processes(), 2);
     let squares = pool.map(ipc_core::entry!(square), 0..100u64).unwrap();
     assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
@@ -44,12 +49,13 @@ fn map_and_apply_run_in_the_workers() {
         .unwrap()
         .is_empty());
     pool.close().unwrap();
+    pool.join().unwrap();
     beside.join().unwrap();
 }
 
 #[test]
 fn a_worker_killed_mid_task_fails_that_task_alone() {
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     let results = pool
         .map_each(ipc_core::entry!(square_or_die), 0..40u64)
         .unwrap();
@@ -92,7 +98,7 @@ fn a_worker_killed_mid_task_fails_that_task_alone() {
 
 #[test]
 fn a_panicking_task_fails_alone_with_its_message() {
-    let mut pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2).unwrap();
     let results = pool
         .map_each(ipc_core::entry!(square_or_panic), 0..10u64)
         .unwrap();
@@ -107,4 +113,184 @@ fn a_panicking_task_fails_alone_with_its_message() {
         }
     }
     assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
+}
+
+fn worker_pid(_: u64) -> u32 {
+    std::process::id()
+}
+
+/// Waits for the event named in the task to be set, then returns `x`: lets
+/// a test hold a task in a worker until it chooses.
+fn held(task: (u64, String)) -> u64 {
+    let release = ipc_shm::Event::open(&task.1).unwrap();
+    assert!(
+        release.wait_timeout(Duration::from_secs(20)),
+        "never released"
+    );
+    task.0
+}
+
+#[test]
+fn imap_yields_in_order_and_imap_unordered_as_ready() {
+    let pool = Pool::new(2).unwrap();
+    let squares: Vec<u64> = pool
+        .imap(ipc_core::entry!(square), 0..50u64)
+        .collect::<ipc_core::Result<_>>()
+        .unwrap();
+    assert_eq!(squares, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    // Unordered: the same results, as they come.
+    let mut any: Vec<u64> = pool
+        .chunksize(7)
+        .imap_unordered(ipc_core::entry!(square), 0..50u64)
+        .collect::<ipc_core::Result<_>>()
+        .unwrap();
+    any.sort_unstable();
+    assert_eq!(any, squares);
+    // Lazy: an endless input is taken only as far as it is read.
+    let mut endless = pool.imap(ipc_core::entry!(square), 0u64..);
+    assert_eq!(endless.nth(99).unwrap().unwrap(), 99 * 99);
+    drop(endless);
+    // A task that panics is an error in its place; the rest go on.
+    let results: Vec<_> = pool
+        .imap(ipc_core::entry!(square_or_panic), 3..8u64)
+        .collect();
+    assert!(
+        matches!(&results[2], Err(Error::Child(f)) if matches!(**f, ChildFailure::Panicked(_)))
+    );
+    assert_eq!(results[3].as_ref().unwrap(), &36);
+}
+
+#[test]
+fn apply_async_is_ready_when_its_task_is_done() {
+    let pool = Pool::new(2).unwrap();
+    let name = ipc_testkit::name();
+    let release = ipc_shm::Event::create(&name).unwrap();
+    let mut pending = pool
+        .apply_async(ipc_core::entry!(held), &(7, name.clone()))
+        .unwrap();
+    assert!(!pending.ready());
+    assert!(matches!(
+        pending.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
+    // The other worker is free meanwhile.
+    assert_eq!(pool.apply(ipc_core::entry!(square), &9).unwrap(), 81);
+    release.set();
+    assert_eq!(pending.get_timeout(Duration::from_secs(20)).unwrap(), 7);
+    assert!(pending.ready());
+    // A task still pending when the pool is terminated fails at once.
+    release.clear();
+    let orphan = pool
+        .apply_async(ipc_core::entry!(held), &(1, name))
+        .unwrap();
+    pool.terminate();
+    assert!(matches!(orphan.get(), Err(Error::Closed)));
+}
+
+static SETTING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+fn set_up(value: u64) {
+    SETTING.set(value).unwrap();
+}
+
+fn add_setting(x: u64) -> u64 {
+    x + SETTING.get().expect("the initializer ran first")
+}
+
+fn refuse_setup(_: u64) {
+    panic!("no database here");
+}
+
+#[test]
+fn an_initializer_runs_once_in_each_worker() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(ipc_core::entry!(set_up), &1000)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.map(ipc_core::entry!(add_setting), 0..20u64).unwrap()[19],
+        1019
+    );
+    // One that panics fails the tasks with its message, and no task hangs.
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(ipc_core::entry!(refuse_setup), &0)
+        .build()
+        .unwrap();
+    let results = pool.map_each(ipc_core::entry!(square), 0..3u64).unwrap();
+    for result in results {
+        assert!(
+            matches!(&result, Err(Error::Child(f)) if f.to_string().contains("no database here")),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_retires_after_its_task_limit() {
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    let pids = pool.map(ipc_core::entry!(worker_pid), 0..30u64).unwrap();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 10, "30 tasks, 3 per worker: {distinct:?}");
+    for pid in &distinct {
+        let ran = pids.iter().filter(|p| *p == pid).count();
+        assert!(ran <= 3, "worker {pid} ran {ran} tasks: {pids:?}");
+    }
+    assert!(matches!(
+        Pool::builder().max_tasks_per_child(0).build(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn an_idle_worker_killed_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let next = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+    assert_ne!(next, pid);
+}
+
+/// Writes a frame of garbage on every socket this worker has: the pool
+/// must take it for a broken worker.
+fn babble(x: u64) -> u64 {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    for fd in 3..64 {
+        let is_socket = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if is_socket {
+            // SAFETY: the descriptor is open (its /proc link exists); ManuallyDrop
+            // keeps it open for its owner.
+            let mut socket = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+            let _ = socket.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+        }
+    }
+    x
+}
+
+#[test]
+fn a_worker_that_sends_garbage_fails_its_task_and_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    let results = pool
+        .chunksize(1)
+        .map_each(ipc_core::entry!(babble), 0..1u64)
+        .unwrap();
+    assert!(
+        matches!(&results[0], Err(Error::Child(f)) if matches!(**f, ChildFailure::Codec(_))),
+        "{results:?}"
+    );
+    assert_eq!(
+        pool.map(ipc_core::entry!(square), 0..5u64).unwrap(),
+        [0, 1, 4, 9, 16]
+    );
 }

@@ -1,0 +1,564 @@
+//! The pool's dispatcher: a thread that owns the workers, hands queued
+//! chunks to idle ones, passes their outcomes on to the callers, and
+//! replaces a worker that dies or misbehaves.
+//!
+//! It waits in one [`ipc_core::wait`] call on everything that can happen:
+//! a new command from a caller (a byte on its wake socket), outcomes on any
+//! worker's socket, and the exit of any worker process (its pidfd), so a
+//! dead worker is noticed the moment it dies, with no polling.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ipc_core::spawn::ChildFailure;
+use ipc_core::{wait, Error, Result, Waitable};
+
+use crate::wire::{self, Chunk};
+use crate::worker::{Setup, Worker, NOT_STARTED, REAP};
+
+/// One caller's batch of tasks (a `map`, an `imap`, an `apply_async`):
+/// where its outcomes go, and whether the caller still wants them.
+pub(crate) struct Submission {
+    pub replies: Sender<Reply>,
+    pub cancelled: AtomicBool,
+}
+
+impl Submission {
+    /// A submission and the receiving end of its replies.
+    pub fn new() -> (Arc<Submission>, Receiver<Reply>) {
+        let (replies, received) = std::sync::mpsc::channel();
+        let submission = Submission {
+            replies,
+            cancelled: AtomicBool::new(false),
+        };
+        (Arc::new(submission), received)
+    }
+}
+
+/// A run of consecutive tasks of one submission, as one chunk frame.
+pub(crate) struct Piece {
+    pub submission: Arc<Submission>,
+    /// The place of its first task in the submission.
+    pub first: usize,
+    pub count: usize,
+    pub frame: Vec<u8>,
+    /// How many workers died holding it before it started.
+    pub attempts: u32,
+}
+
+/// Outcomes of `count` tasks of a submission, from task `first` on.
+pub(crate) struct Reply {
+    pub first: usize,
+    pub count: usize,
+    pub body: Body,
+}
+
+pub(crate) enum Body {
+    /// A worker's frame of outcomes (see [`wire::outcomes`]).
+    Outcomes(Vec<u8>),
+    /// Every task of the run failed this way.
+    Failed(ChildFailure),
+    /// No worker could be started to run them.
+    NoWorker(String),
+    /// The pool was terminated before they ran.
+    Terminated,
+}
+
+pub(crate) enum Command {
+    Run(Piece),
+    /// Run what is queued, then let the workers exit.
+    Close,
+    /// Kill the workers now.
+    Terminate,
+}
+
+/// The callers' side of the dispatcher.
+pub(crate) struct Dispatch {
+    commands: Sender<Command>,
+    wake: UnixStream,
+    sleeping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Dispatch {
+    /// Starts the dispatcher thread with the workers.
+    pub fn start(workers: Vec<Worker>, setup: Setup, max_tasks: Option<usize>) -> Result<Dispatch> {
+        let (commands, received) = std::sync::mpsc::channel();
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let mut dispatcher = Dispatcher {
+            slots: workers
+                .into_iter()
+                .map(|worker| Slot {
+                    worker: Some(worker),
+                    running: None,
+                })
+                .collect(),
+            queue: VecDeque::new(),
+            setup,
+            max_tasks,
+            commands: received,
+            woken,
+            sleeping: sleeping.clone(),
+            closing: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ipc-pool".into())
+            .spawn(move || dispatcher.run())?;
+        Ok(Dispatch {
+            commands,
+            wake,
+            sleeping,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a command to the dispatcher, waking it if it waits.
+    pub fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Closed)?;
+        // The dispatcher sets the flag, looks at the commands once more and
+        // only then waits: either it sees this command, or this sees the
+        // flag.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A full wake socket already holds a wake-up.
+            let _ = (&self.wake).write(&[1]);
+        }
+        Ok(())
+    }
+
+    /// Waits for the dispatcher to end (after [`Command::Close`] or
+    /// [`Command::Terminate`]).
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Dispatch {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Terminate);
+        self.join();
+    }
+}
+
+struct Slot {
+    /// `None` while a replacement could not be started.
+    worker: Option<Worker>,
+    running: Option<Running>,
+}
+
+/// The piece a worker is running and how many of its tasks it answered.
+struct Running {
+    piece: Piece,
+    answered: usize,
+}
+
+/// Why a worker is being replaced.
+enum Cause {
+    /// Its socket ended or its process exited.
+    Died,
+    /// It sent something no worker of ours sends.
+    Broken(ChildFailure),
+    /// It ran its share of tasks (`max_tasks_per_child`).
+    Retired,
+}
+
+struct Dispatcher {
+    slots: Vec<Slot>,
+    queue: VecDeque<Piece>,
+    setup: Setup,
+    max_tasks: Option<usize>,
+    commands: Receiver<Command>,
+    woken: UnixStream,
+    sleeping: Arc<AtomicBool>,
+    closing: bool,
+}
+
+/// What one entry of the wait list stands for.
+#[derive(Clone, Copy)]
+enum Ready {
+    Commands,
+    Socket(usize),
+    #[allow(dead_code)] // PIDFD
+    Exited(usize),
+}
+
+impl Dispatcher {
+    fn run(&mut self) {
+        loop {
+            if !self.take_commands() {
+                return self.terminate();
+            }
+            self.assign();
+            if self.closing
+                && self.queue.is_empty()
+                && self.slots.iter().all(|s| s.running.is_none())
+            {
+                self.exit_workers();
+                return;
+            }
+            self.sleeping.store(true, Ordering::SeqCst);
+            let before = self.queue.len();
+            if !self.take_commands() {
+                return self.terminate();
+            }
+            if self.queue.len() != before || self.closing {
+                self.sleeping.store(false, Ordering::SeqCst);
+                self.assign();
+            }
+            let ready = self.wait();
+            self.sleeping.store(false, Ordering::SeqCst);
+            for ready in ready {
+                match ready {
+                    Ready::Commands => {
+                        let mut sink = [0u8; 64];
+                        while matches!((&self.woken).read(&mut sink), Ok(n) if n > 0) {}
+                    }
+                    Ready::Socket(i) => self.read_worker(i),
+                    Ready::Exited(i) => {
+                        // Outcomes it sent before it died come first.
+                        let sent = self.slots[i]
+                            .worker
+                            .as_ref()
+                            .is_some_and(|w| w.tasks.poll(Duration::ZERO).unwrap_or(false));
+                        if sent {
+                            self.read_worker(i);
+                        } else if self.slots[i].worker.is_some() {
+                            self.replace(i, Cause::Died);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every command waiting; `false` once the pool is terminated.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Run(piece)) => self.queue.push_back(piece),
+                Ok(Command::Close) => self.closing = true,
+                Ok(Command::Terminate) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Waits for a command, outcomes, or a worker's exit.
+    fn wait(&self) -> Vec<Ready> {
+        let woken = self.woken.as_fd();
+        let mut objects: Vec<&dyn Waitable> = vec![&woken];
+        let mut meaning = vec![Ready::Commands];
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(worker) = &slot.worker {
+                objects.push(&worker.tasks);
+                meaning.push(Ready::Socket(i));
+                // PIDFD: objects.push(&worker.spawned);
+                // meaning.push(Ready::Exited(i));
+            }
+        }
+        match wait(&objects, None) {
+            Ok(ready) => {
+                // A worker's socket before its exit, so that an exit with
+                // outcomes sent is read once.
+                let mut ready: Vec<Ready> = ready.into_iter().map(|k| meaning[k]).collect();
+                let sockets: Vec<usize> = ready
+                    .iter()
+                    .filter_map(|r| match r {
+                        Ready::Socket(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect();
+                ready.retain(|r| !matches!(r, Ready::Exited(i) if sockets.contains(i)));
+                ready
+            }
+            // Not expected with valid descriptors; look again.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Hands queued pieces to idle workers.
+    fn assign(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.queue.is_empty() {
+                return;
+            }
+            if self.slots[i].running.is_some() {
+                continue;
+            }
+            if self.slots[i].worker.is_none() {
+                if let Err(e) = self.restart(i) {
+                    if self.slots.iter().all(|s| s.worker.is_none()) {
+                        self.fail_queue(&e.to_string());
+                    }
+                    continue;
+                }
+            }
+            let Some(mut piece) = self.next_piece() else {
+                return;
+            };
+            let worker = self.slots[i].worker.as_mut().expect("started above");
+            if let Some(max) = self.max_tasks {
+                let allowance = max.saturating_sub(worker.finished).max(1);
+                if piece.count > allowance {
+                    match split(piece, allowance) {
+                        Ok((head, tail)) => {
+                            self.queue.push_front(tail);
+                            piece = head;
+                        }
+                        Err(piece) => {
+                            reply(&piece, 0, piece.count, Body::Failed(piece_error()));
+                            continue;
+                        }
+                    }
+                }
+            }
+            worker.progress.set(NOT_STARTED);
+            // A worker that died is found by the wait.
+            let _ = worker.tasks.send_bytes(&piece.frame);
+            self.slots[i].running = Some(Running { piece, answered: 0 });
+        }
+    }
+
+    /// The first queued piece whose caller still wants it.
+    fn next_piece(&mut self) -> Option<Piece> {
+        while let Some(piece) = self.queue.pop_front() {
+            if !piece.submission.cancelled.load(Ordering::Relaxed) {
+                return Some(piece);
+            }
+        }
+        None
+    }
+
+    fn restart(&mut self, i: usize) -> Result<()> {
+        self.slots[i].worker = Some(Worker::start(&self.setup)?);
+        Ok(())
+    }
+
+    /// Fails every queued piece: no worker can be started.
+    fn fail_queue(&mut self, why: &str) {
+        for piece in self.queue.drain(..) {
+            reply(&piece, 0, piece.count, Body::NoWorker(why.to_owned()));
+        }
+    }
+
+    /// Reads what worker `i` sent: outcomes, or the end of its socket.
+    fn read_worker(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some(worker) = slot.worker.as_mut() else {
+            return;
+        };
+        let frame = match worker.tasks.recv_bytes() {
+            Ok(frame) => frame,
+            Err(e) if e.is_closed() => return self.replace(i, Cause::Died),
+            // Over the size limit, or a socket error: it cannot be trusted.
+            Err(e) => return self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string()))),
+        };
+        let Some(running) = slot.running.as_mut() else {
+            let why = ChildFailure::Codec("a worker sent outcomes while it had no tasks".into());
+            return self.replace(i, Cause::Broken(why));
+        };
+        let left = running.piece.count - running.answered;
+        let answered = match wire::outcome_count(&frame) {
+            Ok(count) if count > 0 && count <= left => count,
+            Ok(count) => {
+                let why = format!("{count} outcomes for {left} tasks");
+                return self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
+            }
+            Err(e) => return self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string()))),
+        };
+        reply(
+            &running.piece,
+            running.answered,
+            answered,
+            Body::Outcomes(frame),
+        );
+        running.answered += answered;
+        worker.finished += answered;
+        if running.answered == running.piece.count {
+            slot.running = None;
+            if self.max_tasks.is_some_and(|max| worker.finished >= max) {
+                self.replace(i, Cause::Retired);
+            }
+        }
+    }
+
+    /// Replaces worker `i`. The tasks of its piece it had not answered go
+    /// back to the front of the queue, except the one it was running when
+    /// it died (or the first one, if it sent garbage), which fails.
+    fn replace(&mut self, i: usize, cause: Cause) {
+        let slot = &mut self.slots[i];
+        let Some(worker) = slot.worker.take() else {
+            return;
+        };
+        let running = slot.running.take();
+        let place = worker.progress.get();
+        let failure = match cause {
+            Cause::Died => worker.death(),
+            Cause::Broken(failure) => Ok(failure),
+            Cause::Retired => {
+                drop(worker.tasks);
+                let _ = worker.spawned.join_timeout(REAP);
+                Ok(ChildFailure::Exited(0))
+            }
+        };
+        if let Some(Running { piece, answered }) = running {
+            self.fail_or_requeue(piece, answered, place, failure);
+        }
+        if !(self.closing && self.queue.is_empty()) {
+            // If it cannot start, `assign` tries again when there is work.
+            let _ = self.restart(i);
+        }
+    }
+
+    fn fail_or_requeue(
+        &mut self,
+        piece: Piece,
+        answered: usize,
+        place: u64,
+        failure: std::result::Result<ChildFailure, ChildFailure>,
+    ) {
+        let rest = if answered == 0 {
+            piece
+        } else {
+            match split(piece, answered) {
+                Ok((_, rest)) => rest,
+                Err(piece) => {
+                    return reply(
+                        &piece,
+                        answered,
+                        piece.count - answered,
+                        Body::Failed(piece_error()),
+                    )
+                }
+            }
+        };
+        let failure = match failure {
+            // The worker's own code failed (its initializer): every task
+            // sent to it fails with that.
+            Err(own) => return reply(&rest, 0, rest.count, Body::Failed(own)),
+            Ok(failure) => failure,
+        };
+        let running = usize::try_from(place)
+            .ok()
+            .filter(|&p| place != NOT_STARTED && p >= answered)
+            .map(|p| (p - answered).min(rest.count - 1));
+        let Some(running) = running else {
+            // It died before it started any of them.
+            let mut rest = rest;
+            rest.attempts += 1;
+            if rest.attempts >= MAX_ATTEMPTS {
+                reply(&rest, 0, rest.count, Body::Failed(failure));
+            } else {
+                self.queue.push_front(rest);
+            }
+            return;
+        };
+        reply(&rest, running, 1, Body::Failed(failure));
+        let count = rest.count;
+        let (before, after) = match around(rest, running) {
+            Ok(parts) => parts,
+            Err(rest) => {
+                // Not expected: the frame was ours. Fail the others too.
+                for k in (0..count).filter(|&k| k != running) {
+                    reply(&rest, k, 1, Body::Failed(piece_error()));
+                }
+                return;
+            }
+        };
+        // Before it in the queue, so the tasks keep their order.
+        for part in [after, before].into_iter().flatten() {
+            self.queue.push_front(part);
+        }
+    }
+
+    /// Fails every task not yet answered, so that no caller waits for it;
+    /// the workers are killed as they are dropped.
+    fn terminate(&mut self) {
+        for piece in self.queue.drain(..) {
+            reply(&piece, 0, piece.count, Body::Terminated);
+        }
+        for running in self.slots.iter_mut().filter_map(|s| s.running.take()) {
+            let left = running.piece.count - running.answered;
+            reply(&running.piece, running.answered, left, Body::Terminated);
+        }
+    }
+
+    /// Lets every worker finish and exit (after `close`).
+    fn exit_workers(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(worker) = slot.worker.take() {
+                drop(worker.tasks);
+                let _ = worker.spawned.join_timeout(REAP);
+            }
+        }
+    }
+}
+
+/// A piece whose workers all died before starting it fails after this many.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
+fn reply(piece: &Piece, from: usize, count: usize, body: Body) {
+    // A caller that stopped listening no longer wants them.
+    let _ = piece.submission.replies.send(Reply {
+        first: piece.first + from,
+        count,
+        body,
+    });
+}
+
+fn piece_error() -> ChildFailure {
+    ChildFailure::Codec("the pool could not split its own chunk".into())
+}
+
+/// Splits `piece` into its first `at` tasks and the rest.
+fn split(piece: Piece, at: usize) -> std::result::Result<(Piece, Piece), Piece> {
+    let split = Chunk::read(&piece.frame).and_then(|chunk| {
+        if at < chunk.count {
+            chunk.split(at)
+        } else {
+            Err(Error::InvalidArgument("a chunk split past its end"))
+        }
+    });
+    let Ok((head, tail)) = split else {
+        return Err(piece);
+    };
+    let part = |first: usize, count: usize, frame: Vec<u8>| Piece {
+        submission: piece.submission.clone(),
+        first,
+        count,
+        frame,
+        attempts: piece.attempts,
+    };
+    Ok((
+        part(piece.first, at, head),
+        part(piece.first + at, piece.count - at, tail),
+    ))
+}
+
+/// The tasks of `piece` before task `k` and after it, each `None` if empty.
+fn around(piece: Piece, k: usize) -> std::result::Result<(Option<Piece>, Option<Piece>), Piece> {
+    let count = piece.count;
+    let (before, rest) = if k == 0 {
+        (None, piece)
+    } else {
+        let (before, rest) = split(piece, k)?;
+        (Some(before), rest)
+    };
+    if k + 1 == count {
+        return Ok((before, None));
+    }
+    let (_, after) = split(rest, 1)?;
+    Ok((before, Some(after)))
+}

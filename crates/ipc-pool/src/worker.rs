@@ -1,0 +1,122 @@
+//! A worker process: its side (the loop it runs) and the pool's side (the
+//! process, its socket, its progress word and the chunk it is running).
+
+use std::os::unix::net::UnixStream;
+
+use ipc_core::process::{inherited, Process};
+use ipc_core::spawn::{ChildFailure, Runner, Spawned};
+use ipc_core::{Connection, Error, FdStream, Result};
+use ipc_shm::RawValue;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{self, Chunk, OutcomeWriter};
+
+/// The handle key of a worker's task socket.
+const TASKS: &str = "ipc-pool-tasks";
+/// The handle key of a worker's progress word.
+const PROGRESS: &str = "ipc-pool-progress";
+
+/// The progress word's value while a worker has not started its chunk.
+pub(crate) const NOT_STARTED: u64 = u64::MAX;
+
+/// What a worker is started with.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Setup {
+    /// An entry to run once before the first task, and its encoded
+    /// argument.
+    pub initializer: Option<(String, Vec<u8>)>,
+}
+
+/// The loop a worker runs: a chunk in, its outcomes out (in one frame, or
+/// several for a chunk with large results), until the pool closes the
+/// socket. Before each task it writes the task's place in the chunk to its
+/// progress word, so that if it dies the pool knows which task it was
+/// running.
+pub(crate) fn serve(setup: Setup) {
+    let (Ok(mut tasks), Ok(progress)) = (
+        inherited::<Connection<FdStream>>(TASKS),
+        inherited::<RawValue<u64>>(PROGRESS),
+    ) else {
+        return;
+    };
+    if let Some((name, argument)) = setup.initializer {
+        // The panic ends the worker, and the pool fails the chunk sent to
+        // it with the message.
+        if let Err(failure) =
+            Runner::find(&name).and_then(|r| r.run_into(&argument, &mut Vec::new()))
+        {
+            panic!("the pool's initializer failed: {failure}");
+        }
+    }
+    let mut outcomes = OutcomeWriter::new();
+    while let Ok(frame) = tasks.recv_bytes() {
+        let Ok(mut chunk) = Chunk::read(&frame) else {
+            return;
+        };
+        let runner = Runner::find(chunk.entry);
+        outcomes.clear();
+        for place in 0..chunk.count {
+            progress.set(place as u64);
+            let argument = chunk.next_argument();
+            outcomes.push(|out| {
+                let argument = argument.map_err(|e| ChildFailure::Codec(e.to_string()))?;
+                runner.clone()?.run_into(argument, out)
+            });
+            if place + 1 == chunk.count || outcomes.bytes() >= wire::FLUSH_BYTES {
+                if tasks.send_bytes(outcomes.frame()).is_err() {
+                    return;
+                }
+                outcomes.clear();
+            }
+        }
+    }
+}
+
+/// One worker process, seen from the pool.
+pub(crate) struct Worker {
+    pub spawned: Spawned<()>,
+    pub tasks: Connection<FdStream>,
+    /// Which task of its chunk the worker is running.
+    pub progress: RawValue<u64>,
+    /// Tasks it has finished (for `max_tasks_per_child`).
+    pub finished: usize,
+}
+
+impl Worker {
+    pub fn start(setup: &Setup) -> Result<Worker> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let tasks = Connection::new(FdStream::new(ours.into())?);
+        let theirs = Connection::new(FdStream::new(theirs.into())?);
+        let progress = RawValue::new(NOT_STARTED)?;
+        let spawned = Process::new()
+            .pass(TASKS, &theirs)?
+            .pass(PROGRESS, &progress)?
+            .spawn(ipc_core::entry!(serve), setup)?;
+        Ok(Worker {
+            spawned,
+            tasks,
+            progress,
+            finished: 0,
+        })
+    }
+
+    /// Why this worker is gone: it closed its socket, so it is exiting or
+    /// dead, and its status says which. `Ok` is a signal or an exit code;
+    /// `Err` is a failure of the worker's own code (its initializer).
+    pub fn death(self) -> std::result::Result<ChildFailure, ChildFailure> {
+        let pid = self.spawned.pid();
+        drop(self.tasks);
+        let died = |signal, code| ChildFailure::WorkerDied { pid, signal, code };
+        match self.spawned.join_timeout(REAP) {
+            Err(Error::Child(failure)) => match *failure {
+                ChildFailure::Signaled(signal) => Ok(died(Some(signal), None)),
+                ChildFailure::Exited(code) => Ok(died(None, Some(code))),
+                other => Err(other),
+            },
+            _ => Ok(died(None, None)),
+        }
+    }
+}
+
+/// How long the pool waits for a worker whose socket ended to be reaped.
+pub(crate) const REAP: std::time::Duration = std::time::Duration::from_secs(10);
