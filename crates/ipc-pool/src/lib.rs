@@ -11,12 +11,20 @@
 //!
 //! fn main() -> ipc_core::Result<()> {
 //!     ipc_core::spawn::init(); // a worker starts here
-//!     let mut pool = Pool::new(2)?; // Python: with Pool(2) as p:
+//!     let pool = Pool::new(2)?; // Python: with Pool(2) as p:
 //!     let squares = pool.map(ipc_core::entry!(square), 0..10)?; // p.map(square, range(10))
 //!     assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
 //!     Ok(())
 //! }
 //! ```
+//!
+//! | Python | ipc-pool |
+//! |---|---|
+//! | `Pool(4)` / `Pool(initializer=f, initargs=a, maxtasksperchild=n)` | [`Pool::new(4)`](Pool::new) / [`Pool::builder()`](Pool::builder) |
+//! | `p.map(f, xs)` / `p.map(f, xs, chunksize=k)` | [`pool.map(entry!(f), xs)`](Pool::map) / [`pool.chunksize(k).map(..)`](Pool::chunksize) |
+//! | `p.imap(f, xs)`, `p.imap_unordered(f, xs)` | [`pool.imap(..)`](Pool::imap), [`pool.imap_unordered(..)`](Pool::imap_unordered) |
+//! | `p.apply(f, (x,))`, `p.apply_async(f, (x,))` | [`pool.apply(..)`](Pool::apply), [`pool.apply_async(..)`](Pool::apply_async) → [`AsyncResult`] |
+//! | `p.close(); p.join()`, `p.terminate()` | [`pool.close()?; pool.join()?`](Pool::close), [`pool.terminate()`](Pool::terminate) or drop |
 //!
 //! # Workers
 //!
@@ -24,12 +32,12 @@
 //! ([`ipc_core::spawn`]): each is a fresh run of this program, so the pool
 //! is sound in a program with other threads (a tokio runtime beside it),
 //! and `ipc_core::spawn::init()` must be the first line of `main` (in a
-//! test crate, `ipc_core::spawn_harness!()`). Each worker has a socket of
-//! its own and a progress word in shared memory; the pool sends it a chunk
-//! of tasks (about four per worker, Python's rule) and reads back the
-//! chunk's results in one frame, waiting on every busy worker's socket at
-//! once ([`ipc_core::wait`]). A socket that ends means its worker died; its
-//! progress word says which task it was running.
+//! test crate, `ipc_core::spawn_harness!()`). A thread of the pool hands
+//! chunks of tasks to idle workers and waits, in one call, for outcomes on
+//! any worker's socket and for the exit of any worker, so tasks run while
+//! the caller does something else, and a dead worker is noticed at once.
+//! Each task's argument and result travel encoded with postcard
+//! ([`ipc_core::codec`]).
 //!
 //! # A worker that dies
 //!
@@ -37,22 +45,13 @@
 //! fails exactly that task, with [`ChildFailure::WorkerDied`] naming the
 //! worker and the signal; the rest of its chunk goes back to the queue, a
 //! replacement worker starts, and every other task completes. The tasks of
-//! that chunk that the worker had finished run again, as their results
-//! died with it: tasks run at least once, so a task a worker's death can
-//! interrupt should be safe to repeat. (Python's
-//! Pool waits for ever in this case, and `ProcessPoolExecutor` breaks the
-//! whole pool.) A task that panics fails alone with the panic message; a
-//! task whose argument or result cannot be encoded fails alone too.
-//!
-//! # Known limits
-//!
-//! * Every argument and result is encoded on its own inside a chunk: a
-//!   `map` of 100,000 trivial tasks on 2 workers takes about 24 ms, level
-//!   with Python's `Pool.map` (21-23 ms measured side by side), not yet
-//!   ahead of it. Encoding a chunk's arguments as one sequence is the next
-//!   step.
-//! * No `imap`, `imap_unordered`, `apply_async`, initializer or
-//!   `maxtasksperchild` yet.
+//! that chunk that the worker had finished but not yet reported run again,
+//! as their results died with it: tasks run at least once, so a task a
+//! worker's death can interrupt should be safe to repeat. (Python's Pool
+//! waits for ever in this case, and `ProcessPoolExecutor` breaks the whole
+//! pool.) A task that panics fails alone with the panic message; a task
+//! whose argument or result cannot be encoded fails alone too; a worker
+//! that sends garbage is replaced and its task fails.
 //!
 //! [`ChildFailure::WorkerDied`]: ipc_core::spawn::ChildFailure::WorkerDied
 #![deny(unsafe_code)]

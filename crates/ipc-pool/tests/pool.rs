@@ -294,3 +294,33 @@ fn a_worker_that_sends_garbage_fails_its_task_and_is_replaced() {
         [0, 1, 4, 9, 16]
     );
 }
+
+#[test]
+fn a_tokio_runtime_beside_the_pool_is_no_hazard() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    let (squares, one) = runtime.block_on({
+        let pool = pool.clone();
+        async move {
+            let mapped = tokio::task::spawn_blocking({
+                let pool = pool.clone();
+                move || pool.map(ipc_core::entry!(square), 0..1000u64)
+            });
+            let applied =
+                tokio::task::spawn_blocking(move || pool.apply(ipc_core::entry!(square), &7));
+            (mapped.await.unwrap(), applied.await.unwrap())
+        }
+    });
+    assert_eq!(squares.unwrap()[999], 999 * 999);
+    assert_eq!(one.unwrap(), 49);
+    // A worker that dies is replaced from the pool's own thread, beside
+    // the runtime's.
+    let died = pool
+        .map_each(ipc_core::entry!(square_or_die), 12..15u64)
+        .unwrap();
+    assert!(matches!(&died[1], Err(Error::Child(_))));
+    assert_eq!(pool.apply(ipc_core::entry!(square), &3).unwrap(), 9);
+}
