@@ -43,7 +43,28 @@ pub enum Kind {
     /// The parent writes `size` bytes of shared memory, the peer reads
     /// them all into a local buffer; one write + read is a "message".
     Bandwidth,
+    /// A child process is started with the start method of the
+    /// benchmark's [`Via`] and sends one message back; the time from the
+    /// call that starts it to the receipt of that message is recorded (the
+    /// child is then joined, untimed).
+    Start,
+    /// `map` of a trivial function (squaring a `u64`) over `size` items on
+    /// a pool of [`POOL_WORKERS`] workers; one map call is a "message", and
+    /// tasks per second are reported.
+    MapTrivial,
+    /// `map` over `size` items of a function that spins for [`BUSY`] of
+    /// its thread's CPU time, on a pool of [`POOL_WORKERS`] workers; one
+    /// measurement is one map call, compared with the ideal
+    /// ([`Benchmark::ideal`]).
+    MapBusy,
 }
+
+/// The workers of the pool benchmarks.
+pub const POOL_WORKERS: usize = 2;
+
+/// The CPU time each task of [`Kind::MapBusy`] spins for (on its
+/// thread's CPU clock, in Rust and Python alike).
+pub const BUSY: Duration = Duration::from_millis(5);
 
 /// What a benchmark goes over: this also picks its contenders, its floor
 /// and its Python reference (see `contenders::floor`).
@@ -63,6 +84,15 @@ pub enum Via {
     Queue,
     /// A queue between two producer and two consumer processes.
     Queue2,
+    /// A child started by re-executing the program (Python's `spawn`).
+    Spawn,
+    /// A child forked by a server process started earlier (Python's
+    /// `forkserver`).
+    Forkserver,
+    /// A child forked from the caller (Python's `fork`).
+    Fork,
+    /// A pool of worker processes.
+    Pool,
 }
 
 /// One benchmark: a kind, a message size and what it goes over.
@@ -71,7 +101,8 @@ pub struct Benchmark {
     /// What is measured.
     pub kind: Kind,
     /// The payload of each message, in bytes (for [`Kind::Increments`],
-    /// the number of processes incrementing).
+    /// the number of processes incrementing; for the map kinds, the number
+    /// of tasks per map call).
     pub size: usize,
     /// What it goes over.
     pub via: Via,
@@ -108,12 +139,18 @@ impl Benchmark {
             b(Kind::Throughput, 64, Via::Queue2),
             b(Kind::Throughput, 4 << 10, Via::Queue2),
             b(Kind::PingPong, 64, Via::Queue),
+            b(Kind::Start, 0, Via::Spawn),
+            b(Kind::Start, 0, Via::Forkserver),
+            b(Kind::Start, 0, Via::Fork),
+            b(Kind::MapTrivial, 100_000, Via::Pool),
+            b(Kind::MapBusy, 200, Via::Pool),
         ]);
         all
     }
 
     /// A short stable identifier, such as `ping-pong-8B`,
-    /// `throughput-1MiB`, `tcp-ping-pong-8B` or `shm-increments-2p`.
+    /// `throughput-1MiB`, `tcp-ping-pong-8B`, `shm-increments-2p`,
+    /// `fork-start` or `pool-map-200x5ms`.
     pub fn id(&self) -> String {
         let prefix = match self.via {
             Via::Pipe => "",
@@ -122,6 +159,10 @@ impl Benchmark {
             Via::Shm => "shm-",
             Via::Queue => "queue-",
             Via::Queue2 => "queue2x2-",
+            Via::Spawn => "spawn-",
+            Via::Forkserver => "forkserver-",
+            Via::Fork => "fork-",
+            Via::Pool => "pool-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
@@ -131,6 +172,9 @@ impl Benchmark {
             Kind::LockUnlock => "lock-unlock".to_owned(),
             Kind::Increments => format!("increments-{}p", self.size),
             Kind::Bandwidth => format!("write-read-{size}"),
+            Kind::Start => "start".to_owned(),
+            Kind::MapTrivial => format!("map-{}-trivial", count_label(self.size)),
+            Kind::MapBusy => format!("map-{}x{}ms", self.size, BUSY.as_millis()),
         };
         format!("{prefix}{rest}")
     }
@@ -139,13 +183,31 @@ impl Benchmark {
     pub fn warmup(&self, count: usize) -> usize {
         match self.kind {
             Kind::PingPong | Kind::Connect => (count / 10).clamp(10, 1000),
+            // One untimed start first: a forkserver started long ago, or
+            // caches cooled by other benchmarks, must not count.
+            Kind::Start => 1,
             _ => 0,
         }
     }
 
     /// Whether a smaller headline is better (a time rather than a rate).
     pub fn lower_is_better(&self) -> bool {
-        matches!(self.kind, Kind::PingPong | Kind::Connect | Kind::LockUnlock)
+        matches!(
+            self.kind,
+            Kind::PingPong | Kind::Connect | Kind::LockUnlock | Kind::Start
+        )
+    }
+
+    /// The most rounds this benchmark runs, if fewer than the run's: one
+    /// measurement of [`Kind::MapBusy`] takes half a second per contender.
+    pub fn max_rounds(&self, quick: bool) -> Option<usize> {
+        (self.kind == Kind::MapBusy).then_some(if quick { 3 } else { 9 })
+    }
+
+    /// The ideal time of one map call of [`Kind::MapBusy`]: the CPU time of
+    /// all its tasks spread evenly over the workers, with no overhead.
+    pub fn ideal(&self) -> Option<Duration> {
+        (self.kind == Kind::MapBusy).then(|| BUSY * self.size as u32 / POOL_WORKERS as u32)
     }
 
     /// The headline number of `sample` in this benchmark: the p50 in ns
@@ -175,6 +237,10 @@ impl fmt::Display for Benchmark {
             Via::Shm => "",
             Via::Queue => " (queue, 1 producer / 1 consumer)",
             Via::Queue2 => " (queue, 2 producers / 2 consumers)",
+            Via::Spawn => "spawn",
+            Via::Forkserver => "forkserver",
+            Via::Fork => "fork",
+            Via::Pool => "",
         };
         let size = size_label(self.size);
         match self.kind {
@@ -189,6 +255,21 @@ impl fmt::Display for Benchmark {
             Kind::Increments if self.size == 1 => write!(f, "Locked increments, 1 process"),
             Kind::Increments => write!(f, "Locked increments, {} processes", self.size),
             Kind::Bandwidth => write!(f, "Shared memory write + read across processes, {size}"),
+            Kind::Start => write!(
+                f,
+                "Process start latency (call → first message from the child), {over}"
+            ),
+            Kind::MapTrivial => write!(
+                f,
+                "Pool map, {} trivial tasks (a u64 squared), {POOL_WORKERS} workers",
+                count_label(self.size)
+            ),
+            Kind::MapBusy => write!(
+                f,
+                "Pool map, {} tasks of {} ms CPU each, {POOL_WORKERS} workers",
+                self.size,
+                BUSY.as_millis()
+            ),
         }
     }
 }
@@ -202,6 +283,21 @@ pub fn size_label(size: usize) -> String {
     } else {
         format!("{size} B")
     }
+}
+
+/// `100k`, `200`: a count of items, for ids and titles.
+pub fn count_label(n: usize) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Python's default chunksize for `map` of `items` items on `workers`
+/// workers: about four chunks per worker (`multiprocessing.Pool.map`).
+pub fn python_chunksize(items: usize, workers: usize) -> usize {
+    items.div_ceil(workers.max(1) * 4).max(1)
 }
 
 /// The result of one measurement by one contender.
@@ -361,8 +457,29 @@ mod tests {
             "queue-throughput-64B",
             "queue2x2-throughput-4KiB",
             "queue-ping-pong-64B",
+            "spawn-start",
+            "forkserver-start",
+            "fork-start",
+            "pool-map-100k-trivial",
+            "pool-map-200x5ms",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
         }
+        // `--bench fork-start` picks one benchmark.
+        assert_eq!(ids.iter().filter(|i| i.contains("fork-start")).count(), 1);
+    }
+
+    #[test]
+    fn python_rules() {
+        assert_eq!(python_chunksize(100_000, 2), 12_500);
+        assert_eq!(python_chunksize(200, 2), 25);
+        assert_eq!(python_chunksize(201, 2), 26);
+        assert_eq!(python_chunksize(0, 2), 1);
+        let busy = Benchmark {
+            kind: Kind::MapBusy,
+            size: 200,
+            via: Via::Pool,
+        };
+        assert_eq!(busy.ideal(), Some(Duration::from_millis(500)));
     }
 }

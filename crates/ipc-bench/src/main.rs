@@ -20,7 +20,9 @@
 //! and `chart.svg`; the Markdown is printed at the end.
 //!
 //! Started as `ipc-bench --peer NAME ...`, the program is the peer process
-//! of contender NAME (see [`contenders`]).
+//! of contender NAME (see [`contenders`]). Started by `ipc-core`'s spawn
+//! (a child of the start benchmarks, a pool worker), it runs its entry in
+//! `ipc_core::spawn::init()`, the first line of `main`, and exits there.
 #![forbid(unsafe_code)]
 
 mod affinity;
@@ -50,8 +52,11 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
                  unix-ping-pong-8B, tcp-throughput-1MiB, unix-connect,
                  shm-lock-unlock, shm-increments-2p, shm-write-read-64MiB,
                  queue-throughput-64B, queue2x2-throughput-4KiB,
-                 queue-ping-pong-64B,
+                 queue-ping-pong-64B, spawn-start, forkserver-start,
+                 fork-start, pool-map-100k-trivial, pool-map-200x5ms,
                  ...) contain one of IDS
+                 (pool-map-200x5ms runs at most 3 rounds with --quick, 9
+                 without: one measurement is one map call of about 0.5 s)
   --out DIR      write the results there instead of target/bench/
   --no-pin       leave ping-pong unpinned (by default both processes are
                  pinned to one CPU; see affinity.rs)
@@ -87,6 +92,9 @@ impl Options {
 }
 
 fn main() -> ExitCode {
+    // A spawned child (a start benchmark's, a pool worker) runs its entry
+    // here and exits.
+    ipc_core::spawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("--peer") => peer(&args[1..]),
@@ -272,12 +280,25 @@ fn run(options: &Options) -> Result {
         .iter()
         .map(|p| vec![Vec::new(); p.len()])
         .collect();
+    for bench in &benches {
+        if let Some(max) = bench.max_rounds(options.quick) {
+            if max < options.rounds {
+                notes.push(format!("{}: at most {max} rounds", bench.id()));
+            }
+        }
+    }
     let mut rounds = 0;
     while rounds < options.rounds {
         let round = rounds;
         let round_started = Instant::now();
         eprintln!("== round {} of {}", round + 1, options.rounds);
         for (b, &bench) in benches.iter().enumerate() {
+            if bench
+                .max_rounds(options.quick)
+                .is_some_and(|max| round >= max)
+            {
+                continue;
+            }
             let n = participants[b].len();
             for k in 0..n {
                 let j = (k + round) % n;
@@ -416,7 +437,18 @@ fn calibrate(
         Kind::Throughput => (8, 20_000_000),
         Kind::LockUnlock | Kind::Increments => (1000, 500_000_000),
         Kind::Bandwidth => (1, 1000),
+        Kind::Start => (5, 5000),
+        Kind::MapTrivial => (1, 1000),
+        Kind::MapBusy => (1, 1),
     };
+    // A fixed count: one run warms the contender up.
+    if min == max {
+        if let Err(e) = r.contender.run(bench, min, options.cpu(bench)) {
+            fail(r, bench, e, notes);
+            return None;
+        }
+        return Some(min);
+    }
     let target = options.target.as_secs_f64();
     // The fastest time per round trip or message seen in a long enough run.
     let mut best = f64::INFINITY;

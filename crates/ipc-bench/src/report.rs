@@ -79,6 +79,10 @@ pub struct Row {
     pub vs_floor: Option<Spread>,
     /// The same divided by Python's.
     pub vs_python: Option<Spread>,
+    /// Pool map of CPU-bound tasks: the time of one map call divided by
+    /// the ideal one ([`Benchmark::ideal`]); lower is better, 1 at best.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_vs_ideal: Option<Spread>,
     /// Every measurement, by round (`null` where it failed).
     pub samples: Vec<Option<Sample>>,
 }
@@ -110,7 +114,13 @@ impl BenchResult {
                 let headline = Some(Spread::of(row.iter().flatten().map(Sample::headline)));
                 let secondary = Some(Spread::of(row.iter().flatten().map(Sample::secondary)));
                 let score = Some(Spread::of(row.iter().flatten().map(|s| bench.score(s))));
-                let latency = matches!(bench.kind, Kind::PingPong | Kind::Connect);
+                let latency = matches!(bench.kind, Kind::PingPong | Kind::Connect | Kind::Start);
+                let vs_ideal = bench.ideal().map(|ideal| {
+                    Spread::of(row.iter().flatten().map(|s| {
+                        let maps = s.headline() / bench.size.max(1) as f64;
+                        1.0 / maps / ideal.as_secs_f64()
+                    }))
+                });
                 let per_op = bench.kind == Kind::LockUnlock;
                 Row {
                     contender: (*name).to_owned(),
@@ -122,6 +132,7 @@ impl BenchResult {
                     ns_per_op: score.filter(|_| per_op),
                     vs_floor: ratio(row, index(floor(&bench))),
                     vs_python: ratio(row, index(python(&bench))),
+                    time_vs_ideal: vs_ideal.filter(|_| row.iter().any(Option::is_some)),
                     samples: row.clone(),
                 }
             })
@@ -192,10 +203,12 @@ impl Report {
              of the contenders rotates each round). Values are the median over rounds with the min – max spread. \
              Ratios are taken round by round against the reference measured in the \
              same round: for ping-pong and connect, p50 divided by the reference's; \
-             for lock + unlock, ns per pair divided by the reference's (lower is \
-             better for both); for throughput, increments and write + read, \
-             messages, increments or passes per second divided by the reference's \
-             (higher is better). Each table names its floor and its Python reference."
+             for lock + unlock, ns per pair divided by the reference's; for \
+             process start, the p50 start latency divided by the reference's (lower \
+             is better for these); for throughput, increments, write + read and pool \
+             map, messages, increments, passes or tasks per second divided by the \
+             reference's (higher is better). Each table names its floor and its \
+             Python reference."
         );
         for b in &self.benchmarks {
             let _ = writeln!(md, "\n## {}\n", b.bench);
@@ -273,10 +286,49 @@ impl Report {
                         );
                     }
                 }
-                Kind::PingPong | Kind::Connect => {
+                Kind::MapTrivial | Kind::MapBusy => {
                     let _ = writeln!(
                         md,
-                        "| contender | p50 | p50 spread | p99 | p99 spread | p50 vs floor | p50 vs Python | round trips |"
+                        "| contender | time per map | spread | tasks/s | vs floor | vs Python | time vs ideal | maps |"
+                    );
+                    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
+                    let per_map = |tasks_per_s: f64| b.bench.size as f64 / tasks_per_s * 1e9;
+                    for r in &b.rows {
+                        let v = r.messages_per_s.unwrap_or_default();
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} | {} – {} | {} | {} | {} | {} | {} |",
+                            r.contender,
+                            ns(per_map(v.median)),
+                            ns(per_map(v.max)),
+                            ns(per_map(v.min)),
+                            rate(v.median),
+                            ratio(r.vs_floor),
+                            ratio(r.vs_python),
+                            ratio(r.time_vs_ideal),
+                            r.count
+                        );
+                    }
+                    if let Some(ideal) = b.bench.ideal() {
+                        let _ = writeln!(
+                            md,
+                            "\nIdeal: {} ({} tasks × {} ms of CPU / {} workers); time vs ideal is lower-is-better.",
+                            ns(ideal.as_nanos() as f64),
+                            b.bench.size,
+                            crate::bench::BUSY.as_millis(),
+                            crate::bench::POOL_WORKERS
+                        );
+                    }
+                }
+                Kind::PingPong | Kind::Connect | Kind::Start => {
+                    let count = if b.bench.kind == Kind::Start {
+                        "starts"
+                    } else {
+                        "round trips"
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| contender | p50 | p50 spread | p99 | p99 spread | p50 vs floor | p50 vs Python | {count} |"
                     );
                     let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
                     for r in &b.rows {
@@ -497,6 +549,30 @@ mod tests {
         assert!((vs.median - 1.1).abs() < 1e-9 && (vs.max - 1.1).abs() < 1e-9);
         assert!(other.vs_python.is_none());
         assert_eq!(other.p50_ns.unwrap().median, 16.5);
+    }
+
+    #[test]
+    fn busy_maps_are_compared_with_the_ideal() {
+        let bench = Benchmark {
+            kind: Kind::MapBusy,
+            size: 200,
+            via: Via::Pool,
+        };
+        // One map call of 200 tasks in 550 ms: 1.1 times the ideal 500 ms.
+        let map = Some(Sample::Throughput {
+            messages: 200,
+            size: 0,
+            elapsed_ns: 550e6,
+        });
+        let result = BenchResult::new(bench, &["ipc-pool Pool"], &[1], vec![vec![map]]);
+        let vs = result.rows[0].time_vs_ideal.unwrap();
+        assert!((vs.median - 1.1).abs() < 1e-9, "{vs:?}");
+        let trivial = Benchmark {
+            kind: Kind::MapTrivial,
+            ..bench
+        };
+        let result = BenchResult::new(trivial, &["ipc-pool Pool"], &[1], vec![vec![map]]);
+        assert!(result.rows[0].time_vs_ideal.is_none());
     }
 
     #[test]

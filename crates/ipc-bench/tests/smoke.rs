@@ -2,7 +2,9 @@
 //! contender must start its peer, answer every kind of benchmark it runs
 //! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
 //! bandwidth, queues 1/1 and 2/2 and their ping-pong, the batched pipe
-//! sender) and stop, and the three reports must be written.
+//! sender, process starts by every method, the trivial pool map) and stop,
+//! and the three reports must be written. (The 200 × 5 ms pool map runs
+//! the same contenders as the trivial one, for seconds: it is left out.)
 
 use std::process::Command;
 
@@ -15,7 +17,8 @@ fn every_contender_runs_and_reports() {
             "--rounds",
             "1",
             "--bench",
-            "ping-pong-8B,throughput-64KiB,connect,shm,throughput-64B,queue-ping-pong",
+            "ping-pong-8B,throughput-64KiB,connect,shm,throughput-64B,queue-ping-pong,\
+             start,pool-map-100k",
         ])
         .arg("--out")
         .arg(&out)
@@ -44,6 +47,12 @@ fn every_contender_runs_and_reports() {
         "POSIX mq",
         "ipc-queue bytes",
         "python Queue",
+        "std Command (exec)",
+        "ipc-core Process",
+        "python Process",
+        "std threads (in-process)",
+        "ipc-pool Pool",
+        "python Pool",
     ] {
         assert!(md.contains(&format!("| {name} |")), "{name} missing:\n{md}");
     }
@@ -61,6 +70,10 @@ fn every_contender_runs_and_reports() {
         "queue-throughput-64B",
         "queue2x2-throughput-64B",
         "queue-ping-pong-64B",
+        "spawn-start",
+        "forkserver-start",
+        "fork-start",
+        "pool-map-100k-trivial",
     ] {
         assert!(json.contains(&format!("\"{id}\"")), "{id} missing");
     }

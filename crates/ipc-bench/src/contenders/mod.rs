@@ -20,11 +20,13 @@
 
 pub mod ipc_channel;
 pub mod pipe;
+pub mod pool;
 pub mod python;
 pub mod queue;
 pub mod raw;
 pub mod shm;
 pub mod socket;
+pub mod start;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,6 +46,8 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::Shm, Kind::Bandwidth) => shm::MEMCPY,
         (Via::Shm, _) => shm::MUTEX,
         (Via::Queue | Via::Queue2, _) => queue::MQ,
+        (Via::Spawn | Via::Forkserver | Via::Fork, _) => start::EXEC,
+        (Via::Pool, _) => pool::THREADS,
     }
 }
 
@@ -54,6 +58,8 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Unix | Via::Tcp => python::SOCKET,
         Via::Shm => python::SHM,
         Via::Queue | Via::Queue2 => python::QUEUE,
+        Via::Spawn | Via::Forkserver | Via::Fork => python::START,
+        Via::Pool => python::POOL,
     }
 }
 
@@ -148,6 +154,12 @@ pub fn registry() -> Vec<Entry> {
         queue::mq_entry(),
         queue::entry(),
         python::queue_entry(),
+        start::exec_entry(),
+        start::ours_entry(),
+        python::start_entry(),
+        pool::threads_entry(),
+        pool::entry(),
+        python::pool_entry(),
     ]
 }
 

@@ -8,7 +8,10 @@
 //! - `shm_bench.py`: `multiprocessing.Lock`, `Value('Q')` with its lock,
 //!   and `multiprocessing.shared_memory.SharedMemory`;
 //! - `queue_bench.py`: `multiprocessing.Queue()` with `put` / `get` of
-//!   `bytes`.
+//!   `bytes`;
+//! - `start_bench.py`: `multiprocessing.get_context(method).Process`
+//!   started with each of `spawn`, `forkserver` and `fork`;
+//! - `pool_bench.py`: `multiprocessing.Pool(processes).map`.
 //!
 //! A script runs in `--serve` mode: it reads one command a line on stdin
 //! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
@@ -17,6 +20,8 @@
 //! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT` for
 //! shared memory; `throughput SIZE COUNT PRODUCERS` and
 //! `pingpong SIZE WARMUP COUNT CPU OTHER_CPU` for the queue;
+//! `start METHOD WARMUP COUNT` for process starts; `map-square PROCESSES
+//! TASKS COUNT` and `map-busy PROCESSES TASKS MS COUNT` for the pool;
 //! `quit`; CPU is the one to pin both processes to, or -1) and answers
 //! each with one JSON line in the form of a [`Sample`].
 
@@ -26,7 +31,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use super::{Contender, Entry};
-use crate::bench::{Benchmark, Kind, Result, Sample, Via};
+use crate::bench::{Benchmark, Kind, Result, Sample, Via, BUSY, POOL_WORKERS};
 
 /// Name of the Pipe contender.
 pub const NAME: &str = "python Pipe";
@@ -39,6 +44,42 @@ pub const SHM: &str = "python shm";
 
 /// Name of the Queue contender.
 pub const QUEUE: &str = "python Queue";
+
+/// Name of the process start contender.
+pub const START: &str = "python Process";
+
+/// Name of the Pool contender.
+pub const POOL: &str = "python Pool";
+
+/// The registry entry of the process start contender.
+pub fn start_entry() -> Entry {
+    Entry {
+        name: START,
+        about: "CPython `ctx = multiprocessing.get_context(method)` for the benchmark's start \
+                method; `a, b = ctx.Pipe()` (untimed), then timed from \
+                `ctx.Process(target=f, args=(b,)).start()` to `a.recv_bytes()` of the one \
+                byte `f` sends; then `join()` (untimed). The forkserver's server is \
+                started by the calibration runs, before any measurement",
+        start: || start("start_bench.py"),
+        peer: None,
+        runs: |b| b.kind == Kind::Start,
+    }
+}
+
+/// The registry entry of the Pool contender.
+pub fn pool_entry() -> Entry {
+    Entry {
+        name: POOL,
+        about: "CPython `multiprocessing.Pool(2)` (default start method: fork up to \
+                Python 3.13), made before the first measurement and kept; one measurement \
+                is `count` calls of `pool.map(f, range(n))` (default chunksize), `f` \
+                squaring its argument or spinning until `time.thread_time_ns()` has \
+                advanced 5 ms",
+        start: || start("pool_bench.py"),
+        peer: None,
+        runs: |b| b.via == Via::Pool,
+    }
+}
 
 /// The registry entry of the Queue contender.
 pub fn queue_entry() -> Entry {
@@ -162,6 +203,12 @@ impl Contender for Python {
             .ok()
             .and_then(crate::affinity::other_cpu)
             .map_or(-1, |c| c as i64);
+        let method = match bench.via {
+            Via::Spawn => "spawn",
+            Via::Forkserver => "forkserver",
+            Via::Fork => "fork",
+            _ => "",
+        };
         match (bench.via, bench.kind) {
             (Via::Queue | Via::Queue2, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
@@ -181,6 +228,15 @@ impl Contender for Python {
                     writeln!(self.stdin, "increments {size} {count} {cpu} {other}")?
                 }
                 Kind::Bandwidth => writeln!(self.stdin, "bandwidth {size} {count}")?,
+                Kind::Start => writeln!(self.stdin, "start {method} {warmup} {count}")?,
+                Kind::MapTrivial => {
+                    writeln!(self.stdin, "map-square {POOL_WORKERS} {size} {count}")?
+                }
+                Kind::MapBusy => writeln!(
+                    self.stdin,
+                    "map-busy {POOL_WORKERS} {size} {} {count}",
+                    BUSY.as_millis()
+                )?,
             },
         }
         self.stdin.flush()?;
