@@ -31,6 +31,7 @@ pub mod codec;
 mod connection;
 mod deadline;
 mod error;
+pub mod forkserver;
 pub mod frame;
 pub mod process;
 pub mod spawn;

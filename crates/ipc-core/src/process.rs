@@ -222,11 +222,7 @@ impl Process {
                 return Err(Error::ThreadedFork { threads });
             }
         }
-        let mut keep: Vec<RawFd> = self
-            .passed
-            .iter()
-            .flat_map(|p| p.originals.iter().copied())
-            .collect();
+        let mut keep = self.originals();
         keep.sort_unstable();
         keep.dedup();
         let replace: Vec<RawFd> = open_descriptors()?
@@ -283,8 +279,39 @@ impl Process {
     /// # Ok(()) }
     /// ```
     pub fn exec(self, mut command: Command) -> Result<Child> {
-        let mut fds = Vec::new();
+        let fds: Vec<RawFd> = self.descriptors().map(|fd| fd.as_raw_fd()).collect();
+        command.env(HANDLES_ENV, self.handle_spec(|i| fds[i])?);
+        sys::inherit_across_exec(&mut command, fds);
+        let std_child = command.spawn()?;
+        let pid = std_child.id() as libc::pid_t;
+        // Our duplicates are dropped with `self` here; the child has its own.
+        Child::adopt(pid, Some(std_child))
+    }
+
+    /// Our duplicates of every passed descriptor, handle after handle: what
+    /// an exec'd child inherits, or a forkserver's child receives.
+    pub(crate) fn descriptors(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.passed
+            .iter()
+            .flat_map(|p| p.duplicates.iter().map(|fd| fd.as_fd()))
+    }
+
+    /// The descriptor numbers the passed objects themselves use, in the
+    /// order of [`descriptors`](Self::descriptors): what a forked child
+    /// keeps open.
+    fn originals(&self) -> Vec<RawFd> {
+        self.passed
+            .iter()
+            .flat_map(|p| p.originals.iter().copied())
+            .collect()
+    }
+
+    /// The handle table as [`HANDLES_ENV`] carries it, the `i`th passed
+    /// descriptor (in the order of [`descriptors`](Self::descriptors))
+    /// written as the number `number(i)` it has in the child.
+    pub(crate) fn handle_spec(&self, number: impl Fn(usize) -> RawFd) -> Result<String> {
         let mut spec = String::new();
+        let mut index = 0;
         for passed in &self.passed {
             if !spec.is_empty() {
                 spec.push(';');
@@ -298,7 +325,8 @@ impl Process {
                 .iter()
                 .map(|fd| {
                     let (dev, ino) = identity(fd.as_fd())?;
-                    Ok(format!("{}.{dev}.{ino}", fd.as_raw_fd()))
+                    index += 1;
+                    Ok(format!("{}.{dev}.{ino}", number(index - 1)))
                 })
                 .collect::<Result<Vec<String>>>()?;
             spec.push_str(&format!(
@@ -307,14 +335,21 @@ impl Process {
                 numbers.join(","),
                 passed.text
             ));
-            fds.extend(passed.duplicates.iter().map(|fd| fd.as_raw_fd()));
         }
-        command.env(HANDLES_ENV, spec);
-        sys::inherit_across_exec(&mut command, fds);
-        let std_child = command.spawn()?;
-        let pid = std_child.id() as libc::pid_t;
-        // Our duplicates are dropped with `self` here; the child has its own.
-        Child::adopt(pid, Some(std_child))
+        Ok(spec)
+    }
+
+    /// Forks a child that takes its handles back with [`inherited`], as an
+    /// exec'd child does, and then runs `body`: the fork start method of
+    /// registered entries. Refused beside other threads as
+    /// [`fork`](Self::fork) is.
+    pub(crate) fn fork_with_handles(self, body: impl FnOnce() -> i32) -> Result<Child> {
+        let originals = self.originals();
+        let spec = self.handle_spec(|i| originals[i])?;
+        self.fork(move || {
+            install_handles(&spec, Some);
+            body()
+        })
     }
 }
 
@@ -419,6 +454,24 @@ pub fn parse_handles_for_fuzzing(spec: &str) -> Vec<ParsedEntry> {
     entries
 }
 
+/// Makes `spec` (as [`HANDLES_ENV`] carries it) the handle table
+/// [`inherited`] takes from, in a child that was not exec'd: each number in
+/// it is mapped through `number`, and an entry with a number that maps to
+/// nothing is left out. Descriptors the table names are owned by it.
+pub(crate) fn install_handles(spec: &str, number: impl Fn(RawFd) -> Option<RawFd>) {
+    let mut table = parse_handles(spec);
+    table.retain(|_, (fds, _)| {
+        fds.iter_mut().all(|fd| match number(fd.fd) {
+            Some(mapped) => {
+                fd.fd = mapped;
+                true
+            }
+            None => false,
+        })
+    });
+    *INHERITED.lock().unwrap_or_else(|e| e.into_inner()) = Some(table);
+}
+
 /// Takes the handle the parent passed under `key` and rebuilds the object.
 /// Each handle can be taken once; a missing one, or one whose descriptor is
 /// no longer the file the parent passed, is [`Error::NotFound`].
@@ -475,6 +528,17 @@ pub struct Child {
     pidfd: OwnedFd,
     status: Option<ExitStatus>,
     std_child: Option<std::process::Child>,
+    reaper: Reaper,
+}
+
+/// Who reaps a child and learns its exit status.
+#[derive(Debug)]
+enum Reaper {
+    /// This process: the child is ours.
+    Us,
+    /// The forkserver that forked it, which writes the raw wait status (an
+    /// `i32`, native endian) to this socket once it has reaped the child.
+    Forkserver(OwnedFd),
 }
 
 impl Child {
@@ -485,6 +549,7 @@ impl Child {
                 pidfd,
                 status: None,
                 std_child,
+                reaper: Reaper::Us,
             }),
             Err(e) => {
                 // Without a pidfd we cannot manage the child safely: end it.
@@ -492,6 +557,19 @@ impl Child {
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
                 Err(e.into())
             }
+        }
+    }
+
+    /// A child a forkserver forked and reaps: its pid, a pidfd the server
+    /// opened before it could be reaped, and the socket its exit status
+    /// arrives on.
+    pub(crate) fn served(pid: libc::pid_t, pidfd: OwnedFd, status: OwnedFd) -> Child {
+        Child {
+            pid,
+            pidfd,
+            status: None,
+            std_child: None,
+            reaper: Reaper::Forkserver(status),
         }
     }
 
@@ -509,7 +587,7 @@ impl Child {
     /// Waits up to `timeout` for the child to exit; `None` if it is still
     /// running then.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() && !poll_readable(self.pidfd.as_fd(), Deadline::after(timeout))? {
+        if self.status.is_none() && !poll_readable(self.wait_fd(), Deadline::after(timeout))? {
             return Ok(None);
         }
         self.reap(WaitPidFlag::WNOHANG)
@@ -569,16 +647,23 @@ impl Child {
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
-        let raw = loop {
-            match nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(flags)) {
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-                Ok(WaitStatus::StillAlive) => return Ok(None),
-                Ok(WaitStatus::Exited(_, code)) => break (code & 0xff) << 8,
-                Ok(WaitStatus::Signaled(_, signal, core)) => {
-                    break (signal as i32) | if core { 0x80 } else { 0 }
+        let raw = match &self.reaper {
+            Reaper::Us => match wait_raw(self.pid, flags)? {
+                Some(raw) => raw,
+                None => return Ok(None),
+            },
+            Reaper::Forkserver(socket) => {
+                if flags.contains(WaitPidFlag::WNOHANG)
+                    && !poll_readable(socket.as_fd(), Deadline::Now)?
+                {
+                    return Ok(None);
                 }
-                Ok(_) => continue,
+                read_reported_status(socket.as_fd()).ok_or_else(|| {
+                    Error::Io(std::io::Error::other(format!(
+                        "the forkserver ended before it reported how child {} exited",
+                        self.pid
+                    )))
+                })?
             }
         };
         let status = ExitStatus::from_raw(raw);
@@ -587,10 +672,47 @@ impl Child {
     }
 }
 
+/// Reads the raw wait status a forkserver reports, waiting for it; `None`
+/// if the server closed the socket (or failed) first.
+fn read_reported_status(socket: BorrowedFd<'_>) -> Option<i32> {
+    let mut raw = [0u8; 4];
+    let mut filled = 0;
+    while filled < raw.len() {
+        match rustix::io::read(socket, &mut raw[filled..]) {
+            Ok(0) => return None,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(i32::from_ne_bytes(raw))
+}
+
+/// Reaps the child `pid` and gives its raw wait status (as `ExitStatus`
+/// takes it), or `None` if it is still running and `flags` say not to wait.
+pub(crate) fn wait_raw(pid: libc::pid_t, flags: WaitPidFlag) -> Result<Option<i32>> {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid), Some(flags)) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some((code & 0xff) << 8)),
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                return Ok(Some((signal as i32) | if core { 0x80 } else { 0 }))
+            }
+            Ok(_) => continue,
+        }
+    }
+}
+
 impl Waitable for Child {
-    /// A child is ready once it has exited (Python's `Process.sentinel`).
+    /// A child is ready once it has exited (Python's `Process.sentinel`);
+    /// a forkserver's child, once the server has reported its exit.
     fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        match &self.reaper {
+            Reaper::Us => self.pidfd.as_fd(),
+            Reaper::Forkserver(socket) => socket.as_fd(),
+        }
     }
 
     fn ready_without_waiting(&self) -> bool {

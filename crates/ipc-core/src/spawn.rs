@@ -53,7 +53,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::process::{inherited, Child, Process};
-use crate::{codec, Connection, Deadline, Error, FdStream, Result};
+use crate::wait::Waitable;
+use crate::{codec, forkserver, Connection, Deadline, Error, FdStream, Result};
 
 #[doc(hidden)]
 pub use linkme;
@@ -257,14 +258,50 @@ pub fn init() {
     };
     // Children this one starts by other means must not take it for theirs.
     std::env::remove_var(ENTRY_ENV);
-    let code = match run_entry(&name) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("spawned child `{name}`: {e}");
-            1
-        }
+    let code = if name == forkserver::SERVER_ENTRY {
+        forkserver::serve()
+    } else {
+        child_main(&name)
     };
     std::process::exit(code);
+}
+
+/// Runs the entry `name` as a child started by [`Process::start`] and
+/// gives the exit code: the argument comes from the parent, the result
+/// (or the panic message) goes back to it.
+pub(crate) fn child_main(name: &str) -> i32 {
+    match run_entry(name) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("child `{name}`: {e}");
+            1
+        }
+    }
+}
+
+/// Refuses to start children from a process that was started to run an
+/// entry but did not call [`init`] first: its `main` is running instead,
+/// and starting children the same way would start copies of it over and
+/// over.
+pub(crate) fn refuse_without_init() -> Result<()> {
+    match std::env::var_os(ENTRY_ENV) {
+        Some(_) => Err(Error::InvalidArgument(
+            "this process was started to run an entry, but its main did not call ipc_core::spawn::init() first (or the test crate lacks spawn_harness!)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A command that re-executes this program as a child that runs the entry
+/// `name` in [`init`].
+pub(crate) fn reexec(name: &str) -> Command {
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .env(ENTRY_ENV, name)
+        // For a test binary, libtest's filter selects the harness test; a
+        // program's `main` calls `init` before it reads arguments.
+        .args([HARNESS_TEST, "--nocapture", "--test-threads=1"]);
+    command
 }
 
 fn run_entry(name: &str) -> Result<()> {
@@ -323,11 +360,79 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// How [`Process::start`] makes the child that runs an entry: Python's
+/// start methods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// A fresh run of this program (`/proc/self/exe`): sound whatever
+    /// threads this process has, and the slowest (the program is loaded
+    /// and started again).
+    #[default]
+    Spawn,
+    /// A fork of the [forkserver](crate::forkserver), a single-threaded
+    /// process this program started once: sound whatever threads this
+    /// process has, and faster than spawn.
+    Forkserver,
+    /// A fork of this process: the fastest, and refused with
+    /// [`Error::ThreadedFork`] when this process has other threads unless
+    /// [`Process::allow_threads`] accepts the hazard.
+    Fork,
+}
+
 impl Process {
+    /// Starts a child by `method` that runs `entry` on `argument`, with the
+    /// handles given to [`pass`](Self::pass) (taken back with
+    /// [`inherited`]). [`Error::NotFound`] if the entry is not registered.
+    ///
+    /// ```
+    /// # use ipc_core::process::Process;
+    /// use ipc_core::spawn::StartMethod;
+    /// fn add(pair: (i64, i64)) -> i64 {
+    ///     pair.0 + pair.1
+    /// }
+    /// # ipc_core::spawn::init();
+    /// // Fork runs in this process's copy: no re-run of `main` needed.
+    /// let child = Process::new().start(StartMethod::Fork, ipc_core::entry!(add), &(2, 3))?;
+    /// assert_eq!(child.join()?, 5);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn start<A: Serialize, R: DeserializeOwned>(
+        self,
+        method: StartMethod,
+        entry: Entry<A, R>,
+        argument: &A,
+    ) -> Result<Spawned<R>> {
+        refuse_without_init()?;
+        if registered(entry.name).is_none() {
+            return Err(unknown(entry.name));
+        }
+        let mut bytes = Vec::new();
+        codec::encode_into(argument, &mut bytes)?;
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut ours = Connection::new(FdStream::new(OwnedFd::from(ours))?);
+        let theirs = Connection::new(FdStream::new(OwnedFd::from(theirs))?);
+        let process = self.pass(SOCKET_KEY, &theirs)?;
+        let name = entry.name;
+        let child = match method {
+            StartMethod::Spawn => process.exec(reexec(name))?,
+            StartMethod::Forkserver => forkserver::fork_child(&process, name)?,
+            StartMethod::Fork => process.fork_with_handles(|| child_main(name))?,
+        };
+        drop(theirs);
+        // The child may be gone already (a crash at start): its status
+        // says more than the send's error would.
+        let _ = ours.send_bytes(&bytes);
+        Ok(Spawned {
+            child,
+            socket: ours,
+            _result: PhantomData,
+        })
+    }
+
     /// Starts a child that is a fresh run of this program and runs `entry`
-    /// on `argument`, with the handles given to [`pass`](Self::pass)
-    /// (taken back with [`inherited`]). Sound whatever threads this process
-    /// has. [`Error::NotFound`] if the entry is not registered.
+    /// on `argument`: [`start`](Self::start) with [`StartMethod::Spawn`].
+    /// Sound whatever threads this process has.
     ///
     /// ```no_run
     /// # use ipc_core::process::Process;
@@ -343,30 +448,7 @@ impl Process {
         entry: Entry<A, R>,
         argument: &A,
     ) -> Result<Spawned<R>> {
-        if registered(entry.name).is_none() {
-            return Err(unknown(entry.name));
-        }
-        let mut bytes = Vec::new();
-        codec::encode_into(argument, &mut bytes)?;
-        let (ours, theirs) = UnixStream::pair()?;
-        let mut ours = Connection::new(FdStream::new(OwnedFd::from(ours))?);
-        let theirs = Connection::new(FdStream::new(OwnedFd::from(theirs))?);
-        let mut command = Command::new("/proc/self/exe");
-        command
-            .env(ENTRY_ENV, entry.name)
-            // For a test binary, libtest's filter selects the harness test;
-            // a program's `main` calls `init` before it reads arguments.
-            .args([HARNESS_TEST, "--nocapture", "--test-threads=1"]);
-        let child = self.pass(SOCKET_KEY, &theirs)?.exec(command)?;
-        drop(theirs);
-        // The child may be gone already (a crash at start): its status
-        // says more than the send's error would.
-        let _ = ours.send_bytes(&bytes);
-        Ok(Spawned {
-            child,
-            socket: ours,
-            _result: PhantomData,
-        })
+        self.start(StartMethod::Spawn, entry, argument)
     }
 }
 
@@ -436,6 +518,20 @@ impl<R: DeserializeOwned> Spawned<R> {
             Err(e) => return Err(e),
         };
         Err(Error::Child(Box::new(failure)))
+    }
+}
+
+impl<R> Waitable for Spawned<R> {
+    /// Ready once the child has exited (or, for a forkserver's child, once
+    /// the server has reported its exit): a parent can wait for results on
+    /// its queues and for its children to end in one
+    /// [`wait`](crate::wait) call.
+    fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.child.wait_fd()
+    }
+
+    fn ready_without_waiting(&self) -> bool {
+        self.child.ready_without_waiting()
     }
 }
 

@@ -119,6 +119,17 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// `atexit(3)`: runs `handler` when the process exits normally (`exit`,
+/// or returning from `main`), not on `_exit` or a fatal signal.
+pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit only stores the pointer; `handler` is a function of
+    // this program, so it is valid for the whole life of the process.
+    match unsafe { libc::atexit(handler) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit could not register a handler")),
+    }
+}
+
 /// Takes ownership of a descriptor number that this process inherited at
 /// exec time, after checking that it is open.
 ///
