@@ -11,20 +11,15 @@
 //! create an `ipc_pipe::duplex()` (untimed), read the clock, start the
 //! child with the other end, receive the one-byte message the child sends
 //! on it, read the clock, then join the child (untimed). It answers with
-//! the times, and the parent makes the [`Sample`] of them.
-//!
-//! # Adding the forkserver
-//!
-//! `ipc-core`'s forkserver method goes in two places, both marked
-//! `FORKSERVER`: [`ours_runs`] (say it runs [`Via::Forkserver`]) and the
-//! match in [`start_ours`] (start the child, as the spawn arm does).
+//! the times, and the parent makes the [`Sample`] of them. The forkserver
+//! starts at the first start of the warmup.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipc_core::process::{inherited, Child, Process};
-use ipc_core::spawn::Entry as SpawnEntry;
+use ipc_core::spawn::{Entry as SpawnEntry, StartMethod};
 use ipc_core::Connection;
 
 use super::{spawn_peer, Contender, Control, Entry};
@@ -50,8 +45,7 @@ fn starts(bench: Benchmark) -> bool {
 
 /// The start benchmarks `ipc-core` has a method for.
 fn ours_runs(bench: Benchmark) -> bool {
-    // FORKSERVER: add `Via::Forkserver` here once ipc-core has it.
-    starts(bench) && matches!(bench.via, Via::Spawn | Via::Fork)
+    starts(bench) && matches!(bench.via, Via::Spawn | Via::Forkserver | Via::Fork)
 }
 
 /// The registry entry of the floor.
@@ -75,8 +69,9 @@ pub fn exec_entry() -> Entry {
 pub fn ours_entry() -> Entry {
     Entry {
         name: OURS,
-        about: "spawn: `Process::new().pass(\"hello\", &end)?.spawn(entry!(hello), &())`, \
-                the child takes the end with `inherited` and sends one byte on it; fork: \
+        about: "spawn and forkserver: `Process::new().pass(\"hello\", &end)?.start(method, \
+                entry!(hello), &())`, the child takes the end with `inherited` and sends one \
+                byte on it (the forkserver is started by the warmup); fork: \
                 `Process::new().allow_threads().pass(\"hello\", &end)?.fork(|| \
                 end.send_bytes(b\"x\"))`; the end is one of an `ipc_pipe::duplex()`, \
                 made before the clock starts; timed from the call to the message \
@@ -229,27 +224,21 @@ fn start_ours(via: Via) -> Result<Duration> {
     let (mut ours, theirs) = ipc_pipe::duplex()?;
     let begin = Instant::now();
     match via {
-        Via::Spawn => {
+        Via::Spawn | Via::Forkserver => {
+            let method = match via {
+                Via::Spawn => StartMethod::Spawn,
+                _ => StartMethod::Forkserver,
+            };
             let child = Process::new()
                 .pass(HELLO, &theirs)?
-                .spawn(hello_entry(), &())?;
+                .start(method, hello_entry(), &())?;
             drop(theirs);
             let took = received(&mut ours, begin)?;
             if !child.join()? {
-                return Err("the spawned child could not send".into());
+                return Err(format!("the {method:?} child could not send").into());
             }
             Ok(took)
         }
-        // FORKSERVER: once ipc-core has it, the same as spawn:
-        // Via::Forkserver => {
-        //     let child = Process::new().pass(HELLO, &theirs)?.forkserver(hello_entry(), &())?;
-        //     drop(theirs);
-        //     let took = received(&mut ours, begin)?;
-        //     if !child.join()? {
-        //         return Err("the forkserver's child could not send".into());
-        //     }
-        //     Ok(took)
-        // }
         Via::Fork => {
             let process = Process::new().allow_threads().pass(HELLO, &theirs)?;
             let mut end = theirs;
