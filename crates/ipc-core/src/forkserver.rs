@@ -34,7 +34,7 @@
 //! numbers), carrying by `SCM_RIGHTS` a socket for the child's exit status
 //! and every passed descriptor. The server forks; the child closes every
 //! descriptor but the passed ones, installs the handle table so that
-//! [`inherited`](crate::process::inherited) works as in a spawned child,
+//! [`inherited`] works as in a spawned child,
 //! runs the entry as [`init`](crate::spawn::init) would and exits. The
 //! server answers with the child's pid and a pidfd it opened before the
 //! child could be reaped (so it names that process and no other). It

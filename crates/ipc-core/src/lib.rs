@@ -3,8 +3,9 @@
 //! the bytes-level [`ByteSender`]/[`ByteReceiver`] beneath them, the stream
 //! framing of Python's `multiprocessing.connection` ([`frame`]), the
 //! framed [`Connection`] that pipes and sockets share, [`wait`] over many
-//! connections, and child processes that receive IPC handles ([`process`],
-//! [`spawn`]).
+//! connections, and child processes that receive IPC handles ([`process`])
+//! and run registered functions by Python's three start methods
+//! ([`spawn`], [`forkserver`], fork).
 //!
 //! ```
 //! use ipc_core::process::Process;

@@ -370,7 +370,7 @@ pub enum StartMethod {
     /// and started again).
     #[default]
     Spawn,
-    /// A fork of the [forkserver](crate::forkserver), a single-threaded
+    /// A fork of the [`forkserver`], a single-threaded
     /// process this program started once: sound whatever threads this
     /// process has, and faster than spawn.
     Forkserver,
