@@ -305,15 +305,7 @@ impl<L: Link> Contender for LinkContender<L> {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.ctl.send(&Control::Quit)?;
-        match self.child.join_timeout(Duration::from_secs(10))? {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!("peer exited with {status}").into()),
-            None => {
-                self.child.kill()?;
-                Err("peer did not exit; killed".into())
-            }
-        }
+        quit_peer(&mut self.ctl, &mut self.child)
     }
 }
 
@@ -321,6 +313,21 @@ impl<L: Link> Contender for LinkContender<L> {
 /// already given to `process`, the extra arguments `args` and a control
 /// connection; returns the parent end of the control connection and the
 /// child.
+/// Asks a peer to quit and waits for it: an error if it exits with a
+/// failure, or does not exit within 10 s (it is then killed).
+pub fn quit_peer(ctl: &mut Connection, child: &mut Child) -> Result<()> {
+    // A peer that is gone already shows in its status.
+    let _ = ctl.send(&Control::Quit);
+    match child.join_timeout(Duration::from_secs(10))? {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!("peer exited with {status}").into()),
+        None => {
+            child.kill()?;
+            Err("peer did not exit; killed".into())
+        }
+    }
+}
+
 pub fn spawn_peer(name: &str, process: Process, args: &[&str]) -> Result<(Connection, Child)> {
     let (ctl, ctl_peer) = ipc_pipe::duplex()?;
     let mut command = Command::new(std::env::current_exe()?);

@@ -20,7 +20,7 @@
 //!   round trip is reported. The parent and peer 0 are pinned to two
 //!   different CPUs, so each has a core.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipc_core::process::{inherited, Child, Process};
 use ipc_core::Connection;
@@ -28,7 +28,7 @@ use ipc_queue::Queue;
 use nix::mqueue::{mq_open, mq_receive, mq_send, mq_unlink, MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 
-use super::{check_len, spawn_peer, Contender, Control, Entry};
+use super::{check_len, quit_peer, spawn_peer, Contender, Control, Entry};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -421,14 +421,8 @@ impl<Q: Ends> Contender for QueueContender<Q> {
     fn finish(self: Box<Self>) -> Result<()> {
         let mut problems = Vec::new();
         for (mut ctl, mut child) in self.peers {
-            let _ = ctl.send(&Control::Quit);
-            match child.join_timeout(Duration::from_secs(10))? {
-                Some(status) if status.success() => {}
-                Some(status) => problems.push(format!("peer exited with {status}")),
-                None => {
-                    child.kill()?;
-                    problems.push("peer did not exit; killed".to_owned());
-                }
+            if let Err(e) = quit_peer(&mut ctl, &mut child) {
+                problems.push(e.to_string());
             }
         }
         if problems.is_empty() {

@@ -20,7 +20,7 @@ use ipc_core::process::{inherited, Child, Process};
 use ipc_core::Connection;
 use ipc_shm::{Array, Lock, LockError, LockResult, SharedMemory, Value};
 
-use super::{spawn_peer, Contender, Control, Entry};
+use super::{quit_peer, spawn_peer, Contender, Control, Entry};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -361,15 +361,7 @@ impl Contender for Shm {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.ctl.send(&Control::Quit)?;
-        match self.child.join_timeout(Duration::from_secs(10))? {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!("peer exited with {status}").into()),
-            None => {
-                self.child.kill()?;
-                Err("peer did not exit; killed".into())
-            }
-        }
+        quit_peer(&mut self.ctl, &mut self.child)
     }
 }
 

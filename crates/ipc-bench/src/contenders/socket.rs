@@ -20,7 +20,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipc_core::process::{inherited, Child, Process};
 use ipc_core::Connection;
@@ -28,7 +28,7 @@ use ipc_socket::{Address, Client, Listener, Options};
 
 use super::pipe::Bytes;
 use super::raw::Raw;
-use super::{answer, drive, spawn_peer, Contender, Control, Entry, Link};
+use super::{answer, drive, quit_peer, spawn_peer, Contender, Control, Entry, Link};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -184,15 +184,7 @@ impl Contender for Sockets {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.ctl.send(&Control::Quit)?;
-        match self.child.join_timeout(Duration::from_secs(10))? {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!("peer exited with {status}").into()),
-            None => {
-                self.child.kill()?;
-                Err("peer did not exit; killed".into())
-            }
-        }
+        quit_peer(&mut self.ctl, &mut self.child)
     }
 }
 
