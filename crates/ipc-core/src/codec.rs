@@ -36,7 +36,9 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
         Ok(())
     }
 
-    #[inline]
+    // Always inlined: each number of a message comes through here, and in
+    // a large program the compiler would otherwise make it a call.
+    #[inline(always)]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         // A varint or a short field: a copy of a length known at compile
         // time is a few moves, where a call to memcpy (or a loop of byte

@@ -21,7 +21,7 @@ use ipc_core::spawn::ChildFailure;
 use ipc_core::{wait, Error, Result, Waitable};
 
 use crate::wire::{self, Chunk};
-use crate::worker::{Setup, Worker, NOT_STARTED, REAP};
+use crate::worker::{Recipe, Worker, NOT_STARTED, REAP};
 
 /// One caller's batch of tasks (a `map`, an `imap`, an `apply_async`):
 /// where its outcomes go, and whether the caller still wants them.
@@ -89,7 +89,11 @@ pub(crate) struct Dispatch {
 
 impl Dispatch {
     /// Starts the dispatcher thread with the workers.
-    pub fn start(workers: Vec<Worker>, setup: Setup, max_tasks: Option<usize>) -> Result<Dispatch> {
+    pub fn start(
+        workers: Vec<Worker>,
+        recipe: Recipe,
+        max_tasks: Option<usize>,
+    ) -> Result<Dispatch> {
         let (commands, received) = std::sync::mpsc::channel();
         let (wake, woken) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
@@ -104,7 +108,7 @@ impl Dispatch {
                 })
                 .collect(),
             queue: VecDeque::new(),
-            setup,
+            recipe,
             max_tasks,
             commands: received,
             woken,
@@ -176,7 +180,7 @@ enum Cause {
 struct Dispatcher {
     slots: Vec<Slot>,
     queue: VecDeque<Piece>,
-    setup: Setup,
+    recipe: Recipe,
     max_tasks: Option<usize>,
     commands: Receiver<Command>,
     woken: UnixStream,
@@ -189,7 +193,6 @@ struct Dispatcher {
 enum Ready {
     Commands,
     Socket(usize),
-    #[allow(dead_code)] // PIDFD
     Exited(usize),
 }
 
@@ -263,8 +266,8 @@ impl Dispatcher {
             if let Some(worker) = &slot.worker {
                 objects.push(&worker.tasks);
                 meaning.push(Ready::Socket(i));
-                // PIDFD: objects.push(&worker.spawned);
-                // meaning.push(Ready::Exited(i));
+                objects.push(&worker.spawned);
+                meaning.push(Ready::Exited(i));
             }
         }
         match wait(&objects, None) {
@@ -341,7 +344,7 @@ impl Dispatcher {
     }
 
     fn restart(&mut self, i: usize) -> Result<()> {
-        self.slots[i].worker = Some(Worker::start(&self.setup)?);
+        self.slots[i].worker = Some(Worker::start(&self.recipe)?);
         Ok(())
     }
 

@@ -25,14 +25,17 @@
 //! | `p.imap(f, xs)`, `p.imap_unordered(f, xs)` | [`pool.imap(..)`](Pool::imap), [`pool.imap_unordered(..)`](Pool::imap_unordered) |
 //! | `p.apply(f, (x,))`, `p.apply_async(f, (x,))` | [`pool.apply(..)`](Pool::apply), [`pool.apply_async(..)`](Pool::apply_async) → [`AsyncResult`] |
 //! | `p.close(); p.join()`, `p.terminate()` | [`pool.close()?; pool.join()?`](Pool::close), [`pool.terminate()`](Pool::terminate) or drop |
+//! | `get_context("forkserver").Pool(4)` | [`Pool::builder().processes(4).start_method(StartMethod::Forkserver)`](Builder::start_method) |
 //!
 //! # Workers
 //!
-//! Workers are started with the spawn start method
+//! Workers are started with the spawn start method by default
 //! ([`ipc_core::spawn`]): each is a fresh run of this program, so the pool
 //! is sound in a program with other threads (a tokio runtime beside it),
 //! and `ipc_core::spawn::init()` must be the first line of `main` (in a
-//! test crate, `ipc_core::spawn_harness!()`). A thread of the pool hands
+//! test crate, `ipc_core::spawn_harness!()`). The forkserver
+//! ([`Builder::start_method`]) starts workers faster and is as sound; fork
+//! needs the caller to accept its hazard ([`Builder::allow_threads`]). A thread of the pool hands
 //! chunks of tasks to idle workers and waits, in one call, for outcomes on
 //! any worker's socket and for the exit of any worker, so tasks run while
 //! the caller does something else, and a dead worker is noticed at once.
@@ -54,6 +57,7 @@
 //! that sends garbage is replaced and its task fails.
 //!
 //! [`ChildFailure::WorkerDied`]: ipc_core::spawn::ChildFailure::WorkerDied
+//! [`StartMethod::Forkserver`]: ipc_core::spawn::StartMethod::Forkserver
 #![deny(unsafe_code)]
 
 mod dispatcher;
@@ -69,13 +73,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipc_core::codec;
-use ipc_core::spawn::{ChildFailure, Entry};
+use ipc_core::spawn::{ChildFailure, Entry, StartMethod};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use dispatcher::{Body, Command, Dispatch, Piece, Reply, Submission};
 use wire::ChunkWriter;
-use worker::{Setup, Worker};
+use worker::{Recipe, Setup, Worker};
 
 pub use ipc_core::{Error, Result};
 
@@ -129,6 +133,8 @@ pub struct Builder {
     processes: Option<usize>,
     initializer: Option<Result<(String, Vec<u8>)>>,
     max_tasks_per_child: Option<usize>,
+    start_method: StartMethod,
+    allow_threads: bool,
 }
 
 impl Builder {
@@ -158,6 +164,42 @@ impl Builder {
         self
     }
 
+    /// How workers are started (Python's `context`): by default
+    /// [`StartMethod::Spawn`]. [`StartMethod::Forkserver`] starts them
+    /// faster, and as safely whatever threads the program has.
+    /// [`StartMethod::Fork`] also needs [`allow_threads`](Self::allow_threads),
+    /// since the pool forks replacement workers from a thread of its own.
+    ///
+    /// ```
+    /// use ipc_core::spawn::StartMethod;
+    /// fn cube(x: u64) -> u64 {
+    ///     x * x * x
+    /// }
+    /// # ipc_core::spawn::init();
+    /// let pool = ipc_pool::Pool::builder()
+    ///     .processes(2)
+    ///     .start_method(StartMethod::Forkserver)
+    ///     .build()?;
+    /// assert_eq!(pool.map(ipc_core::entry!(cube), [1, 2, 3])?, [1, 8, 27]);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Builder {
+        self.start_method = method;
+        self
+    }
+
+    /// Lets a pool on [`StartMethod::Fork`] fork beside other threads, as
+    /// [`Process::allow_threads`](ipc_core::process::Process::allow_threads)
+    /// does, with the hazard it describes: the pool's own thread forks every
+    /// replacement worker, and a worker may deadlock on a lock another
+    /// thread of the program held at that instant. Use it only when the
+    /// program's other threads hold nothing a task touches; otherwise use
+    /// spawn or the forkserver.
+    pub fn allow_threads(mut self) -> Builder {
+        self.allow_threads = true;
+        self
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool> {
         let processes = match self.processes {
@@ -170,14 +212,23 @@ impl Builder {
                 "max_tasks_per_child must be at least 1",
             ));
         }
-        let setup = Setup {
-            initializer: self.initializer.transpose()?,
+        if self.start_method == StartMethod::Fork && !self.allow_threads {
+            return Err(Error::InvalidArgument(
+                "a pool on fork forks replacement workers from a thread of its own: accept that hazard with Builder::allow_threads, or use spawn or the forkserver",
+            ));
+        }
+        let recipe = Recipe {
+            method: self.start_method,
+            allow_threads: self.allow_threads,
+            setup: Setup {
+                initializer: self.initializer.transpose()?,
+            },
         };
         let workers = (0..processes)
-            .map(|_| Worker::start(&setup))
+            .map(|_| Worker::start(&recipe))
             .collect::<Result<Vec<_>>>()?;
         Ok(Pool {
-            dispatch: Dispatch::start(workers, setup, self.max_tasks_per_child)?,
+            dispatch: Dispatch::start(workers, recipe, self.max_tasks_per_child)?,
             processes,
             closed: AtomicBool::new(false),
         })
@@ -197,6 +248,8 @@ impl Pool {
             processes: None,
             initializer: None,
             max_tasks_per_child: None,
+            start_method: StartMethod::Spawn,
+            allow_threads: false,
         }
     }
 
@@ -413,22 +466,20 @@ impl<'p> Chunked<'p> {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let decode = |reply: Reply| {
-            let mut results = Vec::with_capacity(reply.count);
-            let mut failed = None;
-            for_each_outcome(reply, |_, result| match result {
-                Ok(value) if failed.is_none() => results.push(value),
-                Ok(_) => {}
-                Err(e) => failed = failed.take().or(Some(e)),
-            });
-            failed.map_or(Ok(results), Err)
-        };
-        let runs = self.batch(entry, items, decode, |_, e| Err(e))?;
         let mut results = Vec::new();
-        for run in runs {
-            results.extend(run?);
-        }
-        Ok(results)
+        // Runs come in item order: the first error is the first task's.
+        let mut failed = None;
+        self.batch(entry, items, &mut results, |results, run| {
+            if failed.is_some() {
+                return;
+            }
+            let decoded = match run {
+                Run::Replied(reply) => decode_into(reply, results),
+                Run::Failed(_, e) => Err(e),
+            };
+            failed = decoded.err();
+        })?;
+        failed.map_or(Ok(results), Err)
     }
 
     /// [`Pool::map_each`] with this chunk size.
@@ -441,42 +492,64 @@ impl<'p> Chunked<'p> {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let decode = |reply: Reply| {
-            let mut results = Vec::with_capacity(reply.count);
-            for_each_outcome(reply, |_, result| results.push(result));
-            results
-        };
-        let fail = |count, e: Error| (0..count).map(|_| Err(copy_error(&e))).collect();
-        let runs = self.batch(entry, items, decode, fail)?;
-        Ok(runs.into_iter().flatten().collect())
+        let mut results = Vec::new();
+        self.batch(entry, items, &mut results, |results, run| match run {
+            Run::Replied(reply) => for_each_outcome(reply, |_, result| results.push(result)),
+            Run::Failed(count, e) => results.extend((0..count).map(|_| Err(copy_error(&e)))),
+        })?;
+        Ok(results)
     }
 
-    /// Sends every item and gives what `decode` makes of each run of
-    /// results, in item order; `fail` makes the same of a run of tasks that
-    /// all failed with one error.
+    /// Sends every item and hands each run of tasks to `take` in item
+    /// order, once its outcomes are in, with `results` sized for every
+    /// item: the caller decodes straight into its results, with no run
+    /// kept aside once its turn comes.
     fn batch<A, R, T>(
         self,
         entry: Entry<A, R>,
         items: impl IntoIterator<Item = A>,
-        decode: impl Fn(Reply) -> T,
-        fail: impl Fn(usize, Error) -> T,
-    ) -> Result<Vec<T>>
+        results: &mut Vec<T>,
+        take: impl FnMut(&mut Vec<T>, Run),
+    ) -> Result<()>
     where
         A: Serialize,
     {
         self.pool.check_open()?;
-        let items: Vec<A> = items.into_iter().collect();
-        let total = items.len();
+        let items = items.into_iter();
+        // A range or a `Vec` says how long it is: no need to collect it
+        // first. The count only sizes chunks; every item is sent however
+        // many there are.
+        match items.size_hint() {
+            (low, Some(high)) if low == high => self.send_all(entry, items, low, results, take),
+            _ => {
+                let items: Vec<A> = items.collect();
+                let total = items.len();
+                self.send_all(entry, items.into_iter(), total, results, take)
+            }
+        }
+    }
+
+    fn send_all<A, R, T>(
+        self,
+        entry: Entry<A, R>,
+        mut items: impl Iterator<Item = A>,
+        total: usize,
+        results: &mut Vec<T>,
+        mut take: impl FnMut(&mut Vec<T>, Run),
+    ) -> Result<()>
+    where
+        A: Serialize,
+    {
         let chunksize = self
             .chunksize
             .unwrap_or_else(|| python_chunksize(total, self.pool.processes));
+        results.reserve_exact(total);
         let (submission, replies) = Submission::new();
         let _withdraw = Withdraw(&submission);
-        let mut runs: Vec<(usize, T)> = Vec::new();
+        let mut order = InOrder::new(|run| take(results, run));
         let mut outstanding = 0;
-        let mut items = items.into_iter();
         let mut taken = 0;
-        while taken < total {
+        loop {
             let sent = send_piece(
                 self.pool,
                 &submission,
@@ -485,12 +558,15 @@ impl<'p> Chunked<'p> {
                 taken,
                 chunksize,
             );
+            if sent.taken == 0 {
+                break;
+            }
             match sent.sent {
                 Ok(count) => outstanding += count,
-                Err((count, e)) => runs.push((taken, fail(count, e))),
+                Err((count, e)) => order.arrive(taken, count, Run::Failed(count, e)),
             }
             if let Some((k, e)) = sent.unencodable {
-                runs.push((k, fail(1, e)));
+                order.arrive(k, 1, Run::Failed(1, e));
             }
             taken += sent.taken;
         }
@@ -498,10 +574,10 @@ impl<'p> Chunked<'p> {
             // The dispatcher answers every task, even when terminated.
             let reply = replies.recv().map_err(|_| Error::Closed)?;
             outstanding -= reply.count;
-            runs.push((reply.first, decode(reply)));
+            order.arrive(reply.first, reply.count, Run::Replied(reply));
         }
-        runs.sort_unstable_by_key(|(first, _)| *first);
-        Ok(runs.into_iter().map(|(_, run)| run).collect())
+        order.finish();
+        Ok(())
     }
 
     /// [`Pool::imap`] with this chunk size.
@@ -824,8 +900,7 @@ fn for_each_outcome<R: DeserializeOwned>(reply: Reply, mut put: impl FnMut(usize
             // A frame cut short or garbled: the tasks it does not answer
             // fail with the reason.
             for k in read..reply.count {
-                let why = ChildFailure::Codec("a worker's outcomes are malformed".into());
-                put(k, Err(child(why)));
+                put(k, Err(malformed()));
             }
         }
         Body::Failed(failure) => (0..reply.count).for_each(|k| put(k, Err(child(failure.clone())))),
@@ -835,6 +910,88 @@ fn for_each_outcome<R: DeserializeOwned>(reply: Reply, mut put: impl FnMut(usize
             put(k, Err(Error::Io(std::io::Error::other(message))))
         }),
     }
+}
+
+/// A run of a batch's tasks, as [`Chunked::batch`] hands it on.
+enum Run {
+    /// Their outcomes, from the dispatcher.
+    Replied(Reply),
+    /// They never reached a worker, all for this reason.
+    Failed(usize, Error),
+}
+
+/// Hands runs of tasks on in item order, keeping those that come early
+/// until the ones before them are in.
+struct InOrder<F: FnMut(Run)> {
+    take: F,
+    /// The first task not yet handed on.
+    next: usize,
+    /// Runs that came before their turn, by first task and count.
+    early: std::collections::BTreeMap<(usize, usize), Run>,
+}
+
+impl<F: FnMut(Run)> InOrder<F> {
+    fn new(take: F) -> Self {
+        InOrder {
+            take,
+            next: 0,
+            early: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Takes the run of `count` tasks from task `first` on.
+    fn arrive(&mut self, first: usize, count: usize, run: Run) {
+        if first != self.next {
+            self.early.insert((first, count), run);
+            return;
+        }
+        (self.take)(run);
+        self.next += count;
+        while let Some(entry) = self.early.first_entry() {
+            let (first, count) = *entry.key();
+            if first != self.next {
+                break;
+            }
+            (self.take)(entry.remove());
+            self.next += count;
+        }
+    }
+
+    /// Hands on what is left, in order, should the runs not have met end
+    /// to end.
+    fn finish(mut self) {
+        while let Some((_, run)) = self.early.pop_first() {
+            (self.take)(run);
+        }
+    }
+}
+
+/// Decodes a reply's results onto the end of `results`, or gives the
+/// error of its first task that failed.
+fn decode_into<R: DeserializeOwned>(reply: Reply, results: &mut Vec<R>) -> Result<()> {
+    let Body::Outcomes(frame) = &reply.body else {
+        let mut failed = Ok(());
+        for_each_outcome(reply, |_, result: Result<R>| {
+            if let (Ok(()), Err(e)) = (&failed, result) {
+                failed = Err(e);
+            }
+        });
+        return failed;
+    };
+    let read = wire::each_result(frame, reply.count, |bytes| {
+        results.push(codec::decode(bytes)?);
+        Ok(())
+    })?;
+    if read < reply.count {
+        return Err(malformed());
+    }
+    Ok(())
+}
+
+/// Why a task that a worker's frame does not answer fails.
+fn malformed() -> Error {
+    let why = ChildFailure::Codec("a worker's outcomes are malformed".into());
+    Error::Child(Box::new(why))
 }
 
 /// An error for each of several tasks that one cause failed.

@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixStream;
 
 use ipc_core::process::{inherited, Process};
-use ipc_core::spawn::{ChildFailure, Runner, Spawned};
+use ipc_core::spawn::{ChildFailure, Runner, Spawned, StartMethod};
 use ipc_core::{Connection, Error, FdStream, Result};
 use ipc_shm::RawValue;
 use serde::{Deserialize, Serialize};
@@ -57,11 +57,13 @@ pub(crate) fn serve(setup: Setup) {
         outcomes.clear();
         for place in 0..chunk.count {
             progress.set(place as u64);
-            let argument = chunk.next_argument();
-            outcomes.push(|out| {
-                let argument = argument.map_err(|e| ChildFailure::Codec(e.to_string()))?;
-                runner.clone()?.run_into(argument, out)
-            });
+            // Matched here, not in the closure: the common case is then a
+            // call with nothing to check or move around it.
+            match (chunk.next_argument(), &runner) {
+                (Ok(argument), Ok(runner)) => outcomes.push(|out| runner.run_into(argument, out)),
+                (Ok(_), Err(unknown)) => outcomes.push(|_| Err(unknown.clone())),
+                (Err(e), _) => outcomes.push(|_| Err(ChildFailure::Codec(e.to_string()))),
+            }
             if place + 1 == chunk.count || outcomes.bytes() >= wire::FLUSH_BYTES {
                 if tasks.send_bytes(outcomes.frame()).is_err() {
                     return;
@@ -70,6 +72,15 @@ pub(crate) fn serve(setup: Setup) {
             }
         }
     }
+}
+
+/// How the pool starts each worker.
+pub(crate) struct Recipe {
+    pub method: StartMethod,
+    /// Whether a fork may go ahead beside other threads.
+    pub allow_threads: bool,
+    /// What the worker is given.
+    pub setup: Setup,
 }
 
 /// One worker process, seen from the pool.
@@ -83,15 +94,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn start(setup: &Setup) -> Result<Worker> {
+    pub fn start(recipe: &Recipe) -> Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let tasks = Connection::new(FdStream::new(ours.into())?);
         let theirs = Connection::new(FdStream::new(theirs.into())?);
         let progress = RawValue::new(NOT_STARTED)?;
-        let spawned = Process::new()
+        let process = match recipe.method {
+            StartMethod::Fork if recipe.allow_threads => Process::new().allow_threads(),
+            _ => Process::new(),
+        };
+        let spawned = process
             .pass(TASKS, &theirs)?
             .pass(PROGRESS, &progress)?
-            .spawn(ipc_core::entry!(serve), setup)?;
+            .start(recipe.method, ipc_core::entry!(serve), &recipe.setup)?;
         Ok(Worker {
             spawned,
             tasks,

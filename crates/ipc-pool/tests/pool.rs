@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ipc_core::spawn::ChildFailure;
+use ipc_core::spawn::{ChildFailure, StartMethod};
 use ipc_core::Error;
 use ipc_pool::Pool;
 
@@ -53,9 +53,40 @@ fn map_and_apply_run_in_the_workers() {
     beside.join().unwrap();
 }
 
+/// A pool of two workers started by `method`. libtest runs each test on a
+/// thread of its own, beside its parked main thread: the hazard a pool on
+/// fork must accept.
+fn pool_on(method: StartMethod) -> Pool {
+    let builder = Pool::builder().processes(2).start_method(method);
+    match method {
+        StartMethod::Fork => builder.allow_threads(),
+        _ => builder,
+    }
+    .build()
+    .unwrap()
+}
+
 #[test]
 fn a_worker_killed_mid_task_fails_that_task_alone() {
-    let pool = Pool::new(2).unwrap();
+    for method in [
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+        StartMethod::Fork,
+    ] {
+        a_worker_killed_mid_task_fails_that_task_alone_on(pool_on(method));
+    }
+}
+
+#[test]
+fn a_pool_on_fork_must_accept_the_threads_hazard() {
+    let refused = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .build();
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+}
+
+fn a_worker_killed_mid_task_fails_that_task_alone_on(pool: Pool) {
     let results = pool
         .map_each(ipc_core::entry!(square_or_die), 0..40u64)
         .unwrap();
