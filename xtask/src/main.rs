@@ -104,6 +104,8 @@ fn test() -> Result {
         "clippy",
         "--workspace",
         "--all-targets",
+        // The optional ecosystems (tokio) too.
+        "--all-features",
         "--",
         "-D",
         "warnings",
@@ -151,14 +153,21 @@ fn test() -> Result {
     run("tests", tests)?;
 
     let mut doc = cargo();
-    doc.args(["test", "--workspace", "--doc"]);
+    doc.args(["test", "--workspace", "--all-features", "--doc"]);
     run("doc tests", doc)?;
 
     // Broken intra-doc links (a link to a private module, say) fail here
     // rather than in a user's `cargo doc`.
     let mut rustdoc = cargo();
     rustdoc
-        .args(["doc", "--workspace", "--no-deps", "--exclude", "xtask"])
+        .args([
+            "doc",
+            "--workspace",
+            "--all-features",
+            "--no-deps",
+            "--exclude",
+            "xtask",
+        ])
         .env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc (warnings denied)", rustdoc)?;
 

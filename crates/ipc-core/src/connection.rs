@@ -497,7 +497,11 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    fn recv_into_deadline(&mut self, buf: &mut [u8], deadline: Deadline) -> Result<usize> {
+    pub(crate) fn recv_into_deadline(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Deadline,
+    ) -> Result<usize> {
         let len = self.next_message_len(deadline)?;
         if len > self.max_message {
             return Err(Error::TooLarge {
@@ -515,7 +519,7 @@ impl<S: Transport> Connection<S> {
         Ok(len)
     }
 
-    fn recv_typed<T: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<T> {
+    pub(crate) fn recv_typed<T: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<T> {
         let len = self.next_message_len(deadline)?;
         if len > self.max_message {
             return Err(Error::TooLarge {

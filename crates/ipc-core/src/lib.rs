@@ -37,6 +37,8 @@ pub mod frame;
 pub mod process;
 pub mod spawn;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod transport;
 mod wait;
 

@@ -46,7 +46,7 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -457,8 +457,8 @@ impl Process {
 /// Dropping it without joining kills and reaps the child.
 #[derive(Debug)]
 pub struct Spawned<R> {
-    child: Child,
-    socket: Connection<FdStream>,
+    pub(crate) child: Child,
+    pub(crate) socket: Connection<FdStream>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -490,35 +490,46 @@ impl<R: DeserializeOwned> Spawned<R> {
             None => self.socket.recv_bytes(),
             Some(left) => self.socket.recv_bytes_timeout(left),
         };
-        let failure = match outcome {
-            Ok(bytes) => {
-                let delivered: std::result::Result<Vec<u8>, ChildFailure> = codec::decode(&bytes)?;
-                let joined = self
-                    .child
-                    .join_timeout(deadline.remaining().unwrap_or(REAP));
-                match delivered {
-                    Ok(result) => {
-                        joined?;
-                        return codec::decode(&result);
-                    }
-                    Err(failure) => failure,
-                }
-            }
-            Err(e) if e.is_closed() => {
-                let status = self
-                    .child
-                    .join_timeout(deadline.remaining().unwrap_or(REAP))?
-                    .ok_or(Error::Timeout)?;
-                match (status.code(), status.signal()) {
-                    (Some(code), _) => ChildFailure::Exited(code),
-                    (None, Some(signal)) => ChildFailure::Signaled(signal),
-                    (None, None) => ChildFailure::Exited(-1),
-                }
-            }
-            Err(e) => return Err(e),
+        let outcome = match outcome {
+            Err(e) if !e.is_closed() => return Err(e),
+            outcome => outcome,
         };
-        Err(Error::Child(Box::new(failure)))
+        // Once the result is in, or the socket closed, the child is exiting.
+        let status = self
+            .child
+            .join_timeout(deadline.remaining().unwrap_or(REAP));
+        conclude(outcome, status)
     }
+}
+
+/// The result of a join, from what the child's socket gave (a result, or
+/// its close) and how the child ended (`None`: not yet).
+pub(crate) fn conclude<R: DeserializeOwned>(
+    outcome: Result<Vec<u8>>,
+    status: Result<Option<ExitStatus>>,
+) -> Result<R> {
+    let failure = match outcome {
+        Ok(bytes) => {
+            let delivered: std::result::Result<Vec<u8>, ChildFailure> = codec::decode(&bytes)?;
+            match delivered {
+                Ok(result) => {
+                    status?;
+                    return codec::decode(&result);
+                }
+                Err(failure) => failure,
+            }
+        }
+        Err(e) if e.is_closed() => {
+            let status = status?.ok_or(Error::Timeout)?;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => ChildFailure::Exited(code),
+                (None, Some(signal)) => ChildFailure::Signaled(signal),
+                (None, None) => ChildFailure::Exited(-1),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    Err(Error::Child(Box::new(failure)))
 }
 
 impl<R> Waitable for Spawned<R> {

@@ -249,3 +249,42 @@ fn sigpipe_pending() -> bool {
     // only reads it.
     ret != 0 || unsafe { libc::sigismember(set.as_ptr(), libc::SIGPIPE) } == 1
 }
+
+/// An object whose descriptor stays open, and the same descriptor, for as
+/// long as the object lives: what may be registered with tokio's reactor.
+#[cfg(feature = "tokio")]
+pub(crate) trait StableFd: std::os::fd::AsFd {}
+
+#[cfg(feature = "tokio")]
+impl StableFd for BorrowedFd<'_> {}
+
+/// A connection owns its stream, which owns its descriptor; nothing in this
+/// crate swaps the stream of a registered connection.
+#[cfg(feature = "tokio")]
+impl StableFd for crate::Connection<crate::FdStream> {}
+
+/// An object registered with tokio's reactor by [`watch`].
+#[cfg(feature = "tokio")]
+pub(crate) struct Watched<T>(pub(crate) T);
+
+#[cfg(feature = "tokio")]
+impl<T: StableFd> AsRawFd for Watched<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers `inner`'s descriptor with the current tokio runtime's reactor,
+/// for readiness of `interest`.
+#[cfg(feature = "tokio")]
+pub(crate) fn watch<T: StableFd>(
+    inner: T,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<Watched<T>>> {
+    // SAFETY: tokio requires the descriptor to stay open and the same while
+    // the AsyncFd lives. The AsyncFd owns `inner`, and a StableFd's
+    // descriptor is open and unchanged for as long as it lives.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(Watched(inner), interest) };
+    registered.map_err(io::Error::from)
+}
