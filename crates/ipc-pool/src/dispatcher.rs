@@ -13,7 +13,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,8 +27,10 @@ use crate::worker::{Recipe, Worker, NOT_STARTED, REAP};
 /// One caller's batch of tasks (a `map`, an `imap`, an `apply_async`):
 /// where its outcomes go, and whether the caller still wants them.
 pub(crate) struct Submission {
-    pub replies: Sender<Reply>,
+    replies: Sender<Reply>,
     pub cancelled: AtomicBool,
+    /// The task of an `async` caller waiting for a reply.
+    waiting: Mutex<Option<Waker>>,
 }
 
 impl Submission {
@@ -37,8 +40,45 @@ impl Submission {
         let submission = Submission {
             replies,
             cancelled: AtomicBool::new(false),
+            waiting: Mutex::new(None),
         };
         (Arc::new(submission), received)
+    }
+
+    /// Hands `reply` to the caller, waking its task if it awaits one.
+    fn deliver(&self, reply: Reply) {
+        // A caller that stopped listening no longer wants it.
+        let _ = self.replies.send(reply);
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+
+    /// The next reply on `replies` (this submission's), for a caller that
+    /// awaits it: `Ready(None)` once the pool is gone. Cancel safe: a reply
+    /// that comes after the caller stopped polling stays in the channel.
+    pub fn poll_reply(
+        &self,
+        replies: &Receiver<Reply>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Reply>> {
+        match replies.try_recv() {
+            Ok(reply) => return Poll::Ready(Some(reply)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // A reply delivered before the waker was in place woke nobody.
+        match replies.try_recv() {
+            Ok(reply) => Poll::Ready(Some(reply)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
     }
 }
 
@@ -513,8 +553,7 @@ const MAX_ATTEMPTS: u32 = 3;
 
 /// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
 fn reply(piece: &Piece, from: usize, count: usize, body: Body) {
-    // A caller that stopped listening no longer wants them.
-    let _ = piece.submission.replies.send(Reply {
+    piece.submission.deliver(Reply {
         first: piece.first + from,
         count,
         body,

@@ -25,6 +25,7 @@
 //! | `p.imap(f, xs)`, `p.imap_unordered(f, xs)` | [`pool.imap(..)`](Pool::imap), [`pool.imap_unordered(..)`](Pool::imap_unordered) |
 //! | `p.apply(f, (x,))`, `p.apply_async(f, (x,))` | [`pool.apply(..)`](Pool::apply), [`pool.apply_async(..)`](Pool::apply_async) → [`AsyncResult`] |
 //! | `p.close(); p.join()`, `p.terminate()` | [`pool.close()?; pool.join()?`](Pool::close), [`pool.terminate()`](Pool::terminate) or drop |
+//! | `concurrent.futures` + `asyncio.wrap_future` | [`pool.map_async(..).await`](Pool::map_async), [`pool.apply_async(..)?.await`](AsyncResult) |
 //! | `get_context("forkserver").Pool(4)` | [`Pool::builder().processes(4).start_method(StartMethod::Forkserver)`](Builder::start_method) |
 //!
 //! # Workers
@@ -274,6 +275,37 @@ impl Pool {
         self.chunked(None).map(entry, items)
     }
 
+    /// [`map`](Self::map) without blocking a thread: awaits the results on
+    /// any executor (tokio's among them). Items are sent to the workers
+    /// before the first await.
+    ///
+    /// Cancel safety: dropping the future withdraws the tasks no worker
+    /// has started; the ones running finish and their results are dropped.
+    /// Nothing is left in the pool.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// # ipc_core::spawn::init();
+    /// let pool = ipc_pool::Pool::new(2)?;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// let squares = runtime.block_on(pool.map_async(ipc_core::entry!(square), 0..5))?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn map_async<A, R>(
+        &self,
+        entry: Entry<A, R>,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.chunked(None).map_async(entry, items).await
+    }
+
     /// Like [`map`](Self::map), with each task's own result: a task that
     /// failed does not hide the others.
     pub fn map_each<A, R>(
@@ -467,17 +499,9 @@ impl<'p> Chunked<'p> {
         R: DeserializeOwned,
     {
         let mut results = Vec::new();
-        // Runs come in item order: the first error is the first task's.
         let mut failed = None;
         self.batch(entry, items, &mut results, |results, run| {
-            if failed.is_some() {
-                return;
-            }
-            let decoded = match run {
-                Run::Replied(reply) => decode_into(reply, results),
-                Run::Failed(_, e) => Err(e),
-            };
-            failed = decoded.err();
+            keep_first_error(results, &mut failed, run)
         })?;
         failed.map_or(Ok(results), Err)
     }
@@ -540,26 +564,44 @@ impl<'p> Chunked<'p> {
     where
         A: Serialize,
     {
-        let chunksize = self
-            .chunksize
-            .unwrap_or_else(|| python_chunksize(total, self.pool.processes));
         results.reserve_exact(total);
         let (submission, replies) = Submission::new();
         let _withdraw = Withdraw(&submission);
         let mut order = InOrder::new(|run| take(results, run));
+        let mut outstanding = self.send_pieces(entry, &mut items, total, &submission, &mut order);
+        while outstanding > 0 {
+            // The dispatcher answers every task, even when terminated.
+            let reply = replies.recv().map_err(|_| Error::Closed)?;
+            outstanding -= reply.count;
+            order.arrive(reply.first, reply.count, Run::Replied(reply));
+        }
+        order.finish();
+        Ok(())
+    }
+
+    /// Sends every item in chunks (of Python's size for `total` items
+    /// unless chosen), handing runs that could not be sent to `order`;
+    /// gives how many tasks went out.
+    fn send_pieces<A, R, F: FnMut(Run)>(
+        self,
+        entry: Entry<A, R>,
+        items: &mut impl Iterator<Item = A>,
+        total: usize,
+        submission: &Arc<Submission>,
+        order: &mut InOrder<F>,
+    ) -> usize
+    where
+        A: Serialize,
+    {
+        let chunksize = self
+            .chunksize
+            .unwrap_or_else(|| python_chunksize(total, self.pool.processes));
         let mut outstanding = 0;
         let mut taken = 0;
         loop {
-            let sent = send_piece(
-                self.pool,
-                &submission,
-                entry.name(),
-                &mut items,
-                taken,
-                chunksize,
-            );
+            let sent = send_piece(self.pool, submission, entry.name(), items, taken, chunksize);
             if sent.taken == 0 {
-                break;
+                return outstanding;
             }
             match sent.sent {
                 Ok(count) => outstanding += count,
@@ -570,14 +612,42 @@ impl<'p> Chunked<'p> {
             }
             taken += sent.taken;
         }
+    }
+
+    /// [`Pool::map_async`] with this chunk size.
+    pub async fn map_async<A, R>(
+        self,
+        entry: Entry<A, R>,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.pool.check_open()?;
+        let items: Vec<A> = items.into_iter().collect();
+        let total = items.len();
+        let mut results = Vec::with_capacity(total);
+        let mut failed = None;
+        let (submission, replies) = Submission::new();
+        let _withdraw = Withdraw(&submission);
+        let mut order = InOrder::new(|run| keep_first_error(&mut results, &mut failed, run));
+        let mut outstanding = self.send_pieces(
+            entry,
+            &mut items.into_iter(),
+            total,
+            &submission,
+            &mut order,
+        );
         while outstanding > 0 {
-            // The dispatcher answers every task, even when terminated.
-            let reply = replies.recv().map_err(|_| Error::Closed)?;
+            let reply = std::future::poll_fn(|cx| submission.poll_reply(&replies, cx))
+                .await
+                .ok_or(Error::Closed)?;
             outstanding -= reply.count;
             order.arrive(reply.first, reply.count, Run::Replied(reply));
         }
         order.finish();
-        Ok(())
+        failed.map_or(Ok(results), Err)
     }
 
     /// [`Pool::imap`] with this chunk size.
@@ -966,6 +1036,24 @@ impl<F: FnMut(Run)> InOrder<F> {
     }
 }
 
+/// Decodes a run's results onto the end of `results`, unless a run before
+/// failed: runs come in item order, so the first error kept is the first
+/// task's.
+fn keep_first_error<R: DeserializeOwned>(
+    results: &mut Vec<R>,
+    failed: &mut Option<Error>,
+    run: Run,
+) {
+    if failed.is_some() {
+        return;
+    }
+    let decoded = match run {
+        Run::Replied(reply) => decode_into(reply, results),
+        Run::Failed(_, e) => Err(e),
+    };
+    *failed = decoded.err();
+}
+
 /// Decodes a reply's results onto the end of `results`, or gives the
 /// error of its first task that failed.
 fn decode_into<R: DeserializeOwned>(reply: Reply, results: &mut Vec<R>) -> Result<()> {
@@ -1095,6 +1183,44 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             }
             None => Err(Error::Closed),
         }
+    }
+}
+
+/// Awaiting an `AsyncResult` gives the result as [`get`](AsyncResult::get)
+/// does, without blocking a thread, on any executor. Cancel safe: dropped
+/// before the result came, the `AsyncResult` still has it to give; polled
+/// again after it gave it, it gives [`Error::Closed`].
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// # ipc_core::spawn::init();
+/// let pool = ipc_pool::Pool::new(1)?;
+/// let pending = pool.apply_async(ipc_core::entry!(square), &12)?;
+/// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+/// assert_eq!(runtime.block_on(pending)?, 144);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<R: DeserializeOwned> std::future::Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R>> {
+        let this = self.get_mut();
+        if let Some(reply) = this.received.get_mut().take() {
+            this.spent = true;
+            return std::task::Poll::Ready(decode_one(reply));
+        }
+        if this.spent {
+            return std::task::Poll::Ready(Err(Error::Closed));
+        }
+        this.submission.poll_reply(&this.replies, cx).map(|reply| {
+            this.spent = true;
+            reply.map_or(Err(Error::Closed), decode_one)
+        })
     }
 }
 

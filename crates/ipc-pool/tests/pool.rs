@@ -355,3 +355,49 @@ fn a_tokio_runtime_beside_the_pool_is_no_hazard() {
     assert!(matches!(&died[1], Err(Error::Child(_))));
     assert_eq!(pool.apply(ipc_core::entry!(square), &3).unwrap(), 9);
 }
+
+#[test]
+fn map_and_apply_async_are_awaited_without_a_blocked_thread() {
+    // One thread for the runtime and every task: an await that blocked
+    // would stop them all.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pool = Pool::new(2).unwrap();
+    runtime.block_on(async {
+        let pending = pool.apply_async(ipc_core::entry!(square), &11).unwrap();
+        let (mapped, applied) = tokio::join!(
+            pool.map_async(ipc_core::entry!(square), 0..1000u64),
+            pending
+        );
+        assert_eq!(mapped.unwrap()[999], 999 * 999);
+        assert_eq!(applied.unwrap(), 121);
+        // A killed worker fails its task alone, awaited as well.
+        let failed = pool
+            .map_async(ipc_core::entry!(square_or_die), 12..15u64)
+            .await;
+        assert!(matches!(failed, Err(Error::Child(_))), "{failed:?}");
+        // A map dropped after its first poll leaves the pool as it was.
+        let mut dropped = Box::pin(pool.map_async(ipc_core::entry!(square), 0..100_000u64));
+        assert!(futures_poll_once(dropped.as_mut()).is_none());
+        drop(dropped);
+        let timed = tokio::time::timeout(
+            ipc_testkit::PATIENCE,
+            pool.map_async(ipc_core::entry!(square), 0..10u64),
+        )
+        .await
+        .expect("a map after a dropped one");
+        assert_eq!(timed.unwrap()[9], 81);
+    });
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn futures_poll_once<F: std::future::Future + ?Sized>(
+    future: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
