@@ -137,12 +137,19 @@ fn test() -> Result {
     let shm_before = shm_entries();
     let mut tests = cargo();
     if has_nextest() {
-        tests.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        tests.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ]);
     } else {
         eprintln!("cargo-nextest not found; falling back to cargo test");
         tests.args([
             "test",
             "--workspace",
+            "--all-features",
             "--lib",
             "--bins",
             "--tests",

@@ -99,6 +99,17 @@ pub(crate) enum Dest<'b> {
     Vec(&'b mut Vec<u8>),
 }
 
+impl Dest<'_> {
+    /// The same destination, for one more call.
+    #[cfg(feature = "tokio")]
+    fn reborrow(&mut self) -> Dest<'_> {
+        match self {
+            Dest::Slice(slice) => Dest::Slice(slice),
+            Dest::Vec(vec) => Dest::Vec(vec),
+        }
+    }
+}
+
 /// A mapped, validated queue segment.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -657,6 +668,58 @@ impl Core {
                 return Err(Error::Timeout);
             };
             joiners.sleep(seen, sleep);
+        }
+    }
+}
+
+/// The waits of an async caller (feature `tokio`): each tries the
+/// operation without waiting and, if it would have to wait, registers as a
+/// waiter (so the other end wakes the sequence word) and awaits the word's
+/// change through [`ipc_shm::watch`], which one thread per process serves
+/// for every awaited word. The sequence is read before the look that found
+/// nothing, as in the blocking waits, so no change is missed.
+#[cfg(feature = "tokio")]
+impl Core {
+    /// [`get`](Self::get) without blocking a thread. Cancel safe: an item
+    /// is taken only by a look that returns it.
+    pub(crate) async fn get_async(&self, mut dest: Dest<'_>) -> Result<usize> {
+        let getters = self.getters();
+        loop {
+            let seen = getters.seen();
+            match self.get(dest.reborrow(), Deadline::Now) {
+                Err(Error::Empty) => {}
+                other => return other,
+            }
+            getters.register(seen);
+            ipc_shm::watch::changed(getters.seq, seen).await;
+        }
+    }
+
+    /// [`put`](Self::put) without blocking a thread. Cancel safe: the
+    /// record is written whole by a look that finds room, or not at all.
+    pub(crate) async fn put_async(&self, payload: &[u8]) -> Result<()> {
+        let putters = self.putters();
+        loop {
+            let seen = putters.seen();
+            match self.put(payload, Deadline::Now) {
+                Err(Error::Full) => {}
+                other => return other,
+            }
+            putters.register(seen);
+            ipc_shm::watch::changed(putters.seq, seen).await;
+        }
+    }
+
+    /// [`join`](Self::join) without blocking a thread. Cancel safe.
+    pub(crate) async fn join_async(&self) -> Result<()> {
+        let joiners = self.joiners();
+        loop {
+            let seen = joiners.seen();
+            if self.unfinished() == 0 {
+                return Ok(());
+            }
+            joiners.register(seen);
+            ipc_shm::watch::changed(joiners.seq, seen).await;
         }
     }
 }

@@ -128,6 +128,20 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 }
 
+/// The async forms of [`Queue`]'s, and [`join_async`](Self::join_async).
+#[cfg(feature = "tokio")]
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// [`Queue::put_async`].
+    pub async fn put_async(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.queue.put_async(item).await
+    }
+
+    /// [`Queue::get_async`].
+    pub async fn get_async(&self) -> Result<T> {
+        self.queue.get_async().await
+    }
+}
+
 impl<T> JoinableQueue<T> {
     /// An anonymous joinable queue with no bound in items.
     pub fn new() -> Result<Self> {
@@ -159,6 +173,13 @@ impl<T> JoinableQueue<T> {
     /// ([`ipc_core::Error::Timeout`]).
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
         self.queue.core().join(Deadline::after(timeout))
+    }
+
+    /// Awaits the moment every item put has been marked done (feature
+    /// `tokio`; on any executor). Cancel safe.
+    #[cfg(feature = "tokio")]
+    pub async fn join_async(&self) -> Result<()> {
+        self.queue.core().join_async().await
     }
 
     /// The number of items put and not yet marked done (a snapshot).

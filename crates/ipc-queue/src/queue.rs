@@ -542,6 +542,70 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+/// Async forms (feature `tokio`): futures that run on tokio or any other
+/// executor and never block a thread. While one waits, the process's one
+/// shared-memory waiting thread ([`ipc_shm::watch`]) watches the queue's
+/// word for it. The items are the same as the blocking forms': an async
+/// end talks to a blocking one, in this process or another.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipc_core::Result<()> {
+/// let q = ipc_queue::Queue::<String>::new()?;
+/// let other = q.try_clone()?;
+/// let getter = tokio::spawn(async move { other.get_async().await });
+/// q.put_async("hello".to_owned()).await.map_err(|e| e.error)?;
+/// assert_eq!(getter.await.unwrap()?, "hello");
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+impl<T> Queue<T> {
+    /// Puts raw bytes as one item, awaiting room. Cancel safe: dropped
+    /// before it returned, it put nothing.
+    pub async fn put_bytes_async(&self, bytes: &[u8]) -> Result<()> {
+        self.core.put_async(bytes).await
+    }
+
+    /// Takes the next item's bytes, awaiting one. Cancel safe: dropped
+    /// before it returned, it took nothing.
+    pub async fn get_bytes_async(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.core.get_async(Dest::Vec(&mut out)).await?;
+        Ok(out)
+    }
+
+    /// Copies the next item's bytes into `buf`, awaiting one; see
+    /// [`get_bytes_into`](Self::get_bytes_into). Cancel safe.
+    pub async fn get_bytes_into_async(&self, buf: &mut [u8]) -> Result<usize> {
+        self.core.get_async(Dest::Slice(buf)).await
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// Puts `item`, awaiting room. Cancel safe: dropped before it
+    /// returned, it put nothing (and the item is dropped with it).
+    pub async fn put_async(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        let mut bytes = Vec::new();
+        if let Err(error) = ipc_core::codec::encode_into(&item, &mut bytes) {
+            return Err(PutError { item, error });
+        }
+        match self.core.put_async(&bytes).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(PutError { item, error }),
+        }
+    }
+
+    /// Takes the next item, awaiting one; [`Error::Closed`] once the queue
+    /// is closed and drained. Cancel safe: dropped before it returned, it
+    /// took nothing.
+    pub async fn get_async(&self) -> Result<T> {
+        let bytes = self.get_bytes_async().await?;
+        ipc_core::codec::decode(&bytes)
+    }
+}
+
 /// A queue crosses to a child as its segment: a named one by name, an
 /// anonymous one by its memfd. The child checks the header again.
 impl<T> Inheritable for Queue<T> {

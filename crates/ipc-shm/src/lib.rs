@@ -171,6 +171,8 @@ mod semaphore;
 mod shm;
 mod sys;
 mod value;
+#[cfg(feature = "tokio")]
+pub mod watch;
 
 pub use array::{Array, Elements, RawArray};
 pub use barrier::{Barrier, BarrierError};

@@ -99,3 +99,56 @@ pub(crate) fn wait_either(
         _ => Some(Wake::Woken),
     }
 }
+
+/// How a [`wait_any`] ended.
+#[cfg(feature = "tokio")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Any {
+    /// A wake on the word at this index.
+    Woken(usize),
+    /// Some word did not hold its value when the kernel looked.
+    Changed,
+    /// A signal interrupted the wait.
+    Interrupted,
+    /// The timeout ran out.
+    TimedOut,
+}
+
+/// Sleeps while every word (an address and the value it should hold)
+/// holds its value, until a wake on one of them or `timeout`
+/// (`futex_waitv`, at most 128 words). `None` on a kernel without
+/// `futex_waitv`. The addresses are only read by the kernel: one that is
+/// not mapped fails the call (`EFAULT`, reported as `Changed`).
+#[cfg(feature = "tokio")]
+pub(crate) fn wait_any(words: &[(usize, u32)], timeout: Duration) -> Option<Any> {
+    if NO_WAITV.load(Ordering::Relaxed) {
+        return None;
+    }
+    let waits: Vec<Wait> = words
+        .iter()
+        .map(|&(address, expected)| {
+            let mut wait = Wait::new();
+            wait.val = u64::from(expected);
+            wait.uaddr = WaitPtr::new(address as *mut std::ffi::c_void);
+            // Shared (no `WaitFlags::PRIVATE`), as in `wait`.
+            wait.flags = WaitFlags::SIZE_U32;
+            wait
+        })
+        .collect();
+    let now = rustix::time::clock_gettime(ClockId::Monotonic);
+    let end = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(timeout);
+    let end = Timespec {
+        tv_sec: i64::try_from(end.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(end.subsec_nanos()),
+    };
+    match futex::waitv(&waits, WaitvFlags::empty(), Some(&end), ClockId::Monotonic) {
+        Ok(index) => Some(Any::Woken(index)),
+        Err(Errno::NOSYS) => {
+            NO_WAITV.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(Errno::TIMEDOUT) => Some(Any::TimedOut),
+        Err(Errno::INTR) => Some(Any::Interrupted),
+        Err(_) => Some(Any::Changed),
+    }
+}
