@@ -100,6 +100,46 @@ type Reply = std::result::Result<i32, String>;
 struct Server {
     requests: OwnedFd,
     process: Child,
+    /// The process that started it: a child forked from that process has a
+    /// copy of this value, and a server of its own to start.
+    owner: u32,
+}
+
+/// Servers that no longer take requests (one whose request failed), kept
+/// until they exit (once their children have) so they are reaped here and
+/// their children's exits still reported.
+static RETIRED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+
+fn retired() -> MutexGuard<'static, Vec<Child>> {
+    RETIRED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Server {
+    /// Stops sending it requests; it exits once its children have.
+    fn retire(self) {
+        drop(self.requests);
+        retired().push(self.process);
+    }
+}
+
+/// Reaps the retired servers that have exited.
+fn reap_retired() {
+    retired().retain_mut(|server| matches!(server.try_join(), Ok(None)));
+}
+
+/// The running server of this process, taken out of `slot`; a copy
+/// inherited from the process this one was forked from is left alone.
+fn take_ours(slot: &mut Option<Server>) -> Option<Server> {
+    match slot.take() {
+        Some(server) if server.owner == std::process::id() => Some(server),
+        Some(inherited) => {
+            // Its descriptors are not this process's to close, nor its
+            // process to kill.
+            std::mem::forget(inherited);
+            None
+        }
+        None => None,
+    }
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -122,15 +162,20 @@ extern "C" fn stop_at_exit() {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
+        let mut servers: Vec<Child> = std::mem::take(&mut *retired());
         if let Some(Server {
-            requests,
-            mut process,
-        }) = server.take()
+            requests, process, ..
+        }) = take_ours(&mut server)
         {
             drop(requests);
-            // It ends once its children have; if some outlive the grace,
-            // it is left to go on reaping them rather than killed.
-            if !matches!(process.join_timeout(EXIT_GRACE), Ok(Some(_))) {
+            servers.push(process);
+        }
+        // Each ends once its children have; one whose children outlive the
+        // grace is left to go on reaping them rather than killed.
+        let deadline = Deadline::after(EXIT_GRACE);
+        for mut process in servers {
+            let left = deadline.remaining().unwrap_or_default();
+            if !matches!(process.join_timeout(left), Ok(Some(_))) {
                 std::mem::forget(process);
             }
         }
@@ -150,15 +195,20 @@ extern "C" fn stop_at_exit() {
 /// ```
 pub fn start() -> Result<()> {
     let mut server = server();
-    if server.is_none() {
-        *server = Some(Server::launch()?);
-    }
+    let ours = match take_ours(&mut server) {
+        Some(running) => running,
+        None => Server::launch()?,
+    };
+    *server = Some(ours);
     Ok(())
 }
 
 /// The forkserver's process id, if it is running.
 pub fn server_pid() -> Option<u32> {
-    server().as_ref().map(|s| s.process.pid())
+    server()
+        .as_ref()
+        .filter(|s| s.owner == std::process::id())
+        .map(|s| s.process.pid())
 }
 
 /// Stops the forkserver, if it is running: closes the request socket and
@@ -166,10 +216,11 @@ pub fn server_pid() -> Option<u32> {
 /// has exited. A later request starts a new server. Without this call the
 /// server ends when this process does.
 pub fn stop() -> Result<()> {
-    let stopped = server().take();
+    let stopped = take_ours(&mut server());
     if let Some(Server {
         requests,
         mut process,
+        ..
     }) = stopped
     {
         drop(requests);
@@ -204,17 +255,21 @@ pub(crate) fn fork_child(process: &Process, entry: &str) -> Result<Child> {
             "the handle table is too large for a forkserver request",
         ));
     }
+    reap_retired();
     let mut server = server();
     // A server that has died since the last request (killed, say) is
-    // replaced, and so is one whose socket refuses the request: it is gone
-    // and started nothing. One that dies after taking the request fails
-    // that request, since it may have forked the child already.
+    // replaced, and so is one whose socket refuses the request: it started
+    // nothing. One that fails after taking the request fails that request,
+    // since it may have forked the child already. A replaced server is
+    // retired, not killed: the children it started still get their exits
+    // reported.
     for attempt in 0..2 {
-        let mut running = match server.take() {
+        let mut running = match take_ours(&mut server) {
             Some(running) => running,
             None => Server::launch()?,
         };
         if !running.process.is_alive()? {
+            running.retire();
             running = Server::launch()?;
         }
         match running.request(&request, &fds) {
@@ -222,8 +277,11 @@ pub(crate) fn fork_child(process: &Process, entry: &str) -> Result<Child> {
                 *server = Some(running);
                 return Ok(Child::served(pid, pidfd, status_ours.into()));
             }
-            Err(Failed::Unsent(_)) if attempt == 0 => continue,
-            Err(Failed::Unsent(e) | Failed::Broken(e)) => return Err(e),
+            Err(Failed::Unsent(_)) if attempt == 0 => running.retire(),
+            Err(Failed::Unsent(e) | Failed::Broken(e)) => {
+                running.retire();
+                return Err(e);
+            }
             Err(Failed::Refused(why)) => {
                 *server = Some(running);
                 return Err(Error::Io(std::io::Error::other(format!(
@@ -290,7 +348,11 @@ impl Server {
                 "the forkserver did not start: is ipc_core::spawn::init() the first line of main, or spawn_harness! in the test crate?",
             )));
         }
-        Ok(Server { requests, process })
+        Ok(Server {
+            requests,
+            process,
+            owner: std::process::id(),
+        })
     }
 
     fn request(
@@ -435,6 +497,9 @@ pub(crate) fn serve() -> i32 {
     };
     // Its children install their own handle tables.
     std::env::remove_var(HANDLES_ENV);
+    // Ctrl-C in a terminal goes to the program's whole process group: the
+    // program decides what its children do, not the server.
+    sys::ignore_interrupts(true);
     if send_with_fds(requests.as_fd(), READY, &[]).is_err() {
         return 1;
     }
@@ -539,6 +604,7 @@ fn answer(request: &[u8], received: Received) -> std::result::Result<ServedChild
                 let position = usize::try_from(position).ok()?.checked_sub(1)?;
                 numbers.get(position).copied()
             });
+            sys::ignore_interrupts(false);
             let code = spawn::child_main(&entry);
             let _ = std::io::stdout().flush();
             sys::exit_now(code)

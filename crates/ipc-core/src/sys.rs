@@ -119,6 +119,21 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Makes this process ignore `SIGINT` (`ignore`), or take its default
+/// action again: a forkserver ignores the Ctrl-C meant for the program's
+/// foreground processes, as Python's does, and its children get the
+/// default back.
+pub(crate) fn ignore_interrupts(ignore: bool) {
+    let handler = if ignore {
+        nix::sys::signal::SigHandler::SigIgn
+    } else {
+        nix::sys::signal::SigHandler::SigDfl
+    };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler code, so nothing runs
+    // in signal context.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGINT, handler) };
+}
+
 /// `atexit(3)`: runs `handler` when the process exits normally (`exit`,
 /// or returning from `main`), not on `_exit` or a fatal signal.
 pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
@@ -258,8 +273,10 @@ pub(crate) trait StableFd: std::os::fd::AsFd {}
 #[cfg(feature = "tokio")]
 impl StableFd for BorrowedFd<'_> {}
 
-/// A connection owns its stream, which owns its descriptor; nothing in this
-/// crate swaps the stream of a registered connection.
+/// A connection owns its stream, which owns its descriptor. The stream
+/// could be swapped through the public `Connection::get_mut`, but a
+/// registered connection is owned by an `AsyncConnection`, which never
+/// hands out `&mut Connection` and never swaps it.
 #[cfg(feature = "tokio")]
 impl StableFd for crate::Connection<crate::FdStream> {}
 

@@ -62,15 +62,17 @@ use crate::{codec, Connection, Deadline, Error, FdStream, Result, Transport};
 pub struct AsyncConnection {
     /// The connection, registered with the reactor.
     registered: AsyncFd<Watched<Connection<FdStream>>>,
-    /// The unsent tail of a message whose send was dropped part-way.
+    /// The unsent tail of a message whose send stopped part-way, from
+    /// `unsent_at` on.
     unsent: Vec<u8>,
+    unsent_at: usize,
 }
 
 impl std::fmt::Debug for AsyncConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncConnection")
             .field("conn", &self.registered.get_ref().0)
-            .field("unsent", &self.unsent.len())
+            .field("unsent", &(self.unsent.len() - self.unsent_at))
             .finish()
     }
 }
@@ -91,6 +93,7 @@ impl AsyncConnection {
         Ok(AsyncConnection {
             registered: sys::watch(conn, interest)?,
             unsent: Vec::new(),
+            unsent_at: 0,
         })
     }
 
@@ -220,21 +223,18 @@ impl AsyncConnection {
     /// Sends what is left of a message whose send future was dropped
     /// part-way. Cancel safe: what it does not send stays for the next call.
     pub async fn flush(&mut self) -> Result<()> {
-        while !self.unsent.is_empty() {
+        while self.unsent_at < self.unsent.len() {
             let unsent = std::mem::take(&mut self.unsent);
-            let result = self.write_now(&[&unsent], 0);
+            let result = self.write_now(&[&unsent], self.unsent_at);
+            self.unsent = unsent;
             match result {
-                Ok(n) => self.unsent = unsent[n..].to_vec(),
-                Err(Error::Timeout) => {
-                    self.unsent = unsent;
-                    self.registered.writable().await?.clear_ready();
-                }
-                Err(e) => {
-                    self.unsent = unsent;
-                    return Err(e);
-                }
+                Ok(n) => self.unsent_at += n,
+                Err(Error::Timeout) => self.registered.writable().await?.clear_ready(),
+                Err(e) => return Err(e),
             }
         }
+        self.unsent.clear();
+        self.unsent_at = 0;
         Ok(())
     }
 

@@ -355,6 +355,12 @@ impl Core {
     /// Puts one record. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` leave the queue unchanged.
     pub(crate) fn put(&self, payload: &[u8], deadline: Deadline) -> Result<()> {
+        self.put_or(payload, deadline, || Error::Full)
+    }
+
+    /// [`put`](Self::put), giving `lock_busy()` when a call with
+    /// [`Deadline::Now`] finds the lock held too long.
+    fn put_or(&self, payload: &[u8], deadline: Deadline, lock_busy: fn() -> Error) -> Result<()> {
         let need = self.ring.record_size(payload.len())?;
         let c = self.control();
         let putters = self.putters();
@@ -362,7 +368,7 @@ impl Core {
         loop {
             let locked = self
                 .lock(End::Tail, deadline)
-                .map_err(|e| gave_up(deadline, e, Error::Full))?;
+                .map_err(|e| gave_up(deadline, e, lock_busy()))?;
             if self.is_closed() {
                 return Err(Error::Closed);
             }
@@ -414,7 +420,7 @@ impl Core {
             if v.items() == 0 {
                 // Empty, yet the record does not fit after the tail.
                 self.realign(tail, deadline)
-                    .map_err(|e| gave_up(deadline, e, Error::Full))?;
+                    .map_err(|e| gave_up(deadline, e, lock_busy()))?;
                 continue;
             }
             let waiting = Waiting {
@@ -470,14 +476,25 @@ impl Core {
     /// Takes one record into `dest` and returns its length. `Empty` (for
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
-    pub(crate) fn get(&self, mut dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
+    pub(crate) fn get(&self, dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
+        self.get_or(dest, deadline, || Error::Empty)
+    }
+
+    /// [`get`](Self::get), giving `lock_busy()` when a call with
+    /// [`Deadline::Now`] finds the lock held too long.
+    fn get_or(
+        &self,
+        mut dest: Dest<'_>,
+        deadline: Deadline,
+        lock_busy: fn() -> Error,
+    ) -> Result<usize> {
         let c = self.control();
         let getters = self.getters();
         let mut spun = false;
         loop {
             let locked = self
                 .lock(End::Head, deadline)
-                .map_err(|e| gave_up(deadline, e, Error::Empty))?;
+                .map_err(|e| gave_up(deadline, e, lock_busy()))?;
             let mut v = View {
                 head: Pos::load(&c.head.pos, Ordering::Relaxed),
                 tail: Pos::load(&c.seen_tail, Ordering::Relaxed),
@@ -672,6 +689,30 @@ impl Core {
     }
 }
 
+/// What an async call reports for a lock held longer than a non-blocking
+/// call waits: not "empty" or "full", which it did not look at.
+#[cfg(feature = "tokio")]
+fn lock_busy() -> Error {
+    Error::Timeout
+}
+
+/// Lets the executor run other tasks once, then goes on: for a lock held
+/// by a holder that is not running, which no futex word of ours announces.
+#[cfg(feature = "tokio")]
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// The waits of an async caller (feature `tokio`): each tries the
 /// operation without waiting and, if it would have to wait, registers as a
 /// waiter (so the other end wakes the sequence word) and awaits the word's
@@ -686,12 +727,15 @@ impl Core {
         let getters = self.getters();
         loop {
             let seen = getters.seen();
-            match self.get(dest.reborrow(), Deadline::Now) {
-                Err(Error::Empty) => {}
+            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy) {
+                // Looked and found nothing: only then may it register.
+                Err(Error::Empty) => {
+                    getters.register(seen);
+                    ipc_shm::watch::changed(getters.seq, seen).await;
+                }
+                Err(Error::Timeout) => yield_now().await,
                 other => return other,
             }
-            getters.register(seen);
-            ipc_shm::watch::changed(getters.seq, seen).await;
         }
     }
 
@@ -701,12 +745,15 @@ impl Core {
         let putters = self.putters();
         loop {
             let seen = putters.seen();
-            match self.put(payload, Deadline::Now) {
-                Err(Error::Full) => {}
+            match self.put_or(payload, Deadline::Now, lock_busy) {
+                // Looked and found no room: only then may it register.
+                Err(Error::Full) => {
+                    putters.register(seen);
+                    ipc_shm::watch::changed(putters.seq, seen).await;
+                }
+                Err(Error::Timeout) => yield_now().await,
                 other => return other,
             }
-            putters.register(seen);
-            ipc_shm::watch::changed(putters.seq, seen).await;
         }
     }
 

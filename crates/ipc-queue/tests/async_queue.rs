@@ -184,3 +184,36 @@ fn the_polling_path_of_kernels_without_futex_waitv() {
     await_one_item_in_each(5);
     ipc_shm::watch::poll_every_millisecond(false);
 }
+
+#[test]
+fn a_forked_child_awaits_with_a_watching_thread_of_its_own() {
+    let q = Queue::<u32>::new().unwrap();
+    let back = Queue::<u32>::new().unwrap();
+    // This process's watching thread exists from here on; a forked child
+    // has a copy of its state but not the thread.
+    runtime().block_on(async {
+        let waiting = tokio::time::timeout(Duration::from_millis(1), q.get_async()).await;
+        assert!(waiting.is_err(), "nothing was put yet");
+    });
+    let child = fork_child({
+        let (q, back) = (q.try_clone().unwrap(), back.try_clone().unwrap());
+        move || {
+            runtime().block_on(async {
+                for _ in 0..3 {
+                    let Ok(Ok(x)) = tokio::time::timeout(PATIENCE, q.get_async()).await else {
+                        return false;
+                    };
+                    if back.put_async(x + 1).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            })
+        }
+    });
+    for x in [10, 20, 30] {
+        q.put(x).unwrap();
+        assert_eq!(back.get_timeout(PATIENCE).unwrap(), x + 1);
+    }
+    assert!(succeeded(child));
+}

@@ -54,6 +54,48 @@ fn sem_acquire(obj: &Object, deadline: Deadline) -> bool {
     }
 }
 
+/// A waiter counted in a waiters word for as long as it lives: an async
+/// waiter is counted while it awaits, and uncounted when it is done or
+/// dropped.
+#[cfg(feature = "tokio")]
+struct Counted<'a>(&'a AtomicU32);
+
+#[cfg(feature = "tokio")]
+impl<'a> Counted<'a> {
+    fn new(waiters: &'a AtomicU32) -> Self {
+        // SeqCst on both sides, as for a blocking waiter.
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Counted(waiters)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Awaits a positive count and decrements it. Cancel safe: the count is
+/// taken only by the step that returns.
+#[cfg(feature = "tokio")]
+async fn sem_acquire_async(obj: &Object) {
+    let count = word(obj, COUNT);
+    let waiters = word(obj, WAITERS);
+    loop {
+        if sem_acquire(obj, Deadline::Now) {
+            return;
+        }
+        let counted = Counted::new(waiters);
+        // Counted before this look: either the releaser sees us counted
+        // and wakes the word, or this look sees its increment.
+        if count.load(Ordering::SeqCst) == 0 {
+            crate::watch::changed(count, 0).await;
+        }
+        drop(counted);
+    }
+}
+
 fn sem_release(obj: &Object) -> Result<()> {
     let count = word(obj, COUNT);
     let max = match word(obj, BOUNDED).load(Ordering::Relaxed) {
@@ -153,6 +195,15 @@ macro_rules! semaphore_type {
             /// `acquire(timeout=t)`).
             pub fn acquire_timeout(&self, timeout: Duration) -> bool {
                 sem_acquire(&self.obj, Deadline::after(timeout))
+            }
+
+            /// Awaits a positive value and decrements it: [`acquire`](Self::acquire)
+            /// without blocking a thread (feature `tokio`; on any
+            /// executor). Cancel safe: dropped before it returned, it took
+            /// nothing.
+            #[cfg(feature = "tokio")]
+            pub async fn acquire_async(&self) {
+                sem_acquire_async(&self.obj).await
             }
 
             /// The current value (Python's `get_value()`).
@@ -316,6 +367,30 @@ impl Event {
     /// Waits at most `timeout` for the flag; `false` if it is still not set.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(Deadline::after(timeout))
+    }
+
+    /// Awaits the flag: [`wait`](Self::wait) without blocking a thread
+    /// (feature `tokio`; on any executor). Cancel safe.
+    ///
+    /// ```
+    /// let event = ipc_shm::Event::new()?;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// event.set();
+    /// runtime.block_on(event.wait_async());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&self) {
+        let flag = word(&self.obj, FLAG);
+        let waiters = word(&self.obj, WAITERS);
+        while flag.load(Ordering::Acquire) == 0 {
+            let counted = Counted::new(waiters);
+            // Counted before this look, as in `sem_acquire_async`.
+            if flag.load(Ordering::SeqCst) == 0 {
+                crate::watch::changed(flag, 0).await;
+            }
+            drop(counted);
+        }
     }
 
     fn wait_until(&self, deadline: Deadline) -> bool {

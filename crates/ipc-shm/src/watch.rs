@@ -10,10 +10,11 @@
 //! is dropped takes its word out of the set. The futures are plain
 //! `std::future::Future`s: they run on tokio or any other executor.
 //!
-//! Before 5.16 (no `futex_waitv`), and while more than 127 words are
-//! awaited, the thread instead wakes every awaiting task each
+//! Before 5.16 (no `futex_waitv`), and while more than 127 distinct words
+//! are awaited, the thread instead wakes every awaiting task each
 //! millisecond to look again: correct, and only as costly as the awaits
-//! in progress.
+//! in progress. A process forked from one that awaited starts a thread of
+//! its own at its first await.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,10 +32,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::raw::SAFETY_NET;
 use crate::sys::futex;
@@ -46,10 +47,11 @@ const WAITV_MAX: usize = 128;
 /// all their words (no `futex_waitv`, or more words than one call takes).
 const POLL_EVERY: Duration = Duration::from_millis(1);
 
-/// A future that is ready once `word` no longer holds `expected`, or a
-/// futex wake on it arrives (which the caller takes as a reason to look
-/// again, as after a futex wait). Cancel safe: dropping it only takes the
-/// word out of the watched set.
+/// A future that is ready once `word` no longer holds `expected`. A futex
+/// wake on the word that leaves its value as it was may make it ready too,
+/// or only at the next look (within the 500 ms safety net): the caller
+/// looks at its condition again either way, as after a futex wait. Cancel
+/// safe: dropping it only takes the word out of the watched set.
 ///
 /// The word may be in shared memory, changed and woken (`futex_wake`,
 /// without `FUTEX_PRIVATE_FLAG`) by another process.
@@ -82,21 +84,29 @@ impl Future for Changed<'_> {
         }
         let watcher = watcher();
         let mut state = watcher.lock();
-        match this.id.and_then(|id| state.entries.get_mut(&id)) {
-            Some(entry) if entry.fired => {
-                state.entries.remove(&this.id.take().unwrap_or_default());
-                return Poll::Ready(());
-            }
-            Some(entry) => {
-                if !entry.waker.will_wake(cx.waker()) {
-                    entry.waker = cx.waker().clone();
+        if let Some(id) = this.id {
+            match state.entries.get_mut(&id) {
+                Some(entry) if entry.fired => {
+                    let done = state.entries.remove(&id);
+                    this.id = None;
+                    drop(state);
+                    drop(done);
+                    return Poll::Ready(());
                 }
-                return Poll::Pending;
+                Some(entry) => {
+                    if !entry.waker.will_wake(cx.waker()) {
+                        let old = std::mem::replace(&mut entry.waker, cx.waker().clone());
+                        drop(state);
+                        drop(old);
+                    }
+                    return Poll::Pending;
+                }
+                // Registered with a watcher of the process this one was
+                // forked from: register again here.
+                None => this.id = None,
             }
-            None => {}
         }
-        let id = state.next_id;
-        state.next_id += 1;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         state.entries.insert(
             id,
             Entry {
@@ -119,11 +129,16 @@ impl Changed<'_> {
         if let Some(id) = self.id.take() {
             let watcher = watcher();
             let mut state = watcher.lock();
-            // The thread must not go on waiting on a word that may be
-            // unmapped once this borrow ends.
-            if state.entries.remove(&id).is_some_and(|entry| !entry.fired) {
+            // Removed under the lock before the borrow of the word ends,
+            // so the thread never reads a word that may be unmapped.
+            let removed = state.entries.remove(&id);
+            let unfired = removed.as_ref().is_some_and(|entry| !entry.fired);
+            if unfired {
                 watcher.rearm(state);
+            } else {
+                drop(state);
             }
+            drop(removed);
         }
     }
 }
@@ -137,8 +152,8 @@ impl Drop for Changed<'_> {
 /// One awaited word.
 struct Entry {
     /// The word's address. Only the kernel reads it (an address no longer
-    /// mapped makes `futex_waitv` fail with `EFAULT`, never this process
-    /// crash); the entry is removed before the word's memory can go.
+    /// mapped fails a wait with `EFAULT`, never faults here); a future
+    /// removes its entry before its borrow of the word ends.
     address: usize,
     expected: u32,
     waker: Waker,
@@ -149,11 +164,17 @@ struct Entry {
 #[derive(Default)]
 struct State {
     entries: HashMap<u64, Entry>,
-    next_id: u64,
 }
+
+/// The next entry's id: unique in the process and in every child forked
+/// from it (which counts on from its parent's value), so a future a child
+/// inherited never names another one's entry.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The process's watching thread and the set it watches.
 struct Watcher {
+    /// The process whose thread this is: a forked child has none.
+    pid: u32,
     state: Mutex<State>,
     /// Bumped (and woken) whenever the set changes, so the thread's wait,
     /// which includes this word, ends and it waits again on the new set.
@@ -163,7 +184,10 @@ struct Watcher {
     idle: Condvar,
 }
 
-static WATCHER: OnceLock<&'static Watcher> = OnceLock::new();
+/// The watcher of this process. A forked child finds its parent's, whose
+/// thread it does not have (and whose lock another thread may have held at
+/// the fork): it leaves that one alone and makes its own.
+static WATCHER: AtomicPtr<Watcher> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Set by [`poll_every_millisecond`]: behave as on a kernel without
 /// `futex_waitv`.
@@ -181,19 +205,36 @@ pub fn poll_every_millisecond(on: bool) {
 }
 
 fn watcher() -> &'static Watcher {
-    WATCHER.get_or_init(|| {
-        let watcher: &'static Watcher = Box::leak(Box::new(Watcher {
-            state: Mutex::new(State::default()),
-            rearm: AtomicU32::new(0),
-            sleeping: AtomicBool::new(false),
-            idle: Condvar::new(),
-        }));
-        std::thread::Builder::new()
-            .name("ipc-shm-watch".into())
-            .spawn(move || watcher.run())
-            .expect("the shared-memory watching thread starts");
-        watcher
-    })
+    let pid = std::process::id();
+    let current = WATCHER.load(Ordering::Acquire);
+    if let Some(watcher) = leaked(current).filter(|w| w.pid == pid) {
+        return watcher;
+    }
+    let fresh: &'static mut Watcher = Box::leak(Box::new(Watcher {
+        pid,
+        state: Mutex::new(State::default()),
+        rearm: AtomicU32::new(0),
+        sleeping: AtomicBool::new(false),
+        idle: Condvar::new(),
+    }));
+    match WATCHER.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            let watcher: &'static Watcher = fresh;
+            std::thread::Builder::new()
+                .name("ipc-shm-watch".into())
+                .spawn(move || watcher.run())
+                .expect("the shared-memory watching thread starts");
+            watcher
+        }
+        // Another thread installed one first (a few bytes leak).
+        Err(winner) => leaked(winner).expect("a watcher was installed"),
+    }
+}
+
+/// The watcher a pointer from [`WATCHER`] names: null, or one leaked by
+/// [`watcher`], so valid for ever.
+fn leaked(pointer: *mut Watcher) -> Option<&'static Watcher> {
+    futex::leaked(pointer)
 }
 
 impl Watcher {
@@ -213,16 +254,35 @@ impl Watcher {
     }
 
     fn run(&self) {
+        let mut next_tick = Instant::now();
         loop {
             let mut state = self.lock();
             let rearm = self.rearm.load(Ordering::Acquire);
-            let waiting: Vec<(u64, usize, u32)> = state
-                .entries
-                .iter()
-                .filter(|(_, e)| !e.fired)
-                .map(|(&id, e)| (id, e.address, e.expected))
-                .collect();
-            if waiting.is_empty() {
+            // One slot per distinct word (all getters of a queue await the
+            // same word). Entries of one word that expect different values
+            // cannot all be right: those whose word changed are woken now.
+            let mut words: Vec<(usize, u32)> = Vec::new();
+            let mut mixed: Vec<usize> = Vec::new();
+            for entry in state.entries.values().filter(|e| !e.fired) {
+                match words.iter().find(|&&(address, _)| address == entry.address) {
+                    None => words.push((entry.address, entry.expected)),
+                    Some(&(_, expected)) if expected != entry.expected => mixed.push(entry.address),
+                    Some(_) => {}
+                }
+            }
+            let stale = if mixed.is_empty() {
+                Vec::new()
+            } else {
+                let stale = take_changed_of(&mut state, |e| mixed.contains(&e.address));
+                words.clear();
+                for entry in state.entries.values().filter(|e| !e.fired) {
+                    if !words.iter().any(|&(address, _)| address == entry.address) {
+                        words.push((entry.address, entry.expected));
+                    }
+                }
+                stale
+            };
+            if words.is_empty() && stale.is_empty() {
                 self.sleeping.store(true, Ordering::Release);
                 state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
                 self.sleeping.store(false, Ordering::Release);
@@ -230,48 +290,87 @@ impl Watcher {
                 continue;
             }
             drop(state);
-            let polling = FORCE_POLLING.load(Ordering::Relaxed) || waiting.len() >= WAITV_MAX;
+            wake(stale);
+            if words.is_empty() {
+                continue;
+            }
+            let polling = FORCE_POLLING.load(Ordering::Relaxed) || words.len() >= WAITV_MAX;
             let woke = if polling {
                 None
             } else {
-                let mut words: Vec<(usize, u32)> =
-                    waiting.iter().map(|&(_, a, e)| (a, e)).collect();
                 words.push((self.rearm.as_ptr() as usize, rearm));
                 futex::wait_any(&words, SAFETY_NET)
             };
-            match woke {
+            let mut state = self.lock();
+            let woken = match woke {
                 // The set changed: wait again on the new one.
-                Some(futex::Any::Woken(i)) if i == waiting.len() => {}
-                // That word was woken.
-                Some(futex::Any::Woken(i)) => self.fire(|id| id == waiting[i].0),
-                Some(futex::Any::Interrupted) => {}
-                // The set changed before the wait began: wait on the new
-                // one (a changed word of it shows again there).
-                Some(futex::Any::Changed) if self.rearm.load(Ordering::Acquire) != rearm => {}
-                // Some word no longer held its value when the kernel
-                // looked, or the safety net ran out: every task looks again.
-                Some(futex::Any::Changed | futex::Any::TimedOut) => self.fire(|_| true),
-                None => {
-                    futex::wait(&self.rearm, rearm, Some(POLL_EVERY));
-                    self.fire(|_| true);
+                Some(futex::Any::Woken(i)) if i == words.len() - 1 => Vec::new(),
+                // That word was woken: its entries look again.
+                // (A word woken at the same moment shows as changed at the
+                // next wait, if the wake came with a change.)
+                Some(futex::Any::Woken(i)) => {
+                    let address = words[i].0;
+                    take_picked(&mut state, |entry| entry.address == address)
                 }
-            }
+                // Some word had changed, or a signal: wake the entries
+                // whose word changed.
+                Some(futex::Any::Changed | futex::Any::Interrupted) => {
+                    take_changed_of(&mut state, |_| true)
+                }
+                // The safety net: everyone looks again.
+                Some(futex::Any::TimedOut) => take_picked(&mut state, |_| true),
+                // Polling: each tick, the entries of this look look again
+                // (new ones wait for the next tick), whatever the re-arms.
+                None => {
+                    drop(state);
+                    next_tick += POLL_EVERY;
+                    let now = Instant::now();
+                    if next_tick > now {
+                        std::thread::sleep(next_tick - now);
+                    } else {
+                        next_tick = now;
+                    }
+                    state = self.lock();
+                    take_picked(&mut state, |entry| {
+                        words.iter().any(|&(address, _)| address == entry.address)
+                    })
+                }
+            };
+            drop(state);
+            wake(woken);
         }
     }
+}
 
-    /// Wakes the tasks of the entries `which` picks.
-    fn fire(&self, which: impl Fn(u64) -> bool) {
-        let mut wakers = Vec::new();
-        let mut state = self.lock();
-        for (&id, entry) in state.entries.iter_mut() {
-            if !entry.fired && which(id) {
-                entry.fired = true;
-                wakers.push(entry.waker.clone());
-            }
+/// Marks fired, and gives the wakers of, the unfired entries among those
+/// `among` picks whose word no longer holds the value they expect.
+fn take_changed_of(state: &mut State, among: impl Fn(&Entry) -> bool) -> Vec<Waker> {
+    let mut wakers = Vec::new();
+    for entry in state.entries.values_mut().filter(|e| !e.fired) {
+        if among(entry) && futex::differs(entry.address, entry.expected) {
+            entry.fired = true;
+            wakers.push(entry.waker.clone());
         }
-        drop(state);
-        for waker in wakers {
-            waker.wake();
+    }
+    wakers
+}
+
+/// Marks fired, and gives the wakers of, the unfired entries `pick` picks.
+fn take_picked(state: &mut State, pick: impl Fn(&Entry) -> bool) -> Vec<Waker> {
+    let mut wakers = Vec::new();
+    for entry in state.entries.values_mut().filter(|e| !e.fired) {
+        if pick(entry) {
+            entry.fired = true;
+            wakers.push(entry.waker.clone());
         }
+    }
+    wakers
+}
+
+/// Wakes tasks, outside the state's lock (a waker may run code that
+/// takes it).
+fn wake(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
     }
 }

@@ -71,3 +71,30 @@ fn a_forkserver_child_is_forked_by_the_server_which_is_replaced_if_killed() {
     assert_ne!(replacement, server);
     assert_eq!(ipc_core::forkserver::server_pid(), Some(replacement));
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn a_forked_child_starts_a_forkserver_of_its_own() {
+    ipc_core::forkserver::start().unwrap();
+    let parents = ipc_core::forkserver::server_pid().expect("a running server");
+    let mut child = Process::new()
+        .allow_threads()
+        .fork(move || {
+            // The parent's server is not this process's to use.
+            let ours = Process::new()
+                .start(StartMethod::Forkserver, ipc_core::entry!(square), &6)
+                .and_then(|child| child.join_timeout(PATIENCE));
+            let server = ipc_core::forkserver::server_pid();
+            // A forked child leaves by `_exit`, without the exit handler
+            // that reaps the server: stop it here.
+            let stopped = ipc_core::forkserver::stop().is_ok();
+            i32::from(
+                !(ours.ok() == Some(36) && server.is_some() && server != Some(parents) && stopped),
+            )
+        })
+        .unwrap();
+    assert!(child.join_timeout(PATIENCE).unwrap().unwrap().success());
+}

@@ -152,3 +152,41 @@ pub(crate) fn wait_any(words: &[(usize, u32)], timeout: Duration) -> Option<Any>
         Err(_) => Some(Any::Changed),
     }
 }
+
+/// Whether the word at `address` no longer holds `expected`, asked of the
+/// kernel (a `futex_waitv` on that word alone with a deadline already
+/// passed), so that nothing in this process reads the address: one that
+/// is no longer mapped (a future leaked with `mem::forget` outlived its
+/// word) counts as changed instead of faulting.
+#[cfg(feature = "tokio")]
+pub(crate) fn differs(address: usize, expected: u32) -> bool {
+    let mut wait = Wait::new();
+    wait.val = u64::from(expected);
+    wait.uaddr = WaitPtr::new(address as *mut std::ffi::c_void);
+    wait.flags = WaitFlags::SIZE_U32;
+    let passed = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match futex::waitv(
+        &[wait],
+        WaitvFlags::empty(),
+        Some(&passed),
+        ClockId::Monotonic,
+    ) {
+        Err(Errno::TIMEDOUT) => false,
+        // EAGAIN: it changed; EFAULT: not mapped; a wake: look again.
+        _ => true,
+    }
+}
+
+/// The `'static` reference behind `pointer`.
+///
+/// Contract: `pointer` is null or comes from `Box::leak` (it is never
+/// freed), as the watcher pointer of `crate::watch` does.
+#[cfg(feature = "tokio")]
+pub(crate) fn leaked<T>(pointer: *mut T) -> Option<&'static T> {
+    // SAFETY: by this function's contract a non-null pointer is a leaked
+    // box: valid, initialised and never freed or mutably borrowed again.
+    unsafe { pointer.as_ref() }
+}
