@@ -84,6 +84,12 @@ pub enum Via {
     Queue,
     /// A queue between two producer and two consumer processes.
     Queue2,
+    /// A pipe-like pair made before the peer starts, both ends awaited on
+    /// tokio `current_thread` runtimes.
+    AsyncPipe,
+    /// A queue between one producer and one consumer process, both
+    /// awaiting its puts and gets on tokio `current_thread` runtimes.
+    AsyncQueue,
     /// A child started by re-executing the program (Python's `spawn`).
     Spawn,
     /// A child forked by a server process started earlier (Python's
@@ -139,6 +145,8 @@ impl Benchmark {
             b(Kind::Throughput, 64, Via::Queue2),
             b(Kind::Throughput, 4 << 10, Via::Queue2),
             b(Kind::PingPong, 64, Via::Queue),
+            b(Kind::PingPong, 8, Via::AsyncPipe),
+            b(Kind::Throughput, 64, Via::AsyncQueue),
             b(Kind::Start, 0, Via::Spawn),
             b(Kind::Start, 0, Via::Forkserver),
             b(Kind::Start, 0, Via::Fork),
@@ -159,6 +167,8 @@ impl Benchmark {
             Via::Shm => "shm-",
             Via::Queue => "queue-",
             Via::Queue2 => "queue2x2-",
+            Via::AsyncPipe => "async-",
+            Via::AsyncQueue => "async-queue-",
             Via::Spawn => "spawn-",
             Via::Forkserver => "forkserver-",
             Via::Fork => "fork-",
@@ -237,6 +247,8 @@ impl fmt::Display for Benchmark {
             Via::Shm => "",
             Via::Queue => " (queue, 1 producer / 1 consumer)",
             Via::Queue2 => " (queue, 2 producers / 2 consumers)",
+            Via::AsyncPipe => " (async, tokio current_thread)",
+            Via::AsyncQueue => " (async queue, 1 producer / 1 consumer, tokio current_thread)",
             Via::Spawn => "spawn",
             Via::Forkserver => "forkserver",
             Via::Fork => "fork",
@@ -457,6 +469,8 @@ mod tests {
             "queue-throughput-64B",
             "queue2x2-throughput-4KiB",
             "queue-ping-pong-64B",
+            "async-ping-pong-8B",
+            "async-queue-throughput-64B",
             "spawn-start",
             "forkserver-start",
             "fork-start",

@@ -2,7 +2,8 @@
 //! contender must start its peer, answer every kind of benchmark it runs
 //! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
 //! bandwidth, queues 1/1 and 2/2 and their ping-pong, the batched pipe
-//! sender, process starts by every method, the trivial pool map) and stop,
+//! sender, the async ping-pong and async queue on tokio, process starts by
+//! every method, the trivial pool map) and stop,
 //! and the three reports must be written. (The 200 × 5 ms pool map runs
 //! the same contenders as the trivial one, for seconds: it is left out.)
 
@@ -18,7 +19,7 @@ fn every_contender_runs_and_reports() {
             "1",
             "--bench",
             "ping-pong-8B,throughput-64KiB,connect,shm,throughput-64B,queue-ping-pong,\
-             start,pool-map-100k",
+             async,start,pool-map-100k",
         ])
         .arg("--out")
         .arg(&out)
@@ -47,6 +48,9 @@ fn every_contender_runs_and_reports() {
         "POSIX mq",
         "ipc-queue bytes",
         "python Queue",
+        "tokio UnixStream",
+        "ipc-core AsyncConnection",
+        "ipc-shm-queue async",
         "std Command (exec)",
         "ipc-core Process",
         "python Process",
@@ -70,6 +74,8 @@ fn every_contender_runs_and_reports() {
         "queue-throughput-64B",
         "queue2x2-throughput-64B",
         "queue-ping-pong-64B",
+        "async-ping-pong-8B",
+        "async-queue-throughput-64B",
         "spawn-start",
         "forkserver-start",
         "fork-start",

@@ -379,9 +379,15 @@ fn map_and_apply_async_are_awaited_without_a_blocked_thread() {
             .await;
         assert!(matches!(failed, Err(Error::Child(_))), "{failed:?}");
         // A map dropped after its first poll leaves the pool as it was.
-        let mut dropped = Box::pin(pool.map_async(ipc_core::entry!(square), 0..100_000u64));
+        // Its tasks wait for an event, so it cannot finish at its first
+        // poll; released afterwards, they finish and their results go.
+        let name = ipc_testkit::name();
+        let release = ipc_shm::Event::create(&name).unwrap();
+        let held_tasks = (0..20u64).map(|i| (i, name.clone()));
+        let mut dropped = Box::pin(pool.map_async(ipc_core::entry!(held), held_tasks));
         assert!(futures_poll_once(dropped.as_mut()).is_none());
         drop(dropped);
+        release.set();
         let timed = tokio::time::timeout(
             ipc_testkit::PATIENCE,
             pool.map_async(ipc_core::entry!(square), 0..10u64),

@@ -16,8 +16,10 @@
 //! 3. Add an [`Entry`] to [`registry`].
 //!
 //! A contender that cannot be a [`Link`] (the Python one) implements
-//! [`Contender`] directly and has no `peer`.
+//! [`Contender`] directly and has no `peer`. The async contenders have
+//! their own awaited link and drivers (see [`async_io`]).
 
+pub mod async_io;
 pub mod ipc_channel;
 pub mod pipe;
 pub mod pool;
@@ -42,6 +44,9 @@ use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 pub fn floor(bench: &Benchmark) -> &'static str {
     match (bench.via, bench.kind) {
         (Via::Pipe, _) => raw::NAME,
+        (Via::AsyncPipe, _) => async_io::TOKIO,
+        // The async queue's goal is stated against the blocking queue.
+        (Via::AsyncQueue, _) => queue::NAME,
         (Via::Unix | Via::Tcp, _) => socket::RAW,
         (Via::Shm, Kind::Bandwidth) => shm::MEMCPY,
         (Via::Shm, _) => shm::MUTEX,
@@ -54,10 +59,10 @@ pub fn floor(bench: &Benchmark) -> &'static str {
 /// The Python contender of `bench`, the second reference.
 pub fn python(bench: &Benchmark) -> &'static str {
     match bench.via {
-        Via::Pipe => python::NAME,
+        Via::Pipe | Via::AsyncPipe => python::NAME,
         Via::Unix | Via::Tcp => python::SOCKET,
         Via::Shm => python::SHM,
-        Via::Queue | Via::Queue2 => python::QUEUE,
+        Via::Queue | Via::Queue2 | Via::AsyncQueue => python::QUEUE,
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
     }
@@ -136,10 +141,12 @@ pub fn registry() -> Vec<Entry> {
     vec![
         raw::entry(),
         raw::exact_entry(),
+        async_io::tokio_entry(),
         pipe::bytes_entry(),
         pipe::batched_entry(),
         pipe::bytes_alloc_entry(),
         pipe::typed_entry(),
+        async_io::ours_entry(),
         python::entry(),
         ipc_channel::entry(),
         socket::raw_entry(),
@@ -153,6 +160,7 @@ pub fn registry() -> Vec<Entry> {
         python::shm_entry(),
         queue::mq_entry(),
         queue::entry(),
+        async_io::queue_entry(),
         python::queue_entry(),
         start::exec_entry(),
         start::ours_entry(),

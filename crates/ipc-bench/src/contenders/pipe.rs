@@ -7,7 +7,7 @@ use ipc_core::{Connection, FdStream, Transport};
 use serde::{Deserialize, Serialize};
 
 use super::{spawn_peer, Contender, Entry, Link, LinkContender};
-use crate::bench::Result;
+use crate::bench::{Result, Via};
 
 /// Name of the bytes contender.
 pub const BYTES: &str = "ipc-pipe bytes";
@@ -24,10 +24,11 @@ pub const TYPED: &str = "ipc-pipe typed";
 pub fn bytes_entry() -> Entry {
     Entry {
         name: BYTES,
-        about: "`ipc_pipe::duplex()`, `send_bytes` / `recv_bytes_into` a reused buffer",
+        about: "`ipc_pipe::duplex()`, `send_bytes` / `recv_bytes_into` a reused buffer \
+                (also the blocking reference of the async ping-pong)",
         start: || start(BYTES, |conn| Bytes::new(conn, false)),
         peer: Some(|_| peer(|conn| Bytes::new(conn, false))),
-        runs: super::pipe_only,
+        runs: |b| super::pipe_only(b) || b.via == Via::AsyncPipe,
     }
 }
 

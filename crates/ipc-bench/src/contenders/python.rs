@@ -89,7 +89,7 @@ pub fn queue_entry() -> Entry {
                 `multiprocessing.Process` producers and consumers (ping-pong: two queues)",
         start: || start("queue_bench.py"),
         peer: None,
-        runs: |b| matches!(b.via, Via::Queue | Via::Queue2),
+        runs: |b| matches!(b.via, Via::Queue | Via::Queue2 | Via::AsyncQueue),
     }
 }
 
@@ -101,7 +101,9 @@ pub fn entry() -> Entry {
                 `recv_bytes`, parent and a `multiprocessing.Process` child",
         start: || start("pipe_bench.py"),
         peer: None,
-        runs: super::pipe_only,
+        // Python has no async `Pipe`: the blocking one is the async
+        // ping-pong's Python reference.
+        runs: |b| super::pipe_only(b) || b.via == Via::AsyncPipe,
     }
 }
 
@@ -213,7 +215,7 @@ impl Contender for Python {
             (Via::Queue | Via::Queue2, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
             }
-            (Via::Queue | Via::Queue2, _) => {
+            (Via::Queue | Via::Queue2 | Via::AsyncQueue, _) => {
                 let procs = if bench.via == Via::Queue2 { 2 } else { 1 };
                 writeln!(self.stdin, "throughput {size} {count} {procs}")?
             }

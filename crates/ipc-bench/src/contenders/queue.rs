@@ -6,7 +6,8 @@
 //! `back`, and starts three peer processes (`ipc-bench --peer NAME ROLE
 //! ...`, roles 0, 1 and 2), each with its own control connection:
 //!
-//! - 1 producer / 1 consumer throughput: the parent puts COUNT items on
+//! - 1 producer / 1 consumer throughput (also as the blocking reference
+//!   of the async queue benchmark): the parent puts COUNT items on
 //!   `data`; peer 0 gets them all and puts an empty acknowledgement on
 //!   `back`.
 //! - 2 producers / 2 consumers: the parent and peer 1 produce (half the
@@ -39,7 +40,7 @@ pub const MQ: &str = "POSIX mq";
 pub const NAME: &str = "ipc-queue bytes";
 
 /// The byte capacity of the `ipc-queue` ring.
-const CAPACITY: usize = 4 << 20;
+pub(crate) const CAPACITY: usize = 4 << 20;
 
 /// The largest item of the queue benchmarks.
 const MAX_ITEM: usize = 4 << 10;
@@ -55,10 +56,10 @@ pub fn entry() -> Entry {
         name: NAME,
         about: "`ipc_queue::Queue::builder().capacity(4 MiB).anonymous()`, `put_bytes` / \
                 `get_bytes_into` a reused buffer; 2/2: two producer and two consumer \
-                processes on one queue",
+                processes on one queue; also the blocking reference of the async queue",
         start: start_queue,
         peer: Some(peer_queue),
-        runs: queue_bench,
+        runs: |b| queue_bench(b) || b.via == Via::AsyncQueue,
     }
 }
 
@@ -284,7 +285,7 @@ fn serve<Q: Ends>(role: usize, q: Pair<Q>) -> Result {
                         }
                         Ok(())
                     }
-                    (Kind::Throughput, Via::Queue, 0) => {
+                    (Kind::Throughput, Via::Queue | Via::AsyncQueue, 0) => {
                         for _ in 0..count {
                             check_len(q.data.get(&mut buf)?, size)?;
                         }
@@ -378,7 +379,7 @@ impl<Q: Ends> Contender for QueueContender<Q> {
                 self.tell_pinned(0, bench, bench.warmup(count), count, other)?;
                 affinity::pinned(cpu, || self.ping_pong(bench, count))
             }
-            (Kind::Throughput, Via::Queue) => {
+            (Kind::Throughput, Via::Queue | Via::AsyncQueue) => {
                 self.tell(0, bench, 0, count)?;
                 let start = Instant::now();
                 for _ in 0..count {

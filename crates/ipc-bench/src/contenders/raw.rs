@@ -59,6 +59,18 @@ pub fn exact_entry() -> Entry {
 }
 
 fn start(name: &str, buffered: bool) -> Result<Option<Box<dyn Contender>>> {
+    let (a, b) = socketpair()?;
+    let (ctl, child) = spawn_peer(name, Process::new().pass("data", &b)?, &[])?;
+    Ok(Some(Box::new(LinkContender::new(
+        ctl,
+        child,
+        Raw::new(a.0, buffered),
+    ))))
+}
+
+/// The floor's socketpair: `AF_UNIX` stream sockets with 1 MiB kernel
+/// buffers on both ends.
+pub(crate) fn socketpair() -> Result<(Socket, Socket)> {
     let (a, b) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -69,16 +81,11 @@ fn start(name: &str, buffered: bool) -> Result<Option<Box<dyn Contender>>> {
         socket::setsockopt(end, sockopt::SndBuf, &BUFFER_SIZE)?;
         socket::setsockopt(end, sockopt::RcvBuf, &BUFFER_SIZE)?;
     }
-    let (ctl, child) = spawn_peer(name, Process::new().pass("data", &Socket(b))?, &[])?;
-    Ok(Some(Box::new(LinkContender::new(
-        ctl,
-        child,
-        Raw::new(a, buffered),
-    ))))
+    Ok((Socket(a), Socket(b)))
 }
 
 /// A bare descriptor handed to the peer.
-struct Socket(OwnedFd);
+pub(crate) struct Socket(pub(crate) OwnedFd);
 
 impl Inheritable for Socket {
     fn handle(&self) -> Handle<'_> {
