@@ -689,6 +689,14 @@ impl Core {
     }
 }
 
+/// How long an async put or get that would wait keeps looking before it
+/// registers and awaits, once per call: as the blocking forms do, so that
+/// a peer that answers within microseconds is seen without a wake-up on
+/// either side, but no longer than the executor should be kept from its
+/// other tasks (the blocking getter spins up to 100 µs).
+#[cfg(feature = "tokio")]
+const ASYNC_SPIN: Duration = Duration::from_micros(20);
+
 /// What an async call reports for a lock held longer than a non-blocking
 /// call waits: not "empty" or "full", which it did not look at.
 #[cfg(feature = "tokio")]
@@ -725,11 +733,31 @@ impl Core {
     /// is taken only by a look that returns it.
     pub(crate) async fn get_async(&self, mut dest: Dest<'_>) -> Result<usize> {
         let getters = self.getters();
+        let mut spin = Some(Spin {
+            quiet: GET_QUIET,
+            want: 1,
+            pauses: 1,
+            spin_for: ASYNC_SPIN,
+        });
         loop {
+            // The sequence is read only once a look found nothing (it is
+            // the line every put writes: reading it before each get would
+            // cost a cache miss per item), then a second look follows it.
+            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy) {
+                Err(Error::Empty) => {}
+                Err(Error::Timeout) => {
+                    yield_now().await;
+                    continue;
+                }
+                other => return other,
+            }
             let seen = getters.seen();
             match self.get_or(dest.reborrow(), Deadline::Now, lock_busy) {
                 // Looked and found nothing: only then may it register.
                 Err(Error::Empty) => {
+                    if spin.take().is_some_and(|spin| spin.run(getters.seq, seen)) {
+                        continue;
+                    }
                     getters.register(seen);
                     ipc_shm::watch::changed(getters.seq, seen).await;
                 }
@@ -743,11 +771,30 @@ impl Core {
     /// record is written whole by a look that finds room, or not at all.
     pub(crate) async fn put_async(&self, payload: &[u8]) -> Result<()> {
         let putters = self.putters();
+        let mut spin = Some(Spin {
+            quiet: Duration::ZERO,
+            want: PUT_BATCH,
+            pauses: PUT_PAUSES,
+            spin_for: ASYNC_SPIN,
+        });
         loop {
+            // As in `get_async`: the sequence only after a look found no
+            // room.
+            match self.put_or(payload, Deadline::Now, lock_busy) {
+                Err(Error::Full) => {}
+                Err(Error::Timeout) => {
+                    yield_now().await;
+                    continue;
+                }
+                other => return other,
+            }
             let seen = putters.seen();
             match self.put_or(payload, Deadline::Now, lock_busy) {
                 // Looked and found no room: only then may it register.
                 Err(Error::Full) => {
+                    if spin.take().is_some_and(|spin| spin.run(putters.seq, seen)) {
+                        continue;
+                    }
                     putters.register(seen);
                     ipc_shm::watch::changed(putters.seq, seen).await;
                 }
