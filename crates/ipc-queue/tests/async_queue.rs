@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 use ipc_core::process::Process;
 use ipc_core::Error;
 use ipc_queue::{JoinableQueue, Queue};
-use ipc_testkit::{Rng, PATIENCE};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a tokio runtime")
-}
+use ipc_testkit::{runtime, Rng, PATIENCE};
 
 /// Forks a child (beside the test harness's parked thread and the
 /// watching thread, neither of which the child's blocking calls touch)

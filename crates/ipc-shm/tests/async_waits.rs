@@ -5,14 +5,7 @@
 
 use ipc_core::process::Process;
 use ipc_shm::{Event, Semaphore};
-use ipc_testkit::PATIENCE;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a tokio runtime")
-}
+use ipc_testkit::{runtime, PATIENCE};
 
 #[test]
 fn three_tasks_acquire_what_a_child_releases() {

@@ -40,6 +40,16 @@ pub const SHORT: Duration = Duration::from_millis(100);
 /// [`assert_waited`].
 const LATE: Duration = Duration::from_secs(2);
 
+/// A single-threaded tokio runtime with its timer and, where the tokio
+/// build has it, its IO driver: what the async tests run on. One thread, so
+/// an await that blocked would stall the whole test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Waits (at most [`PATIENCE`]) for `child` to exit and returns its status;
 /// panics if it does not exit in time.
 ///

@@ -14,7 +14,7 @@ use ipc_core::process::{inherited, Process};
 use ipc_core::spawn::{ChildFailure, StartMethod};
 use ipc_core::tokio::AsyncConnection;
 use ipc_core::{Connection, Error};
-use ipc_testkit::{pattern, Rng};
+use ipc_testkit::{pattern, runtime, Rng};
 use ipc_tests::{checksum, RawEnd, PATIENCE};
 
 ipc_core::spawn_harness!();
@@ -55,13 +55,6 @@ fn lengths_and_sums(_: ()) -> Vec<(usize, u64)> {
         seen.push((message.len(), checksum(&message)));
     }
     seen
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]

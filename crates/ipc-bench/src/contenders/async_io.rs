@@ -31,7 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::runtime::Runtime;
 
 use super::raw::Socket;
-use super::{check_len, peer_cpu, quit_peer, spawn_peer, Contender, Control, Entry, ACK_SIZE};
+use super::{
+    check_len, peer_cpu, quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, ACK_SIZE,
+};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -165,18 +167,11 @@ fn peer<L: AsyncLink>(link: impl FnOnce() -> Result<L>) -> Result {
         link()?
     };
     let mut ctl: Connection = inherited("ctl")?;
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench,
-                warmup,
-                count,
-                cpu,
-            }) => affinity::pinned(cpu, || rt.block_on(answer(&mut link, bench, warmup, count)))?,
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    serve_runs(&mut ctl, |_, run| {
+        affinity::pinned(run.cpu, || {
+            rt.block_on(answer(&mut link, run.bench, run.warmup, run.count))
+        })
+    })
 }
 
 /// One end of an async message channel: [`super::Link`] with awaited

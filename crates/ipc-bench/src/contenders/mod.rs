@@ -204,6 +204,47 @@ pub enum Control {
     Quit,
 }
 
+/// One benchmark a peer is asked to run: [`Control::Run`]'s fields.
+pub struct Run {
+    /// The benchmark.
+    pub bench: Benchmark,
+    /// Untimed round trips first.
+    pub warmup: usize,
+    /// Timed round trips or messages.
+    pub count: usize,
+    /// The CPU to pin to for this run.
+    pub cpu: Option<usize>,
+}
+
+/// A peer's side of the control connection: runs each benchmark the
+/// parent asks for with `run` (which may answer on the connection), until
+/// the parent says quit or goes away.
+pub fn serve_runs(
+    ctl: &mut Connection,
+    mut run: impl FnMut(&mut Connection, Run) -> Result,
+) -> Result {
+    loop {
+        match ctl.recv::<Control>() {
+            Ok(Control::Run {
+                bench,
+                warmup,
+                count,
+                cpu,
+            }) => run(
+                ctl,
+                Run {
+                    bench,
+                    warmup,
+                    count,
+                    cpu,
+                },
+            )?,
+            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The payload size of the acknowledgement that ends a throughput run.
 pub const ACK_SIZE: usize = 0;
 
@@ -348,16 +389,9 @@ pub fn spawn_peer(name: &str, process: Process, args: &[&str]) -> Result<(Connec
 /// connection asks, until told to quit or the parent goes away.
 pub fn serve<L: Link>(mut link: L) -> Result {
     let mut ctl: Connection = inherited("ctl")?;
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench,
-                warmup,
-                count,
-                cpu,
-            }) => affinity::pinned(cpu, || answer(&mut link, bench, warmup, count))?,
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    serve_runs(&mut ctl, |_, run| {
+        affinity::pinned(run.cpu, || {
+            answer(&mut link, run.bench, run.warmup, run.count)
+        })
+    })
 }

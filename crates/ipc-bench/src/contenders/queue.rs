@@ -29,7 +29,7 @@ use ipc_queue::Queue;
 use nix::mqueue::{mq_open, mq_receive, mq_send, mq_unlink, MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 
-use super::{check_len, quit_peer, spawn_peer, Contender, Control, Entry};
+use super::{check_len, quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, Run};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -267,52 +267,49 @@ fn serve<Q: Ends>(role: usize, q: Pair<Q>) -> Result {
     let mut ctl: Connection = inherited("ctl")?;
     let mut buf = vec![0u8; MAX_ITEM];
     let out = vec![0xa5u8; MAX_ITEM];
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench,
-                warmup,
-                count,
-                cpu,
-            }) => affinity::pinned(cpu, || {
-                let size = bench.size;
-                match (bench.kind, bench.via, role) {
-                    (Kind::PingPong, _, 0) => {
-                        for _ in 0..warmup + count {
-                            let n = q.data.get(&mut buf)?;
-                            check_len(n, size)?;
-                            q.back.put(&buf[..n])?;
-                        }
-                        Ok(())
+    serve_runs(&mut ctl, |_, run| {
+        let Run {
+            bench,
+            warmup,
+            count,
+            cpu,
+        } = run;
+        affinity::pinned(cpu, || {
+            let size = bench.size;
+            match (bench.kind, bench.via, role) {
+                (Kind::PingPong, _, 0) => {
+                    for _ in 0..warmup + count {
+                        let n = q.data.get(&mut buf)?;
+                        check_len(n, size)?;
+                        q.back.put(&buf[..n])?;
                     }
-                    (Kind::Throughput, Via::Queue | Via::AsyncQueue, 0) => {
-                        for _ in 0..count {
-                            check_len(q.data.get(&mut buf)?, size)?;
-                        }
-                        q.back.put(&[])
-                    }
-                    (Kind::Throughput, Via::Queue2, 1) => {
-                        for _ in 0..count {
-                            q.data.put(&out[..size])?;
-                        }
-                        q.data.put(&[])
-                    }
-                    (Kind::Throughput, Via::Queue2, 0 | 2) => {
-                        loop {
-                            match q.data.get(&mut buf)? {
-                                0 => break,
-                                n => check_len(n, size)?,
-                            }
-                        }
-                        q.back.put(&[])
-                    }
-                    _ => Err(format!("queue peer {role} cannot run {bench}").into()),
+                    Ok(())
                 }
-            })?,
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+                (Kind::Throughput, Via::Queue | Via::AsyncQueue, 0) => {
+                    for _ in 0..count {
+                        check_len(q.data.get(&mut buf)?, size)?;
+                    }
+                    q.back.put(&[])
+                }
+                (Kind::Throughput, Via::Queue2, 1) => {
+                    for _ in 0..count {
+                        q.data.put(&out[..size])?;
+                    }
+                    q.data.put(&[])
+                }
+                (Kind::Throughput, Via::Queue2, 0 | 2) => {
+                    loop {
+                        match q.data.get(&mut buf)? {
+                            0 => break,
+                            n => check_len(n, size)?,
+                        }
+                    }
+                    q.back.put(&[])
+                }
+                _ => Err(format!("queue peer {role} cannot run {bench}").into()),
+            }
+        })
+    })
 }
 
 impl<Q: Ends> QueueContender<Q> {

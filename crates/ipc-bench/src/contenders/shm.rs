@@ -20,7 +20,7 @@ use ipc_core::process::{inherited, Child, Process};
 use ipc_core::Connection;
 use ipc_shm::{Array, Lock, LockError, LockResult, SharedMemory, Value};
 
-use super::{quit_peer, spawn_peer, Contender, Control, Entry};
+use super::{quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, Run};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -373,11 +373,13 @@ fn peer(segment: Segment) -> Result {
         Segment::Value(_) => Vec::new(),
         _ => vec![1u8; BANDWIDTH_SIZE],
     };
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench, count, cpu, ..
-            }) => match bench.kind {
+    serve_runs(
+        &mut ctl,
+        |ctl,
+         Run {
+             bench, count, cpu, ..
+         }| {
+            match bench.kind {
                 Kind::Increments => {
                     affinity::pinned(cpu, || segment.increments(count))?;
                     ctl.send(&0u64)?;
@@ -390,9 +392,8 @@ fn peer(segment: Segment) -> Result {
                     }
                 }
                 _ => return Err(format!("the ipc-shm peer does not run {bench}").into()),
-            },
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+            }
+            Ok(())
+        },
+    )
 }

@@ -28,7 +28,9 @@ use ipc_socket::{Address, Client, Listener, Options};
 
 use super::pipe::Bytes;
 use super::raw::Raw;
-use super::{answer, drive, quit_peer, spawn_peer, Contender, Control, Entry, Link};
+use super::{
+    answer, drive, quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, Link, Run,
+};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -298,25 +300,22 @@ fn peer(ipc: bool) -> Result {
     let listeners = Listeners::bind(ipc)?;
     ctl.send(&listeners.addresses()?)?;
     let (mut unix, mut tcp) = listeners.accept_data()?;
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench,
-                warmup,
-                count,
-                cpu,
-            }) => affinity::pinned(cpu, || match (bench.kind, bench.via) {
-                (Kind::Connect, _) => {
-                    for _ in 0..warmup + count {
-                        listeners.accept_once()?;
-                    }
-                    Ok(())
+    serve_runs(&mut ctl, |_, run| {
+        let Run {
+            bench,
+            warmup,
+            count,
+            cpu,
+        } = run;
+        affinity::pinned(cpu, || match (bench.kind, bench.via) {
+            (Kind::Connect, _) => {
+                for _ in 0..warmup + count {
+                    listeners.accept_once()?;
                 }
-                (_, Via::Tcp) => answer(&mut *tcp, bench, warmup, count),
-                _ => answer(&mut *unix, bench, warmup, count),
-            })?,
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+                Ok(())
+            }
+            (_, Via::Tcp) => answer(&mut *tcp, bench, warmup, count),
+            _ => answer(&mut *unix, bench, warmup, count),
+        })
+    })
 }

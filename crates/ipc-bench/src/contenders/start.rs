@@ -22,7 +22,7 @@ use ipc_core::process::{inherited, Child, Process};
 use ipc_core::spawn::{Entry as SpawnEntry, StartMethod};
 use ipc_core::Connection;
 
-use super::{quit_peer, spawn_peer, Contender, Control, Entry};
+use super::{quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, Run};
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
 /// Name of the floor.
@@ -133,29 +133,27 @@ impl Contender for Starter {
 /// The peer's loop: starts children as the control connection asks.
 fn serve(method: Method) -> Result {
     let mut ctl: Connection = inherited("ctl")?;
-    loop {
-        match ctl.recv::<Control>() {
-            Ok(Control::Run {
-                bench,
-                warmup,
-                count,
-                ..
-            }) => {
-                let started = Instant::now();
-                for _ in 0..warmup {
-                    start_one(method, bench.via)?;
-                }
-                let mut times = Vec::with_capacity(count);
-                for _ in 0..count {
-                    times.push(start_one(method, bench.via)?.as_nanos() as u64);
-                }
-                let times: Times = (times, started.elapsed().as_nanos() as u64);
-                ctl.send(&times)?;
+    serve_runs(
+        &mut ctl,
+        |ctl,
+         Run {
+             bench,
+             warmup,
+             count,
+             ..
+         }| {
+            let started = Instant::now();
+            for _ in 0..warmup {
+                start_one(method, bench.via)?;
             }
-            Ok(Control::Quit) | Err(ipc_core::Error::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+            let mut times = Vec::with_capacity(count);
+            for _ in 0..count {
+                times.push(start_one(method, bench.via)?.as_nanos() as u64);
+            }
+            let times: Times = (times, started.elapsed().as_nanos() as u64);
+            Ok(ctl.send(&times)?)
+        },
+    )
 }
 
 /// Starts one child and waits for its first message; returns the time
