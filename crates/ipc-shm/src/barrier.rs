@@ -229,6 +229,79 @@ impl Barrier {
         action: Option<F>,
     ) -> std::result::Result<u32, BarrierError> {
         let deadline = Deadline::from(timeout);
+        let (g, index) = match self.arrive(deadline, action)? {
+            Arrived::Last(index) => return Ok(index),
+            Arrived::Waiting { generation, index } => (generation, index),
+        };
+        let generation = self.word(GENERATION);
+        loop {
+            if generation.load(Ordering::Acquire) != g {
+                break;
+            }
+            let Some(sleep) = deadline.slice(SAFETY_NET) else {
+                // Breaking the barrier must happen after the deadline, so
+                // its lock gets a grace of its own (it is held for
+                // microseconds); a holder that keeps it longer (stopped, or
+                // a word another process forged) gets this party a
+                // `Failed(Timeout)` instead of a wait with no end.
+                let _guard = self.lock_state(Deadline::after(SAFETY_NET))?;
+                if generation.load(Ordering::Acquire) == g {
+                    self.break_locked(true);
+                    return Err(BarrierError::Broken);
+                }
+                break;
+            };
+            futex::wait(generation, g, Some(sleep));
+        }
+        self.outcome(g, index)
+    }
+
+    /// Awaits all parties: [`wait`](Self::wait) without blocking a thread
+    /// (feature `tokio`; on any executor). Taking the barrier's lock may
+    /// wait a few microseconds (it is held that long).
+    ///
+    /// Cancel safe, as `asyncio.Barrier` is: a wait dropped before the
+    /// generation ends takes back its arrival, so the barrier still waits
+    /// for as many parties.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&self) -> std::result::Result<u32, BarrierError> {
+        let (g, index) = match self.arrive(Deadline::Never, None::<fn()>)? {
+            Arrived::Last(index) => return Ok(index),
+            Arrived::Waiting { generation, index } => (generation, index),
+        };
+        let mut arrival = Arrival {
+            barrier: self,
+            generation: g,
+            ended: false,
+        };
+        let generation = self.word(GENERATION);
+        while generation.load(Ordering::Acquire) == g {
+            crate::watch::changed(generation, g).await;
+        }
+        arrival.ended = true;
+        self.outcome(g, index)
+    }
+
+    /// With this party's arrival in generation `g` counted, whether that
+    /// generation ended broken.
+    fn outcome(&self, g: u32, index: u32) -> std::result::Result<u32, BarrierError> {
+        // The generation was advanced with Release after its outcome bit
+        // was written, and loaded with Acquire before this.
+        if self.outcomes().load(Ordering::Relaxed) & (1 << (g % 64)) != 0 {
+            Err(BarrierError::Broken)
+        } else {
+            Ok(index)
+        }
+    }
+
+    /// Counts this party's arrival under the lock: the last party runs
+    /// `action` and ends the generation; the others are told which
+    /// generation to wait out.
+    fn arrive<F: FnOnce()>(
+        &self,
+        deadline: Deadline,
+        action: Option<F>,
+    ) -> std::result::Result<Arrived, BarrierError> {
         let guard = self.lock_state(deadline)?;
         if self.is_broken() {
             return Err(BarrierError::Broken);
@@ -259,35 +332,27 @@ impl Barrier {
             // the next locker recovers the lock and wakes everyone.
             futex::wake_all(generation);
             drop(guard);
-            return Ok(index);
+            return Ok(Arrived::Last(index));
         }
         count.store(index + 1, Ordering::Relaxed);
         drop(guard);
-        loop {
-            if generation.load(Ordering::Acquire) != g {
-                break;
-            }
-            let Some(sleep) = deadline.slice(SAFETY_NET) else {
-                // Breaking the barrier must happen after the deadline, so
-                // its lock gets a grace of its own (it is held for
-                // microseconds); a holder that keeps it longer (stopped, or
-                // a word another process forged) gets this party a
-                // `Failed(Timeout)` instead of a wait with no end.
-                let _guard = self.lock_state(Deadline::after(SAFETY_NET))?;
-                if generation.load(Ordering::Acquire) == g {
-                    self.break_locked(true);
-                    return Err(BarrierError::Broken);
-                }
-                break;
-            };
-            futex::wait(generation, g, Some(sleep));
-        }
-        // The generation was advanced with Release after its outcome bit
-        // was written, and loaded above with Acquire.
-        if self.outcomes().load(Ordering::Relaxed) & (1 << (g % 64)) != 0 {
-            Err(BarrierError::Broken)
-        } else {
-            Ok(index)
+        Ok(Arrived::Waiting {
+            generation: g,
+            index,
+        })
+    }
+
+    /// Takes back an arrival in generation `g` that will not wait it out,
+    /// if that generation is still going.
+    #[cfg(feature = "tokio")]
+    fn leave(&self, g: u32) {
+        let Ok(_guard) = self.lock_state(Deadline::after(SAFETY_NET)) else {
+            return;
+        };
+        let count = self.word(COUNT);
+        let arrived = count.load(Ordering::Relaxed);
+        if self.word(GENERATION).load(Ordering::Relaxed) == g && arrived > 0 {
+            count.store(arrived - 1, Ordering::Relaxed);
         }
     }
 
@@ -329,6 +394,32 @@ mod tests {
                 Err(BarrierError::Broken)
             ));
             assert!(barrier.is_broken());
+        }
+    }
+}
+
+/// How a party's arrival went.
+enum Arrived {
+    /// It was the last: the generation ended, and this is its index.
+    Last(u32),
+    /// It waits for generation `generation` to end.
+    Waiting { generation: u32, index: u32 },
+}
+
+/// An async party's arrival, taken back if its wait is dropped before the
+/// generation ends.
+#[cfg(feature = "tokio")]
+struct Arrival<'a> {
+    barrier: &'a Barrier,
+    generation: u32,
+    ended: bool,
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.barrier.leave(self.generation);
         }
     }
 }

@@ -3,6 +3,8 @@
 //! by several tasks at once in one process.
 #![cfg(feature = "tokio")]
 
+use std::future::Future;
+
 use ipc_core::process::Process;
 use ipc_shm::{Event, Semaphore};
 use ipc_testkit::{runtime, PATIENCE};
@@ -54,4 +56,34 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Ite
         }
     })
     .await
+}
+
+#[test]
+fn a_barrier_awaited_beside_a_blocking_party_and_a_dropped_wait_taken_back() {
+    let barrier = ipc_shm::Barrier::new(2).unwrap();
+    runtime().block_on(async {
+        // Polled once, it arrives; dropped, it takes its arrival back.
+        let mut dropped = Box::pin(barrier.wait_async());
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(dropped.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(polled, "one party of two cannot pass");
+        assert_eq!(barrier.n_waiting(), 1);
+        drop(dropped);
+        assert_eq!(barrier.n_waiting(), 0);
+    });
+    // The child shares the barrier's mapping and waits, blocking.
+    let mut child = Process::new()
+        .allow_threads()
+        .fork(|| i32::from(barrier.wait_timeout(PATIENCE).is_err()))
+        .unwrap();
+    runtime().block_on(async {
+        let index = tokio::time::timeout(PATIENCE, barrier.wait_async())
+            .await
+            .expect("both parties within the patience")
+            .unwrap();
+        assert!(index < 2);
+    });
+    assert!(child.join_timeout(PATIENCE).unwrap().unwrap().success());
 }
