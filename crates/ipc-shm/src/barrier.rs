@@ -378,26 +378,6 @@ impl Barrier {
 
 object_common!(Barrier);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_arrival_count_no_waits_can_leave_breaks_the_barrier() {
-        // Found by the `shm_open` fuzz target: the count is read from the
-        // segment, and `u32::MAX + 1` overflowed.
-        for count in [u32::MAX, 3, 7] {
-            let barrier = Barrier::new(3).unwrap();
-            barrier.word(COUNT).store(count, Ordering::Relaxed);
-            assert!(matches!(
-                barrier.wait_timeout(Duration::ZERO),
-                Err(BarrierError::Broken)
-            ));
-            assert!(barrier.is_broken());
-        }
-    }
-}
-
 /// How a party's arrival went.
 enum Arrived {
     /// It was the last: the generation ended, and this is its index.
@@ -420,6 +400,26 @@ impl Drop for Arrival<'_> {
     fn drop(&mut self) {
         if !self.ended {
             self.barrier.leave(self.generation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arrival_count_no_waits_can_leave_breaks_the_barrier() {
+        // Found by the `shm_open` fuzz target: the count is read from the
+        // segment, and `u32::MAX + 1` overflowed.
+        for count in [u32::MAX, 3, 7] {
+            let barrier = Barrier::new(3).unwrap();
+            barrier.word(COUNT).store(count, Ordering::Relaxed);
+            assert!(matches!(
+                barrier.wait_timeout(Duration::ZERO),
+                Err(BarrierError::Broken)
+            ));
+            assert!(barrier.is_broken());
         }
     }
 }
