@@ -157,15 +157,14 @@ impl AsyncConnection {
         &mut self,
         mut attempt: impl FnMut(&mut Connection<FdStream>) -> Result<T>,
     ) -> Result<T> {
+        // A first try without the reactor's word: the bytes may be there
+        // (or buffered here) before the reactor has run to say so, and a
+        // receive polled once must take them.
+        match attempt(self.conn_mut()) {
+            Err(Error::Timeout) => {}
+            other => return other,
+        }
         loop {
-            // Bytes already buffered (a second message read together with
-            // the first) need no readiness event.
-            if self.get_ref().ready_without_waiting() {
-                match attempt(self.conn_mut()) {
-                    Err(Error::Timeout) => {}
-                    other => return other,
-                }
-            }
             let mut ready = self.registered.readable_mut().await?;
             match attempt(&mut ready.get_inner_mut().0) {
                 // Nothing more to read now: the readiness was stale.

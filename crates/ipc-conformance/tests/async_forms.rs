@@ -1,0 +1,217 @@
+//! The conformance suite over the async forms (feature `tokio`): each end
+//! awaits its sends and receives on a runtime of its own, so the suite's
+//! blocking calls are `block_on` of the async ones, a "try" is one poll of
+//! a receive that is then dropped (its cancel safety is part of what is
+//! checked), and a timeout is `tokio::time::timeout`. Async ends face each
+//! other and blocking ends, over a duplex pipe, a one-way pipe and a queue.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use ipc_core::tokio::AsyncConnection;
+use ipc_core::{ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Polls `future` once; `None` if it is not ready then (it is dropped).
+fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// An async end driven by a runtime of its own.
+struct AsyncEnd {
+    runtime: tokio::runtime::Runtime,
+    conn: AsyncConnection,
+}
+
+impl AsyncEnd {
+    fn new(conn: ipc_core::Connection) -> AsyncEnd {
+        let runtime = ipc_testkit::runtime();
+        let conn = {
+            let _entered = runtime.enter();
+            AsyncConnection::new(conn).expect("register the end")
+        };
+        AsyncEnd { runtime, conn }
+    }
+
+    fn within<T>(&mut self, timeout: Duration, recv: impl Future<Output = Result<T>>) -> Result<T> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, recv).await })
+            .unwrap_or(Err(Error::Timeout))
+    }
+}
+
+impl ByteSender for AsyncEnd {
+    fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
+        self.runtime.block_on(self.conn.send_bytes(buf))
+    }
+}
+
+impl ByteReceiver for AsyncEnd {
+    fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.conn.recv_bytes())
+    }
+
+    fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        let AsyncEnd { runtime, conn } = self;
+        runtime
+            .block_on(async { tokio::time::timeout(timeout, conn.recv_bytes()).await })
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
+        let _entered = self.runtime.enter();
+        poll_once(self.conn.recv_bytes()).unwrap_or(Err(Error::Empty))
+    }
+
+    fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.runtime.block_on(self.conn.recv_bytes_into(buf))
+    }
+}
+
+impl<T: Serialize + ?Sized> Sender<T> for AsyncEnd {
+    fn send(&mut self, msg: &T) -> Result<()> {
+        self.runtime.block_on(self.conn.send(msg))
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> for AsyncEnd {
+    fn recv(&mut self) -> Result<T> {
+        self.runtime.block_on(self.conn.recv())
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let AsyncEnd { runtime, conn } = self;
+        runtime
+            .block_on(async { tokio::time::timeout(timeout, conn.recv()).await })
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    fn try_recv(&mut self) -> Result<T> {
+        let _entered = self.runtime.enter();
+        poll_once(self.conn.recv()).unwrap_or(Err(Error::Empty))
+    }
+}
+
+#[test]
+fn async_ends_of_a_duplex_pipe_conform() {
+    ipc_conformance::run_all(|| {
+        let (a, b) = ipc_pipe::duplex().expect("duplex pipe");
+        (AsyncEnd::new(a), AsyncEnd::new(b))
+    });
+}
+
+#[test]
+fn an_async_sender_and_a_blocking_receiver_conform() {
+    ipc_conformance::run_all(|| {
+        let (a, b) = ipc_pipe::duplex().expect("duplex pipe");
+        (AsyncEnd::new(a), b)
+    });
+}
+
+#[test]
+fn a_blocking_sender_and_an_async_receiver_of_a_one_way_pipe_conform() {
+    ipc_conformance::run_all(|| {
+        let (reader, writer) = ipc_pipe::one_way().expect("one-way pipe");
+        (writer, AsyncEnd::new(reader))
+    });
+}
+
+/// An async handle of a queue, driven by a runtime of its own, that closes
+/// the queue when dropped (the suite's "the peer is gone"). Room for the
+/// suite's 4 MiB message.
+struct AsyncQueueEnd {
+    runtime: tokio::runtime::Runtime,
+    queue: ipc_queue::Queue<()>,
+}
+
+impl Drop for AsyncQueueEnd {
+    fn drop(&mut self) {
+        let _ = self.queue.close();
+    }
+}
+
+impl AsyncQueueEnd {
+    fn pair() -> (AsyncQueueEnd, AsyncQueueEnd) {
+        let queue = ipc_queue::Queue::<()>::builder()
+            .capacity(8 << 20)
+            .anonymous()
+            .expect("queue");
+        let other = queue.try_clone().expect("a second handle");
+        let end = |queue| AsyncQueueEnd {
+            runtime: ipc_testkit::runtime(),
+            queue,
+        };
+        (end(queue), end(other))
+    }
+
+    fn get(&mut self, timeout: Option<Duration>) -> Result<Vec<u8>> {
+        let AsyncQueueEnd { runtime, queue } = self;
+        match timeout {
+            None => runtime.block_on(queue.get_bytes_async()),
+            Some(timeout) => runtime
+                .block_on(async { tokio::time::timeout(timeout, queue.get_bytes_async()).await })
+                .unwrap_or(Err(Error::Timeout)),
+        }
+    }
+}
+
+impl ByteSender for AsyncQueueEnd {
+    fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
+        self.runtime.block_on(self.queue.put_bytes_async(buf))
+    }
+}
+
+impl ByteReceiver for AsyncQueueEnd {
+    fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        self.get(None)
+    }
+
+    fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        self.get(Some(timeout))
+    }
+
+    fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
+        poll_once(self.queue.get_bytes_async()).unwrap_or(Err(Error::Empty))
+    }
+
+    fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.runtime.block_on(self.queue.get_bytes_into_async(buf))
+    }
+}
+
+impl<T: Serialize + ?Sized> Sender<T> for AsyncQueueEnd {
+    fn send(&mut self, msg: &T) -> Result<()> {
+        let mut buf = Vec::new();
+        ipc_core::codec::encode_into(msg, &mut buf)?;
+        self.send_bytes(&buf)
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> for AsyncQueueEnd {
+    fn recv(&mut self) -> Result<T> {
+        ipc_core::codec::decode(&self.get(None)?)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        ipc_core::codec::decode(&self.get(Some(timeout))?)
+    }
+
+    fn try_recv(&mut self) -> Result<T> {
+        ipc_core::codec::decode(&self.try_recv_bytes()?)
+    }
+}
+
+#[test]
+fn async_handles_of_a_queue_conform() {
+    ipc_conformance::run_all(AsyncQueueEnd::pair);
+}
