@@ -42,12 +42,6 @@ impl AsyncEnd {
         };
         AsyncEnd { runtime, conn }
     }
-
-    fn within<T>(&mut self, timeout: Duration, recv: impl Future<Output = Result<T>>) -> Result<T> {
-        self.runtime
-            .block_on(async { tokio::time::timeout(timeout, recv).await })
-            .unwrap_or(Err(Error::Timeout))
-    }
 }
 
 impl ByteSender for AsyncEnd {
