@@ -53,7 +53,8 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
                  shm-lock-unlock, shm-increments-2p, shm-write-read-64MiB,
                  queue-throughput-64B, queue2x2-throughput-4KiB,
                  queue-ping-pong-64B, async-ping-pong-8B,
-                 async-queue-throughput-64B, spawn-start, forkserver-start,
+                 async-queue-throughput-64B, async-queue-ping-pong-64B,
+                 spawn-start, forkserver-start,
                  fork-start, pool-map-100k-trivial, pool-map-200x5ms,
                  ...) contain one of IDS
                  (pool-map-200x5ms runs at most 3 rounds with --quick, 9

@@ -76,6 +76,7 @@ fn every_contender_runs_and_reports() {
         "queue-ping-pong-64B",
         "async-ping-pong-8B",
         "async-queue-throughput-64B",
+        "async-queue-ping-pong-64B",
         "spawn-start",
         "forkserver-start",
         "fork-start",

@@ -91,7 +91,7 @@ pub fn queue_one_to_one(bench: Benchmark) -> bool {
 /// `cpu`: the same one, except in the queue ping-pong, whose two processes
 /// each get a CPU (see `affinity`).
 pub fn peer_cpu(bench: Benchmark, cpu: Option<usize>) -> Option<usize> {
-    if bench.via == Via::Queue && bench.kind == Kind::PingPong {
+    if matches!(bench.via, Via::Queue | Via::AsyncQueue) && bench.kind == Kind::PingPong {
         cpu.and_then(affinity::other_cpu)
     } else {
         cpu
