@@ -164,10 +164,6 @@ fn verify(key: &[u8], message: &[u8], response: &[u8]) -> Result<()> {
     }
 }
 
-fn handshake_recv<S: Transport>(conn: &mut Connection<S>, deadline: Deadline) -> Result<Vec<u8>> {
-    handshake_result(conn.recv_bytes_max_until(MAX_HANDSHAKE_FRAME, deadline))
-}
-
 /// The next handshake frame if it has arrived whole, `None` if not yet.
 fn handshake_try_recv<S: Transport>(conn: &mut Connection<S>) -> Result<Option<Vec<u8>>> {
     match conn.recv_bytes_max_until(MAX_HANDSHAKE_FRAME, Deadline::Now) {
@@ -348,15 +344,24 @@ impl ServerHandshake {
         key: &[u8],
         deadline: Deadline,
     ) -> Result<()> {
-        while !self.advance(conn, key, deadline)? {
-            if !conn.get_ref().has_buffered_input()
-                && !wait_readable(conn.get_ref().as_fd(), deadline)?
-            {
-                return handshake_result(Err(Error::Timeout)).map(drop);
-            }
-        }
-        Ok(())
+        run_to_end(conn, deadline, |conn| self.advance(conn, key, deadline))
     }
+}
+
+/// Runs a handshake's `advance` until it is through, waiting for the
+/// peer's bytes until `deadline` in between.
+fn run_to_end<S: Transport>(
+    conn: &mut Connection<S>,
+    deadline: Deadline,
+    mut advance: impl FnMut(&mut Connection<S>) -> Result<bool>,
+) -> Result<()> {
+    while !advance(conn)? {
+        if !conn.get_ref().has_buffered_input() && !wait_readable(conn.get_ref().as_fd(), deadline)?
+        {
+            return handshake_result(Err(Error::Timeout)).map(drop);
+        }
+    }
+    Ok(())
 }
 
 /// The client's side, as Python's `Client` does it: answer the listener's
@@ -368,19 +373,85 @@ impl ServerHandshake {
 /// where it expects it; a listener that rejects our answer closes the
 /// connection with the challenge unread, and its failure message still
 /// arrives first.
+///
+/// A state machine like [`ServerHandshake`], so that it can also be driven
+/// by readiness instead of a blocked thread.
+#[derive(Debug)]
+pub(crate) struct ClientHandshake {
+    ours: Challenge,
+    step: ClientStep,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientStep {
+    /// Waiting for the listener's challenge.
+    Challenge,
+    /// Answer and our challenge sent; waiting for the listener's verdict.
+    Verdict,
+    /// Welcomed; waiting for the answer to our challenge.
+    Response,
+    Done,
+}
+
+impl ClientHandshake {
+    pub(crate) fn new() -> Result<ClientHandshake> {
+        Ok(ClientHandshake {
+            ours: Challenge::new()?,
+            step: ClientStep::Challenge,
+        })
+    }
+
+    /// Goes as far as the bytes received so far allow, sending within
+    /// `deadline` (as [`ServerHandshake::advance`]); true once both sides
+    /// are authenticated.
+    pub(crate) fn advance<S: Transport>(
+        &mut self,
+        conn: &mut Connection<S>,
+        key: &[u8],
+        deadline: Deadline,
+    ) -> Result<bool> {
+        loop {
+            self.step = match self.step {
+                ClientStep::Challenge => {
+                    let Some(frame) = handshake_try_recv(conn)? else {
+                        return Ok(false);
+                    };
+                    let response = answer(key, &frame)?;
+                    conn.send_bytes_batch_until(&[&response, &self.ours.frame], deadline)?;
+                    ClientStep::Verdict
+                }
+                ClientStep::Verdict => {
+                    let Some(frame) = handshake_try_recv(conn)? else {
+                        return Ok(false);
+                    };
+                    welcomed(&frame)?;
+                    ClientStep::Response
+                }
+                ClientStep::Response => {
+                    let Some(response) = handshake_try_recv(conn)? else {
+                        return Ok(false);
+                    };
+                    self.ours.check(conn, key, &response, deadline)?;
+                    conn.send_bytes_until(WELCOME, deadline)?;
+                    ClientStep::Done
+                }
+                ClientStep::Done => return Ok(true),
+            }
+        }
+    }
+}
+
+/// The client's handshake run to its end, waiting for the listener's bytes
+/// until `deadline`.
 pub(crate) fn client_handshake<S: Transport>(
     conn: &mut Connection<S>,
     key: &[u8],
     deadline: Deadline,
 ) -> Result<()> {
-    let frame = handshake_recv(conn, deadline)?;
-    let response = answer(key, &frame)?;
-    let ours = Challenge::new()?;
-    conn.send_bytes_batch_until(&[&response, &ours.frame], deadline)?;
-    welcomed(&handshake_recv(conn, deadline)?)?;
-    let response = handshake_recv(conn, deadline)?;
-    ours.check(conn, key, &response, deadline)?;
-    conn.send_bytes_until(WELCOME, deadline)
+    let mut handshake = ClientHandshake::new()?;
+    run_to_end(conn, deadline, |conn| {
+        handshake.advance(conn, key, deadline)
+    })
 }
 
 /// Whether `fd` becomes readable before `deadline`.
