@@ -5,27 +5,13 @@
 //! checked), and a timeout is `tokio::time::timeout`. Async ends face each
 //! other and blocking ends, over a duplex pipe, a one-way pipe and a queue.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use ipc_core::tokio::AsyncConnection;
 use ipc_core::{ByteReceiver, ByteSender, Error, Receiver, Result, Sender};
+use ipc_testkit::poll_once;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-
-/// Polls `future` once; `None` if it is not ready then (it is dropped).
-fn poll_once<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
 
 /// An async end driven by a runtime of its own.
 struct AsyncEnd {

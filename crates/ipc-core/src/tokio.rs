@@ -190,21 +190,24 @@ impl AsyncConnection {
             });
         }
         let header = Header::new(len);
-        let frame = [header.as_bytes(), buf];
-        let total = frame[0].len() + frame[1].len();
-        let mut written = 0;
-        while written < total {
-            match self.write_now(&frame, written) {
-                Ok(n) => written += n,
-                Err(Error::Timeout) => {
+        let mut parts = [IoSlice::new(header.as_bytes()), IoSlice::new(buf)];
+        let mut rest = &mut parts[..];
+        let mut started = false;
+        while !rest.is_empty() {
+            match self.write_now(rest) {
+                Ok(n) => {
+                    started = true;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(Error::Timeout) if started => {
                     // From here on the rest is ours to send, whatever
                     // happens to this future.
-                    if written > 0 {
-                        self.keep_unsent(&frame, written);
-                        return self.flush().await;
+                    for part in rest.iter() {
+                        self.unsent.extend_from_slice(part);
                     }
-                    self.registered.writable().await?.clear_ready();
+                    return self.flush().await;
                 }
+                Err(Error::Timeout) => self.registered.writable().await?.clear_ready(),
                 Err(e) => return Err(e),
             }
         }
@@ -224,7 +227,7 @@ impl AsyncConnection {
     pub async fn flush(&mut self) -> Result<()> {
         while self.unsent_at < self.unsent.len() {
             let unsent = std::mem::take(&mut self.unsent);
-            let result = self.write_now(&[&unsent], self.unsent_at);
+            let result = self.write_now(&[IoSlice::new(&unsent[self.unsent_at..])]);
             self.unsent = unsent;
             match result {
                 Ok(n) => self.unsent_at += n,
@@ -237,44 +240,17 @@ impl AsyncConnection {
         Ok(())
     }
 
-    /// Writes what the stream takes now of `parts` from byte `from` on;
-    /// [`Error::Timeout`] if it takes nothing.
-    fn write_now(&mut self, parts: &[&[u8]], from: usize) -> Result<usize> {
-        let mut skip = from;
-        let slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .filter_map(|part| {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    None
-                } else {
-                    let slice = IoSlice::new(&part[skip..]);
-                    skip = 0;
-                    Some(slice)
-                }
-            })
-            .collect();
+    /// Writes what the stream takes now of `parts`; [`Error::Timeout`] if
+    /// it takes nothing.
+    fn write_now(&mut self, parts: &[IoSlice<'_>]) -> Result<usize> {
         match self
             .conn_mut()
             .get_mut()
-            .write_vectored(&slices, Deadline::Now)
+            .write_vectored(parts, Deadline::Now)
         {
             Ok(0) => Err(Error::Closed),
             Ok(n) => Ok(n),
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Keeps the bytes of `parts` from `from` on, to be sent by `flush`.
-    fn keep_unsent(&mut self, parts: &[&[u8]], from: usize) {
-        let mut skip = from;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-            } else {
-                self.unsent.extend_from_slice(&part[skip..]);
-                skip = 0;
-            }
         }
     }
 }

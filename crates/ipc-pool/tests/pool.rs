@@ -385,7 +385,7 @@ fn map_and_apply_async_are_awaited_without_a_blocked_thread() {
         let release = ipc_shm::Event::create(&name).unwrap();
         let held_tasks = (0..20u64).map(|i| (i, name.clone()));
         let mut dropped = Box::pin(pool.map_async(ipc_core::entry!(held), held_tasks));
-        assert!(futures_poll_once(dropped.as_mut()).is_none());
+        assert!(ipc_testkit::poll_once(dropped.as_mut()).is_none());
         drop(dropped);
         release.set();
         let timed = tokio::time::timeout(
@@ -396,14 +396,4 @@ fn map_and_apply_async_are_awaited_without_a_blocked_thread() {
         .expect("a map after a dropped one");
         assert_eq!(timed.unwrap()[9], 81);
     });
-}
-
-/// Polls `future` once with a waker that does nothing.
-fn futures_poll_once<F: std::future::Future + ?Sized>(
-    future: std::pin::Pin<&mut F>,
-) -> Option<F::Output> {
-    match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
 }

@@ -40,6 +40,18 @@ pub const SHORT: Duration = Duration::from_millis(100);
 /// [`assert_waited`].
 const LATE: Duration = Duration::from_secs(2);
 
+/// Polls `future` once with a waker that does nothing and drops it: a
+/// cancellation at a point where it may have done part of its work.
+/// `None` if it was not ready then.
+pub fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// A single-threaded tokio runtime with its timer and, where the tokio
 /// build has it, its IO driver: what the async tests run on. One thread, so
 /// an await that blocked would stall the whole test.

@@ -4,33 +4,17 @@
 //! message lose nothing, and a send dropped part-way never leaves half a
 //! message; a child's exit and a spawned entry's result are awaited.
 
-use std::future::Future;
 use std::io::Write;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use ipc_core::frame::Header;
 use ipc_core::process::{inherited, Process};
-use ipc_core::spawn::{ChildFailure, StartMethod};
+use ipc_core::spawn::{ChildFailure, Entry, Spawned, StartMethod};
 use ipc_core::tokio::AsyncConnection;
 use ipc_core::{Connection, Error};
-use ipc_testkit::{pattern, runtime, Rng};
+use ipc_testkit::{pattern, poll_once, runtime, Rng};
 use ipc_tests::{checksum, RawEnd, PATIENCE};
 
 ipc_core::spawn_harness!();
-
-/// Polls `future` once, then drops it: a cancellation at a point where it
-/// may have done part of its work.
-fn poll_once_then_drop<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
 
 /// Message sizes that cross the kernel's socket and pipe buffers.
 const SIZES: [usize; 6] = [0, 1, 100, 70_000, 1 << 20, 3 << 20];
@@ -57,16 +41,21 @@ fn lengths_and_sums(_: ()) -> Vec<(usize, u64)> {
     seen
 }
 
+/// Spawns `entry` with `end` passed under "conn"; this process's copy of
+/// `end` is closed, so the child holds the only one.
+fn spawn_with<R: serde::de::DeserializeOwned>(end: Connection, entry: Entry<(), R>) -> Spawned<R> {
+    Process::new()
+        .pass("conn", &end)
+        .expect("pass the end")
+        .spawn(entry, &())
+        .expect("spawn the child")
+}
+
 #[test]
 fn an_async_end_talks_to_a_blocking_child_over_a_socket() {
     runtime().block_on(async {
         let (ours, theirs) = ipc_pipe::duplex().unwrap();
-        let child = Process::new()
-            .pass("conn", &theirs)
-            .unwrap()
-            .spawn(ipc_core::entry!(echo), &())
-            .unwrap();
-        drop(theirs);
+        let child = spawn_with(theirs, ipc_core::entry!(echo));
         let mut ours = AsyncConnection::new(ours).unwrap();
         for (i, size) in SIZES.into_iter().enumerate() {
             let message = pattern(i as u64, size);
@@ -92,12 +81,7 @@ fn an_async_end_talks_to_a_blocking_child_over_a_socket() {
 fn an_async_writer_feeds_a_blocking_reader_over_a_pipe() {
     runtime().block_on(async {
         let (theirs, ours) = ipc_pipe::one_way().unwrap();
-        let child = Process::new()
-            .pass("conn", &theirs)
-            .unwrap()
-            .spawn(ipc_core::entry!(lengths_and_sums), &())
-            .unwrap();
-        drop(theirs);
+        let child = spawn_with(theirs, ipc_core::entry!(lengths_and_sums));
         let mut ours = AsyncConnection::new(ours).unwrap();
         let mut sent = Vec::new();
         for (i, size) in SIZES.into_iter().enumerate() {
@@ -175,7 +159,7 @@ fn receives_dropped_part_way_lose_nothing() {
             // The piece is in the socket: each receive takes some of it and
             // is dropped unless it finished a message.
             ours.readable().await.unwrap();
-            while let Some(message) = poll_once_then_drop(ours.recv_bytes()) {
+            while let Some(message) = poll_once(ours.recv_bytes()) {
                 received.push(message.unwrap());
             }
         }
@@ -201,17 +185,12 @@ fn sums(messages: &[Vec<u8>]) -> Vec<(usize, u64)> {
 fn a_send_dropped_part_way_never_leaves_half_a_message() {
     runtime().block_on(async {
         let (ours, theirs) = ipc_pipe::duplex().unwrap();
-        let child = Process::new()
-            .pass("conn", &theirs)
-            .unwrap()
-            .spawn(ipc_core::entry!(lengths_and_sums), &())
-            .unwrap();
-        drop(theirs);
+        let child = spawn_with(theirs, ipc_core::entry!(lengths_and_sums));
         let mut ours = AsyncConnection::new(ours).unwrap();
         let big = pattern(1, 8 << 20);
         let small = pattern(2, 5);
         // More than the socket holds: the first poll writes part of it.
-        let _ = poll_once_then_drop(ours.send_bytes(&big));
+        let _ = poll_once(ours.send_bytes(&big));
         ours.send_bytes(&small).await.unwrap();
         drop(ours);
         assert_eq!(
