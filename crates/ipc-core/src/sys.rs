@@ -265,43 +265,31 @@ fn sigpipe_pending() -> bool {
     ret != 0 || unsafe { libc::sigismember(set.as_ptr(), libc::SIGPIPE) } == 1
 }
 
-/// An object whose descriptor stays open, and the same descriptor, for as
-/// long as the object lives: what may be registered with tokio's reactor.
+/// A descriptor registered with tokio's reactor by [`register`]; only
+/// `register` makes one.
 #[cfg(feature = "tokio")]
-pub(crate) trait StableFd: std::os::fd::AsFd {}
+#[derive(Debug)]
+pub(crate) struct Registered(OwnedFd);
 
 #[cfg(feature = "tokio")]
-impl StableFd for BorrowedFd<'_> {}
-
-/// A connection owns its stream, which owns its descriptor. The stream
-/// could be swapped through the public `Connection::get_mut`, but a
-/// registered connection is owned by an `AsyncConnection`, which never
-/// hands out `&mut Connection` and never swaps it.
-#[cfg(feature = "tokio")]
-impl StableFd for crate::Connection<crate::FdStream> {}
-
-/// An object registered with tokio's reactor by [`watch`].
-#[cfg(feature = "tokio")]
-pub(crate) struct Watched<T>(pub(crate) T);
-
-#[cfg(feature = "tokio")]
-impl<T: StableFd> AsRawFd for Watched<T> {
+impl AsRawFd for Registered {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
-/// Registers `inner`'s descriptor with the current tokio runtime's reactor,
-/// for readiness of `interest`.
+/// Registers `fd`, which the registration then owns, with the current
+/// tokio runtime's reactor, for readiness of `interest`.
 #[cfg(feature = "tokio")]
-pub(crate) fn watch<T: StableFd>(
-    inner: T,
+pub(crate) fn register(
+    fd: OwnedFd,
     interest: tokio::io::Interest,
-) -> io::Result<tokio::io::unix::AsyncFd<Watched<T>>> {
-    // SAFETY: tokio requires the descriptor to stay open and the same while
-    // the AsyncFd lives. The AsyncFd owns `inner`, and a StableFd's
-    // descriptor is open and unchanged for as long as it lives.
+) -> io::Result<tokio::io::unix::AsyncFd<Registered>> {
+    // SAFETY: tokio requires the registered descriptor to stay open, and
+    // the same, until the AsyncFd is dropped. The AsyncFd owns it, and its
+    // one user (`tokio::Readiness`) never takes `&mut` access to it, so it
+    // is closed only when the AsyncFd is dropped, after deregistering it.
     let registered =
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(Watched(inner), interest) };
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(Registered(fd), interest) };
     registered.map_err(io::Error::from)
 }

@@ -33,23 +33,112 @@
 //! out does, so the next one goes on with the same message.
 
 use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitStatus;
 
 use ::tokio::io::unix::AsyncFd;
-use ::tokio::io::Interest;
+pub use ::tokio::io::Interest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::frame::Header;
 use crate::process::Child;
 use crate::spawn::Spawned;
-use crate::sys::{self, Watched};
+use crate::sys;
 use crate::wait::Waitable;
 use crate::{codec, Connection, Deadline, Error, FdStream, Result, Transport};
 
+/// A descriptor's readiness on tokio's reactor: the one way this
+/// workspace waits for a descriptor in async code. Protocol steps written
+/// for the blocking forms run with [`Deadline::Now`] (which reads or writes
+/// what can be done at once, and says [`Error::Timeout`] where it would
+/// have to wait), and [`until`](Self::until) reruns them each time the
+/// descriptor becomes ready.
+///
+/// It registers a duplicate of the descriptor, which it owns: nothing
+/// else can close or replace the registered descriptor while the reactor
+/// knows it, and its readiness is the original's (both name one open
+/// file).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipc_core::Result<()> {
+/// use std::io::{Read, Write};
+/// use std::os::{fd::AsFd, unix::net::UnixStream};
+/// use ipc_core::tokio::{Interest, Readiness};
+///
+/// let (mut a, mut b) = UnixStream::pair()?;
+/// b.set_nonblocking(true)?;
+/// let readiness = Readiness::new(b.as_fd(), Interest::READABLE)?;
+/// a.write_all(b"hi")?;
+/// let mut buf = [0u8; 2];
+/// let n = readiness
+///     .until(Interest::READABLE, || match (&b).read(&mut buf) {
+///         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(ipc_core::Error::Timeout),
+///         other => Ok(other?),
+///     })
+///     .await?;
+/// assert_eq!(&buf[..n], b"hi");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Readiness {
+    registered: AsyncFd<sys::Registered>,
+}
+
+impl Readiness {
+    /// Registers a duplicate of `fd` with the current tokio runtime, for
+    /// readiness of `interest`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or in one without its IO driver, as
+    /// tokio's own types do.
+    pub fn new(fd: BorrowedFd<'_>, interest: Interest) -> Result<Readiness> {
+        Ok(Readiness {
+            registered: sys::register(fd.try_clone_to_owned()?, interest)?,
+        })
+    }
+
+    /// Runs `attempt` until it gives anything but [`Error::Timeout`]
+    /// (which means "I would have to wait"), awaiting readiness for
+    /// `interest` before each retry. The first try is at once, without
+    /// the reactor's word: bytes may have arrived before the reactor ran
+    /// to say so. Cancel safe if `attempt` keeps its progress outside
+    /// itself (as the blocking forms' steps do).
+    pub async fn until<T>(
+        &self,
+        interest: Interest,
+        mut attempt: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        match attempt() {
+            Err(Error::Timeout) => {}
+            other => return other,
+        }
+        loop {
+            let mut ready = self.registered.ready(interest).await?;
+            match attempt() {
+                // Nothing more to do now: the readiness was stale.
+                Err(Error::Timeout) => ready.clear_ready(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until the descriptor is ready for `interest` (or the reactor
+    /// last said so and nothing has since found it otherwise). Cancel safe.
+    pub async fn ready(&self, interest: Interest) -> Result<()> {
+        self.registered.ready(interest).await?.retain_ready();
+        Ok(())
+    }
+}
+
 /// A [`Connection`] over a pipe or a socket whose sends and receives are
 /// awaited. Made from a blocking connection with [`new`](Self::new),
-/// inside a tokio runtime (with its IO driver enabled).
+/// inside a tokio runtime (with its IO driver enabled). Any
+/// [`Transport`] will do: ipc-pipe's and ipc-core's [`FdStream`], or
+/// ipc-socket's socket stream, plain or TLS.
 ///
 /// # Cancel safety
 ///
@@ -59,39 +148,44 @@ use crate::{codec, Connection, Deadline, Error, FdStream, Result, Transport};
 /// anything, nothing is sent; dropped after it started, the rest of the
 /// message is kept here and goes out before the next message (or at
 /// [`flush`](Self::flush)), so the peer never sees half a message.
-pub struct AsyncConnection {
-    /// The connection, registered with the reactor.
-    registered: AsyncFd<Watched<Connection<FdStream>>>,
+pub struct AsyncConnection<S: Transport = FdStream> {
+    conn: Connection<S>,
+    /// A duplicate of the connection's descriptor, registered with the
+    /// reactor: it is ours alone, so nothing can close or swap it while
+    /// it is registered, and its readiness is the connection's (both name
+    /// one open socket or pipe).
+    registered: Readiness,
     /// The unsent tail of a message whose send stopped part-way, from
     /// `unsent_at` on.
     unsent: Vec<u8>,
     unsent_at: usize,
 }
 
-impl std::fmt::Debug for AsyncConnection {
+impl<S: Transport> std::fmt::Debug for AsyncConnection<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncConnection")
-            .field("conn", &self.registered.get_ref().0)
+            .field("conn", &self.conn)
             .field("unsent", &(self.unsent.len() - self.unsent_at))
             .finish()
     }
 }
 
-impl AsyncConnection {
+impl<S: Transport> AsyncConnection<S> {
     /// Registers `conn` with the current tokio runtime.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime, or in one without its IO driver, as
     /// tokio's own types do.
-    pub fn new(conn: Connection<FdStream>) -> Result<AsyncConnection> {
+    pub fn new(conn: Connection<S>) -> Result<AsyncConnection<S>> {
         let interest = match (conn.readable(), conn.writable()) {
             (true, false) => Interest::READABLE,
             (false, true) => Interest::WRITABLE,
             _ => Interest::READABLE | Interest::WRITABLE,
         };
         Ok(AsyncConnection {
-            registered: sys::watch(conn, interest)?,
+            registered: Readiness::new(conn.as_fd(), interest)?,
+            conn,
             unsent: Vec::new(),
             unsent_at: 0,
         })
@@ -99,14 +193,14 @@ impl AsyncConnection {
 
     /// The blocking connection back, once every message is out (a send
     /// that was dropped part-way is finished first).
-    pub async fn into_blocking(mut self) -> Result<Connection<FdStream>> {
+    pub async fn into_blocking(mut self) -> Result<Connection<S>> {
         self.flush().await?;
-        Ok(self.registered.into_inner().0)
+        Ok(self.conn)
     }
 
     /// The blocking connection, for its settings (limits) and identity.
-    pub fn get_ref(&self) -> &Connection<FdStream> {
-        &self.registered.get_ref().0
+    pub fn get_ref(&self) -> &Connection<S> {
+        &self.conn
     }
 
     /// Sets the largest message this end sends or receives.
@@ -114,8 +208,8 @@ impl AsyncConnection {
         self.conn_mut().set_max_message_size(bytes);
     }
 
-    fn conn_mut(&mut self) -> &mut Connection<FdStream> {
-        &mut self.registered.get_mut().0
+    fn conn_mut(&mut self) -> &mut Connection<S> {
+        &mut self.conn
     }
 
     // ----- receiving -----------------------------------------------------
@@ -147,29 +241,53 @@ impl AsyncConnection {
         if self.get_ref().ready_without_waiting() {
             return Ok(());
         }
-        self.registered.readable().await?.retain_ready();
-        Ok(())
+        self.registered.ready(Interest::READABLE).await
     }
 
     /// Runs `attempt` (a receive with a deadline already passed) until it
     /// does not time out, awaiting readiness in between.
     async fn receive<T>(
         &mut self,
-        mut attempt: impl FnMut(&mut Connection<FdStream>) -> Result<T>,
+        mut attempt: impl FnMut(&mut Connection<S>) -> Result<T>,
     ) -> Result<T> {
-        // A first try without the reactor's word: the bytes may be there
-        // (or buffered here) before the reactor has run to say so, and a
-        // receive polled once must take them.
-        match attempt(self.conn_mut()) {
-            Err(Error::Timeout) => {}
-            other => return other,
-        }
+        let conn = &mut self.conn;
+        self.registered
+            .until(Interest::READABLE, || attempt(conn))
+            .await
+    }
+
+    /// Runs `step`, a piece of protocol over the blocking connection that
+    /// does not wait (its sends and receives use [`Deadline::Now`]), until
+    /// it gives anything but [`Error::Timeout`], awaiting readiness in
+    /// between: readable, or writable too while the stream holds bytes it
+    /// could not send yet. For protocols on top of the framing, such as a
+    /// handshake. Cancel safe if `step` keeps its state outside itself.
+    pub async fn drive<T>(
+        &mut self,
+        mut step: impl FnMut(&mut Connection<S>) -> Result<T>,
+    ) -> Result<T> {
         loop {
-            let mut ready = self.registered.readable_mut().await?;
-            match attempt(&mut ready.get_inner_mut().0) {
-                // Nothing more to read now: the readiness was stale.
-                Err(Error::Timeout) => ready.clear_ready(),
-                other => return other,
+            let interest = if self.conn.get_ref().wants_write() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let conn = &mut self.conn;
+            let outcome = self
+                .registered
+                .until(interest, || match step(conn) {
+                    // Wanting to send where it did not before changes what
+                    // to wait for.
+                    Err(Error::Timeout)
+                        if interest == Interest::READABLE && conn.get_ref().wants_write() =>
+                    {
+                        Ok(None)
+                    }
+                    outcome => outcome.map(Some),
+                })
+                .await?;
+            if let Some(done) = outcome {
+                return Ok(done);
             }
         }
     }
@@ -192,26 +310,29 @@ impl AsyncConnection {
         let header = Header::new(len);
         let mut parts = [IoSlice::new(header.as_bytes()), IoSlice::new(buf)];
         let mut rest = &mut parts[..];
-        let mut started = false;
+        // Until the first byte is out, a dropped send has sent nothing.
+        let first = self
+            .registered
+            .until(Interest::WRITABLE, || write_now(&mut self.conn, rest))
+            .await?;
+        IoSlice::advance_slices(&mut rest, first);
         while !rest.is_empty() {
-            match self.write_now(rest) {
-                Ok(n) => {
-                    started = true;
-                    IoSlice::advance_slices(&mut rest, n);
-                }
-                Err(Error::Timeout) if started => {
+            match write_now(&mut self.conn, rest) {
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(Error::Timeout) => {
                     // From here on the rest is ours to send, whatever
                     // happens to this future.
                     for part in rest.iter() {
                         self.unsent.extend_from_slice(part);
                     }
-                    return self.flush().await;
+                    break;
                 }
-                Err(Error::Timeout) => self.registered.writable().await?.clear_ready(),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // What the stream accepted but holds (TLS records) goes out too;
+        // dropped here, the next send or flush sends it first.
+        self.flush().await
     }
 
     /// Encodes `message` and sends it as one message. See the type's docs
@@ -223,35 +344,34 @@ impl AsyncConnection {
     }
 
     /// Sends what is left of a message whose send future was dropped
-    /// part-way. Cancel safe: what it does not send stays for the next call.
+    /// part-way, and whatever the stream still holds of what it accepted
+    /// (a TLS session's records). Cancel safe: what it does not send stays
+    /// for the next call.
     pub async fn flush(&mut self) -> Result<()> {
         while self.unsent_at < self.unsent.len() {
-            let unsent = std::mem::take(&mut self.unsent);
-            let result = self.write_now(&[IoSlice::new(&unsent[self.unsent_at..])]);
-            self.unsent = unsent;
-            match result {
-                Ok(n) => self.unsent_at += n,
-                Err(Error::Timeout) => self.registered.writable().await?.clear_ready(),
-                Err(e) => return Err(e),
-            }
+            let unsent = &self.unsent[self.unsent_at..];
+            let conn = &mut self.conn;
+            self.unsent_at += self
+                .registered
+                .until(Interest::WRITABLE, || write_now(conn, &[IoSlice::new(unsent)]))
+                .await?;
         }
         self.unsent.clear();
         self.unsent_at = 0;
-        Ok(())
+        let stream = self.conn.get_mut();
+        self.registered
+            .until(Interest::WRITABLE, || Ok(stream.flush(Deadline::Now)?))
+            .await
     }
+}
 
-    /// Writes what the stream takes now of `parts`; [`Error::Timeout`] if
-    /// it takes nothing.
-    fn write_now(&mut self, parts: &[IoSlice<'_>]) -> Result<usize> {
-        match self
-            .conn_mut()
-            .get_mut()
-            .write_vectored(parts, Deadline::Now)
-        {
-            Ok(0) => Err(Error::Closed),
-            Ok(n) => Ok(n),
-            Err(e) => Err(e.into()),
-        }
+/// Writes what `conn`'s stream takes now of `parts`; [`Error::Timeout`] if
+/// it takes nothing.
+fn write_now<S: Transport>(conn: &mut Connection<S>, parts: &[IoSlice<'_>]) -> Result<usize> {
+    match conn.get_mut().write_vectored(parts, Deadline::Now) {
+        Ok(0) => Err(Error::Closed),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -260,13 +380,12 @@ impl Child {
     /// without a blocked thread. Cancel safe: dropped before the exit, the
     /// child is still there to join.
     pub async fn join_async(&mut self) -> Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.try_join()? {
-                return Ok(status);
-            }
-            let exited = sys::watch(self.wait_fd(), Interest::READABLE)?;
-            let _ = exited.readable().await?;
+        if let Some(status) = self.try_join()? {
+            return Ok(status);
         }
+        let exit = Readiness::new(self.wait_fd(), Interest::READABLE)?;
+        exit.until(Interest::READABLE, || self.try_join()?.ok_or(Error::Timeout))
+            .await
     }
 }
 

@@ -45,6 +45,13 @@ pub trait Transport: AsFd {
     fn has_buffered_input(&self) -> bool {
         false
     }
+
+    /// Whether the stream holds bytes it accepted but could not send yet,
+    /// which go out once the descriptor is writable (a TLS session's
+    /// records). Plain descriptors never do.
+    fn wants_write(&self) -> bool {
+        false
+    }
 }
 
 /// What kind of descriptor an [`FdStream`] holds.
