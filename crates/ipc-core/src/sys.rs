@@ -272,6 +272,13 @@ fn sigpipe_pending() -> bool {
 pub(crate) struct Registered(OwnedFd);
 
 #[cfg(feature = "tokio")]
+impl std::os::fd::AsFd for Registered {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(feature = "tokio")]
 impl AsRawFd for Registered {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()

@@ -134,6 +134,14 @@ impl Readiness {
     }
 }
 
+/// The registered duplicate, for the calls that `until` retries (an
+/// `accept(2)` on a listening socket, say).
+impl AsFd for Readiness {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.registered.get_ref().as_fd()
+    }
+}
+
 /// A [`Connection`] over a pipe or a socket whose sends and receives are
 /// awaited. Made from a blocking connection with [`new`](Self::new),
 /// inside a tokio runtime (with its IO driver enabled). Any
@@ -206,6 +214,14 @@ impl<S: Transport> AsyncConnection<S> {
     /// Sets the largest message this end sends or receives.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.conn_mut().set_max_message_size(bytes);
+    }
+
+    /// The blocking connection, mutably: for settings of it or of its
+    /// stream. Bytes sent or received through it directly bypass the
+    /// rest of a send that was dropped part-way, which then arrives after
+    /// them.
+    pub fn get_mut(&mut self) -> &mut Connection<S> {
+        &mut self.conn
     }
 
     fn conn_mut(&mut self) -> &mut Connection<S> {

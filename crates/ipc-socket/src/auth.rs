@@ -441,6 +441,65 @@ impl ClientHandshake {
     }
 }
 
+/// Everything a new connection goes through before it is handed out:
+/// the TLS handshake when its stream has a session, then the authkey's
+/// challenge–response when the options have a key. It goes as far as the
+/// bytes received allow, so that a thread can run many at once
+/// ([`Listener`](crate::Listener)), one to its end, or a task by readiness.
+#[derive(Debug)]
+pub(crate) struct ConnectionHandshake {
+    auth: Option<AuthHandshake>,
+}
+
+/// The authkey handshake of one side.
+#[derive(Debug)]
+enum AuthHandshake {
+    Server(ServerHandshake),
+    #[cfg(feature = "tokio")]
+    Client(ClientHandshake),
+}
+
+impl ConnectionHandshake {
+    /// The listener's side, for a connection made with `options`.
+    pub(crate) fn server(options: &crate::Options) -> Result<ConnectionHandshake> {
+        Ok(ConnectionHandshake {
+            auth: match options.authkey {
+                Some(_) => Some(AuthHandshake::Server(ServerHandshake::new()?)),
+                None => None,
+            },
+        })
+    }
+
+    /// The client's side, for a connection made with `options`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn client(options: &crate::Options) -> Result<ConnectionHandshake> {
+        Ok(ConnectionHandshake {
+            auth: match options.authkey {
+                Some(_) => Some(AuthHandshake::Client(ClientHandshake::new()?)),
+                None => None,
+            },
+        })
+    }
+
+    /// Goes as far as the bytes received so far allow, without waiting;
+    /// true once the connection is through. `key` is the options' authkey.
+    pub(crate) fn advance(
+        &mut self,
+        conn: &mut crate::SocketConnection,
+        key: Option<&[u8]>,
+    ) -> Result<bool> {
+        if !conn.get_mut().continue_handshake()? {
+            return Ok(false);
+        }
+        match (&mut self.auth, key) {
+            (Some(AuthHandshake::Server(auth)), Some(key)) => auth.advance(conn, key, Deadline::Now),
+            #[cfg(feature = "tokio")]
+            (Some(AuthHandshake::Client(auth)), Some(key)) => auth.advance(conn, key, Deadline::Now),
+            _ => Ok(true),
+        }
+    }
+}
+
 /// The client's handshake run to its end, waiting for the listener's bytes
 /// until `deadline`.
 pub(crate) fn client_handshake<S: Transport>(

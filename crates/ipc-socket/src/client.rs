@@ -21,13 +21,39 @@ use crate::SocketConnection;
 #[derive(Debug)]
 pub struct Client;
 
-/// Errors that mean "nobody is listening there yet", worth retrying until
-/// the connect deadline.
-fn worth_retrying(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound | io::ErrorKind::WouldBlock
-    )
+/// The pauses between connect attempts while nobody listens at the
+/// address yet (or its backlog is full): a refused connect has nothing to
+/// wait on, so it backs off, doubling up to 100 ms, until the connect
+/// deadline. This is not a test's synchronisation.
+pub(crate) struct Retry {
+    pub(crate) deadline: Deadline,
+    pause: Duration,
+}
+
+impl Retry {
+    pub(crate) fn new(options: &Options) -> Retry {
+        Retry {
+            deadline: Deadline::after(options.connect_timeout),
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// How long to pause before the next attempt after `failed`, or the
+    /// error itself if it is not "nobody is listening there yet" or the
+    /// deadline has passed.
+    pub(crate) fn pause_after(&mut self, failed: io::Error) -> Result<Duration> {
+        let worth_retrying = matches!(
+            failed.kind(),
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound | io::ErrorKind::WouldBlock
+        );
+        let left = self.deadline.remaining().unwrap_or(Duration::MAX);
+        if !worth_retrying || left.is_zero() {
+            return Err(failed.into());
+        }
+        let pause = self.pause.min(left);
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        Ok(pause)
+    }
 }
 
 impl Client {
@@ -45,23 +71,11 @@ impl Client {
     pub fn connect(address: impl crate::ToAddress, options: Options) -> Result<SocketConnection> {
         options.validate()?;
         let address = address.to_address()?;
-        let deadline = Deadline::after(options.connect_timeout);
-        let mut backoff = Duration::from_millis(1);
+        let mut retry = Retry::new(&options);
         let fd = loop {
-            match connect_once(&address, deadline) {
+            match connect_once(&address, retry.deadline) {
                 Ok(fd) => break fd,
-                Err(e) if worth_retrying(&e) => {
-                    let left = deadline.remaining().unwrap_or(Duration::MAX);
-                    if left.is_zero() {
-                        return Err(e.into());
-                    }
-                    // A refused connect, or a listener whose backlog is
-                    // full, has nothing to wait on, so it backs off; this
-                    // is not a test's synchronisation.
-                    std::thread::sleep(backoff.min(left));
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => std::thread::sleep(retry.pause_after(e)?),
             }
         };
         let deadline = Deadline::after(options.handshake_timeout);
@@ -77,7 +91,7 @@ impl Client {
     }
 }
 
-fn connect_once(address: &Address, deadline: Deadline) -> io::Result<OwnedFd> {
+pub(crate) fn connect_once(address: &Address, deadline: Deadline) -> io::Result<OwnedFd> {
     match address {
         Address::Unix(path) => connect_unix(&UnixAddr::new(path.as_path())?),
         Address::Abstract(name) => connect_unix(&UnixAddr::new_abstract(name)?),

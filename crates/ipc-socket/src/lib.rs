@@ -41,6 +41,8 @@ mod options;
 mod server;
 mod stream;
 mod tls;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use address::Address;
 pub use client::Client;

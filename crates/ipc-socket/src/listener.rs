@@ -5,7 +5,7 @@
 //! See [`Listener`] for how it runs many clients' handshakes at once.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use ipc_core::{Deadline, Error, Interest, Result, Transport};
 
 use crate::address::Address;
-use crate::auth::ServerHandshake;
+use crate::auth::{ConnectionHandshake, ServerHandshake};
 use crate::options::Options;
 use crate::stream::{Limit, Slot, SocketStream};
 
 /// How long accepting pauses after `accept(2)` failed for want of
 /// resources.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 use crate::SocketConnection;
 
 #[derive(Debug)]
@@ -108,7 +108,7 @@ struct Handshakes {
 #[derive(Debug)]
 struct InProgress {
     conn: SocketConnection,
-    auth: Option<ServerHandshake>,
+    handshake: ConnectionHandshake,
     deadline: Deadline,
 }
 
@@ -243,6 +243,17 @@ impl Listener {
     /// The address clients connect to (with the real port if bound to 0).
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The options it was bound with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Its connection limit, if it has one.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn limit(&self) -> Option<&Arc<Limit>> {
+        self.limit.as_ref()
     }
 
     /// Returns the next connection through its handshakes, waiting as long
@@ -470,13 +481,9 @@ impl Listener {
             Some(tls) => SocketStream::tls_server_unstarted(fd, tls)?,
             None => SocketStream::plain(fd, None)?,
         };
-        let auth = match &options.authkey {
-            Some(_) => Some(ServerHandshake::new()?),
-            None => None,
-        };
         Ok(InProgress {
             conn: options.connection(stream),
-            auth,
+            handshake: ConnectionHandshake::server(options)?,
             deadline: Deadline::after(options.handshake_timeout),
         })
     }
@@ -490,16 +497,8 @@ impl Listener {
         finished: &mut Vec<Result<SocketConnection>>,
     ) {
         let handshake = &mut in_progress[i];
-        let step = (|| -> Result<bool> {
-            if !handshake.conn.get_mut().continue_handshake()? {
-                return Ok(false);
-            }
-            match (&mut handshake.auth, &self.options.authkey) {
-                (Some(auth), Some(key)) => auth.advance(&mut handshake.conn, key, Deadline::Now),
-                _ => Ok(true),
-            }
-        })();
-        match step {
+        let key = self.options.authkey.as_deref();
+        match handshake.handshake.advance(&mut handshake.conn, key) {
             Ok(false) => {}
             Ok(true) => finished.push(Ok(in_progress.swap_remove(i).conn)),
             Err(e) => {
@@ -512,22 +511,14 @@ impl Listener {
     /// One `accept(2)` that does not wait; [`Error::Timeout`] if nobody is
     /// waiting.
     fn accept_raw(&self) -> Result<OwnedFd> {
-        if !self.nonblocking
-            && !ipc_core::wait_fds(&[(self.as_fd(), Interest::Read)], Deadline::Now)?[0]
-        {
-            return Err(Error::Timeout);
-        }
-        let accepted = match &self.inner {
-            Inner::Unix(listener) => listener.accept().map(|(s, _)| OwnedFd::from(s)),
-            Inner::Tcp(listener) => listener.accept().and_then(|(stream, _)| {
-                stream.set_nodelay(true)?;
-                Ok(stream.into())
-            }),
-        };
-        match accepted {
-            Ok(fd) => Ok(fd),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(Error::Timeout),
-            Err(e) => Err(e.into()),
+        accept_now(self.as_fd(), self.accepting())
+    }
+
+    /// What `accept_now` needs to know of this listener.
+    pub(crate) fn accepting(&self) -> Accepting {
+        Accepting {
+            tcp: matches!(self.inner, Inner::Tcp(_)),
+            nonblocking: self.nonblocking,
         }
     }
 
@@ -605,6 +596,41 @@ impl ipc_core::process::Inheritable for Listener {
             _ => Inner::Unix(UnixListener::from(fd)),
         };
         Listener::new(inner, address, Options::new(), None, nonblocking)
+    }
+}
+
+/// What kind of listening socket `accept_now` takes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Accepting {
+    tcp: bool,
+    /// Whether the listening socket is non-blocking; a blocking one (which
+    /// another program made) is only accepted from once poll says a client
+    /// waits.
+    nonblocking: bool,
+}
+
+/// One `accept(2)` that does not wait; [`Error::Timeout`] if nobody is
+/// waiting. The connection is blocking, closed on exec, and without
+/// Nagle's delay when it is TCP.
+pub(crate) fn accept_now(listening: BorrowedFd<'_>, kind: Accepting) -> Result<OwnedFd> {
+    use rustix::io::Errno;
+    if !kind.nonblocking && !ipc_core::wait_fds(&[(listening, Interest::Read)], Deadline::Now)?[0]
+    {
+        return Err(Error::Timeout);
+    }
+    let tcp = kind.tcp;
+    loop {
+        return match rustix::net::accept_with(listening, rustix::net::SocketFlags::CLOEXEC) {
+            Ok(fd) => {
+                if tcp {
+                    rustix::net::sockopt::set_tcp_nodelay(&fd, true).map_err(std::io::Error::from)?;
+                }
+                Ok(fd)
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => Err(Error::Timeout),
+            Err(e) => Err(std::io::Error::from(e).into()),
+        };
     }
 }
 

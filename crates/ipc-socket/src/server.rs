@@ -2,7 +2,7 @@
 //! cleanly.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,8 +15,47 @@ use crate::listener::Listener;
 use crate::SocketConnection;
 
 /// Live connections' sockets (duplicates), by connection number, so
-/// shutdown can wake handlers blocked in a receive.
-type LiveSockets = Arc<Mutex<HashMap<u64, OwnedFd>>>;
+/// shutdown can wake handlers waiting in a receive.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LiveSockets(Arc<Mutex<LiveInner>>);
+
+#[derive(Debug, Default)]
+struct LiveInner {
+    next_id: u64,
+    sockets: HashMap<u64, OwnedFd>,
+}
+
+impl LiveSockets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a duplicate of a live connection's socket; the number to
+    /// remove it by.
+    pub(crate) fn insert(&self, socket: BorrowedFd<'_>) -> u64 {
+        let mut live = self.lock();
+        let id = live.next_id;
+        live.next_id += 1;
+        // Without a duplicate (out of descriptors), shutdown cannot wake
+        // this handler early; its connection still ends with the client.
+        if let Ok(fd) = socket.try_clone_to_owned() {
+            live.sockets.insert(id, fd);
+        }
+        id
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.lock().sockets.remove(&id);
+    }
+
+    /// Shuts down every live socket: the handlers' receives return
+    /// [`Error::Closed`](ipc_core::Error::Closed).
+    pub(crate) fn shut_down_all(&self) {
+        for fd in self.lock().sockets.values() {
+            let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Both);
+        }
+    }
+}
 
 /// A running server.
 ///
@@ -70,9 +109,9 @@ impl Server {
         F: Fn(SocketConnection) + Send + Sync + 'static,
     {
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let live: LiveSockets = Arc::default();
+        let live = LiveSockets::default();
         let handler = Arc::new(handler);
-        let accept_live = Arc::clone(&live);
+        let accept_live = live.clone();
         let accept_thread = std::thread::Builder::new()
             .name("ipc-socket-accept".into())
             .spawn(move || accept_loop(listener, stop_read, accept_live, handler))?;
@@ -91,9 +130,7 @@ impl Server {
     fn stop_and_join(&mut self) {
         // Closing the pipe's write end makes its read end readable.
         drop(self.stop.take());
-        for fd in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Both);
-        }
+        self.live.shut_down_all();
         if let Some(thread) = self.accept_thread.take() {
             let _ = thread.join();
         }
@@ -111,7 +148,6 @@ where
     F: Fn(SocketConnection) + Send + Sync + 'static,
 {
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id = 0u64;
     loop {
         let conn = match listener.next_connection(Deadline::Never, Some(stop.as_fd())) {
             Ok(Some(Ok(conn))) => conn,
@@ -126,35 +162,22 @@ where
         if ipc_core::wait(&[&stop.as_fd()], Duration::ZERO).is_ok_and(|r| !r.is_empty()) {
             break;
         }
-        let id = next_id;
-        next_id += 1;
-        if let Ok(fd) = conn.as_fd().try_clone_to_owned() {
-            live.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, fd);
-        }
+        let id = live.insert(conn.as_fd());
         let handler = Arc::clone(&handler);
-        let worker_live = Arc::clone(&live);
+        let worker_live = live.clone();
         let worker = std::thread::Builder::new()
             .name("ipc-socket-conn".into())
             .spawn(move || {
                 handler(conn);
-                worker_live
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                worker_live.remove(id);
             });
         match worker {
             Ok(worker) => workers.push(worker),
-            Err(_) => {
-                live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            }
+            Err(_) => live.remove(id),
         }
         workers.retain(|w| !w.is_finished());
     }
-    for fd in live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Both);
-    }
+    live.shut_down_all();
     for worker in workers {
         let _ = worker.join();
     }

@@ -204,14 +204,31 @@ impl SocketStream {
     ) -> ipc_core::Result<SocketStream> {
         let session = rustls::ServerConnection::new(Arc::clone(&tls.0))
             .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
-        Ok(SocketStream {
+        Ok(SocketStream::tls_unstarted(fd, session.into()))
+    }
+
+    /// The client side of a TLS session over `fd` whose handshake is yet
+    /// to run, as [`tls_server_unstarted`](Self::tls_server_unstarted).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn tls_client_unstarted(
+        fd: OwnedFd,
+        tls: &TlsClient,
+    ) -> ipc_core::Result<SocketStream> {
+        let session =
+            rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
+                .map_err(|e| Error::Authentication(format!("TLS: {e}")))?;
+        Ok(SocketStream::tls_unstarted(fd, session.into()))
+    }
+
+    fn tls_unstarted(fd: OwnedFd, session: rustls::Connection) -> SocketStream {
+        SocketStream {
             inner: Inner::Tls(Box::new(TlsState {
                 socket: FdStream::socket(fd),
-                session: session.into(),
+                session,
                 plaintext_waiting: false,
             })),
             _slot: None,
-        })
+        }
     }
 
     /// Goes on with a TLS handshake as far as the bytes already received
@@ -222,13 +239,6 @@ impl SocketStream {
             Inner::Plain(..) => Ok(true),
             Inner::Tls(state) => state.handshake(Deadline::Now),
         }
-    }
-
-    /// Whether a TLS session holds records it could not send yet: a
-    /// handshake that stopped for want of room in the socket goes on once
-    /// it is writable.
-    pub(crate) fn wants_write(&self) -> bool {
-        matches!(&self.inner, Inner::Tls(state) if state.session.wants_write())
     }
 
     /// Holds `slot` of the listener's connection limit until dropped.
@@ -254,16 +264,12 @@ impl SocketStream {
         session: rustls::Connection,
         deadline: Deadline,
     ) -> ipc_core::Result<SocketStream> {
-        let mut state = TlsState {
-            socket: FdStream::socket(fd),
-            session,
-            plaintext_waiting: false,
-        };
-        state.handshake(deadline)?;
-        Ok(SocketStream {
-            inner: Inner::Tls(Box::new(state)),
-            _slot: slot,
-        })
+        let mut stream = SocketStream::tls_unstarted(fd, session);
+        if let Inner::Tls(state) = &mut stream.inner {
+            state.handshake(deadline)?;
+        }
+        stream._slot = slot;
+        Ok(stream)
     }
 
     /// Whether the connection is encrypted.
@@ -356,6 +362,13 @@ impl Transport for SocketStream {
     fn has_buffered_input(&self) -> bool {
         matches!(&self.inner, Inner::Tls(state) if state.plaintext_waiting)
     }
+
+    /// Whether a TLS session holds records it could not send yet: a
+    /// handshake that stopped for want of room in the socket goes on once
+    /// it is writable.
+    fn wants_write(&self) -> bool {
+        matches!(&self.inner, Inner::Tls(state) if state.session.wants_write())
+    }
 }
 
 /// Whether a plain connection's first bytes are a TLS record header
@@ -372,6 +385,9 @@ pub(crate) struct Limit {
     max: usize,
     live: Mutex<usize>,
     freed: Condvar,
+    /// Tells async waiters for a place that one was given back.
+    #[cfg(feature = "tokio")]
+    freed_async: tokio::sync::Notify,
 }
 
 /// One taken place in a [`Limit`], given back on drop.
@@ -384,7 +400,26 @@ impl Limit {
             max,
             live: Mutex::new(0),
             freed: Condvar::new(),
+            #[cfg(feature = "tokio")]
+            freed_async: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Takes a place, awaiting one as long as it takes. Cancel safe: a
+    /// place is taken only when the future completes.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn take_async(self: &Arc<Limit>) -> Slot {
+        loop {
+            let freed = self.freed_async.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Listening before looking, so a place given back in between
+            // is not missed.
+            freed.as_mut().enable();
+            if let Some(slot) = self.take(Deadline::Now) {
+                return slot;
+            }
+            freed.await;
+        }
     }
 
     /// Takes a place, waiting until `deadline` for one.
@@ -412,5 +447,7 @@ impl Drop for Slot {
         let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
         *live -= 1;
         self.0.freed.notify_one();
+        #[cfg(feature = "tokio")]
+        self.0.freed_async.notify_waiters();
     }
 }
