@@ -229,3 +229,53 @@ fn wrong_key_fails_on_both_sides_with_python() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+/// The async forms against every Python here: a Python client served by
+/// an async listener, and an async client talking to a Python listener.
+#[cfg(feature = "tokio")]
+#[test]
+fn python_talks_to_the_async_forms() {
+    use ipc_socket::tokio::AsyncListener;
+    let key = std::str::from_utf8(KEY).unwrap();
+    ipc_testkit::runtime().block_on(async {
+        for python in pythons() {
+            let listener = AsyncListener::bind("127.0.0.1:0", Options::new().authkey(KEY)).unwrap();
+            let child = Command::new(&python)
+                .args(["-c", PY_CLIENT, &python_address(listener.address()), key])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut conn = listener
+                .accept_timeout(Duration::from_secs(20))
+                .await
+                .unwrap();
+            assert_eq!(conn.recv_bytes().await.unwrap(), b"hello from python");
+            conn.send_bytes(b"Received: hello from python")
+                .await
+                .unwrap();
+            assert_eq!(conn.recv_bytes().await.unwrap(), b"");
+            assert_eq!(conn.recv_bytes().await.unwrap(), b"23456");
+            conn.send_bytes(&vec![7u8; 100_000]).await.unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{python} failed");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "Received: hello from python\n100000\n",
+                "{python}"
+            );
+
+            let (mut child, _out, bound) = python_listener(&python, "('127.0.0.1', 0)", key);
+            let mut conn = ipc_socket::Client::connect_async(&bound, Options::new().authkey(KEY))
+                .await
+                .unwrap();
+            conn.send_bytes(b"Hello, Server!").await.unwrap();
+            assert_eq!(
+                conn.recv_bytes().await.unwrap(),
+                b"Received: Hello, Server!"
+            );
+            conn.send_bytes(b"ab").await.unwrap();
+            assert_eq!(conn.recv_bytes().await.unwrap(), b"abab");
+            assert!(child.wait().unwrap().success(), "{python}");
+        }
+    });
+}

@@ -110,3 +110,74 @@ fn a_plain_client_against_a_tls_listener_fails_clearly() {
         assert!(e.to_string().contains("speaks TLS"), "{e}");
     }
 }
+
+/// The async forms over TLS with the authkey handshake inside: an async
+/// listener with a blocking client in a child, then an async client with
+/// a blocking listener in a child; many small messages check that
+/// decrypted bytes left in the session are seen without the socket
+/// becoming readable.
+#[cfg(feature = "tokio")]
+#[test]
+fn tls_under_the_async_forms_both_ways() {
+    use ipc_socket::tokio::AsyncListener;
+    let (server_tls, client_tls) = certificate();
+    let server_options = Options::new().authkey(b"k").tls_server(server_tls);
+    let client_options = Options::new().authkey(b"k").tls_client(client_tls);
+    ipc_testkit::runtime().block_on(async {
+        let listener = AsyncListener::bind("127.0.0.1:0", server_options.clone()).unwrap();
+        let address = listener.address().clone();
+        let options = client_options.clone();
+        let mut child = Process::new()
+            .allow_threads()
+            .fork(move || -> ipc_core::Result<()> {
+                let mut conn = Client::connect(&address, options)?;
+                conn.send_bytes(&ipc_testkit::pattern(1, 1 << 20))?;
+                for i in 0..1000u32 {
+                    conn.send(&i)?;
+                }
+                assert_eq!(conn.recv_timeout::<String>(LONG)?, "done");
+                Ok(())
+            })
+            .unwrap();
+        let mut conn = listener.accept_timeout(LONG).await.unwrap();
+        assert!(conn.get_ref().get_ref().is_tls());
+        assert_eq!(
+            conn.recv_bytes().await.unwrap(),
+            ipc_testkit::pattern(1, 1 << 20)
+        );
+        for i in 0..1000u32 {
+            assert_eq!(conn.recv::<u32>().await.unwrap(), i);
+        }
+        conn.send(&"done").await.unwrap();
+        ipc_testkit::join_ok(&mut child);
+
+        let listener = Listener::bind("127.0.0.1:0", server_options).unwrap();
+        let address = listener.address().clone();
+        let listener = &listener;
+        let mut child = Process::new()
+            .allow_threads()
+            .pass("listener", listener)
+            .unwrap()
+            .fork(move || -> ipc_core::Result<()> {
+                let mut conn = listener.accept_timeout(LONG)?;
+                let n: u32 = conn.recv_timeout(LONG)?;
+                for i in 0..n {
+                    conn.send(&i)?;
+                }
+                conn.send_bytes(&ipc_testkit::pattern(2, 1 << 20))
+            })
+            .unwrap();
+        let mut conn = ipc_socket::Client::connect_async(&address, client_options)
+            .await
+            .unwrap();
+        conn.send(&1000u32).await.unwrap();
+        for i in 0..1000u32 {
+            assert_eq!(conn.recv::<u32>().await.unwrap(), i);
+        }
+        assert_eq!(
+            conn.recv_bytes().await.unwrap(),
+            ipc_testkit::pattern(2, 1 << 20)
+        );
+        ipc_testkit::join_ok(&mut child);
+    });
+}
