@@ -140,6 +140,43 @@ impl Condition {
 
 object_common!(Condition);
 
+/// An async wait's place among a condition's waiters, given back if the
+/// wait is dropped before it took its notification.
+#[cfg(feature = "tokio")]
+struct AsyncWaiter<'a> {
+    cond: &'a Condition,
+    notified: bool,
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for AsyncWaiter<'_> {
+    fn drop(&mut self) {
+        if self.notified {
+            return;
+        }
+        // The counts change under the lock only; a lock whose holder died
+        // is still taken (and its state left marked inconsistent).
+        let Some(guard) = self.cond.lock().map_or_else(LockError::into_guard, Some) else {
+            return;
+        };
+        let cond = self.cond;
+        let (seq, waiters, tokens) = (cond.word(SEQ), cond.word(WAITERS), cond.word(TOKENS));
+        if waiters.load(Ordering::Relaxed) > 0 {
+            waiters.fetch_sub(1, Ordering::Relaxed);
+        } else if tokens.load(Ordering::Relaxed) > 0 {
+            // A notify turned this wait's count into a token.
+            tokens.fetch_sub(1, Ordering::Relaxed);
+        }
+        if tokens.load(Ordering::Relaxed) > 0 {
+            // A notification may have woken this wait instead of another
+            // waiter: make every waiter look again, so one takes it.
+            seq.fetch_add(1, Ordering::Release);
+            futex::wake(seq, u32::MAX);
+        }
+        drop(guard);
+    }
+}
+
 /// The lock of a [`Condition`], held; waits and notifies.
 pub struct ConditionGuard<'a> {
     guard: LockGuard<'a>,
@@ -224,6 +261,81 @@ impl<'a> ConditionGuard<'a> {
                 } else {
                     Ok((guard, notified))
                 };
+            }
+        }
+    }
+
+    /// [`wait`](Self::wait) without a blocked thread: releases the lock
+    /// now (on this thread, which owns it), awaits a notification, and
+    /// takes the lock again on the thread that polls the future last,
+    /// briefly blocking it while another holder has the lock, as a
+    /// `std::sync::Mutex` in async code does. The guard it gives back
+    /// cannot be sent to another thread, so the compiler refuses to hold
+    /// it across an `.await` in a task that may move between threads.
+    ///
+    /// Cancel safe: a wait dropped before its notification uncounts
+    /// itself, and one dropped after a notification was meant for it
+    /// hands that notification on to the other waiters, so none is lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> ipc_core::Result<()> {
+    /// use ipc_core::process::Process;
+    /// use ipc_shm::{Condition, RawValue};
+    ///
+    /// let cond = Condition::new()?;
+    /// let ready = RawValue::new(0u32)?;
+    /// let mut child = Process::new().allow_threads().fork({
+    ///     let (cond, ready) = (&cond, &ready);
+    ///     move || -> ipc_core::Result<()> {
+    ///         let guard = cond.lock()?;
+    ///         ready.set(1);
+    ///         guard.notify_all();
+    ///         Ok(())
+    ///     }
+    /// })?;
+    /// let mut guard = cond.lock()?;
+    /// while ready.get() == 0 {
+    ///     guard = guard.wait_async().await?;
+    /// }
+    /// drop(guard);
+    /// child.join_async().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn wait_async(
+        self,
+    ) -> impl std::future::Future<Output = LockResult<ConditionGuard<'a>>> + Send + 'a {
+        let cond = self.cond;
+        let seq = cond.word(SEQ);
+        cond.word(WAITERS).fetch_add(1, Ordering::Relaxed);
+        let mut seen = seq.load(Ordering::Relaxed);
+        let unlocked = self.guard.unlock();
+        let waiting = AsyncWaiter {
+            cond,
+            notified: false,
+        };
+        async move {
+            // The whole place moves into the future, to be given back when
+            // the future is dropped.
+            let mut waiting = waiting;
+            unlocked.map_err(LockError::Failed)?;
+            loop {
+                crate::watch::changed(seq, seen).await;
+                let relocked = cond.lock();
+                let held = matches!(relocked, Ok(_) | Err(LockError::OwnerDied(_)));
+                let tokens = cond.word(TOKENS);
+                if !held || tokens.load(Ordering::Relaxed) > 0 {
+                    if held {
+                        tokens.fetch_sub(1, Ordering::Relaxed);
+                        waiting.notified = true;
+                    }
+                    return relocked;
+                }
+                // Another waiter took the notification: wait for the next.
+                seen = seq.load(Ordering::Relaxed);
+                drop(relocked);
             }
         }
     }
