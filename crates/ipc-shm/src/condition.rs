@@ -299,7 +299,7 @@ impl<'a> ConditionGuard<'a> {
     ///     guard = guard.wait_async().await?;
     /// }
     /// drop(guard);
-    /// child.join_async().await?;
+    /// child.join()?;
     /// # Ok(())
     /// # }
     /// ```
