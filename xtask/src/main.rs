@@ -298,6 +298,11 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
         "socket_echo",
     ),
     ("Pool: four workers square 0 to 9", "ipc-pool", "pool"),
+    (
+        "Async: a tokio server hands its clients' requests to a Pool",
+        "ipc-pool",
+        "tokio_server",
+    ),
 ];
 
 fn demo() -> Result {
