@@ -135,9 +135,7 @@ fn async_sockets(
                 .block_on(Client::connect_async(listener.address(), client))
                 .expect("connect")
         });
-        let accepted = server_runtime
-            .block_on(listener.accept())
-            .expect("accept");
+        let accepted = server_runtime.block_on(listener.accept()).expect("accept");
         (connecting.join().expect("client thread"), accepted)
     });
     drop(listener);
@@ -156,7 +154,13 @@ fn async_unix_sockets_conform() {
 #[test]
 fn async_authenticated_tcp_conforms_both_ways() {
     let options = Options::new().authkey(b"conformance");
-    let pair = || async_sockets("127.0.0.1:0".parse().unwrap(), options.clone(), options.clone());
+    let pair = || {
+        async_sockets(
+            "127.0.0.1:0".parse().unwrap(),
+            options.clone(),
+            options.clone(),
+        )
+    };
     ipc_conformance::run_all(pair);
     ipc_conformance::run_all(|| {
         let (client, server) = pair();
@@ -188,7 +192,13 @@ fn an_async_client_and_a_blocking_listener_conform() {
                 .block_on(Client::connect_async(listener.address(), options))
                 .expect("connect");
             let accepted = accepting.join().expect("accept thread");
-            (AsyncEnd { runtime, conn: client }, accepted)
+            (
+                AsyncEnd {
+                    runtime,
+                    conn: client,
+                },
+                accepted,
+            )
         })
     });
 }

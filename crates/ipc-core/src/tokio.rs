@@ -397,7 +397,9 @@ impl<S: Transport> AsyncConnection<S> {
             let conn = &mut self.conn;
             self.unsent_at += self
                 .registered
-                .until(Interest::WRITABLE, || write_now(conn, &[IoSlice::new(unsent)]))
+                .until(Interest::WRITABLE, || {
+                    write_now(conn, &[IoSlice::new(unsent)])
+                })
                 .await?;
         }
         self.unsent.clear();
@@ -428,8 +430,10 @@ impl Child {
             return Ok(status);
         }
         let exit = Readiness::new(self.wait_fd(), Interest::READABLE)?;
-        exit.until(Interest::READABLE, || self.try_join()?.ok_or(Error::Timeout))
-            .await
+        exit.until(Interest::READABLE, || {
+            self.try_join()?.ok_or(Error::Timeout)
+        })
+        .await
     }
 }
 

@@ -121,9 +121,12 @@ fn tasks_awaiting_a_condition_wake_as_a_child_notifies_them() {
                 guard.notify_all();
             }
         };
-        tokio::time::timeout(PATIENCE, futures_join_all([task(1), task(2), task(3)].into_iter()))
-            .await
-            .expect("every task has its turn within the patience");
+        tokio::time::timeout(
+            PATIENCE,
+            futures_join_all([task(1), task(2), task(3)].into_iter()),
+        )
+        .await
+        .expect("every task has its turn within the patience");
     });
     assert_eq!(turn.get(), 3);
     assert!(child.join_timeout(PATIENCE).unwrap().unwrap().success());

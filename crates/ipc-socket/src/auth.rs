@@ -492,9 +492,13 @@ impl ConnectionHandshake {
             return Ok(false);
         }
         match (&mut self.auth, key) {
-            (Some(AuthHandshake::Server(auth)), Some(key)) => auth.advance(conn, key, Deadline::Now),
+            (Some(AuthHandshake::Server(auth)), Some(key)) => {
+                auth.advance(conn, key, Deadline::Now)
+            }
             #[cfg(feature = "tokio")]
-            (Some(AuthHandshake::Client(auth)), Some(key)) => auth.advance(conn, key, Deadline::Now),
+            (Some(AuthHandshake::Client(auth)), Some(key)) => {
+                auth.advance(conn, key, Deadline::Now)
+            }
             _ => Ok(true),
         }
     }

@@ -614,8 +614,7 @@ pub(crate) struct Accepting {
 /// Nagle's delay when it is TCP.
 pub(crate) fn accept_now(listening: BorrowedFd<'_>, kind: Accepting) -> Result<OwnedFd> {
     use rustix::io::Errno;
-    if !kind.nonblocking && !ipc_core::wait_fds(&[(listening, Interest::Read)], Deadline::Now)?[0]
-    {
+    if !kind.nonblocking && !ipc_core::wait_fds(&[(listening, Interest::Read)], Deadline::Now)?[0] {
         return Err(Error::Timeout);
     }
     let tcp = kind.tcp;
@@ -623,7 +622,8 @@ pub(crate) fn accept_now(listening: BorrowedFd<'_>, kind: Accepting) -> Result<O
         return match rustix::net::accept_with(listening, rustix::net::SocketFlags::CLOEXEC) {
             Ok(fd) => {
                 if tcp {
-                    rustix::net::sockopt::set_tcp_nodelay(&fd, true).map_err(std::io::Error::from)?;
+                    rustix::net::sockopt::set_tcp_nodelay(&fd, true)
+                        .map_err(std::io::Error::from)?;
                 }
                 Ok(fd)
             }

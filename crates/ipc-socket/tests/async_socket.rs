@@ -49,18 +49,15 @@ fn an_async_listener_serves_blocking_clients_of_every_family() {
     runtime().block_on(async {
         for address in every_family() {
             let listener = AsyncListener::bind(&address, Options::new().authkey(KEY)).unwrap();
-            let mut child = blocking_client(
-                listener.address(),
-                Options::new().authkey(KEY),
-                |conn| {
+            let mut child =
+                blocking_client(listener.address(), Options::new().authkey(KEY), |conn| {
                     conn.send(&("question", 6u32))?;
                     let answer: u64 = conn.recv_timeout(LONG)?;
                     assert_eq!(answer, 42);
                     let big = conn.recv_bytes_timeout(LONG)?;
                     assert_eq!(big, ipc_testkit::pattern(7, 3 << 20));
                     Ok(())
-                },
-            );
+                });
             let mut conn = listener.accept_timeout(LONG).await.unwrap();
             let (word, n): (String, u32) = conn.recv().await.unwrap();
             assert_eq!(word, "question");
@@ -119,9 +116,8 @@ fn a_stalled_client_holds_up_nobody_and_is_cut_off_at_its_deadline() {
         // Connects and never answers the challenge.
         let stalled = TcpStream::connect((host.as_str(), port)).unwrap();
         let started = Instant::now();
-        let mut child = blocking_client(listener.address(), options, |conn| {
-            conn.send_bytes(b"next")
-        });
+        let mut child =
+            blocking_client(listener.address(), options, |conn| conn.send_bytes(b"next"));
         // The good client comes through while the stalled one waits.
         let mut conn = listener.accept_timeout(LONG).await.unwrap();
         assert_eq!(conn.recv_bytes().await.unwrap(), b"next");

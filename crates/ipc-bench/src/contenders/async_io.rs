@@ -14,6 +14,10 @@
 //!   floor it reads through a 64 KiB buffer (`tokio::io::BufReader`), so
 //!   a small message costs one `read`, and it writes each frame with one
 //!   `write_all` of a reused buffer.
+//! - [`INTERPROCESS`]: interprocess's tokio local socket
+//!   (`interprocess::local_socket::tokio::Stream`, a Unix socket on Linux)
+//!   made from the same socketpair, with [`TOKIO`]'s hand framing: what a
+//!   user of that crate gets.
 //! - [`QUEUE`]: `ipc_queue::Queue` with `put_bytes_async` /
 //!   `get_bytes_into_async` a reused buffer (the receiving path of the
 //!   blocking `ipc-queue bytes`, its reference, so the two differ only in
@@ -42,6 +46,9 @@ pub const OURS: &str = "ipc-core AsyncConnection";
 
 /// Name of the hand-framed tokio socket, the floor of the async ping-pong.
 pub const TOKIO: &str = "tokio UnixStream";
+
+/// Name of interprocess's tokio local socket.
+pub const INTERPROCESS: &str = "interprocess tokio local socket";
 
 /// Name of the async queue.
 pub const QUEUE: &str = "ipc-shm-queue async";
@@ -81,6 +88,19 @@ pub fn tokio_entry() -> Entry {
     }
 }
 
+/// The registry entry of [`INTERPROCESS`].
+pub fn interprocess_entry() -> Entry {
+    Entry {
+        name: INTERPROCESS,
+        about: "`interprocess::local_socket::tokio::Stream` (interprocess 2, feature `tokio`) \
+                from a socketpair end, with the hand framing of `tokio UnixStream`, both \
+                processes on a tokio `current_thread` runtime",
+        start: start_interprocess,
+        peer: Some(|_| peer(|| Framed::interprocess(inherited::<Socket>("data")?))),
+        runs: async_pipe,
+    }
+}
+
 /// The registry entry of [`QUEUE`].
 pub fn queue_entry() -> Entry {
     Entry {
@@ -114,6 +134,14 @@ fn start_tokio() -> Result<Option<Box<dyn Contender>>> {
     let (parent, child_end) = super::raw::socketpair()?;
     let process = Process::new().pass("data", &child_end)?;
     let started = start(TOKIO, process, || Framed::new(parent));
+    drop(child_end);
+    started
+}
+
+fn start_interprocess() -> Result<Option<Box<dyn Contender>>> {
+    let (parent, child_end) = super::raw::socketpair()?;
+    let process = Process::new().pass("data", &child_end)?;
+    let started = start(INTERPROCESS, process, || Framed::interprocess(parent));
     drop(child_end);
     started
 }
@@ -322,28 +350,46 @@ impl AsyncLink for Ours {
     }
 }
 
-/// [`TOKIO`]: writes go straight through the `BufReader` to the socket.
-struct Framed {
-    stream: BufReader<tokio::net::UnixStream>,
+/// [`TOKIO`] (and [`INTERPROCESS`]): writes go straight through the
+/// `BufReader` to the socket.
+struct Framed<S> {
+    stream: BufReader<S>,
     out: Vec<u8>,
     frame: Vec<u8>,
     msg: Vec<u8>,
 }
 
-impl Framed {
-    fn new(socket: Socket) -> Result<Framed> {
+impl Framed<tokio::net::UnixStream> {
+    fn new(socket: Socket) -> Result<Self> {
         let std = std::os::unix::net::UnixStream::from(socket.0);
         std.set_nonblocking(true)?;
-        Ok(Framed {
-            stream: BufReader::with_capacity(READ_BUFFER, tokio::net::UnixStream::from_std(std)?),
-            out: Vec::new(),
-            frame: Vec::new(),
-            msg: Vec::new(),
-        })
+        Ok(Framed::over(tokio::net::UnixStream::from_std(std)?))
     }
 }
 
-impl AsyncLink for Framed {
+impl Framed<interprocess::local_socket::tokio::Stream> {
+    fn interprocess(socket: Socket) -> Result<Self> {
+        let std = std::os::unix::net::UnixStream::from(socket.0);
+        std.set_nonblocking(true)?;
+        let stream = interprocess::os::unix::uds_local_socket::tokio::Stream::try_from(
+            std::os::fd::OwnedFd::from(std),
+        )?;
+        Ok(Framed::over(stream.into()))
+    }
+}
+
+impl<S: tokio::io::AsyncRead> Framed<S> {
+    fn over(stream: S) -> Framed<S> {
+        Framed {
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
+            out: Vec::new(),
+            frame: Vec::new(),
+            msg: Vec::new(),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> AsyncLink for Framed<S> {
     fn prepare(&mut self, send: usize, recv: usize) {
         self.out = vec![0xa5; send];
         if self.msg.len() < recv {

@@ -147,6 +147,7 @@ pub fn registry() -> Vec<Entry> {
         pipe::bytes_alloc_entry(),
         pipe::typed_entry(),
         async_io::ours_entry(),
+        async_io::interprocess_entry(),
         python::entry(),
         ipc_channel::entry(),
         socket::raw_entry(),
