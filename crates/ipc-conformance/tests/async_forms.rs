@@ -2,7 +2,8 @@
 //! awaits its sends and receives on a runtime of its own, so the suite's
 //! blocking calls are `block_on` of the async ones, a "try" is one poll of
 //! a receive that is then dropped (its cancel safety is part of what is
-//! checked), and a timeout is `tokio::time::timeout`. Async ends face each
+//! checked) followed by the non-waiting `try_recv`, and a timeout is
+//! `tokio::time::timeout`. Async ends face each
 //! other and blocking ends, over a duplex pipe, a one-way pipe, a queue,
 //! and sockets (Unix, TCP with the authkey, TLS) that the async listener
 //! and client connected.
@@ -58,7 +59,9 @@ impl<S: Transport> ByteReceiver for AsyncEnd<S> {
 
     fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
         let _entered = self.runtime.enter();
-        poll_once(self.conn.recv_bytes()).unwrap_or(Err(Error::Empty))
+        // A receive polled once and dropped (which must lose nothing), then
+        // the non-waiting form, which sees what the reactor has not yet.
+        poll_once(self.conn.recv_bytes()).unwrap_or_else(|| self.conn.try_recv_bytes())
     }
 
     fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize> {
@@ -86,7 +89,7 @@ impl<S: Transport, T: DeserializeOwned> Receiver<T> for AsyncEnd<S> {
 
     fn try_recv(&mut self) -> Result<T> {
         let _entered = self.runtime.enter();
-        poll_once(self.conn.recv()).unwrap_or(Err(Error::Empty))
+        poll_once(self.conn.recv()).unwrap_or_else(|| self.conn.try_recv())
     }
 }
 

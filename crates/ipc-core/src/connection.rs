@@ -554,6 +554,12 @@ impl<S: Transport> Connection<S> {
 
     /// Reads the next header (unless it was read already) and returns the
     /// payload length.
+    /// Whether bytes read from the stream wait here for a receive.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn holds_input(&self) -> bool {
+        self.read_pos < self.read_end || self.pending.is_some()
+    }
+
     fn next_message_len(&mut self, deadline: Deadline) -> Result<u64> {
         if !self.readable {
             return Err(Error::Unsupported("this end of the pipe cannot receive"));

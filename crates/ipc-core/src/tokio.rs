@@ -112,16 +112,41 @@ impl Readiness {
         interest: Interest,
         mut attempt: impl FnMut() -> Result<T>,
     ) -> Result<T> {
-        match attempt() {
-            Err(Error::Timeout) => {}
-            other => return other,
+        self.until_drained(interest, true, || attempt().map(|done| (done, false)))
+            .await
+    }
+
+    /// [`until`](Self::until) for a reader that knows more: `try_first`
+    /// is false when its last read found the descriptor empty (so a try
+    /// before the reactor's word would only fail), and `attempt` says with
+    /// its result whether its reads left the descriptor empty, in which
+    /// case the readiness it consumed is cleared at once instead of by
+    /// one more read that would fail. (Cleared only if the reactor has
+    /// not said "ready" again since the attempt began.)
+    pub(crate) async fn until_drained<T>(
+        &self,
+        interest: Interest,
+        try_first: bool,
+        mut attempt: impl FnMut() -> Result<(T, bool)>,
+    ) -> Result<T> {
+        if try_first {
+            match attempt() {
+                Err(Error::Timeout) => {}
+                other => return other.map(|(done, _)| done),
+            }
         }
         loop {
             let mut ready = self.registered.ready(interest).await?;
             match attempt() {
                 // Nothing more to do now: the readiness was stale.
                 Err(Error::Timeout) => ready.clear_ready(),
-                other => return other,
+                Ok((done, drained)) => {
+                    if drained {
+                        ready.clear_ready();
+                    }
+                    return Ok(done);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -251,6 +276,24 @@ impl<S: Transport> AsyncConnection<S> {
         self.receive(|conn| conn.recv_typed(Deadline::Now)).await
     }
 
+    /// Receives a message that has arrived whole, without waiting:
+    /// [`Error::Empty`] if there is none (the blocking form's
+    /// `try_recv_bytes`). A receive future, polled once, may miss a message
+    /// that arrived after the last read found the stream empty and before
+    /// the reactor saw it (it waits for the reactor's word, as tokio's own
+    /// streams do, rather than spend a system call on every receive);
+    /// this looks at the stream itself.
+    pub fn try_recv_bytes(&mut self) -> Result<Vec<u8>> {
+        self.conn.try_recv_bytes()
+    }
+
+    /// Receives and decodes a message that has arrived whole, without
+    /// waiting: [`Error::Empty`] if there is none. See
+    /// [`try_recv_bytes`](Self::try_recv_bytes).
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+        self.conn.try_recv()
+    }
+
     /// Waits until a receive would not wait: a message (or part of one, or
     /// the end of the stream) has arrived. Cancel safe.
     pub async fn readable(&self) -> Result<()> {
@@ -267,8 +310,18 @@ impl<S: Transport> AsyncConnection<S> {
         mut attempt: impl FnMut(&mut Connection<S>) -> Result<T>,
     ) -> Result<T> {
         let conn = &mut self.conn;
+        // A try before the reactor's word finds what arrived before the
+        // reactor ran (a receive polled once takes it), unless the last
+        // read already found the stream empty and nothing waits here.
+        let try_first = !conn.get_ref().drained() || conn.holds_input();
         self.registered
-            .until(Interest::READABLE, || attempt(conn))
+            .until_drained(Interest::READABLE, try_first, || {
+                let received = attempt(conn)?;
+                // Empty after a whole message with nothing left over here:
+                // the next receive waits for the reactor.
+                let drained = conn.get_ref().drained() && !conn.holds_input();
+                Ok((received, drained))
+            })
             .await
     }
 

@@ -52,6 +52,16 @@ pub trait Transport: AsFd {
     fn wants_write(&self) -> bool {
         false
     }
+
+    /// Whether the last read found the descriptor empty: it returned fewer
+    /// bytes than asked (a stream socket or a pipe gives what it has, up
+    /// to the length asked) or would have had to wait. An async reader
+    /// then knows it need not try again before the reactor says readable.
+    /// `false` when the stream cannot tell (a TLS session reads records,
+    /// not what the caller asked for).
+    fn drained(&self) -> bool {
+        false
+    }
 }
 
 /// What kind of descriptor an [`FdStream`] holds.
@@ -84,6 +94,8 @@ pub enum FdKind {
 pub struct FdStream {
     fd: OwnedFd,
     kind: FdKind,
+    /// See [`Transport::drained`].
+    drained: bool,
 }
 
 impl FdStream {
@@ -100,7 +112,11 @@ impl FdStream {
                 ))
             }
         };
-        Ok(FdStream { fd, kind })
+        Ok(FdStream {
+            fd,
+            kind,
+            drained: false,
+        })
     }
 
     /// Wraps a descriptor the caller knows to be a connected stream socket,
@@ -110,6 +126,7 @@ impl FdStream {
         FdStream {
             fd,
             kind: FdKind::Socket,
+            drained: false,
         }
     }
 
@@ -131,8 +148,9 @@ impl From<FdStream> for OwnedFd {
     }
 }
 
-impl Transport for FdStream {
-    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
+impl FdStream {
+    /// One read of what is there, waiting until `deadline` for something.
+    fn read_waiting(&self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
         loop {
             let result = match (deadline, self.kind) {
                 (Deadline::Never, _) => nix::unistd::read(&self.fd, buf),
@@ -156,6 +174,21 @@ impl Transport for FdStream {
                 other => return other.map_err(io::Error::from),
             }
         }
+    }
+}
+
+impl Transport for FdStream {
+    fn read(&mut self, buf: &mut [u8], deadline: Deadline) -> io::Result<usize> {
+        let result = self.read_waiting(buf, deadline);
+        self.drained = match &result {
+            Ok(n) => *n < buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::TimedOut,
+        };
+        result
+    }
+
+    fn drained(&self) -> bool {
+        self.drained
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>], deadline: Deadline) -> io::Result<usize> {

@@ -369,6 +369,10 @@ impl Transport for SocketStream {
     fn wants_write(&self) -> bool {
         matches!(&self.inner, Inner::Tls(state) if state.session.wants_write())
     }
+
+    fn drained(&self) -> bool {
+        matches!(&self.inner, Inner::Plain(stream, _) if stream.drained())
+    }
 }
 
 /// Whether a plain connection's first bytes are a TLS record header
