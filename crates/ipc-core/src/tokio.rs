@@ -48,6 +48,35 @@ use crate::sys;
 use crate::wait::Waitable;
 use crate::{codec, Connection, Deadline, Error, FdStream, Result, Transport};
 
+/// Awaits `future` for at most `duration`: [`Error::Timeout`] after it, as
+/// the blocking forms' `_timeout` methods say, so that code that handles
+/// one handles the other. The same as `tokio::time::timeout`, which any of
+/// this workspace's futures can be wrapped in too (every one of them is
+/// cancel safe, or says what dropping it means).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipc_core::Result<()> {
+/// use std::time::Duration;
+/// use ipc_core::tokio::{timeout, AsyncConnection};
+///
+/// let (ours, _theirs) = std::os::unix::net::UnixStream::pair()?;
+/// let conn = ipc_core::Connection::new(ipc_core::FdStream::new(ours.into())?);
+/// let mut conn = AsyncConnection::new(conn)?;
+/// let nothing = timeout(Duration::from_millis(10), conn.recv_bytes()).await;
+/// assert!(matches!(nothing, Err(ipc_core::Error::Timeout)));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn timeout<T>(
+    duration: std::time::Duration,
+    future: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    ::tokio::time::timeout(duration, future)
+        .await
+        .unwrap_or(Err(Error::Timeout))
+}
+
 /// A descriptor's readiness on tokio's reactor: the one way this
 /// workspace waits for a descriptor in async code. Protocol steps written
 /// for the blocking forms run with [`Deadline::Now`] (which reads or writes
@@ -256,6 +285,9 @@ impl<S: Transport> AsyncConnection<S> {
     // ----- receiving -----------------------------------------------------
 
     /// Receives the next message. Cancel safe.
+    ///
+    /// The connection's [`read_timeout`](Connection::read_timeout), if it
+    /// has one, bounds every receive, as it does the blocking ones.
     pub async fn recv_bytes(&mut self) -> Result<Vec<u8>> {
         let max = self.get_ref().max_message_size();
         let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -309,20 +341,25 @@ impl<S: Transport> AsyncConnection<S> {
         &mut self,
         mut attempt: impl FnMut(&mut Connection<S>) -> Result<T>,
     ) -> Result<T> {
+        let limit = self.conn.read_timeout();
         let conn = &mut self.conn;
         // A try before the reactor's word finds what arrived before the
         // reactor ran (a receive polled once takes it), unless the last
         // read already found the stream empty and nothing waits here.
         let try_first = !conn.get_ref().drained() || conn.holds_input();
-        self.registered
+        let received = self
+            .registered
             .until_drained(Interest::READABLE, try_first, || {
                 let received = attempt(conn)?;
                 // Empty after a whole message with nothing left over here:
                 // the next receive waits for the reactor.
                 let drained = conn.get_ref().drained() && !conn.holds_input();
                 Ok((received, drained))
-            })
-            .await
+            });
+        match limit {
+            Some(limit) => timeout(limit, received).await,
+            None => received.await,
+        }
     }
 
     /// Runs `step`, a piece of protocol over the blocking connection that
@@ -364,6 +401,10 @@ impl<S: Transport> AsyncConnection<S> {
     // ----- sending -------------------------------------------------------
 
     /// Sends `buf` as one message. See the type's docs for cancel safety.
+    ///
+    /// The connection's [`write_timeout`](Connection::write_timeout), if
+    /// it has one, bounds every send; a send that runs out of it is one
+    /// dropped part-way (the rest of its message goes out before the next).
     pub async fn send_bytes(&mut self, buf: &[u8]) -> Result<()> {
         self.send_bytes_batch(&[buf]).await
     }
@@ -374,6 +415,13 @@ impl<S: Transport> AsyncConnection<S> {
     /// is, message by message: dropped part-way, the messages sent are a
     /// prefix of `messages`, each whole.
     pub async fn send_bytes_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
+        match self.conn.write_timeout() {
+            Some(limit) => timeout(limit, self.send_batch(messages)).await,
+            None => self.send_batch(messages).await,
+        }
+    }
+
+    async fn send_batch(&mut self, messages: &[&[u8]]) -> Result<()> {
         self.flush().await?;
         if !self.get_ref().writable() {
             return Err(Error::Unsupported("this end of the pipe cannot send"));

@@ -68,15 +68,12 @@ async fn handshake(
         true => Ok(()),
         false => Err(Error::Timeout),
     });
-    match ::tokio::time::timeout(options.handshake_timeout, through).await {
-        Ok(through) => through?,
-        Err(_) => {
-            return Err(Error::Authentication(
-                "the peer did not finish the handshake in time".into(),
-            ))
-        }
+    match ipc_core::tokio::timeout(options.handshake_timeout, through).await {
+        Err(Error::Timeout) => Err(Error::Authentication(
+            "the peer did not finish the handshake in time".into(),
+        )),
+        through => through.map(|()| conn),
     }
-    Ok(conn)
 }
 
 impl Client {
@@ -209,9 +206,7 @@ impl AsyncListener {
     /// [`accept`](Self::accept), giving up with [`Error::Timeout`] after
     /// `timeout` (the same as wrapping it in `tokio::time::timeout`).
     pub async fn accept_timeout(&self, timeout: Duration) -> Result<AsyncSocketConnection> {
-        ::tokio::time::timeout(timeout, self.accept())
-            .await
-            .map_err(|_| Error::Timeout)?
+        ipc_core::tokio::timeout(timeout, self.accept()).await
     }
 }
 
@@ -283,7 +278,7 @@ fn server_stream(fd: OwnedFd, options: &Options) -> Result<(SocketStream, Connec
 /// task of its own for each connection through its handshakes.
 /// [`shutdown`](Self::shutdown) stops accepting, shuts down the sockets of
 /// live connections (their handlers' receives return
-/// [`Error::Closed`](ipc_core::Error::Closed)), and awaits every handler.
+/// [`Error::Closed`]), and awaits every handler.
 /// Dropping the server without `shutdown` aborts its tasks.
 ///
 /// ```

@@ -237,3 +237,22 @@ fn exits_and_results_are_awaited_whatever_the_method() {
         );
     });
 }
+
+/// The connection's read timeout bounds an async receive as it does a
+/// blocking one, and the connection stays usable after it.
+#[test]
+fn a_read_timeout_bounds_an_async_receive_and_the_connection_goes_on() {
+    runtime().block_on(async {
+        let (mut ours, theirs) = ipc_pipe::duplex().unwrap();
+        ours.set_read_timeout(Some(std::time::Duration::from_millis(50)));
+        let child = spawn_with(theirs, ipc_core::entry!(echo));
+        let mut ours = AsyncConnection::new(ours).unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(ours.recv_bytes().await, Err(Error::Timeout)));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        ours.send_bytes(b"still here").await.unwrap();
+        assert_eq!(ours.recv_bytes().await.unwrap(), b"still here");
+        drop(ours);
+        assert_eq!(child.join_async().await.unwrap(), 1);
+    });
+}
