@@ -188,3 +188,41 @@ fn watcher_thread() -> u32 {
     }
     panic!("no watcher thread after an await");
 }
+
+/// The watcher costs nothing until used: a fresh process (a forked child
+/// has this thread alone) has no watcher thread, and its first pending
+/// await starts one.
+#[test]
+fn the_watcher_thread_starts_at_the_first_await_and_not_before() {
+    let event = Event::new().unwrap();
+    let mut child = Process::new()
+        .allow_threads()
+        .fork(|| -> i32 {
+            let watchers = || {
+                std::fs::read_dir("/proc/self/task")
+                    .unwrap()
+                    .filter(|task| {
+                        let comm = task.as_ref().unwrap().path().join("comm");
+                        std::fs::read_to_string(comm).unwrap_or_default().trim() == "ipc-shm-watch"
+                    })
+                    .count()
+            };
+            if watchers() != 0 {
+                return 2;
+            }
+            // An event already set is awaited without waiting: still none.
+            event.set();
+            if ipc_testkit::poll_once(event.wait_async()).is_none() || watchers() != 0 {
+                return 3;
+            }
+            event.clear();
+            let mut waiting = Box::pin(event.wait_async());
+            if ipc_testkit::poll_once(waiting.as_mut()).is_some() {
+                return 4;
+            }
+            let _ = watcher_thread();
+            0
+        })
+        .unwrap();
+    assert_eq!(child.join_timeout(PATIENCE).unwrap().unwrap().code(), Some(0));
+}
