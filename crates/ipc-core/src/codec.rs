@@ -1,8 +1,10 @@
-//! The codec for typed messages: serde values encoded with postcard.
+//! The codecs for typed messages: serde values encoded with postcard, the
+//! default of every mechanism, or (feature `pickle`) with Python's pickle,
+//! which a connection can be switched to ([`Codec`]).
 //!
-//! Every mechanism encodes and decodes through these two functions, so a
-//! typed message sent through a pipe can be received from a queue or a
-//! socket unchanged.
+//! Every mechanism encodes and decodes postcard through these functions,
+//! so a typed message sent through a pipe can be received from a queue or
+//! a socket unchanged.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -98,11 +100,63 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(Error::Decode)?;
-    if rest.is_empty() {
-        Ok(value)
-    } else {
-        Err(Error::Decode(postcard::Error::DeserializeBadEncoding))
+    let decoded = match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => return Ok(value),
+        Ok(_) => postcard::Error::DeserializeBadEncoding,
+        Err(e) => e,
+    };
+    // Python's conn.send(obj) writes a pickle: say so rather than leave the
+    // reader with postcard's "hit the end of buffer".
+    Err(match pickle_protocol(bytes) {
+        Some(protocol) => Error::LooksLikePickle { protocol },
+        None => Error::Decode(decoded),
+    })
+}
+
+/// The protocol of a pickle, if `bytes` begin as one of protocol 2 or
+/// later does (the `PROTO` opcode, then the protocol).
+///
+/// ```
+/// assert_eq!(ipc_core::codec::pickle_protocol(b"\x80\x04K\x07."), Some(4));
+/// assert_eq!(ipc_core::codec::pickle_protocol(&[7, 2, b'h', b'i']), None);
+/// ```
+pub fn pickle_protocol(bytes: &[u8]) -> Option<u8> {
+    match bytes {
+        [0x80, protocol @ 2..=5, ..] => Some(*protocol),
+        _ => None,
+    }
+}
+
+/// How a connection encodes its typed messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Codec {
+    /// postcard: compact and fast, for Rust peers. The default.
+    #[default]
+    Postcard,
+    /// Python's pickle (feature `pickle`), for Python peers that use
+    /// `conn.send(obj)` and `conn.recv()`; see [`crate::pickle`].
+    #[cfg(feature = "pickle")]
+    Pickle,
+}
+
+impl Codec {
+    /// Appends the encoding of `value` to `out`.
+    pub fn encode_into<T: Serialize + ?Sized>(self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Codec::Postcard => encode_into(value, out),
+            #[cfg(feature = "pickle")]
+            Codec::Pickle => crate::pickle::encode_into(value, out),
+        }
+    }
+
+    /// Decodes one value that must use all of `bytes`.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
+        match self {
+            Codec::Postcard => decode(bytes),
+            #[cfg(feature = "pickle")]
+            Codec::Pickle => crate::pickle::decode(bytes),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::frame::{self, Header, Parsed};
 use crate::transport::{FdStream, Transport};
 use crate::wait::{poll_readable, Waitable};
-use crate::{codec, ByteReceiver, ByteSender, Deadline, Error, Receiver, Result, Sender};
+use crate::{ByteReceiver, ByteSender, Codec, Deadline, Error, Receiver, Result, Sender};
 
 /// The receive buffer at most. 64 KiB holds a thousand small frames per
 /// `read`.
@@ -90,6 +90,7 @@ pub struct Connection<S: Transport = FdStream> {
     scratch: Vec<u8>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    codec: Codec,
 }
 
 impl<S: Transport> Connection<S> {
@@ -116,7 +117,32 @@ impl<S: Transport> Connection<S> {
             scratch: Vec::new(),
             read_timeout: None,
             write_timeout: None,
+            codec: Codec::Postcard,
         }
+    }
+
+    /// How typed messages ([`send`](Self::send), [`recv`](Self::recv))
+    /// are encoded: [`Codec::Postcard`] unless [`set_codec`](Self::set_codec)
+    /// said otherwise. Byte messages are not encoded at all.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Sets how typed messages are encoded, for both directions, from the
+    /// next message on: [`Codec::Pickle`] (feature `pickle`) to talk to a
+    /// Python peer that uses `conn.send(obj)` and `conn.recv()`.
+    ///
+    /// ```
+    /// use ipc_core::{Codec, Connection, FdStream};
+    /// let (ours, _theirs) = std::os::unix::net::UnixStream::pair()?;
+    /// let mut conn = Connection::new(FdStream::new(ours.into())?);
+    /// assert_eq!(conn.codec(), Codec::Postcard);
+    /// # #[cfg(feature = "pickle")]
+    /// conn.set_codec(Codec::Pickle);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
     }
 
     /// The largest message this end sends or receives, in bytes.
@@ -357,7 +383,9 @@ impl<S: Transport> Connection<S> {
     fn send_until<T: Serialize + ?Sized>(&mut self, msg: &T, deadline: Deadline) -> Result<()> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let result = codec::encode_into(msg, &mut scratch)
+        let result = self
+            .codec
+            .encode_into(msg, &mut scratch)
             .and_then(|()| self.send_bytes_until(&scratch, deadline));
         self.keep_scratch(scratch);
         result
@@ -532,7 +560,7 @@ impl<S: Transport> Connection<S> {
             // scratch space is sized by what arrives, and kept only if
             // small.
             let message = self.read_payload_growing(len, deadline)?;
-            return codec::decode(&message);
+            return self.codec.decode(&message);
         }
         let len = len as usize;
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -541,7 +569,7 @@ impl<S: Transport> Connection<S> {
         }
         let result = self
             .read_payload(&mut scratch[..len], deadline)
-            .and_then(|()| codec::decode(&scratch[..len]));
+            .and_then(|()| self.codec.decode(&scratch[..len]));
         self.keep_scratch(scratch);
         result
     }

@@ -66,6 +66,20 @@ pub enum Error {
     /// The bytes of a message are not a valid encoding of the expected type.
     /// The message was consumed; the connection stays usable.
     Decode(postcard::Error),
+    /// A typed message that does not decode begins as a Python pickle
+    /// does: the peer sent it with Python's `conn.send(obj)`. Receive it
+    /// with the pickle codec (feature `pickle`,
+    /// `Connection::set_codec(Codec::Pickle)`), or as bytes. The message
+    /// was consumed; the connection stays usable.
+    LooksLikePickle {
+        /// The pickle protocol its first bytes name.
+        protocol: u8,
+    },
+    /// A pickle that the pickle codec does not read (code to run, an
+    /// object of a class, nesting too deep, a malformed or cut pickle), or
+    /// a value it cannot write; the text says which. The message was
+    /// consumed; the connection stays usable.
+    Pickle(String),
     /// An argument is out of range (Python's `ValueError`), for instance an
     /// offset past the end of the buffer given to `send_bytes_range`.
     InvalidArgument(&'static str),
@@ -140,6 +154,14 @@ impl fmt::Display for Error {
             }
             Error::Encode(e) => write!(f, "cannot encode the message: {e}"),
             Error::Decode(e) => write!(f, "cannot decode the message: {e}"),
+            Error::LooksLikePickle { protocol } => write!(
+                f,
+                "cannot decode the message: it looks like a Python pickle (protocol {protocol}), \
+                 as Python's conn.send(obj) writes; receive it with the pickle codec (feature \
+                 `pickle`, Connection::set_codec(Codec::Pickle)) or as bytes, or have the peer \
+                 use send_bytes"
+            ),
+            Error::Pickle(why) => f.write_str(why),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::Unsupported(what) => write!(f, "unsupported operation: {what}"),
             Error::NotFound(what) => write!(f, "not found: {what}"),

@@ -34,6 +34,8 @@ mod deadline;
 mod error;
 pub mod forkserver;
 pub mod frame;
+#[cfg(feature = "pickle")]
+pub mod pickle;
 pub mod process;
 pub mod spawn;
 mod sys;
@@ -44,6 +46,7 @@ mod wait;
 
 use std::time::Duration;
 
+pub use codec::Codec;
 pub use connection::{Connection, BATCH_LEN, DEFAULT_MAX_MESSAGE_SIZE};
 pub use deadline::Deadline;
 pub use error::{Error, Mismatch, Property, Result};

@@ -46,7 +46,7 @@ use crate::process::Child;
 use crate::spawn::Spawned;
 use crate::sys;
 use crate::wait::Waitable;
-use crate::{codec, Connection, Deadline, Error, FdStream, Result, Transport};
+use crate::{Connection, Deadline, Error, FdStream, Result, Transport};
 
 /// Awaits `future` for at most `duration`: [`Error::Timeout`] after it, as
 /// the blocking forms' `_timeout` methods say, so that code that handles
@@ -484,7 +484,7 @@ impl<S: Transport> AsyncConnection<S> {
     /// for cancel safety.
     pub async fn send<T: Serialize + ?Sized>(&mut self, message: &T) -> Result<()> {
         let mut bytes = Vec::new();
-        codec::encode_into(message, &mut bytes)?;
+        self.conn.codec().encode_into(message, &mut bytes)?;
         self.send_bytes(&bytes).await
     }
 

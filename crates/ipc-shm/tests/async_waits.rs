@@ -224,5 +224,8 @@ fn the_watcher_thread_starts_at_the_first_await_and_not_before() {
             0
         })
         .unwrap();
-    assert_eq!(child.join_timeout(PATIENCE).unwrap().unwrap().code(), Some(0));
+    assert_eq!(
+        child.join_timeout(PATIENCE).unwrap().unwrap().code(),
+        Some(0)
+    );
 }

@@ -40,6 +40,7 @@ pub struct Options {
     pub(crate) max_handshakes: usize,
     pub(crate) tls_server: Option<crate::TlsServer>,
     pub(crate) tls_client: Option<crate::TlsClient>,
+    pub(crate) codec: ipc_core::Codec,
 }
 
 impl Default for Options {
@@ -56,6 +57,7 @@ impl Default for Options {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             tls_server: None,
             tls_client: None,
+            codec: ipc_core::Codec::Postcard,
         }
     }
 }
@@ -152,9 +154,20 @@ impl Options {
         self
     }
 
-    /// A connection over `stream` with these options' limit and timeouts.
+    /// How the connections encode typed messages: postcard by default,
+    /// or Python's pickle (`Codec::Pickle`, feature `pickle`) for Python
+    /// peers that use `conn.send(obj)` and `conn.recv()`. The handshakes
+    /// are bytes and do not depend on it.
+    pub fn codec(mut self, codec: ipc_core::Codec) -> Options {
+        self.codec = codec;
+        self
+    }
+
+    /// A connection over `stream` with these options' codec, limit and
+    /// timeouts.
     pub(crate) fn connection(&self, stream: crate::SocketStream) -> crate::SocketConnection {
         let mut conn = ipc_core::Connection::new(stream);
+        conn.set_codec(self.codec);
         conn.set_max_message_size(self.max_message_size);
         conn.set_read_timeout(self.read_timeout);
         conn.set_write_timeout(self.write_timeout);

@@ -147,6 +147,42 @@ pub fn find_python(candidates: &[&str]) -> Option<(String, String)> {
     })
 }
 
+/// The interpreters the Python interop tests run against: `python3` and,
+/// where installed, 3.12 and 3.13 (3.11 is this machine's `python3`).
+pub const PYTHONS: [&[&str]; 3] = [
+    &["python3"],
+    &["python3.12", "/root/.pyenv/versions/3.12.1/bin/python3.12"],
+    &["python3.13", "/root/.pyenv/versions/3.13.0/bin/python3.13"],
+];
+
+/// The first of `candidates` that runs here, or `None` with a note that
+/// the test skips it (a missing interpreter is not a failure).
+pub fn python_or_skip(candidates: &[&str]) -> Option<String> {
+    match find_python(candidates) {
+        Some((path, version)) => {
+            println!("running against {path} ({version})");
+            Some(path)
+        }
+        None => {
+            println!("note: none of {candidates:?} runs here; skipping this Python interop test");
+            None
+        }
+    }
+}
+
+/// Python for a child started with `Process::exec`: `handle_fd(key)` is
+/// the descriptor number of the handle passed under `key`, from
+/// `IPC_HANDLES`.
+pub const PY_HANDLE_FD: &str = r#"
+import os
+def handle_fd(key):
+    for entry in os.environ["IPC_HANDLES"].split(";"):
+        name, rest = entry.split("=", 1)
+        if name == key:
+            return int(rest.split(":", 1)[0].split(",")[0].split(".")[0])
+    raise SystemExit("no handle " + key)
+"#;
+
 /// A TLS server identity for `localhost`, generated now, and a client that
 /// trusts it.
 pub fn self_signed_tls() -> (ipc_socket::TlsServer, ipc_socket::TlsClient) {

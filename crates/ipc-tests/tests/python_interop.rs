@@ -13,19 +13,12 @@ use std::process::Command;
 
 use ipc_core::process::Process;
 use ipc_pipe::{Connection, Error};
-use ipc_tests::{find_python, join_ok, PATIENCE};
+use ipc_tests::{join_ok, python_or_skip as python, PATIENCE, PYTHONS, PY_HANDLE_FD};
 
 /// The Python side. `sys.argv[1]` is the scenario.
 const SCRIPT: &str = r#"
 import os, sys
 from multiprocessing.connection import Connection
-
-def handle_fd(key):
-    for entry in os.environ["IPC_HANDLES"].split(";"):
-        name, rest = entry.split("=", 1)
-        if name == key:
-            return int(rest.split(":", 1)[0].split(",")[0].split(".")[0])
-    raise SystemExit("no handle " + key)
 
 def pattern(n):
     return bytes(i % 251 for i in range(n))
@@ -89,29 +82,14 @@ fn big() -> Vec<u8> {
     (0..16 << 20).map(|i| i as u8).collect()
 }
 
-const PYTHON3: &[&str] = &["python3"];
-const PYTHON312: &[&str] = &["python3.12", "/root/.pyenv/versions/3.12.1/bin/python3.12"];
-const PYTHON313: &[&str] = &["python3.13", "/root/.pyenv/versions/3.13.0/bin/python3.13"];
-
-/// The interpreter to use, or `None` (with a note) when none of
-/// `candidates` runs here.
-fn python(candidates: &[&str]) -> Option<String> {
-    match find_python(candidates) {
-        Some((path, version)) => {
-            println!("running against {path} ({version})");
-            Some(path)
-        }
-        None => {
-            println!("note: none of {candidates:?} runs here; skipping this Python interop test");
-            None
-        }
-    }
-}
+const PYTHON3: &[&str] = PYTHONS[0];
+const PYTHON312: &[&str] = PYTHONS[1];
+const PYTHON313: &[&str] = PYTHONS[2];
 
 /// Starts the script in `mode` under `python` with `end` as its `conn`.
 fn start(python: &str, mode: &str, end: &Connection) -> ipc_core::process::Child {
     let mut command = Command::new(python);
-    command.args(["-c", SCRIPT, mode]);
+    command.args(["-c", &format!("{PY_HANDLE_FD}{SCRIPT}"), mode]);
     Process::new()
         .pass("conn", end)
         .unwrap()

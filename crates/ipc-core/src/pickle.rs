@@ -1,0 +1,555 @@
+//! Python's pickle as a codec for typed messages (feature `pickle`), so
+//! that a Python peer's `conn.send(obj)` arrives as a Rust value and a
+//! Rust `send(&value)` arrives as a Python object from `conn.recv()`.
+//!
+//! Decoding never runs code and never builds anything but plain data:
+//! before [serde-pickle](https://docs.rs/serde-pickle) reads a message,
+//! [`check`] walks its opcodes and refuses, with an error that names it,
+//! any global other than the few plain builtins pickle uses to spell sets,
+//! byte arrays and (protocol 2) bytes; any opcode that builds an object
+//! (`REDUCE` of anything else, `BUILD`, `NEWOBJ`, `INST`, `OBJ`, the
+//! extension registry, persistent ids, out-of-band buffers); nesting
+//! deeper than [`MAX_DEPTH`]; and shared references (the memo) that would
+//! expand to more than [`MAX_EXPANDED`] objects. A message is read from
+//! memory the peer has already sent, so an announced length beyond its end
+//! is a truncation, not an allocation.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//!
+//! // What Python 3.12's `pickle.dumps({'job': 7, 'args': [1, 2]}, protocol=4)` writes.
+//! let from_python = b"\x80\x04\x95\x1c\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x03job\x94K\x07\x8c\x04args\x94]\x94(K\x01K\x02eu.";
+//! #[derive(serde::Deserialize, Debug, PartialEq)]
+//! struct Job {
+//!     job: u32,
+//!     args: Vec<i64>,
+//! }
+//! let job: Job = ipc_core::pickle::decode(from_python)?;
+//! assert_eq!(job, Job { job: 7, args: vec![1, 2] });
+//!
+//! let mut bytes = Vec::new();
+//! ipc_core::pickle::encode_into(&BTreeMap::from([("echo", 1)]), &mut bytes)?;
+//! assert_eq!(ipc_core::pickle::decode::<BTreeMap<String, i32>>(&bytes)?["echo"], 1);
+//!
+//! // A global that would run code is refused, by name.
+//! let evil = b"\x80\x04\x95\x0e\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93.";
+//! let refused = ipc_core::pickle::decode::<ipc_core::pickle::Value>(evil).unwrap_err();
+//! assert!(refused.to_string().contains("os.system"));
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
+//!
+//! Integers beyond 64 bits are an error for typed decoding (through
+//! serde, which has no big integers, `Value` included); [`decode_value`]
+//! keeps them, as `Value::Int`. Python's `datetime`, `Decimal`,
+//! classes and the like are objects built by code, so they are refused;
+//! send them as plain data (a string, a number, a dict).
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// A dynamically typed Python value made of plain data.
+pub use serde_pickle::{HashableValue, Value};
+
+/// The deepest nesting of containers a message may have: deeper input is
+/// refused before anything recurses over it.
+pub const MAX_DEPTH: u32 = 128;
+
+/// The most objects a message may expand to once every shared reference
+/// is copied out (a list that holds the same list twice holds two copies
+/// once decoded): this bounds what a short message can make this process
+/// allocate.
+pub const MAX_EXPANDED: u64 = 1 << 24;
+
+/// The newest pickle protocol there is (Python 3.8 and later).
+const NEWEST_PROTOCOL: u8 = 5;
+
+/// Appends the pickle of `value` to `out` (protocol 3, which every
+/// Python 3 reads): a struct or a map as a dict, a sequence as a list, a
+/// tuple as a tuple, bytes (with `serde_bytes`) as bytes, `None` for
+/// `Option::None` and `()`.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    serde_pickle::to_writer(out, &value, serde_pickle::SerOptions::new())
+        .map_err(|e| Error::Pickle(format!("cannot encode the message as a pickle: {e}")))
+}
+
+/// Decodes one pickled value, which must use all of `bytes`, after
+/// [`check`] found it plain data.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    check(bytes)?;
+    serde_pickle::from_slice(bytes, serde_pickle::DeOptions::new())
+        .map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
+}
+
+/// Decodes one pickled value of any plain-data shape, after [`check`]
+/// found it plain data; unlike `decode::<Value>`, integers beyond 64 bits
+/// stay whole (`Value::Int`).
+///
+/// ```
+/// use ipc_core::pickle::Value;
+/// // pickle.dumps(2**70, protocol=4)
+/// let big = ipc_core::pickle::decode_value(b"\x80\x04\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x40.")?;
+/// assert!(matches!(big, Value::Int(_)));
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn decode_value(bytes: &[u8]) -> Result<Value> {
+    check(bytes)?;
+    serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new())
+        .map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
+}
+
+/// serde-pickle's error, in the words of someone who sent a Python object.
+fn explain(e: &serde_pickle::Error) -> String {
+    match e {
+        serde_pickle::Error::Syntax(serde_pickle::ErrorCode::Structure(what)) => {
+            format!("the Python object does not fit the Rust type: {what}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One value on the checker's stack: how deep it nests, how many objects
+/// it expands to, and what it is where that matters.
+#[derive(Clone, Debug)]
+struct Item {
+    depth: u32,
+    expanded: u64,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Plain,
+    /// A short string, which `STACK_GLOBAL` may take as a name.
+    Text(String),
+    /// One of the plain builtins pickle spells data with.
+    AllowedGlobal,
+    /// The mark that `MARK` pushes.
+    Mark,
+}
+
+impl Item {
+    fn scalar() -> Item {
+        Item {
+            depth: 0,
+            expanded: 1,
+            kind: Kind::Plain,
+        }
+    }
+
+    fn container_of(items: &[Item]) -> Result<Item> {
+        let depth = items.iter().map(|i| i.depth).max().unwrap_or(0) + 1;
+        let expanded = items
+            .iter()
+            .fold(1u64, |sum, i| sum.saturating_add(i.expanded));
+        Item::checked(depth, expanded)
+    }
+
+    fn checked(depth: u32, expanded: u64) -> Result<Item> {
+        if depth > MAX_DEPTH {
+            return Err(Error::Pickle(format!(
+                "the pickle nests containers more than {MAX_DEPTH} deep"
+            )));
+        }
+        if expanded > MAX_EXPANDED {
+            return Err(Error::Pickle(format!(
+                "the pickle's shared references expand to more than {MAX_EXPANDED} objects"
+            )));
+        }
+        Ok(Item {
+            depth,
+            expanded,
+            kind: Kind::Plain,
+        })
+    }
+
+    /// This container with `items` added to it.
+    fn with(&self, items: &[Item]) -> Result<Item> {
+        let depth = items
+            .iter()
+            .map(|i| i.depth + 1)
+            .fold(self.depth.max(1), u32::max);
+        let expanded = items
+            .iter()
+            .fold(self.expanded, |sum, i| sum.saturating_add(i.expanded));
+        Item::checked(depth, expanded)
+    }
+}
+
+/// The globals a plain-data pickle may name: how pickle spells a set, a
+/// frozenset, a byte array, a list or a big int in some protocols, and
+/// protocol 2's bytes (`_codecs.encode`). serde-pickle builds these as
+/// data; anything else is code.
+fn allowed_global(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        (
+            "builtins" | "__builtin__",
+            "set" | "frozenset" | "bytearray" | "list" | "int"
+        ) | ("_codecs", "encode")
+    )
+}
+
+/// The checker's reading position in a message.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
+        let left = (self.bytes.len() - self.at) as u64;
+        if n > left {
+            return Err(Error::Pickle(format!(
+                "the pickle is cut short: an argument of {n} bytes with {left} left"
+            )));
+        }
+        let start = self.at;
+        self.at += n as usize;
+        Ok(&self.bytes[start..self.at])
+    }
+
+    fn uint(&mut self, width: u64) -> Result<u64> {
+        let bytes = self.take(width)?;
+        Ok(bytes
+            .iter()
+            .rev()
+            .fold(0u64, |n, &b| (n << 8) | u64::from(b)))
+    }
+
+    /// A newline-terminated argument (the text opcodes of protocol 0).
+    fn line(&mut self) -> Result<&'a [u8]> {
+        let rest = &self.bytes[self.at..];
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            return Err(Error::Pickle(
+                "the pickle is cut short: a text argument without its newline".into(),
+            ));
+        };
+        self.at += end + 1;
+        Ok(&rest[..end])
+    }
+}
+
+/// Checks that `bytes` are one whole pickle of plain data, as the module
+/// docs say, without building anything: the stack is simulated with only
+/// each value's depth and expanded size.
+///
+/// ```
+/// assert!(ipc_core::pickle::check(b"\x80\x04K\x07.").is_ok()); // 7
+/// assert!(ipc_core::pickle::check(b"\x80\x04K\x07").is_err()); // no STOP
+/// ```
+pub fn check(bytes: &[u8]) -> Result<()> {
+    let mut r = Reader { bytes, at: 0 };
+    let mut stack: Vec<Item> = Vec::new();
+    let mut memo: HashMap<u64, Item> = HashMap::new();
+    let refuse = |what: &str| -> Error {
+        Error::Pickle(format!(
+            "the pickle {what}, which this codec does not do: decoding never runs code \
+             or builds objects (send plain data: dicts, lists, strings, numbers, bytes)"
+        ))
+    };
+    let underflow = || Error::Pickle("the pickle is malformed: its stack runs out".into());
+    loop {
+        let [op] = r.take(1)? else {
+            unreachable!("take(1) gives one byte")
+        };
+        let op = *op;
+        match op {
+            // PROTO
+            0x80 => {
+                let version = r.uint(1)?;
+                if version > u64::from(NEWEST_PROTOCOL) {
+                    return Err(Error::Pickle(format!(
+                        "the pickle has protocol {version}, newer than any Python's"
+                    )));
+                }
+            }
+            // FRAME: a hint of the next frame's length; it must be there.
+            0x95 => {
+                let len = r.uint(8)?;
+                let left = (bytes.len() - r.at) as u64;
+                if len > left {
+                    return Err(Error::Pickle(format!(
+                        "the pickle is cut short: a frame of {len} bytes with {left} left"
+                    )));
+                }
+            }
+            // STOP
+            b'.' => {
+                return match (stack.len(), r.at == bytes.len()) {
+                    (1, true) if !matches!(stack[0].kind, Kind::Mark) => Ok(()),
+                    (_, false) => Err(Error::Pickle(
+                        "the pickle has bytes after its end (STOP)".into(),
+                    )),
+                    _ => Err(Error::Pickle(
+                        "the pickle is malformed: it does not end with one value".into(),
+                    )),
+                };
+            }
+            // NONE, NEWTRUE, NEWFALSE
+            b'N' | 0x88 | 0x89 => stack.push(Item::scalar()),
+            // BININT, BININT1, BININT2, BINFLOAT
+            b'J' => push_skipped(&mut r, &mut stack, 4)?,
+            b'K' => push_skipped(&mut r, &mut stack, 1)?,
+            b'M' => push_skipped(&mut r, &mut stack, 2)?,
+            b'G' => push_skipped(&mut r, &mut stack, 8)?,
+            // LONG1, LONG4
+            0x8a => {
+                let n = r.uint(1)?;
+                push_skipped(&mut r, &mut stack, n)?;
+            }
+            0x8b => {
+                let n = r.uint(4)?;
+                push_skipped(&mut r, &mut stack, n)?;
+            }
+            // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8: kept as text when
+            // short, for STACK_GLOBAL's error message.
+            0x8c | b'X' | 0x8d => {
+                let width = match op {
+                    0x8c => 1,
+                    b'X' => 4,
+                    _ => 8,
+                };
+                let n = r.uint(width)?;
+                let text = r.take(n)?;
+                let kind = match std::str::from_utf8(text) {
+                    Ok(text) if text.len() <= 256 => Kind::Text(text.to_owned()),
+                    _ => Kind::Plain,
+                };
+                stack.push(Item {
+                    kind,
+                    ..Item::scalar()
+                });
+            }
+            // SHORT_BINBYTES, SHORT_BINSTRING; BINBYTES, BINSTRING;
+            // BINBYTES8, BYTEARRAY8
+            b'C' | b'U' => {
+                let n = r.uint(1)?;
+                push_skipped(&mut r, &mut stack, n)?;
+            }
+            b'B' | b'T' => {
+                let n = r.uint(4)?;
+                push_skipped(&mut r, &mut stack, n)?;
+            }
+            0x8e | 0x96 => {
+                let n = r.uint(8)?;
+                push_skipped(&mut r, &mut stack, n)?;
+            }
+            // INT, LONG, FLOAT, STRING, UNICODE (protocol 0's text forms)
+            b'I' | b'L' | b'F' | b'S' | b'V' => {
+                r.line()?;
+                stack.push(Item::scalar());
+            }
+            // EMPTY_LIST, EMPTY_DICT, EMPTY_TUPLE, EMPTY_SET
+            b']' | b'}' | b')' | 0x8f => stack.push(Item::container_of(&[])?),
+            // MARK
+            b'(' => stack.push(Item {
+                kind: Kind::Mark,
+                ..Item::scalar()
+            }),
+            // LIST, DICT, TUPLE, FROZENSET: the items since the mark.
+            b'l' | b'd' | b't' | 0x91 => {
+                let items = pop_to_mark(&mut stack)?;
+                stack.push(Item::container_of(&items)?);
+            }
+            // TUPLE1, TUPLE2, TUPLE3
+            0x85..=0x87 => {
+                let n = usize::from(op - 0x84);
+                let at = stack.len().checked_sub(n).ok_or_else(underflow)?;
+                let items = stack.split_off(at);
+                if items.iter().any(|i| matches!(i.kind, Kind::Mark)) {
+                    return Err(underflow());
+                }
+                stack.push(Item::container_of(&items)?);
+            }
+            // APPEND, SETITEM: one item (or key and value) into the
+            // container below it.
+            b'a' | b's' => {
+                let n = if op == b'a' { 1 } else { 2 };
+                let at = stack.len().checked_sub(n + 1).ok_or_else(underflow)?;
+                let items = stack.split_off(at + 1);
+                let container = stack.last_mut().ok_or_else(underflow)?;
+                *container = container.with(&items)?;
+            }
+            // APPENDS, SETITEMS, ADDITEMS: the items since the mark.
+            b'e' | b'u' | 0x90 => {
+                let items = pop_to_mark(&mut stack)?;
+                let container = stack.last_mut().ok_or_else(underflow)?;
+                *container = container.with(&items)?;
+            }
+            // POP, POP_MARK, DUP
+            b'0' => {
+                stack.pop().ok_or_else(underflow)?;
+            }
+            b'1' => {
+                pop_to_mark(&mut stack)?;
+            }
+            b'2' => {
+                let top = stack.last().cloned().ok_or_else(underflow)?;
+                stack.push(top);
+            }
+            // BINPUT, LONG_BINPUT, PUT, MEMOIZE
+            b'q' | b'r' | b'p' | 0x94 => {
+                let index = match op {
+                    b'q' => r.uint(1)?,
+                    b'r' => r.uint(4)?,
+                    b'p' => text_number(r.line()?)?,
+                    _ => memo.len() as u64,
+                };
+                let top = stack.last().cloned().ok_or_else(underflow)?;
+                memo.insert(index, top);
+            }
+            // BINGET, LONG_BINGET, GET
+            b'h' | b'j' | b'g' => {
+                let index = match op {
+                    b'h' => r.uint(1)?,
+                    b'j' => r.uint(4)?,
+                    _ => text_number(r.line()?)?,
+                };
+                let item = memo.get(&index).cloned().ok_or_else(|| {
+                    Error::Pickle(format!(
+                        "the pickle is malformed: it refers to memo entry {index}, \
+                         which it never made"
+                    ))
+                })?;
+                stack.push(item);
+            }
+            // GLOBAL: module and name as text lines.
+            b'c' => {
+                let module = String::from_utf8_lossy(r.line()?).into_owned();
+                let name = String::from_utf8_lossy(r.line()?).into_owned();
+                stack.push(global(&module, &name, &refuse)?);
+            }
+            // STACK_GLOBAL: module and name from the stack.
+            0x93 => {
+                let name = stack.pop().ok_or_else(underflow)?;
+                let module = stack.pop().ok_or_else(underflow)?;
+                let (Kind::Text(module), Kind::Text(name)) = (&module.kind, &name.kind) else {
+                    return Err(refuse("names a global that is not a plain name"));
+                };
+                stack.push(global(module, name, &refuse)?);
+            }
+            // REDUCE: only of an allowed builtin (a set from a list, ...).
+            b'R' => {
+                let arguments = stack.pop().ok_or_else(underflow)?;
+                let callable = stack.pop().ok_or_else(underflow)?;
+                if !matches!(callable.kind, Kind::AllowedGlobal) {
+                    return Err(refuse("calls something (REDUCE)"));
+                }
+                stack.push(Item::checked(arguments.depth, arguments.expanded)?);
+            }
+            b'b' => return Err(refuse("sets an object's state (BUILD)")),
+            0x81 | 0x92 => return Err(refuse("builds an object of a class (NEWOBJ)")),
+            b'i' | b'o' => return Err(refuse("builds an object of a class (INST/OBJ)")),
+            0x82..=0x84 => return Err(refuse("uses the extension registry (EXT)")),
+            b'P' | b'Q' => return Err(refuse("refers to persistent ids")),
+            0x97 | 0x98 => return Err(refuse("has out-of-band buffers")),
+            other => {
+                return Err(Error::Pickle(format!(
+                    "the pickle is malformed: unknown opcode 0x{other:02x}"
+                )))
+            }
+        }
+    }
+}
+
+fn push_skipped(r: &mut Reader<'_>, stack: &mut Vec<Item>, n: u64) -> Result<()> {
+    r.take(n)?;
+    stack.push(Item::scalar());
+    Ok(())
+}
+
+/// The items down to the topmost mark, which is taken off too.
+fn pop_to_mark(stack: &mut Vec<Item>) -> Result<Vec<Item>> {
+    let mark = stack
+        .iter()
+        .rposition(|i| matches!(i.kind, Kind::Mark))
+        .ok_or_else(|| Error::Pickle("the pickle is malformed: a mark is missing".into()))?;
+    let items = stack.split_off(mark + 1);
+    stack.pop();
+    Ok(items)
+}
+
+fn text_number(line: &[u8]) -> Result<u64> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            Error::Pickle("the pickle is malformed: a memo index is not a number".into())
+        })
+}
+
+fn global(module: &str, name: &str, refuse: &impl Fn(&str) -> Error) -> Result<Item> {
+    if allowed_global(module, name) {
+        Ok(Item {
+            kind: Kind::AllowedGlobal,
+            ..Item::scalar()
+        })
+    } else {
+        Err(refuse(&format!("names the global `{module}.{name}`")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(bytes: &[u8]) -> String {
+        match check(bytes) {
+            Err(Error::Pickle(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_anything_recurses() {
+        // [[[[...]]]] 10,000 deep: EMPTY_LIST each, then APPEND each.
+        let mut bytes = b"\x80\x04".to_vec();
+        bytes.extend(std::iter::repeat_n(b']', 10_000));
+        bytes.extend(std::iter::repeat_n(b'a', 9_999));
+        bytes.push(b'.');
+        assert!(refused(&bytes).contains("deep"));
+        // The same depth through the memo, one level per step, with a
+        // stack that never grows.
+        let mut bytes = b"\x80\x04]q\x00".to_vec();
+        for _ in 0..1000 {
+            bytes.extend_from_slice(b"]h\x00aq\x00");
+        }
+        bytes.push(b'.');
+        assert!(refused(&bytes).contains("deep"));
+    }
+
+    #[test]
+    fn shared_references_that_expand_without_bound_are_refused() {
+        // L(n+1) = [L(n), L(n)]: 60 steps are 2^60 objects once copied.
+        let mut bytes = b"\x80\x04]q\x00".to_vec();
+        for _ in 0..60 {
+            bytes.extend_from_slice(b"](h\x00h\x00eq\x00");
+        }
+        bytes.push(b'.');
+        assert!(refused(&bytes).contains("expand"));
+    }
+
+    #[test]
+    fn truncation_and_huge_lengths_are_errors_not_allocations() {
+        assert!(refused(b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7fabc").contains("cut short"));
+        assert!(refused(b"\x80\x04]").contains("cut short"));
+        assert!(refused(b"\x80\x04K\x01K\x02.").contains("one value"));
+        assert!(refused(b"\x80\x04K\x01.junk").contains("after its end"));
+        assert!(refused(b"\x80\x04h\x05.").contains("memo entry 5"));
+        assert!(refused(b"\x80\x04\xff.").contains("unknown opcode"));
+    }
+
+    #[test]
+    fn code_is_refused_by_name() {
+        assert!(refused(b"cos\nsystem\n(S'ls'\ntR.").contains("`os.system`"));
+        assert!(refused(b"\x80\x04\x8c\x08datetime\x8c\x04date\x93.").contains("datetime.date"));
+        // REDUCE of something that is not an allowed global.
+        assert!(refused(b"\x80\x04K\x01)R.").contains("REDUCE"));
+        // An allowed builtin is fine: set([1]) in protocol 2.
+        check(b"\x80\x02c__builtin__\nset\nq\x00]q\x01K\x01a\x85q\x02Rq\x03.").unwrap();
+    }
+}
