@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Locks, locked increments and shared-memory bandwidth with CPython's
-multiprocessing, between a parent and one multiprocessing.Process child
-(fork start method, so the child inherits the lock, the Value and the
-mapping of the SharedMemory).
+"""Locks, locked increments, shared-memory bandwidth and semaphore wake-ups
+with CPython's multiprocessing, between a parent and one
+multiprocessing.Process child (fork start method, so the child inherits the
+lock, the Value, the semaphores and the mapping of the SharedMemory).
 
     python3 shm_bench.py --serve   used by ipc-bench: one command a line on
                                    stdin, one JSON line per answer on stdout
@@ -18,9 +18,16 @@ Commands:
     bandwidth SIZE COUNT     COUNT passes: the parent does shm.buf[:] = data,
                              the child bytes(shm.buf), on a SIZE-byte
                              SharedMemory(create=True) touched once before
+    sem WARMUP COUNT CPU OTHER
+                             WARMUP untimed, then COUNT timed round trips over
+                             two Semaphore(0), `ping` and `pong`: the parent
+                             does ping.release(); pong.acquire(), the child
+                             ping.acquire(); pong.release(); the parent pinned
+                             to CPU, the child to OTHER (-1: unpinned)
     quit
 Answers have the fields of ipc-bench's throughput Sample (messages are
-pairs, increments of all processes, or passes).
+pairs, increments of all processes, or passes), or of its latency Sample
+for sem (nanoseconds; percentiles by the nearest-rank rule).
 """
 
 import json
@@ -30,7 +37,7 @@ import sys
 import time
 from multiprocessing.shared_memory import SharedMemory
 
-from pipe_bench import Pinned
+from pipe_bench import Pinned, percentile
 
 SIZE = 64 << 20
 
@@ -41,7 +48,7 @@ def increments(v, count):
             v.value += 1
 
 
-def child(cmd, v, shm):
+def child(cmd, v, shm, ping, pong):
     while True:
         words = cmd.recv_bytes().decode().split()
         if words[0] == "quit":
@@ -56,10 +63,43 @@ def child(cmd, v, shm):
                 data = bytes(shm.buf)
                 cmd.send_bytes(data[:1])
             del data
+        elif words[0] == "sem":
+            with Pinned(int(words[2])):
+                acquire, release = ping.acquire, pong.release
+                for _ in range(int(words[1])):
+                    acquire()
+                    release()
 
 
 def sample(messages, size, elapsed):
     return {"kind": "throughput", "messages": messages, "size": size, "elapsed_ns": float(elapsed)}
+
+
+def semaphore_ping_pong(cmd, ping, pong, warmup, count, cpu, other):
+    """Round trips over the two semaphores, the child on `other`."""
+    cmd.send_bytes(f"sem {warmup + count} {other}".encode())
+    with Pinned(cpu):
+        release, acquire = ping.release, pong.acquire
+        for _ in range(warmup):
+            release()
+            acquire()
+        clock = time.perf_counter_ns
+        rtts = [0] * count
+        start = last = clock()
+        for i in range(count):
+            release()
+            acquire()
+            now = clock()
+            rtts[i] = now - last
+            last = now
+    rtts.sort()
+    return {
+        "kind": "latency",
+        "p50_ns": float(percentile(rtts, 0.50)),
+        "p99_ns": float(percentile(rtts, 0.99)),
+        "round_trips": count,
+        "elapsed_ns": float(last - start),
+    }
 
 
 def serve():
@@ -77,10 +117,11 @@ def serve_with(shm):
     ctx = multiprocessing.get_context("fork")
     lock = ctx.Lock()
     v = ctx.Value("Q", 0)
+    ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
     data = bytearray(b"\xa5" * SIZE)
     shm.buf[:] = data  # first touch of every page, before any timing
     cmd, cmd_child = ctx.Pipe()
-    proc = ctx.Process(target=child, args=(cmd_child, v, shm))
+    proc = ctx.Process(target=child, args=(cmd_child, v, shm, ping, pong))
     proc.start()
     cmd_child.close()
     clock = time.perf_counter_ns
@@ -121,6 +162,8 @@ def serve_with(shm):
                 if cmd.recv_bytes() != bytes([i & 0xFF]):
                     raise SystemExit("the child read something else")
             result = sample(count, size, clock() - start)
+        elif words[0] == "sem":
+            result = semaphore_ping_pong(cmd, ping, pong, *(int(w) for w in words[1:5]))
         else:
             result = {"error": f"unknown command {words[0]!r}"}
         print(json.dumps(result), flush=True)

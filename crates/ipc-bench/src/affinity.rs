@@ -10,9 +10,12 @@
 //! Locked increments from two processes pin them to two different CPUs
 //! (see [`other_cpu`]), so that they really contend: left alone, the
 //! scheduler often time-slices both on one CPU, and the "contended" rate
-//! becomes the uncontended one. The queue ping-pong (put→get round trips
-//! through two queues) is pinned the same way, one process per CPU: its
-//! goal is stated for two processes that each have a core.
+//! becomes the uncontended one. The queue ping-pongs (put→get round trips
+//! through two queues, blocking or awaited) are pinned the same way, one
+//! process per CPU: their goals are stated for two processes that each
+//! have a core. So is the wake-up ping-pong (release → acquire over two
+//! semaphores), so that each process really sleeps until the other wakes
+//! it.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;

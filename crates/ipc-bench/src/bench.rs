@@ -90,6 +90,11 @@ pub enum Via {
     /// A queue between one producer and one consumer process, both
     /// awaiting its puts and gets on tokio `current_thread` runtimes.
     AsyncQueue,
+    /// Two process-shared semaphores, one each way, each process waiting
+    /// on its own: blocked in a futex wait, or awaiting on a tokio
+    /// `current_thread` runtime through `ipc-shm`'s watching thread. No
+    /// payload crosses (size 0): it measures being woken.
+    AsyncWake,
     /// A child started by re-executing the program (Python's `spawn`).
     Spawn,
     /// A child forked by a server process started earlier (Python's
@@ -148,6 +153,7 @@ impl Benchmark {
             b(Kind::PingPong, 8, Via::AsyncPipe),
             b(Kind::Throughput, 64, Via::AsyncQueue),
             b(Kind::PingPong, 64, Via::AsyncQueue),
+            b(Kind::PingPong, 0, Via::AsyncWake),
             b(Kind::Start, 0, Via::Spawn),
             b(Kind::Start, 0, Via::Forkserver),
             b(Kind::Start, 0, Via::Fork),
@@ -159,7 +165,7 @@ impl Benchmark {
 
     /// A short stable identifier, such as `ping-pong-8B`,
     /// `throughput-1MiB`, `tcp-ping-pong-8B`, `shm-increments-2p`,
-    /// `fork-start` or `pool-map-200x5ms`.
+    /// `async-wake-ping-pong-0B`, `fork-start` or `pool-map-200x5ms`.
     pub fn id(&self) -> String {
         let prefix = match self.via {
             Via::Pipe => "",
@@ -170,6 +176,7 @@ impl Benchmark {
             Via::Queue2 => "queue2x2-",
             Via::AsyncPipe => "async-",
             Via::AsyncQueue => "async-queue-",
+            Via::AsyncWake => "async-wake-",
             Via::Spawn => "spawn-",
             Via::Forkserver => "forkserver-",
             Via::Fork => "fork-",
@@ -215,6 +222,15 @@ impl Benchmark {
         (self.kind == Kind::MapBusy).then_some(if quick { 3 } else { 9 })
     }
 
+    /// How many times per round trip a process of this benchmark's
+    /// awaiting contenders is woken through an await where the floor's
+    /// thread is woken from a blocking wait: what the difference of their
+    /// p50s is divided by to give the cost of one awaited wake-up.
+    pub fn awaited_wakes_per_round_trip(&self) -> Option<u32> {
+        // One release → acquire hop each way.
+        (self.via == Via::AsyncWake && self.kind == Kind::PingPong).then_some(2)
+    }
+
     /// The ideal time of one map call of [`Kind::MapBusy`]: the CPU time of
     /// all its tasks spread evenly over the workers, with no overhead.
     pub fn ideal(&self) -> Option<Duration> {
@@ -250,6 +266,7 @@ impl fmt::Display for Benchmark {
             Via::Queue2 => " (queue, 2 producers / 2 consumers)",
             Via::AsyncPipe => " (async, tokio current_thread)",
             Via::AsyncQueue => " (async queue, 1 producer / 1 consumer, tokio current_thread)",
+            Via::AsyncWake => "",
             Via::Spawn => "spawn",
             Via::Forkserver => "forkserver",
             Via::Fork => "fork",
@@ -260,6 +277,11 @@ impl fmt::Display for Benchmark {
             Kind::PingPong if self.via == Via::Queue => write!(
                 f,
                 "Queue ping-pong round trip (put→get over two queues), {size}, two CPUs"
+            ),
+            Kind::PingPong if self.via == Via::AsyncWake => write!(
+                f,
+                "Wake-up ping-pong (release → acquire over two semaphores, blocking or \
+                 awaited on tokio current_thread), two CPUs"
             ),
             Kind::PingPong => write!(f, "Ping-pong round trip, {size}{over}"),
             Kind::Throughput => write!(f, "One-way throughput, {size}{over}"),
@@ -473,6 +495,7 @@ mod tests {
             "async-ping-pong-8B",
             "async-queue-throughput-64B",
             "async-queue-ping-pong-64B",
+            "async-wake-ping-pong-0B",
             "spawn-start",
             "forkserver-start",
             "fork-start",

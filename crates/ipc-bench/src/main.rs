@@ -16,8 +16,10 @@
 //! floor and Python reference (see [`contenders::floor`]); a contender
 //! runs only the benchmarks its registry entry says it runs. Ping-pong and
 //! connect pin both processes to one CPU (see [`affinity`]); the queue
-//! ping-pong pins its two processes to two different CPUs. Results go to `target/bench/` as `results.md`, `results.json`
-//! and `chart.svg`; the Markdown is printed at the end.
+//! ping-pongs (blocking and async) and the wake-up ping-pong pin their two
+//! processes to two different CPUs. Results go to `target/bench/` as
+//! `results.md`, `results.json` and `chart.svg`; the Markdown is printed
+//! at the end.
 //!
 //! Started as `ipc-bench --peer NAME ...`, the program is the peer process
 //! of contender NAME (see [`contenders`]). Started by `ipc-core`'s spawn
@@ -54,7 +56,7 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
                  queue-throughput-64B, queue2x2-throughput-4KiB,
                  queue-ping-pong-64B, async-ping-pong-8B,
                  async-queue-throughput-64B, async-queue-ping-pong-64B,
-                 spawn-start, forkserver-start,
+                 async-wake-ping-pong-0B, spawn-start, forkserver-start,
                  fork-start, pool-map-100k-trivial, pool-map-200x5ms,
                  ...) contain one of IDS
                  (pool-map-200x5ms runs at most 3 rounds with --quick, 9
@@ -84,10 +86,15 @@ impl Options {
     fn cpu(&self, bench: Benchmark) -> Option<usize> {
         // Two incrementing processes are pinned to two different CPUs: the
         // parent to this one, the other to `affinity::other_cpu` of it.
-        // So are the two ends of the queue ping-pong (a put→get round trip
-        // is meant to be measured while both processes have a core).
+        // So are the two ends of the queue and wake-up ping-pongs (see
+        // `contenders::peer_cpu`; a round trip is meant to be measured
+        // while both processes have a core).
         let two = (bench.kind == Kind::Increments && bench.size == 2)
-            || (bench.kind == Kind::PingPong && bench.via == bench::Via::Queue);
+            || (bench.kind == Kind::PingPong
+                && matches!(
+                    bench.via,
+                    bench::Via::Queue | bench::Via::AsyncQueue | bench::Via::AsyncWake
+                ));
         self.pin
             .filter(|_| two || matches!(bench.kind, Kind::PingPong | Kind::Connect))
     }
@@ -201,8 +208,9 @@ fn run(options: &Options) -> Result {
     notes.push(match options.pin {
         Some(cpu) => format!(
             "ping-pong and connect: both processes pinned to CPU {cpu}; 2-process increments: \
-             one process on CPU {cpu}, the other on CPU {other}; queue ping-pong: \
-             the parent on CPU {cpu}, the echoing peer on CPU {other}; everything else unpinned",
+             one process on CPU {cpu}, the other on CPU {other}; queue ping-pongs (blocking \
+             and async) and wake-up ping-pong: the parent on CPU {cpu}, the echoing peer on \
+             CPU {other}; everything else unpinned",
             other = affinity::other_cpu(cpu).map_or("(none)".to_owned(), |c| c.to_string())
         ),
         None => "nothing pinned (--no-pin)".to_owned(),
@@ -250,13 +258,16 @@ fn run(options: &Options) -> Result {
             }
         }
     }
-    // The contenders (indices into `running`) of each benchmark.
+    // The contenders (indices into `running`) of each benchmark, its
+    // floor first, then in the order of the registry.
     let participants: Vec<Vec<usize>> = benches
         .iter()
         .map(|&b| {
-            (0..running.len())
+            let mut them: Vec<usize> = (0..running.len())
                 .filter(|&i| (running[i].entry.runs)(b))
-                .collect()
+                .collect();
+            them.sort_by_key(|&i| running[i].entry.name != contenders::floor(&b));
+            them
         })
         .collect();
     // counts[bench][participant]

@@ -79,6 +79,12 @@ pub struct Row {
     pub vs_floor: Option<Spread>,
     /// The same divided by Python's.
     pub vs_python: Option<Spread>,
+    /// The wake-up ping-pong's awaiting contenders: the p50 minus the
+    /// floor's, over the awaited wake-ups of a round trip
+    /// ([`Benchmark::awaited_wakes_per_round_trip`]), in ns, taken round
+    /// by round: what one awaited wake-up adds to a blocking one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ns_per_awaited_wake: Option<Spread>,
     /// Pool map of CPU-bound tasks: the time of one map call divided by
     /// the ideal one ([`Benchmark::ideal`]); lower is better, 1 at best.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +112,23 @@ impl BenchResult {
                 .collect();
             (!ratios.is_empty()).then(|| Spread::of(ratios))
         };
+        // Only the contenders that await: the floor blocks, and so does
+        // Python, which has no awaitable semaphore.
+        let per_awaited_wake = |name: &str, row: &[Option<Sample>]| {
+            let wakes = bench.awaited_wakes_per_round_trip()?;
+            if name == floor(&bench) || name == python(&bench) {
+                return None;
+            }
+            let base = &samples[index(floor(&bench))?];
+            let extra: Vec<f64> = row
+                .iter()
+                .zip(base)
+                .filter_map(|(s, b)| {
+                    Some((s.as_ref()?.headline() - b.as_ref()?.headline()) / f64::from(wakes))
+                })
+                .collect();
+            (!extra.is_empty()).then(|| Spread::of(extra))
+        };
         let rows = names
             .iter()
             .zip(counts)
@@ -132,6 +155,7 @@ impl BenchResult {
                     ns_per_op: score.filter(|_| per_op),
                     vs_floor: ratio(row, index(floor(&bench))),
                     vs_python: ratio(row, index(python(&bench))),
+                    extra_ns_per_awaited_wake: per_awaited_wake(name, row),
                     time_vs_ideal: vs_ideal.filter(|_| row.iter().any(Option::is_some)),
                     samples: row.clone(),
                 }
@@ -146,7 +170,10 @@ impl BenchResult {
 }
 
 fn ns(v: f64) -> String {
-    if v < 1e3 {
+    // A difference of latencies may be negative.
+    if v < 0.0 {
+        format!("-{}", ns(-v))
+    } else if v < 1e3 {
         format!("{v:.0} ns")
     } else if v < 1e6 {
         format!("{:.1} µs", v / 1e3)
@@ -346,6 +373,26 @@ impl Report {
                             ratio(r.vs_python),
                             r.count
                         );
+                    }
+                    if let Some(wakes) = b.bench.awaited_wakes_per_round_trip() {
+                        let _ = writeln!(
+                            md,
+                            "\nA round trip wakes each process once: {wakes} awaited wake-ups \
+                             for the contenders that await, none for the floor, whose \
+                             threads block in a futex wait. What one awaited wake-up adds, \
+                             (p50 − floor's p50) / {wakes}, round by round:\n"
+                        );
+                        for r in &b.rows {
+                            if let Some(extra) = r.extra_ns_per_awaited_wake {
+                                let _ = writeln!(
+                                    md,
+                                    "- {}: {} per awaited wake-up ({})",
+                                    r.contender,
+                                    ns(extra.median),
+                                    spread(extra, ns)
+                                );
+                            }
+                        }
                     }
                 }
                 Kind::Throughput => {
@@ -549,6 +596,50 @@ mod tests {
         assert!((vs.median - 1.1).abs() < 1e-9 && (vs.max - 1.1).abs() < 1e-9);
         assert!(other.vs_python.is_none());
         assert_eq!(other.p50_ns.unwrap().median, 16.5);
+    }
+
+    #[test]
+    fn awaited_wakes_cost_half_the_round_trip_difference() {
+        let bench = Benchmark {
+            kind: Kind::PingPong,
+            size: 0,
+            via: Via::AsyncWake,
+        };
+        let names = [floor(&bench), python(&bench), "awaiting"];
+        let samples = vec![
+            vec![latency(10_000.0), latency(12_000.0)],
+            vec![latency(50_000.0), latency(50_000.0)],
+            vec![latency(12_000.0), latency(15_200.0)],
+        ];
+        let result = BenchResult::new(bench, &names, &[100; 3], samples);
+        assert!(result.rows[0].extra_ns_per_awaited_wake.is_none());
+        assert!(result.rows[1].extra_ns_per_awaited_wake.is_none());
+        let extra = result.rows[2].extra_ns_per_awaited_wake.unwrap();
+        assert_eq!(
+            (extra.min, extra.median, extra.max),
+            (1000.0, 1300.0, 1600.0)
+        );
+        let report = Report {
+            mode: "quick".into(),
+            rounds: 2,
+            target_ms: 30.0,
+            machine: Machine::detect(),
+            contenders: vec![],
+            notes: vec![],
+            benchmarks: vec![result],
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("- awaiting: 1.3 µs per awaited wake-up (1.0 µs – 1.6 µs)"),
+            "{md}"
+        );
+        let pipe = Benchmark {
+            via: Via::Pipe,
+            size: 8,
+            ..bench
+        };
+        let result = BenchResult::new(pipe, &["other"], &[100], vec![vec![latency(1.0)]]);
+        assert!(result.rows[0].extra_ns_per_awaited_wake.is_none());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! contender must start its peer, answer every kind of benchmark it runs
 //! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
 //! bandwidth, queues 1/1 and 2/2 and their ping-pong, the batched pipe
-//! sender, the async ping-pong and async queue on tokio, process starts by
-//! every method, the trivial pool map) and stop,
+//! sender, the async ping-pong and async queue on tokio, the wake-up
+//! ping-pong over blocking and awaited semaphores, process starts by every
+//! method, the trivial pool map) and stop,
 //! and the three reports must be written. (The 200 × 5 ms pool map runs
 //! the same contenders as the trivial one, for seconds: it is left out.)
 
@@ -51,6 +52,8 @@ fn every_contender_runs_and_reports() {
         "tokio UnixStream",
         "ipc-core AsyncConnection",
         "ipc-shm-queue async",
+        "ipc-shm Semaphore",
+        "ipc-shm Semaphore async",
         "std Command (exec)",
         "ipc-core Process",
         "python Process",
@@ -61,6 +64,10 @@ fn every_contender_runs_and_reports() {
         assert!(md.contains(&format!("| {name} |")), "{name} missing:\n{md}");
     }
     assert!(!md.contains("failed in"), "a contender failed:\n{md}");
+    assert!(
+        md.contains("- ipc-shm Semaphore async: ") && md.contains(" per awaited wake-up ("),
+        "no cost per awaited wake-up:\n{md}"
+    );
     for id in [
         "throughput-64KiB",
         "tcp-ping-pong-8B",
@@ -77,6 +84,7 @@ fn every_contender_runs_and_reports() {
         "async-ping-pong-8B",
         "async-queue-throughput-64B",
         "async-queue-ping-pong-64B",
+        "async-wake-ping-pong-0B",
         "spawn-start",
         "forkserver-start",
         "fork-start",
@@ -85,4 +93,21 @@ fn every_contender_runs_and_reports() {
         assert!(json.contains(&format!("\"{id}\"")), "{id} missing");
     }
     assert!(svg.starts_with("<svg"));
+    // The async queue round trip's goal is a tokio UnixStream round trip in
+    // the same run; its floor, leading the table, stays the blocking queue.
+    let report: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let queue_round_trip = report["benchmarks"]
+        .as_array()
+        .expect("benchmarks")
+        .iter()
+        .find(|b| b["id"] == "async-queue-ping-pong-64B")
+        .expect("async-queue-ping-pong-64B");
+    let rows: Vec<&str> = queue_round_trip["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["contender"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(rows.first(), Some(&"ipc-queue bytes"), "{rows:?}");
+    assert!(rows.contains(&"tokio UnixStream"), "{rows:?}");
 }

@@ -13,7 +13,9 @@
 //!   from a socketpair with the buffers of `raw socketpair`. Like that
 //!   floor it reads through a 64 KiB buffer (`tokio::io::BufReader`), so
 //!   a small message costs one `read`, and it writes each frame with one
-//!   `write_all` of a reused buffer.
+//!   `write_all` of a reused buffer. It also runs the async queue
+//!   ping-pong, whose goal is at most its round trip in the same run, with
+//!   the queues' placement: the parent on one CPU, the peer on the other.
 //! - [`INTERPROCESS`]: interprocess's tokio local socket
 //!   (`interprocess::local_socket::tokio::Stream`, a Unix socket on Linux)
 //!   made from the same socketpair, with [`TOKIO`]'s hand framing: what a
@@ -24,6 +26,9 @@
 //!   how they wait). Two queues as in `queue.rs`: the parent puts COUNT
 //!   items on `data`, the peer gets them all and puts an empty
 //!   acknowledgement on `back`.
+//!
+//! The awaited semaphores of `wake.rs` use the same runtime, drivers and
+//! `AsyncContender` through [`start`], [`peer`] and [`AsyncLink`].
 
 use std::time::Instant;
 
@@ -60,6 +65,12 @@ fn async_pipe(bench: Benchmark) -> bool {
     bench.via == Via::AsyncPipe
 }
 
+/// The benchmarks of [`TOKIO`]: the async ping-pong, and the async queue
+/// round trip, whose goal is stated against a `UnixStream` round trip.
+fn tokio_runs(bench: Benchmark) -> bool {
+    async_pipe(bench) || (bench.via == Via::AsyncQueue && bench.kind == Kind::PingPong)
+}
+
 /// The registry entry of [`OURS`].
 pub fn ours_entry() -> Entry {
     Entry {
@@ -81,10 +92,12 @@ pub fn tokio_entry() -> Entry {
                 (1 MiB buffers), Python's framing by hand (4-byte big-endian length + \
                 payload, one `write_all` per frame; `read_exact` of header and payload \
                 through a 64 KiB `BufReader`), both processes on a tokio `current_thread` \
-                runtime",
+                runtime; also in the async queue ping-pong, with the queues' CPU placement \
+                (the parent on one CPU, the peer on the other), as the goal it is held to \
+                there",
         start: start_tokio,
         peer: Some(|_| peer(|| Framed::new(inherited::<Socket>("data")?))),
-        runs: async_pipe,
+        runs: tokio_runs,
     }
 }
 
@@ -166,7 +179,7 @@ fn runtime() -> Result<Runtime> {
 
 /// Starts the peer of contender `name` with the handles given to
 /// `process`, then makes the parent's end with `link` in a new runtime.
-fn start<L: AsyncLink + 'static>(
+pub(super) fn start<L: AsyncLink + 'static>(
     name: &str,
     process: Process,
     link: impl FnOnce() -> Result<L>,
@@ -188,7 +201,7 @@ fn start<L: AsyncLink + 'static>(
 
 /// The peer's side: makes its end with `link` in a new runtime and
 /// answers benchmarks as the control connection asks.
-fn peer<L: AsyncLink>(link: impl FnOnce() -> Result<L>) -> Result {
+pub(super) fn peer<L: AsyncLink>(link: impl FnOnce() -> Result<L>) -> Result {
     let rt = runtime()?;
     let mut link = {
         let _entered = rt.enter();
@@ -204,7 +217,7 @@ fn peer<L: AsyncLink>(link: impl FnOnce() -> Result<L>) -> Result {
 
 /// One end of an async message channel: [`super::Link`] with awaited
 /// sends and receives.
-trait AsyncLink {
+pub(super) trait AsyncLink {
     /// Prepares to send messages of `send` payload bytes and to receive
     /// messages of `recv` payload bytes.
     fn prepare(&mut self, send: usize, recv: usize);

@@ -17,7 +17,8 @@
 //!
 //! A contender that cannot be a [`Link`] (the Python one) implements
 //! [`Contender`] directly and has no `peer`. The async contenders have
-//! their own awaited link and drivers (see [`async_io`]).
+//! their own awaited link and drivers (see [`async_io`]); [`wake`] has one
+//! link type used both ways, blocking and awaited.
 
 pub mod async_io;
 pub mod ipc_channel;
@@ -29,6 +30,7 @@ pub mod raw;
 pub mod shm;
 pub mod socket;
 pub mod start;
+pub mod wake;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -47,6 +49,8 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::AsyncPipe, _) => async_io::TOKIO,
         // The async queue's goal is stated against the blocking queue.
         (Via::AsyncQueue, _) => queue::NAME,
+        // What an await adds shows against the same wait made blocking.
+        (Via::AsyncWake, _) => wake::BLOCKING,
         (Via::Unix | Via::Tcp, _) => socket::RAW,
         (Via::Shm, Kind::Bandwidth) => shm::MEMCPY,
         (Via::Shm, _) => shm::MUTEX,
@@ -61,7 +65,9 @@ pub fn python(bench: &Benchmark) -> &'static str {
     match bench.via {
         Via::Pipe | Via::AsyncPipe => python::NAME,
         Via::Unix | Via::Tcp => python::SOCKET,
-        Via::Shm => python::SHM,
+        // Python has no awaitable semaphore: the blocking one is the
+        // reference, as the blocking `Pipe` is the async ping-pong's.
+        Via::Shm | Via::AsyncWake => python::SHM,
         Via::Queue | Via::Queue2 | Via::AsyncQueue => python::QUEUE,
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
@@ -88,10 +94,11 @@ pub fn queue_one_to_one(bench: Benchmark) -> bool {
 }
 
 /// The CPU the peer of `bench` is pinned to when the parent is pinned to
-/// `cpu`: the same one, except in the queue ping-pong, whose two processes
-/// each get a CPU (see `affinity`).
+/// `cpu`: the same one, except in the queue and wake-up ping-pongs, whose
+/// two processes each get a CPU (see `affinity`).
 pub fn peer_cpu(bench: Benchmark, cpu: Option<usize>) -> Option<usize> {
-    if matches!(bench.via, Via::Queue | Via::AsyncQueue) && bench.kind == Kind::PingPong {
+    let two_cpus = matches!(bench.via, Via::Queue | Via::AsyncQueue | Via::AsyncWake);
+    if two_cpus && bench.kind == Kind::PingPong {
         cpu.and_then(affinity::other_cpu)
     } else {
         cpu
@@ -135,8 +142,10 @@ pub struct Entry {
     pub runs: fn(Benchmark) -> bool,
 }
 
-/// Every contender, in the order of the report. Each benchmark's floor
-/// comes before the other contenders of that benchmark.
+/// Every contender, in the order of the report, except that each
+/// benchmark's table starts with its floor (a contender listed here
+/// before the floor, such as [`async_io::TOKIO`] in the async queue
+/// ping-pong, follows it there).
 pub fn registry() -> Vec<Entry> {
     vec![
         raw::entry(),
@@ -163,6 +172,8 @@ pub fn registry() -> Vec<Entry> {
         queue::entry(),
         async_io::queue_entry(),
         python::queue_entry(),
+        wake::blocking_entry(),
+        wake::awaited_entry(),
         start::exec_entry(),
         start::ours_entry(),
         python::start_entry(),
@@ -359,10 +370,6 @@ impl<L: Link> Contender for LinkContender<L> {
     }
 }
 
-/// Starts this program as the peer of contender `name`, with the handles
-/// already given to `process`, the extra arguments `args` and a control
-/// connection; returns the parent end of the control connection and the
-/// child.
 /// Asks a peer to quit and waits for it: an error if it exits with a
 /// failure, or does not exit within 10 s (it is then killed).
 pub fn quit_peer(ctl: &mut Connection, child: &mut Child) -> Result<()> {
@@ -378,6 +385,10 @@ pub fn quit_peer(ctl: &mut Connection, child: &mut Child) -> Result<()> {
     }
 }
 
+/// Starts this program as the peer of contender `name`, with the handles
+/// already given to `process`, the extra arguments `args` and a control
+/// connection; returns the parent end of the control connection and the
+/// child.
 pub fn spawn_peer(name: &str, process: Process, args: &[&str]) -> Result<(Connection, Child)> {
     let (ctl, ctl_peer) = ipc_pipe::duplex()?;
     let mut command = Command::new(std::env::current_exe()?);

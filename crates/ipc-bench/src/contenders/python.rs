@@ -6,7 +6,8 @@
 //! - `socket_bench.py`: `multiprocessing.connection.Listener` / `Client`
 //!   with an authkey, over a Unix socket and TCP;
 //! - `shm_bench.py`: `multiprocessing.Lock`, `Value('Q')` with its lock,
-//!   and `multiprocessing.shared_memory.SharedMemory`;
+//!   `multiprocessing.shared_memory.SharedMemory`, and a ping-pong over
+//!   two `multiprocessing.Semaphore`s;
 //! - `queue_bench.py`: `multiprocessing.Queue()` with `put` / `get` of
 //!   `bytes`;
 //! - `start_bench.py`: `multiprocessing.get_context(method).Process`
@@ -17,8 +18,9 @@
 //! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
 //! pipe; the same with the transport, `unix` or `tcp`, after the command
 //! word, and `connect WARMUP COUNT CPU`, for sockets; `lock COUNT`,
-//! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT` for
-//! shared memory; `throughput SIZE COUNT PRODUCERS` and
+//! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT`,
+//! `sem WARMUP COUNT CPU OTHER_CPU` for shared memory and semaphores;
+//! `throughput SIZE COUNT PRODUCERS` and
 //! `pingpong SIZE WARMUP COUNT CPU OTHER_CPU` for the queue;
 //! `start METHOD WARMUP COUNT` for process starts; `map-square PROCESSES
 //! TASKS COUNT` and `map-busy PROCESSES TASKS MS COUNT` for the pool;
@@ -129,10 +131,14 @@ pub fn shm_entry() -> Entry {
         about: "CPython `multiprocessing`: `Lock()` acquire + release; `Value('Q', 0)` with \
                 `with v.get_lock(): v.value += 1` in the parent or the parent and a child; \
                 64 MiB `SharedMemory`, `buf[:] = data` in the parent and `bytes(buf)` in \
-                the child",
+                the child; wake-up ping-pong: two `Semaphore(0)`, each side `release()`s \
+                the other's and blocks in `acquire()` on its own, the parent and the child \
+                on two CPUs",
         start: || start("shm_bench.py"),
         peer: None,
-        runs: |b| b.via == Via::Shm,
+        // Python has no awaitable semaphore: its blocking one is the
+        // wake-up ping-pong's reference.
+        runs: |b| matches!(b.via, Via::Shm | Via::AsyncWake),
     }
 }
 
@@ -212,8 +218,11 @@ impl Contender for Python {
             _ => "",
         };
         match (bench.via, bench.kind) {
-            (Via::Queue | Via::Queue2, Kind::PingPong) => {
+            (Via::Queue | Via::Queue2 | Via::AsyncQueue, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
+            }
+            (Via::AsyncWake, Kind::PingPong) => {
+                writeln!(self.stdin, "sem {warmup} {count} {cpu} {other}")?
             }
             (Via::Queue | Via::Queue2 | Via::AsyncQueue, _) => {
                 let procs = if bench.via == Via::Queue2 { 2 } else { 1 };
