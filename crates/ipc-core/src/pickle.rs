@@ -76,6 +76,23 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
         .map_err(|e| Error::Pickle(format!("cannot encode the message as a pickle: {e}")))
 }
 
+/// Appends the pickle of a dynamically typed `value`, as
+/// [`encode_into`] does for a serde value.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use ipc_core::pickle::{HashableValue, Value};
+/// let reply = Value::Dict(BTreeMap::from([(HashableValue::String("n".into()), Value::I64(1))]));
+/// let mut bytes = Vec::new();
+/// ipc_core::pickle::encode_value_into(&reply, &mut bytes)?;
+/// assert_eq!(ipc_core::pickle::decode_value(&bytes)?, reply);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn encode_value_into(value: &Value, out: &mut Vec<u8>) -> Result<()> {
+    serde_pickle::value_to_writer(out, value, serde_pickle::SerOptions::new())
+        .map_err(|e| Error::Pickle(format!("cannot encode the value as a pickle: {e}")))
+}
+
 /// Decodes one pickled value, which must use all of `bytes`, after
 /// [`check`] found it plain data.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

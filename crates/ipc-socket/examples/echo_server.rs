@@ -7,9 +7,24 @@
 //! c = Client(('127.0.0.1', 6000), authkey=b'secret'); c.send_bytes(b'hi'); print(c.recv_bytes())"
 //! ```
 //!
+//! With `--codec pickle` it speaks Python's `conn.send(obj)` /
+//! `conn.recv()` instead: it answers every plain-data object with the dict
+//! `{'echo': obj, 'n': <messages so far on this connection>}` (and an
+//! object it refuses, such as one whose pickle would run code, with
+//! `{'error': <why>, 'n': ...}`):
+//!
+//! ```text
+//! IPC_AUTHKEY=secret cargo run -p ipc-socket --example echo_server -- --codec pickle
+//! python3 -c "from multiprocessing.connection import Client
+//! c = Client(('127.0.0.1', 6000), authkey=b'secret'); c.send({'job': 7}); print(c.recv())"
+//! ```
+//!
 //! The authkey comes from the environment variable `IPC_AUTHKEY` (no
 //! authentication when it is unset). `--once` serves one client and exits.
 
+use std::collections::BTreeMap;
+
+use ipc_core::pickle::{HashableValue, Value};
 use ipc_socket::{Listener, Options, Server};
 
 fn main() -> ipc_core::Result<()> {
@@ -20,6 +35,16 @@ fn main() -> ipc_core::Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or("127.0.0.1:6000", String::as_str);
     let once = args.iter().any(|a| a == "--once");
+    let pickles = match args.iter().position(|a| a == "--codec").map(|i| args.get(i + 1)) {
+        None => false,
+        Some(Some(codec)) if codec == "pickle" => true,
+        Some(Some(codec)) if codec == "bytes" => false,
+        Some(_) => {
+            eprintln!("--codec takes `pickle` or `bytes`");
+            std::process::exit(2);
+        }
+    };
+    let echo: fn(&mut ipc_socket::SocketConnection) = if pickles { echo_pickles } else { echo };
     let mut options = Options::new();
     if let Some(key) = std::env::var_os("IPC_AUTHKEY") {
         options = options.authkey(key.as_encoded_bytes());
@@ -31,10 +56,35 @@ fn main() -> ipc_core::Result<()> {
         echo(&mut conn);
         return Ok(());
     }
-    let _server = Server::start(listener, |mut conn| echo(&mut conn))?;
+    let _server = Server::start(listener, move |mut conn| echo(&mut conn))?;
     // Serve until killed; the accept and connection threads do the work.
     loop {
         std::thread::park();
+    }
+}
+
+/// Answers each pickled object with `{'echo': object, 'n': count}`. The
+/// message is read as bytes and decoded as a whole value, so that even
+/// integers beyond 64 bits come back as they were.
+fn echo_pickles(conn: &mut ipc_socket::SocketConnection) {
+    let key = |name: &str| HashableValue::String(name.to_owned());
+    let mut n = 0;
+    while let Ok(message) = conn.recv_bytes() {
+        n += 1;
+        let (field, value) = match ipc_core::pickle::decode_value(&message) {
+            Ok(object) => ("echo", object),
+            Err(refused) => ("error", Value::String(refused.to_string())),
+        };
+        let reply = Value::Dict(BTreeMap::from([
+            (key(field), value),
+            (key("n"), Value::I64(n)),
+        ]));
+        let mut bytes = Vec::new();
+        if ipc_core::pickle::encode_value_into(&reply, &mut bytes).is_err()
+            || conn.send_bytes(&bytes).is_err()
+        {
+            break;
+        }
     }
 }
 

@@ -140,8 +140,23 @@ fn python_listener(
     BufReader<std::process::ChildStdout>,
     Address,
 ) {
+    python_listener_running(python, PY_LISTENER, address, key)
+}
+
+/// Starts `script` (which prints its listener's address first) and
+/// returns it with the address it printed.
+fn python_listener_running(
+    python: &str,
+    script: &str,
+    address: &str,
+    key: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    Address,
+) {
     let mut child = Command::new(python)
-        .args(["-c", PY_LISTENER, address, key])
+        .args(["-c", script, address, key])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -278,4 +293,97 @@ fn python_talks_to_the_async_forms() {
             assert!(child.wait().unwrap().success(), "{python}");
         }
     });
+}
+
+/// A Python client that sends objects with `conn.send` and prints what
+/// `conn.recv()` gives back.
+const PY_PICKLE_CLIENT: &str = r#"
+import sys
+from multiprocessing.connection import Client
+address, key = eval(sys.argv[1]), sys.argv[2].encode()
+c = Client(address, authkey=key)
+c.send({'job': 7, 'args': [1, 2], 'data': b'\x00\xff', 'note': None})
+print(c.recv())
+c.close()
+"#;
+
+/// A Python listener that answers one object with `{'got': obj}`.
+const PY_PICKLE_LISTENER: &str = r#"
+import sys
+from multiprocessing.connection import Listener
+address, key = eval(sys.argv[1]), sys.argv[2].encode()
+with Listener(address, authkey=key) as listener:
+    print(repr(listener.address), flush=True)
+    with listener.accept() as conn:
+        conn.send({'got': conn.recv()})
+"#;
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Job {
+    job: u32,
+    args: Vec<i64>,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    note: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Echo {
+    echo: Job,
+    n: u32,
+}
+
+/// Python objects both ways over a listener and a client speaking pickle
+/// (`Options::codec`), over a Unix path and TCP, with every Python here.
+#[test]
+fn pickled_objects_cross_listeners_and_clients_both_ways() {
+    use ipc_core::Codec;
+    let key = std::str::from_utf8(KEY).unwrap();
+    let options = || Options::new().authkey(KEY).codec(Codec::Pickle);
+    for python in pythons() {
+        for address in [Address::Unix(temp_path("ipct_sock")), "127.0.0.1:0".parse().unwrap()] {
+            // Python's Client → our Listener.
+            let listener = Listener::bind(&address, options()).unwrap();
+            let child = Command::new(&python)
+                .args(["-c", PY_PICKLE_CLIENT, &python_address(listener.address()), key])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut conn = listener.accept_timeout(Duration::from_secs(20)).unwrap();
+            let job: Job = conn.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(job.args, [1, 2], "{python}");
+            conn.send(&Echo { echo: job, n: 1 }).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{python}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "{'echo': {'job': 7, 'args': [1, 2], 'data': b'\\x00\\xff', 'note': None}, 'n': 1}\n",
+                "{python}"
+            );
+            drop(listener);
+
+            // Our Client → Python's Listener.
+            let script_address = match &address {
+                Address::Unix(_) => python_address(&Address::Unix(temp_path("ipct_sock"))),
+                _ => "('127.0.0.1', 0)".to_owned(),
+            };
+            let (mut child, _out, bound) =
+                python_listener_running(&python, PY_PICKLE_LISTENER, &script_address, key);
+            let mut conn = Client::connect(&bound, options()).unwrap();
+            let job = Job {
+                job: 8,
+                args: vec![-1],
+                data: vec![],
+                note: Some("from Rust".into()),
+            };
+            conn.send(&job).unwrap();
+            #[derive(serde::Deserialize)]
+            struct Got {
+                got: Job,
+            }
+            let got: Got = conn.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got.got, job, "{python}");
+            assert!(child.wait().unwrap().success(), "{python}");
+        }
+    }
 }
