@@ -180,7 +180,7 @@ pub use condition::{Condition, ConditionGuard};
 pub use lock::{Lock, LockError, LockGuard, LockResult, OwnerDied, RLock};
 pub use segment::{remove_if_orphaned, remove_orphans, Builder, ObjectKind};
 pub use semaphore::{BoundedSemaphore, Event, Semaphore};
-pub use shm::{SharedMemory, AUTO_NAME_PREFIX, MAX_NAME_LEN};
+pub use shm::{Element, SharedMemory, SharedSlice, AUTO_NAME_PREFIX, MAX_NAME_LEN};
 pub use sys::mutex::MutexGuard;
 pub use value::{RawValue, Value};
 

@@ -363,6 +363,79 @@ impl SharedMemory {
         self.map.as_ptr()
     }
 
+    /// Copies `out.len()` values of `T` from byte `offset` into `out`: a
+    /// snapshot, which another process may be changing meanwhile (each
+    /// value is then any bytes, which a [`Pod`](bytemuck::Pod) type
+    /// allows). `offset` must be a multiple of `T`'s alignment.
+    ///
+    /// ```
+    /// let shm = ipc_shm::SharedMemory::anonymous(64)?;
+    /// shm.write_slice(8, &[1.5f64, -2.0])?;
+    /// let mut back = [0f64; 2];
+    /// shm.read_slice(8, &mut back)?;
+    /// assert_eq!(back, [1.5, -2.0]);
+    /// assert!(shm.read_slice(4, &mut back).is_err()); // misaligned
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn read_slice<T: bytemuck::Pod>(&self, offset: usize, out: &mut [T]) -> Result<()> {
+        self.check_elements::<T>(offset, out.len())?;
+        self.map.copy_out(offset, out);
+        Ok(())
+    }
+
+    /// Copies `values` into the segment from byte `offset`, which must be
+    /// a multiple of `T`'s alignment.
+    pub fn write_slice<T: bytemuck::Pod>(&self, offset: usize, values: &[T]) -> Result<()> {
+        self.check_elements::<T>(offset, values.len())?;
+        self.map.copy_in(offset, values);
+        Ok(())
+    }
+
+    /// The whole segment as numbers of type `T` (as many as fit), which
+    /// this and other processes read and write at once: what Python sees
+    /// as `memoryview(shm.buf).cast(T::FORMAT)` (or numpy as
+    /// `np.ndarray(n, dtype=..., buffer=shm.buf)`).
+    ///
+    /// ```
+    /// let shm = ipc_shm::SharedMemory::anonymous(8 * 4)?;
+    /// let xs = shm.slice::<f64>();
+    /// assert_eq!(xs.len(), 4);
+    /// xs.set(2, 0.25);
+    /// assert_eq!(xs.get(2), Some(0.25));
+    /// assert_eq!(xs.to_vec(), [0.0, 0.0, 0.25, 0.0]);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn slice<T: Element>(&self) -> SharedSlice<'_, T> {
+        let len = self.size() / std::mem::size_of::<T>();
+        SharedSlice {
+            words: self.map.atomics(0, len),
+        }
+    }
+
+    /// `len` numbers of type `T` from byte `offset` (a multiple of `T`'s
+    /// size), as [`slice`](Self::slice) sees the whole segment.
+    pub fn slice_at<T: Element>(&self, offset: usize, len: usize) -> Result<SharedSlice<'_, T>> {
+        self.check_elements::<T::Word>(offset, len)?;
+        Ok(SharedSlice {
+            words: self.map.atomics(offset, len),
+        })
+    }
+
+    fn check_elements<T>(&self, offset: usize, len: usize) -> Result<()> {
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(len)
+            .ok_or(Error::InvalidArgument(
+                "range outside the shared memory segment",
+            ))?;
+        self.check_range(offset, bytes)?;
+        if offset % std::mem::align_of::<T>() != 0 {
+            return Err(Error::InvalidArgument(
+                "offset not aligned to the element type",
+            ));
+        }
+        Ok(())
+    }
+
     #[inline]
     fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
@@ -715,5 +788,141 @@ mod tests {
         assert_eq!(unhex(&hex(name.as_bytes())).unwrap(), name.as_bytes());
         assert!(unhex("abc").is_none());
         assert!(unhex("zz").is_none());
+    }
+}
+
+/// A number type that a [`SharedSlice`] holds: the integers of 8 to 64
+/// bits and the floats, each with the format character Python's
+/// `memoryview.cast` and `struct` give it.
+pub trait Element: bytemuck::Pod + private::Sealed {
+    /// The format character of Python's `memoryview.cast` for this type
+    /// (`'d'` for `f64`, `'q'` for `i64`, ...).
+    const FORMAT: char;
+    /// The atomic integer of the same size that reads and writes it.
+    #[doc(hidden)]
+    type Word: private::Word<Self>;
+}
+
+mod private {
+    /// Only the types this crate implements [`Element`](super::Element)
+    /// for.
+    pub trait Sealed {}
+
+    /// The atomic integer under an element: loads and stores it whole.
+    pub trait Word<T>: crate::sys::map::AtomicWord {
+        fn load(&self) -> T;
+        fn store(&self, value: T);
+    }
+}
+
+macro_rules! element {
+    ($($t:ty => $word:ty, $format:literal, $to:expr, $from:expr;)*) => {$(
+        impl private::Sealed for $t {}
+        impl Element for $t {
+            const FORMAT: char = $format;
+            type Word = $word;
+        }
+        impl private::Word<$t> for $word {
+            #[inline]
+            fn load(&self) -> $t {
+                let from: fn(_) -> $t = $from;
+                from(<$word>::load(self, Ordering::Relaxed))
+            }
+            #[inline]
+            fn store(&self, value: $t) {
+                let to: fn($t) -> _ = $to;
+                <$word>::store(self, to(value), Ordering::Relaxed)
+            }
+        }
+    )*};
+}
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+element! {
+    u8 => AtomicU8, 'B', |v| v, |w| w;
+    i8 => AtomicU8, 'b', |v: i8| v as u8, |w: u8| w as i8;
+    u16 => AtomicU16, 'H', |v| v, |w| w;
+    i16 => AtomicU16, 'h', |v: i16| v as u16, |w: u16| w as i16;
+    u32 => AtomicU32, 'I', |v| v, |w| w;
+    i32 => AtomicU32, 'i', |v: i32| v as u32, |w: u32| w as i32;
+    u64 => AtomicU64, 'Q', |v| v, |w| w;
+    i64 => AtomicU64, 'q', |v: i64| v as u64, |w: u64| w as i64;
+    f32 => AtomicU32, 'f', f32::to_bits, f32::from_bits;
+    f64 => AtomicU64, 'd', f64::to_bits, f64::from_bits;
+}
+
+/// Numbers of type `T` in a [`SharedMemory`] segment, read and written by
+/// this and other processes at once ([`SharedMemory::slice`]).
+///
+/// Each number is read and written whole (an atomic load or store of its
+/// size), so a reader never sees half of another process's write; there
+/// is no order between different numbers, so a reader that must see a
+/// group of writes together waits for a [`Lock`](crate::Lock), an
+/// [`Event`](crate::Event) or a [`Semaphore`](crate::Semaphore) that the
+/// writer releases after them. Python's side (`memoryview.cast`, numpy)
+/// reads and writes aligned numbers whole too on the platforms Linux runs
+/// on.
+pub struct SharedSlice<'a, T: Element> {
+    words: &'a [T::Word],
+}
+
+impl<T: Element> SharedSlice<'_, T> {
+    /// How many numbers it holds.
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The number at `index`, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<T> {
+        self.words.get(index).map(private::Word::load)
+    }
+
+    /// Sets the number at `index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is past the end, as a slice's indexing does.
+    pub fn set(&self, index: usize, value: T) {
+        private::Word::store(&self.words[index], value);
+    }
+
+    /// The numbers in order, each read when the iterator reaches it.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.words.iter().map(private::Word::load)
+    }
+
+    /// A copy of every number.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.iter().collect()
+    }
+
+    /// Sets every number from `values`.
+    ///
+    /// # Panics
+    ///
+    /// If `values` has another length, as `<[T]>::copy_from_slice` does.
+    pub fn copy_from_slice(&self, values: &[T]) {
+        assert_eq!(
+            values.len(),
+            self.len(),
+            "copy_from_slice: {} values into {} places",
+            values.len(),
+            self.len()
+        );
+        for (word, &value) in self.words.iter().zip(values) {
+            private::Word::store(word, value);
+        }
+    }
+}
+
+impl<T: Element + fmt::Debug> fmt::Debug for SharedSlice<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }

@@ -177,3 +177,100 @@ fn a_plain_python_attach_up_to_3_12_destroys_the_segment() {
         assert_no_leftovers();
     }
 }
+
+/// Python's side of a shared `f64` array: checks what Rust wrote through
+/// `memoryview.cast('d')` (and numpy, where installed), writes its own
+/// numbers, and, given "create", makes the segment itself first.
+const FLOATS: &str = r#"
+import sys
+from multiprocessing import shared_memory, resource_tracker
+name, n, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "create":
+    shm = shared_memory.SharedMemory(name=name, create=True, size=8 * n)
+    mv = shm.buf.cast('d')
+    for i in range(n):
+        mv[i] = i * 1.5
+    print("ready", flush=True)
+    sys.stdin.readline()
+    assert [mv[i] for i in range(n)] == [-i for i in range(n)], "Rust's numbers"
+    mv.release()
+    shm.close()
+    shm.unlink()
+    print("done", flush=True)
+    sys.exit(0)
+if sys.version_info >= (3, 13):
+    shm = shared_memory.SharedMemory(name=name, track=False)
+else:
+    shm = shared_memory.SharedMemory(name=name)
+    resource_tracker.unregister(shm._name, "shared_memory")
+mv = shm.buf.cast('d')
+assert len(mv) == n, len(mv)
+assert [mv[i] for i in range(n)] == [i * 0.5 for i in range(n)], "Rust's numbers"
+try:
+    import numpy as np
+    a = np.ndarray(n, dtype='f8', buffer=shm.buf)
+    assert a.sum() == sum(i * 0.5 for i in range(n)), "numpy's view"
+    del a
+    print("numpy agrees", flush=True)
+except ImportError:
+    print("no numpy here", flush=True)
+for i in range(n):
+    mv[i] = -float(i)
+mv.release()
+shm.close()
+"#;
+
+#[test]
+fn python_and_rust_share_an_f64_array_by_name_both_ways() {
+    const N: usize = 1000;
+    for (python, _) in pythons() {
+        // Rust makes it and writes; Python reads through a cast view (and
+        // numpy), then writes back.
+        let n = name();
+        let shm = SharedMemory::create(&n, 8 * N).unwrap();
+        let xs = shm.slice::<f64>();
+        assert_eq!(xs.len(), N);
+        for i in 0..N {
+            xs.set(i, i as f64 * 0.5);
+        }
+        let out = Command::new(&python)
+            .args(["-c", FLOATS, &n, &N.to_string(), "attach"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{python}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{python}: {}", String::from_utf8_lossy(&out.stdout).trim());
+        assert_eq!(xs.to_vec(), (0..N).map(|i| -(i as f64)).collect::<Vec<_>>());
+        shm.unlink().unwrap();
+        drop(shm);
+
+        // Python makes it and writes; Rust reads, then writes back.
+        let n = name();
+        let mut child = Command::new(&python)
+            .args(["-c", FLOATS, &n, &N.to_string(), "create"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "{python}");
+        let shm = SharedMemory::open(&n).unwrap();
+        let mut copy = vec![0f64; N];
+        shm.read_slice(0, &mut copy).unwrap();
+        assert_eq!(copy, (0..N).map(|i| i as f64 * 1.5).collect::<Vec<_>>());
+        shm.slice::<f64>()
+            .copy_from_slice(&(0..N).map(|i| -(i as f64)).collect::<Vec<_>>());
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "done\n", "{python}");
+        assert!(child.wait().unwrap().success(), "{python}");
+        drop(shm);
+        assert_no_leftovers();
+    }
+}

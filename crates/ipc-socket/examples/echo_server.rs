@@ -35,7 +35,11 @@ fn main() -> ipc_core::Result<()> {
         .and_then(|i| args.get(i + 1))
         .map_or("127.0.0.1:6000", String::as_str);
     let once = args.iter().any(|a| a == "--once");
-    let pickles = match args.iter().position(|a| a == "--codec").map(|i| args.get(i + 1)) {
+    let pickles = match args
+        .iter()
+        .position(|a| a == "--codec")
+        .map(|i| args.get(i + 1))
+    {
         None => false,
         Some(Some(codec)) if codec == "pickle" => true,
         Some(Some(codec)) if codec == "bytes" => false,

@@ -341,11 +341,19 @@ fn pickled_objects_cross_listeners_and_clients_both_ways() {
     let key = std::str::from_utf8(KEY).unwrap();
     let options = || Options::new().authkey(KEY).codec(Codec::Pickle);
     for python in pythons() {
-        for address in [Address::Unix(temp_path("ipct_sock")), "127.0.0.1:0".parse().unwrap()] {
+        for address in [
+            Address::Unix(temp_path("ipct_sock")),
+            "127.0.0.1:0".parse().unwrap(),
+        ] {
             // Python's Client → our Listener.
             let listener = Listener::bind(&address, options()).unwrap();
             let child = Command::new(&python)
-                .args(["-c", PY_PICKLE_CLIENT, &python_address(listener.address()), key])
+                .args([
+                    "-c",
+                    PY_PICKLE_CLIENT,
+                    &python_address(listener.address()),
+                    key,
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use bytemuck::Pod;
 use memmap2::{MmapOptions, MmapRaw};
 
+/// The atomic integer types a mapping can be seen as (`Mapping::atomics`).
+pub trait AtomicWord: Sized {}
+
+impl AtomicWord for std::sync::atomic::AtomicU8 {}
+impl AtomicWord for std::sync::atomic::AtomicU16 {}
+impl AtomicWord for AtomicU32 {}
+impl AtomicWord for AtomicU64 {}
+
 /// A `MAP_SHARED` read-write mapping of a whole segment.
 ///
 /// Offsets given to the accessors are checked: an offset out of range or
@@ -101,6 +109,20 @@ impl Mapping {
         // SAFETY: as in `atomic_u32`: in bounds, aligned, outlived by the
         // mapping, and an atomic type.
         unsafe { &*p }
+    }
+
+    /// `len` atomics of type `A` from `offset`: the mapping seen as
+    /// numbers that other processes read and write at the same time.
+    #[inline]
+    pub(crate) fn atomics<A: AtomicWord>(&self, offset: usize, len: usize) -> &[A] {
+        let p = self.checked::<A>(offset, len);
+        // SAFETY: `checked` proved the `len` words inside the mapping and
+        // aligned; the mapping outlives the slice (tied to `&self`); an
+        // atomic integer has no invalid bit patterns, the same layout as
+        // its integer, and allows mutation through a shared reference, so
+        // other processes writing the words concurrently is exactly what
+        // atomics are for.
+        unsafe { std::slice::from_raw_parts(p.cast_const(), len) }
     }
 
     /// A volatile copy of the `T` at `offset`.
