@@ -561,6 +561,18 @@ mod tests {
     }
 
     #[test]
+    fn a_structure_that_contains_itself_is_an_error_not_a_hang() {
+        // l = []; l.append(l) and d = {}; d['me'] = d, as Python 3.11
+        // pickles them (protocol 4).
+        let list = b"\x80\x04\x95\x06\x00\x00\x00\x00\x00\x00\x00]\x94h\x00a.";
+        let dict = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x02me\x94h\x00s.";
+        for bytes in [&list[..], &dict[..]] {
+            assert!(matches!(decode::<Value>(bytes), Err(Error::Pickle(_))));
+            assert!(matches!(decode_value(bytes), Err(Error::Pickle(_))));
+        }
+    }
+
+    #[test]
     fn code_is_refused_by_name() {
         assert!(refused(b"cos\nsystem\n(S'ls'\ntR.").contains("`os.system`"));
         assert!(refused(b"\x80\x04\x8c\x08datetime\x8c\x04date\x93.").contains("datetime.date"));
