@@ -2,15 +2,19 @@
 """Ping-pong and one-way throughput over multiprocessing.Pipe().
 
 The parent and a multiprocessing.Process child talk over one duplex Pipe
-with send_bytes / recv_bytes, as the Rust contenders of ipc-bench do.
+with send_bytes / recv_bytes, as the Rust contenders of ipc-bench do, and
+round-trip a small dict with send / recv (pickled both ways).
 
     python3 pipe_bench.py [--quick]   run a fixed suite, print one JSON document
     python3 pipe_bench.py --serve     used by ipc-bench: one command a line on
                                       stdin, one JSON line per answer on stdout
+    python3 pipe_bench.py --echo KEY  used by ipc-bench: the Python peer of a
+                                      Rust parent; see echo()
 
 Commands in --serve mode (CPU: pin both processes to it for the run, or -1):
     pingpong SIZE WARMUP COUNT CPU   WARMUP untimed round trips, then COUNT timed
     throughput SIZE COUNT CPU        COUNT messages back to back, then one ack
+    pickle-dict WARMUP COUNT CPU     round trips of PICKLE_DICT with send / recv
     quit
 Answers have the fields of ipc-bench's Sample (nanoseconds; percentiles by
 the nearest-rank rule).
@@ -23,6 +27,11 @@ import os
 import platform
 import sys
 import time
+from multiprocessing.connection import Connection
+
+# The message of the dict round trip; ipc-bench's Rust side sends the same
+# (contenders/pickle_dict.rs, Job::example).
+PICKLE_DICT = {'job': 7, 'args': [1, 2, 3], 'name': 'square'}
 
 
 class Pinned:
@@ -52,11 +61,16 @@ def child(conn):
 
 
 def serve_peer(conn, kind, size, count, cpu):
-    """The peer's side of one pingpong (echo COUNT messages) or throughput
-    (take COUNT messages of SIZE bytes, then acknowledge) run on `conn`."""
+    """The peer's side of one pingpong (echo COUNT messages), pickle-dict
+    (echo COUNT objects) or throughput (take COUNT messages of SIZE bytes,
+    then acknowledge) run on `conn`."""
     with Pinned(cpu):
         if kind == "pingpong":
             recv, send = conn.recv_bytes, conn.send_bytes
+            for _ in range(count):
+                send(recv())
+        elif kind == "pickle-dict":
+            recv, send = conn.recv, conn.send
             for _ in range(count):
                 send(recv())
         elif kind == "throughput":
@@ -95,6 +109,41 @@ def pingpong_timed(conn, size, msg, warmup, count):
         last = now
         if len(got) != size:
             raise SystemExit("wrong reply size")
+    return latency(rtts, start, last)
+
+
+def pickle_dict(conn, warmup, count, cpu=-1):
+    # The child's commands all carry a size; the dict has none.
+    conn.send_bytes(f"pickle-dict 0 {warmup + count} {cpu}".encode())
+    with Pinned(cpu):
+        return pickle_dict_timed(conn, warmup, count)
+
+
+def pickle_dict_timed(conn, warmup, count):
+    msg = PICKLE_DICT
+    send, recv = conn.send, conn.recv
+    for _ in range(warmup):
+        send(msg)
+        recv()
+    clock = time.perf_counter_ns
+    rtts = [0] * count
+    start = last = clock()
+    for i in range(count):
+        send(msg)
+        got = recv()
+        now = clock()
+        rtts[i] = now - last
+        last = now
+        # The Rust side checks what comes back too.
+        if got != msg:
+            raise SystemExit(f"the dict came back as {got!r}")
+    return latency(rtts, start, last)
+
+
+def latency(rtts, start, last):
+    """A latency Sample of the round-trip times `rtts` (reordered), timed
+    from `start` to `last`."""
+    count = len(rtts)
     rtts.sort()
     return {
         "kind": "latency",
@@ -158,6 +207,9 @@ def serve():
         elif words[0] == "throughput":
             args = [int(w) for w in words[1:4]]
             result = throughput(conn, *args)
+        elif words[0] == "pickle-dict":
+            args = [int(w) for w in words[1:4]]
+            result = pickle_dict(conn, *args)
         else:
             result = {"error": f"unknown command {words[0]!r}"}
         print(json.dumps(result), flush=True)
@@ -179,12 +231,48 @@ def suite(quick):
         results.append(
             {"bench": "throughput", "size": size, **throughput(conn, size, count // scale)}
         )
+    count = 20000 // scale
+    results.append({"bench": "pickle-dict", **pickle_dict(conn, count // 10, count, cpu)})
     stop(conn, proc)
     print(json.dumps({"python": platform.python_version(), "results": results}, indent=1))
+
+
+def inherited_fd(key):
+    """The descriptor ipc-core's Process::pass handed this process under
+    `key`: IPC_HANDLES holds `key=FD.DEV.INO[,...]:TEXT` entries separated
+    by `;`, and the descriptor must still be the file its parent passed."""
+    for entry in os.environ.get("IPC_HANDLES", "").split(";"):
+        name, _, rest = entry.partition("=")
+        if name != key:
+            continue
+        fd, dev, ino = (int(n) for n in rest.partition(":")[0].split(",")[0].split("."))
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino) != (dev, ino):
+            raise SystemExit(f"descriptor {fd} is not the one passed as {key!r}")
+        return fd
+    raise SystemExit(f"no handle {key!r} in IPC_HANDLES")
+
+
+def echo(key):
+    """The Python peer of a Rust parent (ipc-bench's dict round trip): says
+    which Python it is, then sends back every object it receives with
+    conn.send(conn.recv()) on a multiprocessing Connection over the
+    inherited descriptor, until the parent closes its end. It is pinned
+    from outside, having no other channel to be told where to run."""
+    conn = Connection(inherited_fd(key))
+    conn.send(platform.python_version())
+    recv, send = conn.recv, conn.send
+    try:
+        while True:
+            send(recv())
+    except EOFError:
+        pass
 
 
 if __name__ == "__main__":
     if "--serve" in sys.argv[1:]:
         serve()
+    elif sys.argv[1:2] == ["--echo"] and len(sys.argv) == 3:
+        echo(sys.argv[2])
     else:
         suite("--quick" in sys.argv[1:])

@@ -52,3 +52,19 @@ pub fn pinned<T>(cpu: Option<usize>, f: impl FnOnce() -> Result<T>) -> Result<T>
     sched_setaffinity(me, &before)?;
     result
 }
+
+/// Pins process `pid` (its main thread) to `cpu`, or lets it run wherever
+/// this process may when `cpu` is `None`: for a peer that cannot pin itself.
+pub fn place(pid: u32, cpu: Option<usize>) -> Result {
+    let allowed = match cpu {
+        Some(cpu) => {
+            let mut only = CpuSet::new();
+            only.set(cpu)?;
+            only
+        }
+        None => sched_getaffinity(Pid::from_raw(0))?,
+    };
+    let pid = i32::try_from(pid).map_err(|_| format!("no such process id {pid}"))?;
+    sched_setaffinity(Pid::from_raw(pid), &allowed)?;
+    Ok(())
+}

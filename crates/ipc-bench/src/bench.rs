@@ -104,6 +104,12 @@ pub enum Via {
     Fork,
     /// A pool of worker processes.
     Pool,
+    /// A pipe-like pair made before the peer starts, carrying a small dict
+    /// pickled both ways: `Codec::Pickle` on the Rust ends,
+    /// `Connection.send` / `recv` on the Python ones. The message is
+    /// always the same dict (`contenders::pickle_dict::Job::example`), so
+    /// the size is 0.
+    PickleDict,
 }
 
 /// One benchmark: a kind, a message size and what it goes over.
@@ -130,6 +136,7 @@ impl Benchmark {
             b(Kind::Throughput, 4 << 10, Via::Pipe),
             b(Kind::Throughput, 64 << 10, Via::Pipe),
             b(Kind::Throughput, 1 << 20, Via::Pipe),
+            b(Kind::PingPong, 0, Via::PickleDict),
         ];
         for via in [Via::Unix, Via::Tcp] {
             all.extend([
@@ -165,7 +172,8 @@ impl Benchmark {
 
     /// A short stable identifier, such as `ping-pong-8B`,
     /// `throughput-1MiB`, `tcp-ping-pong-8B`, `shm-increments-2p`,
-    /// `async-wake-ping-pong-0B`, `fork-start` or `pool-map-200x5ms`.
+    /// `async-wake-ping-pong-0B`, `fork-start`, `pool-map-200x5ms` or
+    /// `pickle-dict-ping-pong`.
     pub fn id(&self) -> String {
         let prefix = match self.via {
             Via::Pipe => "",
@@ -181,9 +189,12 @@ impl Benchmark {
             Via::Forkserver => "forkserver-",
             Via::Fork => "fork-",
             Via::Pool => "pool-",
+            Via::PickleDict => "pickle-dict-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
+            // One fixed message: a size would say nothing.
+            Kind::PingPong if self.via == Via::PickleDict => "ping-pong".to_owned(),
             Kind::PingPong => format!("ping-pong-{size}"),
             Kind::Throughput => format!("throughput-{size}"),
             Kind::Connect => "connect".to_owned(),
@@ -271,6 +282,7 @@ impl fmt::Display for Benchmark {
             Via::Forkserver => "forkserver",
             Via::Fork => "fork",
             Via::Pool => "",
+            Via::PickleDict => "",
         };
         let size = size_label(self.size);
         match self.kind {
@@ -282,6 +294,11 @@ impl fmt::Display for Benchmark {
                 f,
                 "Wake-up ping-pong (release → acquire over two semaphores, blocking or \
                  awaited on tokio current_thread), two CPUs"
+            ),
+            Kind::PingPong if self.via == Via::PickleDict => write!(
+                f,
+                "Small dict round trip, pickled both ways \
+                 ({{'job': 7, 'args': [1, 2, 3], 'name': 'square'}})"
             ),
             Kind::PingPong => write!(f, "Ping-pong round trip, {size}{over}"),
             Kind::Throughput => write!(f, "One-way throughput, {size}{over}"),
@@ -501,6 +518,7 @@ mod tests {
             "fork-start",
             "pool-map-100k-trivial",
             "pool-map-200x5ms",
+            "pickle-dict-ping-pong",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
         }

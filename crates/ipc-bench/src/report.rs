@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::bench::{Benchmark, Kind, Sample, Spread};
-use crate::contenders::{floor, python};
+use crate::contenders::{comparisons, floor, python};
 use crate::machine::Machine;
 
 /// Everything a run measured.
@@ -47,6 +47,22 @@ pub struct BenchResult {
     pub bench: Benchmark,
     /// One row per contender.
     pub rows: Vec<Row>,
+    /// The ratios of the pairs of contenders `contenders::comparisons`
+    /// names, where both ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<Comparison>,
+}
+
+/// One contender's headline divided by another's, taken round by round
+/// as the ratios to the floor are.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    /// The contender measured.
+    pub contender: String,
+    /// The contender it is divided by.
+    pub against: String,
+    /// The ratio's median, min and max over rounds.
+    pub ratio: Spread,
 }
 
 /// One contender's results in one benchmark. The spreads are median, min
@@ -161,10 +177,21 @@ impl BenchResult {
                 }
             })
             .collect();
+        let comparisons = comparisons(&bench)
+            .iter()
+            .filter_map(|&(contender, against)| {
+                Some(Comparison {
+                    contender: contender.to_owned(),
+                    against: against.to_owned(),
+                    ratio: ratio(&samples[index(contender)?], index(against))?,
+                })
+            })
+            .collect();
         BenchResult {
             id: bench.id(),
             bench,
             rows,
+            comparisons,
         }
     }
 }
@@ -421,6 +448,24 @@ impl Report {
                     }
                 }
             }
+            if !b.comparisons.is_empty() {
+                let how = if b.bench.lower_is_better() {
+                    "p50 over p50, round by round; above 1 is slower"
+                } else {
+                    "messages per second over messages per second, round by round; \
+                     below 1 is slower"
+                };
+                let _ = writeln!(md, "\nRatios within the table ({how}):\n");
+                for c in &b.comparisons {
+                    let _ = writeln!(
+                        md,
+                        "- {} vs {}: {}",
+                        c.contender,
+                        c.against,
+                        ratio(Some(c.ratio))
+                    );
+                }
+            }
         }
         let _ = writeln!(md, "\n## Contenders\n");
         for c in &self.contenders {
@@ -640,6 +685,49 @@ mod tests {
         };
         let result = BenchResult::new(pipe, &["other"], &[100], vec![vec![latency(1.0)]]);
         assert!(result.rows[0].extra_ns_per_awaited_wake.is_none());
+    }
+
+    #[test]
+    fn named_pairs_are_compared_round_by_round() {
+        use crate::contenders::pipe::{PICKLE, TYPED};
+        let bench = Benchmark {
+            kind: Kind::PingPong,
+            size: 8,
+            via: Via::Pipe,
+        };
+        let names = [floor(&bench), TYPED, PICKLE];
+        let samples = vec![
+            vec![latency(10.0), latency(10.0), latency(10.0)],
+            vec![latency(20.0), latency(40.0), latency(20.0)],
+            vec![latency(30.0), latency(40.0), latency(25.0)],
+        ];
+        let result = BenchResult::new(bench, &names, &[100; 3], samples);
+        let [pickle] = &result.comparisons[..] else {
+            panic!("{:?}", result.comparisons)
+        };
+        assert_eq!(
+            (pickle.contender.as_str(), pickle.against.as_str()),
+            (PICKLE, TYPED)
+        );
+        let r = pickle.ratio;
+        assert_eq!((r.min, r.median, r.max), (1.0, 1.25, 1.5));
+        let report = Report {
+            mode: "quick".into(),
+            rounds: 3,
+            target_ms: 30.0,
+            machine: Machine::detect(),
+            contenders: vec![],
+            notes: vec![],
+            benchmarks: vec![result],
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("- ipc-pipe pickle vs ipc-pipe typed: 1.25× (1.00–1.50)"),
+            "{md}"
+        );
+        // Without the pair's other half there is nothing to compare.
+        let alone = BenchResult::new(bench, &[PICKLE], &[100], vec![vec![latency(1.0)]]);
+        assert!(alone.comparisons.is_empty());
     }
 
     #[test]

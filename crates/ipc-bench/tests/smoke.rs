@@ -2,7 +2,8 @@
 //! contender must start its peer, answer every kind of benchmark it runs
 //! (pipe, Unix and TCP messages, connect, locks, increments, shared-memory
 //! bandwidth, queues 1/1 and 2/2 and their ping-pong, the batched pipe
-//! sender, the async ping-pong and async queue on tokio, the wake-up
+//! sender, the pickled pipe and the dict round trip with Rust and Python
+//! peers, the async ping-pong and async queue on tokio, the wake-up
 //! ping-pong over blocking and awaited semaphores, process starts by every
 //! method, the trivial pool map) and stop,
 //! and the three reports must be written. (The 200 × 5 ms pool map runs
@@ -20,7 +21,7 @@ fn every_contender_runs_and_reports() {
             "1",
             "--bench",
             "ping-pong-8B,throughput-64KiB,connect,shm,throughput-64B,queue-ping-pong,\
-             async,start,pool-map-100k",
+             async,start,pool-map-100k,pickle-dict",
         ])
         .arg("--out")
         .arg(&out)
@@ -35,6 +36,10 @@ fn every_contender_runs_and_reports() {
         "raw socketpair",
         "ipc-pipe bytes",
         "ipc-pipe typed",
+        "ipc-pipe pickle",
+        "ipc-pipe pickle (Rust peer)",
+        "ipc-pipe pickle (Python peer)",
+        "python Pipe",
         "ipc-channel",
         "raw socket",
         "ipc-socket",
@@ -65,6 +70,10 @@ fn every_contender_runs_and_reports() {
     }
     assert!(!md.contains("failed in"), "a contender failed:\n{md}");
     assert!(
+        md.contains("- ipc-pipe pickle vs ipc-pipe typed: "),
+        "no pickle / postcard ratio:\n{md}"
+    );
+    assert!(
         md.contains("- ipc-shm Semaphore async: ") && md.contains(" per awaited wake-up ("),
         "no cost per awaited wake-up:\n{md}"
     );
@@ -89,6 +98,7 @@ fn every_contender_runs_and_reports() {
         "forkserver-start",
         "fork-start",
         "pool-map-100k-trivial",
+        "pickle-dict-ping-pong",
     ] {
         assert!(json.contains(&format!("\"{id}\"")), "{id} missing");
     }

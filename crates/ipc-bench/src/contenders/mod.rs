@@ -22,6 +22,7 @@
 
 pub mod async_io;
 pub mod ipc_channel;
+pub mod pickle_dict;
 pub mod pipe;
 pub mod pool;
 pub mod python;
@@ -57,13 +58,16 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::Queue | Via::Queue2, _) => queue::MQ,
         (Via::Spawn | Via::Forkserver | Via::Fork, _) => start::EXEC,
         (Via::Pool, _) => pool::THREADS,
+        // Rust at both ends: what the pickle codec costs without Python.
+        (Via::PickleDict, _) => pickle_dict::RUST_PEER,
     }
 }
 
 /// The Python contender of `bench`, the second reference.
 pub fn python(bench: &Benchmark) -> &'static str {
     match bench.via {
-        Via::Pipe | Via::AsyncPipe => python::NAME,
+        // Python at both ends, with `conn.send` / `recv` for the dict.
+        Via::Pipe | Via::AsyncPipe | Via::PickleDict => python::NAME,
         Via::Unix | Via::Tcp => python::SOCKET,
         // Python has no awaitable semaphore: the blocking one is the
         // reference, as the blocking `Pipe` is the async ping-pong's.
@@ -71,6 +75,17 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Queue | Via::Queue2 | Via::AsyncQueue => python::QUEUE,
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
+    }
+}
+
+/// Pairs of contenders of `bench`, `(contender, measured against)`, whose
+/// ratio the report gives under the table beside the floor's and
+/// Python's: what a choice within one mechanism costs.
+pub fn comparisons(bench: &Benchmark) -> &'static [(&'static str, &'static str)] {
+    match bench.via {
+        // The same messages over the same pipe, pickled or postcard.
+        Via::Pipe => &[(pipe::PICKLE, pipe::TYPED)],
+        _ => &[],
     }
 }
 
@@ -155,6 +170,9 @@ pub fn registry() -> Vec<Entry> {
         pipe::batched_entry(),
         pipe::bytes_alloc_entry(),
         pipe::typed_entry(),
+        pipe::pickle_entry(),
+        pickle_dict::rust_peer_entry(),
+        pickle_dict::python_peer_entry(),
         async_io::ours_entry(),
         async_io::interprocess_entry(),
         python::entry(),

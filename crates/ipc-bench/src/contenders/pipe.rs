@@ -1,9 +1,9 @@
 //! `ipc-pipe` contenders: `ipc_pipe::duplex()` with the bytes API into a
 //! reused buffer, the bytes API that allocates each message, and typed
-//! (serde) messages.
+//! (serde) messages encoded with postcard or with Python's pickle.
 
 use ipc_core::process::{inherited, Process};
-use ipc_core::{Connection, FdStream, Transport};
+use ipc_core::{Codec, Connection, FdStream, Transport};
 use serde::{Deserialize, Serialize};
 
 use super::{spawn_peer, Contender, Entry, Link, LinkContender};
@@ -19,6 +19,8 @@ pub const BATCH: usize = 512;
 pub const BYTES_ALLOC: &str = "ipc-pipe bytes (recv_bytes)";
 /// Name of the typed contender.
 pub const TYPED: &str = "ipc-pipe typed";
+/// Name of the typed contender whose connections use the pickle codec.
+pub const PICKLE: &str = "ipc-pipe pickle";
 
 /// The registry entry of [`BYTES`].
 pub fn bytes_entry() -> Entry {
@@ -69,13 +71,30 @@ pub fn typed_entry() -> Entry {
         name: TYPED,
         about: "`ipc_pipe::duplex()`, `send` / `recv` of a serde struct holding a \
                 `serde_bytes` `Vec<u8>` (a `u64` for 8 B)",
-        start: || start(TYPED, Typed::new),
-        peer: Some(|_| peer(Typed::new)),
+        start: || start(TYPED, |conn| Typed::new(conn, Codec::Postcard)),
+        peer: Some(|_| peer(|conn| Typed::new(conn, Codec::Postcard))),
         runs: super::pipe_only,
     }
 }
 
-fn start<L: Link + 'static>(
+/// The registry entry of [`PICKLE`]: the messages of [`TYPED`], with
+/// `Codec::Pickle` on both ends, so the two differ only in the codec.
+pub fn pickle_entry() -> Entry {
+    Entry {
+        name: PICKLE,
+        about: "`ipc_pipe::duplex()` with `set_codec(Codec::Pickle)` on both ends, `send` / \
+                `recv` of the messages of `ipc-pipe typed` (a dict holding `bytes`, an \
+                `int` for 8 B), each checked by `ipc_core::pickle::check` before \
+                serde-pickle decodes it",
+        start: || start(PICKLE, |conn| Typed::new(conn, Codec::Pickle)),
+        peer: Some(|_| peer(|conn| Typed::new(conn, Codec::Pickle))),
+        runs: super::pipe_only,
+    }
+}
+
+/// Starts contender `name`: a duplex whose parent end becomes `link`, and
+/// a peer given the other end as `data`.
+pub(crate) fn start<L: Link + 'static>(
     name: &str,
     link: fn(Connection) -> L,
 ) -> Result<Option<Box<dyn Contender>>> {
@@ -85,7 +104,9 @@ fn start<L: Link + 'static>(
     Ok(Some(Box::new(LinkContender::new(ctl, child, link(parent)))))
 }
 
-fn peer<L: Link>(link: fn(Connection) -> L) -> Result {
+/// The peer of a contender started by [`start`]: `link` over the `data`
+/// end, serving until told to quit.
+pub(crate) fn peer<L: Link>(link: fn(Connection) -> L) -> Result {
     super::serve(link(inherited("data")?))
 }
 
@@ -195,7 +216,7 @@ enum Message {
     Bytes(Payload),
 }
 
-/// The typed API.
+/// The typed API, with the codec the connection was given.
 struct Typed {
     conn: Connection,
     out: Message,
@@ -203,7 +224,8 @@ struct Typed {
 }
 
 impl Typed {
-    fn new(conn: Connection) -> Typed {
+    fn new(mut conn: Connection, codec: Codec) -> Typed {
+        conn.set_codec(codec);
         Typed {
             conn,
             out: Message::Word(0),
@@ -215,7 +237,13 @@ impl Typed {
 impl Link for Typed {
     fn prepare(&mut self, send: usize, recv: usize) {
         self.out = if send == 8 {
-            Message::Word(0xa5a5_a5a5_a5a5_a5a5)
+            Message::Word(match self.conn.codec() {
+                // serde-pickle reads every integer as an i64 and refuses a
+                // larger one ("integer too large"), so the pickled word
+                // keeps the pattern below i64::MAX; its pickle is as long.
+                Codec::Pickle => 0x25a5_a5a5_a5a5_a5a5,
+                _ => 0xa5a5_a5a5_a5a5_a5a5,
+            })
         } else {
             Message::Bytes(Payload {
                 data: vec![0xa5; send],
@@ -238,6 +266,33 @@ impl Link for Typed {
             Ok(8)
         } else {
             Ok(self.conn.recv::<Payload>()?.data.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a typed contender over a duplex, as its parent and
+    /// peer use them.
+    fn typed_pair(codec: Codec) -> (Typed, Typed) {
+        let (a, b) = ipc_pipe::duplex().unwrap();
+        (Typed::new(a, codec), Typed::new(b, codec))
+    }
+
+    #[test]
+    fn typed_messages_cross_with_either_codec() {
+        for codec in [Codec::Postcard, Codec::Pickle] {
+            for size in [8, 64, 4 << 10] {
+                let (mut parent, mut peer) = typed_pair(codec);
+                parent.prepare(size, size);
+                peer.prepare(size, size);
+                parent.send().unwrap();
+                assert_eq!(peer.recv().unwrap(), size, "{codec:?}, {size} B");
+                peer.send().unwrap();
+                assert_eq!(parent.recv().unwrap(), size, "{codec:?}, {size} B");
+            }
         }
     }
 }

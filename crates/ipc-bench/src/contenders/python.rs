@@ -2,7 +2,7 @@
 //! parent and its `multiprocessing.Process` child:
 //!
 //! - `pipe_bench.py`: `multiprocessing.Pipe()` with `send_bytes` /
-//!   `recv_bytes`;
+//!   `recv_bytes`, and `send` / `recv` of a small dict;
 //! - `socket_bench.py`: `multiprocessing.connection.Listener` / `Client`
 //!   with an authkey, over a Unix socket and TCP;
 //! - `shm_bench.py`: `multiprocessing.Lock`, `Value('Q')` with its lock,
@@ -16,7 +16,8 @@
 //!
 //! A script runs in `--serve` mode: it reads one command a line on stdin
 //! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
-//! pipe; the same with the transport, `unix` or `tcp`, after the command
+//! pipe, and `pickle-dict WARMUP COUNT CPU` for its dict round trip; the
+//! same with the transport, `unix` or `tcp`, after the command
 //! word, and `connect WARMUP COUNT CPU`, for sockets; `lock COUNT`,
 //! `increments PROCS COUNT CPU OTHER_CPU`, `bandwidth SIZE COUNT`,
 //! `sem WARMUP COUNT CPU OTHER_CPU` for shared memory and semaphores;
@@ -100,12 +101,14 @@ pub fn entry() -> Entry {
     Entry {
         name: NAME,
         about: "CPython `multiprocessing.Pipe()` (default buffers), `send_bytes` / \
-                `recv_bytes`, parent and a `multiprocessing.Process` child",
+                `recv_bytes`, parent and a `multiprocessing.Process` child; the dict \
+                round trip: the parent `conn.send(d)`s the dict and `conn.recv()`s it \
+                back, the child echoes with `conn.send(conn.recv())`",
         start: || start("pipe_bench.py"),
         peer: None,
         // Python has no async `Pipe`: the blocking one is the async
         // ping-pong's Python reference.
-        runs: |b| super::pipe_only(b) || b.via == Via::AsyncPipe,
+        runs: |b| super::pipe_only(b) || matches!(b.via, Via::AsyncPipe | Via::PickleDict),
     }
 }
 
@@ -220,6 +223,9 @@ impl Contender for Python {
         match (bench.via, bench.kind) {
             (Via::Queue | Via::Queue2 | Via::AsyncQueue, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
+            }
+            (Via::PickleDict, Kind::PingPong) => {
+                writeln!(self.stdin, "pickle-dict {warmup} {count} {cpu}")?
             }
             (Via::AsyncWake, Kind::PingPong) => {
                 writeln!(self.stdin, "sem {warmup} {count} {cpu} {other}")?
