@@ -10,7 +10,8 @@
 //! (`REDUCE` of anything else, `BUILD`, `NEWOBJ`, `INST`, `OBJ`, the
 //! extension registry, persistent ids, out-of-band buffers); nesting
 //! deeper than [`MAX_DEPTH`]; and shared references (the memo) that would
-//! expand to more than [`MAX_EXPANDED`] objects. A message is read from
+//! expand to more objects than [`EXPANDED_PER_BYTE`] per byte of the
+//! message (at least [`MIN_EXPANDED`]). A message is read from
 //! memory the peer has already sent, so an announced length beyond its end
 //! is a truncation, not an allocation.
 //!
@@ -58,11 +59,14 @@ pub use serde_pickle::{HashableValue, Value};
 /// refused before anything recurses over it.
 pub const MAX_DEPTH: u32 = 128;
 
-/// The most objects a message may expand to once every shared reference
-/// is copied out (a list that holds the same list twice holds two copies
-/// once decoded): this bounds what a short message can make this process
-/// allocate.
-pub const MAX_EXPANDED: u64 = 1 << 24;
+/// How many objects a message may expand to per byte of it, once every
+/// shared reference is copied out (a list that holds the same list twice
+/// holds two copies once decoded): this keeps what a message makes this
+/// process allocate in proportion to what its sender paid for.
+pub const EXPANDED_PER_BYTE: u64 = 64;
+
+/// The fewest objects any message may expand to, however short.
+pub const MIN_EXPANDED: u64 = 1 << 16;
 
 /// The newest pickle protocol there is (Python 3.8 and later).
 const NEWEST_PROTOCOL: u8 = 5;
@@ -157,23 +161,26 @@ impl Item {
         }
     }
 
-    fn container_of(items: &[Item]) -> Result<Item> {
+    fn container_of(items: &[Item], limit: u64) -> Result<Item> {
         let depth = items.iter().map(|i| i.depth).max().unwrap_or(0) + 1;
         let expanded = items
             .iter()
             .fold(1u64, |sum, i| sum.saturating_add(i.expanded));
-        Item::checked(depth, expanded)
+        Item::checked(depth, expanded, limit)
     }
 
-    fn checked(depth: u32, expanded: u64) -> Result<Item> {
+    /// An item of this depth and expanded size, if within the bounds
+    /// (`limit` is the message's bound on expanded objects).
+    fn checked(depth: u32, expanded: u64, limit: u64) -> Result<Item> {
         if depth > MAX_DEPTH {
             return Err(Error::Pickle(format!(
                 "the pickle nests containers more than {MAX_DEPTH} deep"
             )));
         }
-        if expanded > MAX_EXPANDED {
+        if expanded > limit {
             return Err(Error::Pickle(format!(
-                "the pickle's shared references expand to more than {MAX_EXPANDED} objects"
+                "the pickle's shared references expand to more than {limit} objects, \
+                 {EXPANDED_PER_BYTE} per byte of the message"
             )));
         }
         Ok(Item {
@@ -184,7 +191,7 @@ impl Item {
     }
 
     /// This container with `items` added to it.
-    fn with(&self, items: &[Item]) -> Result<Item> {
+    fn with(&self, items: &[Item], limit: u64) -> Result<Item> {
         let depth = items
             .iter()
             .map(|i| i.depth + 1)
@@ -192,7 +199,7 @@ impl Item {
         let expanded = items
             .iter()
             .fold(self.expanded, |sum, i| sum.saturating_add(i.expanded));
-        Item::checked(depth, expanded)
+        Item::checked(depth, expanded, limit)
     }
 }
 
@@ -260,6 +267,9 @@ impl<'a> Reader<'a> {
 /// ```
 pub fn check(bytes: &[u8]) -> Result<()> {
     let mut r = Reader { bytes, at: 0 };
+    let limit = (bytes.len() as u64)
+        .saturating_mul(EXPANDED_PER_BYTE)
+        .max(MIN_EXPANDED);
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: HashMap<u64, Item> = HashMap::new();
     let refuse = |what: &str| -> Error {
@@ -361,7 +371,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 stack.push(Item::scalar());
             }
             // EMPTY_LIST, EMPTY_DICT, EMPTY_TUPLE, EMPTY_SET
-            b']' | b'}' | b')' | 0x8f => stack.push(Item::container_of(&[])?),
+            b']' | b'}' | b')' | 0x8f => stack.push(Item::container_of(&[], limit)?),
             // MARK
             b'(' => stack.push(Item {
                 kind: Kind::Mark,
@@ -370,7 +380,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             // LIST, DICT, TUPLE, FROZENSET: the items since the mark.
             b'l' | b'd' | b't' | 0x91 => {
                 let items = pop_to_mark(&mut stack)?;
-                stack.push(Item::container_of(&items)?);
+                stack.push(Item::container_of(&items, limit)?);
             }
             // TUPLE1, TUPLE2, TUPLE3
             0x85..=0x87 => {
@@ -380,7 +390,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 if items.iter().any(|i| matches!(i.kind, Kind::Mark)) {
                     return Err(underflow());
                 }
-                stack.push(Item::container_of(&items)?);
+                stack.push(Item::container_of(&items, limit)?);
             }
             // APPEND, SETITEM: one item (or key and value) into the
             // container below it.
@@ -389,13 +399,13 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 let at = stack.len().checked_sub(n + 1).ok_or_else(underflow)?;
                 let items = stack.split_off(at + 1);
                 let container = stack.last_mut().ok_or_else(underflow)?;
-                *container = container.with(&items)?;
+                *container = container.with(&items, limit)?;
             }
             // APPENDS, SETITEMS, ADDITEMS: the items since the mark.
             b'e' | b'u' | 0x90 => {
                 let items = pop_to_mark(&mut stack)?;
                 let container = stack.last_mut().ok_or_else(underflow)?;
-                *container = container.with(&items)?;
+                *container = container.with(&items, limit)?;
             }
             // POP, POP_MARK, DUP
             b'0' => {
@@ -456,7 +466,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 if !matches!(callable.kind, Kind::AllowedGlobal) {
                     return Err(refuse("calls something (REDUCE)"));
                 }
-                stack.push(Item::checked(arguments.depth, arguments.expanded)?);
+                stack.push(Item::checked(arguments.depth, arguments.expanded, limit)?);
             }
             b'b' => return Err(refuse("sets an object's state (BUILD)")),
             0x81 | 0x92 => return Err(refuse("builds an object of a class (NEWOBJ)")),
