@@ -10,14 +10,16 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ipc_core::process::{Child, Process};
+use ipc_core::process::Process;
 use ipc_core::Error;
 use ipc_socket::tokio::{AsyncListener, AsyncServer};
 use ipc_socket::{Address, Client, Listener, Options};
 use ipc_testkit::{join, join_ok, runtime, temp_path, unique, Rng};
 
+mod common;
+use common::{blocking_client, blocking_listener, LONG};
+
 const KEY: &[u8] = b"async socket test key";
-const LONG: Duration = Duration::from_secs(20);
 
 fn every_family() -> Vec<Address> {
     vec![
@@ -25,23 +27,6 @@ fn every_family() -> Vec<Address> {
         Address::Abstract(unique("ipct_abstract").into_bytes()),
         "127.0.0.1:0".parse().unwrap(),
     ]
-}
-
-/// A child process that connects to `address` with the blocking client
-/// and runs `talk` over the connection; it exits 0 when `talk` succeeds.
-fn blocking_client(
-    address: &Address,
-    options: Options,
-    talk: impl FnOnce(&mut ipc_socket::SocketConnection) -> ipc_core::Result<()>,
-) -> Child {
-    let address = address.clone();
-    Process::new()
-        .allow_threads()
-        .fork(move || -> ipc_core::Result<()> {
-            let mut conn = Client::connect(&address, options)?;
-            talk(&mut conn)
-        })
-        .unwrap()
 }
 
 #[test]
@@ -78,19 +63,10 @@ fn an_async_client_talks_to_a_blocking_listener_of_every_family() {
         for address in every_family() {
             let listener = Listener::bind(&address, Options::new().authkey(KEY)).unwrap();
             let bound = listener.address().clone();
-            // The child borrows the listener: the parent keeps it (and its
-            // socket file) until the end.
-            let listener = &listener;
-            let mut child = Process::new()
-                .allow_threads()
-                .pass("listener", listener)
-                .unwrap()
-                .fork(move || -> ipc_core::Result<()> {
-                    let mut conn = listener.accept_timeout(LONG)?;
-                    let n: u32 = conn.recv_timeout(LONG)?;
-                    conn.send_bytes(&ipc_testkit::pattern(u64::from(n), 1 << 20))
-                })
-                .unwrap();
+            let mut child = blocking_listener(&listener, |conn| {
+                let n: u32 = conn.recv_timeout(LONG)?;
+                conn.send_bytes(&ipc_testkit::pattern(u64::from(n), 1 << 20))
+            });
             let mut conn = Client::connect_async(&bound, Options::new().authkey(KEY))
                 .await
                 .unwrap();

@@ -2,13 +2,12 @@
 //! round trip with the authkey handshake inside the encrypted channel, and
 //! a clear error when only one end speaks TLS.
 
-use std::time::Duration;
-
 use ipc_core::process::Process;
 use ipc_core::Error;
 use ipc_socket::{Client, Listener, Options, TlsClient, TlsServer};
 
-const LONG: Duration = Duration::from_secs(20);
+mod common;
+use common::LONG;
 
 fn certificate() -> (TlsServer, TlsClient) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -125,20 +124,15 @@ fn tls_under_the_async_forms_both_ways() {
     let client_options = Options::new().authkey(b"k").tls_client(client_tls);
     ipc_testkit::runtime().block_on(async {
         let listener = AsyncListener::bind("127.0.0.1:0", server_options.clone()).unwrap();
-        let address = listener.address().clone();
-        let options = client_options.clone();
-        let mut child = Process::new()
-            .allow_threads()
-            .fork(move || -> ipc_core::Result<()> {
-                let mut conn = Client::connect(&address, options)?;
+        let mut child =
+            common::blocking_client(listener.address(), client_options.clone(), |conn| {
                 conn.send_bytes(&ipc_testkit::pattern(1, 1 << 20))?;
                 for i in 0..1000u32 {
                     conn.send(&i)?;
                 }
                 assert_eq!(conn.recv_timeout::<String>(LONG)?, "done");
                 Ok(())
-            })
-            .unwrap();
+            });
         let mut conn = listener.accept_timeout(LONG).await.unwrap();
         assert!(conn.get_ref().get_ref().is_tls());
         assert_eq!(
@@ -153,20 +147,13 @@ fn tls_under_the_async_forms_both_ways() {
 
         let listener = Listener::bind("127.0.0.1:0", server_options).unwrap();
         let address = listener.address().clone();
-        let listener = &listener;
-        let mut child = Process::new()
-            .allow_threads()
-            .pass("listener", listener)
-            .unwrap()
-            .fork(move || -> ipc_core::Result<()> {
-                let mut conn = listener.accept_timeout(LONG)?;
-                let n: u32 = conn.recv_timeout(LONG)?;
-                for i in 0..n {
-                    conn.send(&i)?;
-                }
-                conn.send_bytes(&ipc_testkit::pattern(2, 1 << 20))
-            })
-            .unwrap();
+        let mut child = common::blocking_listener(&listener, |conn| {
+            let n: u32 = conn.recv_timeout(LONG)?;
+            for i in 0..n {
+                conn.send(&i)?;
+            }
+            conn.send_bytes(&ipc_testkit::pattern(2, 1 << 20))
+        });
         let mut conn = ipc_socket::Client::connect_async(&address, client_options)
             .await
             .unwrap();
