@@ -10,8 +10,8 @@
 //! (`REDUCE` of anything else, `BUILD`, `NEWOBJ`, `INST`, `OBJ`, the
 //! extension registry, persistent ids, out-of-band buffers); nesting
 //! deeper than [`MAX_DEPTH`]; and shared references (the memo) that would
-//! expand to more objects than [`EXPANDED_PER_BYTE`] per byte of the
-//! message (at least [`MIN_EXPANDED`]). A message is read from
+//! make the decoded value more than [`EXPANDED_PER_BYTE`] times the size of
+//! the message (and more than [`MIN_EXPANDED`] bytes). A message is read from
 //! memory the peer has already sent, so an announced length beyond its end
 //! is a truncation, not an allocation.
 //!
@@ -59,14 +59,20 @@ pub use serde_pickle::{HashableValue, Value};
 /// refused before anything recurses over it.
 pub const MAX_DEPTH: u32 = 128;
 
-/// How many objects a message may expand to per byte of it, once every
-/// shared reference is copied out (a list that holds the same list twice
-/// holds two copies once decoded): this keeps what a message makes this
-/// process allocate in proportion to what its sender paid for.
+/// How many times its own size a message may decode to, counted once every
+/// shared reference is copied out (a list that holds the same list, or the
+/// same megabyte of bytes, twice holds two copies once decoded), with each
+/// value costing [`VALUE_COST`] bytes besides its text or bytes: this keeps
+/// what a message makes this process allocate in proportion to what its
+/// sender paid for.
 pub const EXPANDED_PER_BYTE: u64 = 64;
 
-/// The fewest objects any message may expand to, however short.
-pub const MIN_EXPANDED: u64 = 1 << 16;
+/// The decoded size any message may reach, however short.
+pub const MIN_EXPANDED: u64 = 1 << 20;
+
+/// What one decoded value costs in the count of [`EXPANDED_PER_BYTE`],
+/// besides the bytes of its text or data.
+pub const VALUE_COST: u64 = 16;
 
 /// The newest pickle protocol there is (Python 3.8 and later).
 const NEWEST_PROTOCOL: u8 = 5;
@@ -156,7 +162,7 @@ impl Item {
     fn scalar() -> Item {
         Item {
             depth: 0,
-            expanded: 1,
+            expanded: VALUE_COST,
             kind: Kind::Plain,
         }
     }
@@ -165,7 +171,7 @@ impl Item {
         let depth = items.iter().map(|i| i.depth).max().unwrap_or(0) + 1;
         let expanded = items
             .iter()
-            .fold(1u64, |sum, i| sum.saturating_add(i.expanded));
+            .fold(VALUE_COST, |sum, i| sum.saturating_add(i.expanded));
         Item::checked(depth, expanded, limit)
     }
 
@@ -179,8 +185,8 @@ impl Item {
         }
         if expanded > limit {
             return Err(Error::Pickle(format!(
-                "the pickle's shared references expand to more than {limit} objects, \
-                 {EXPANDED_PER_BYTE} per byte of the message"
+                "the pickle's shared references expand to more than {limit} bytes once \
+                 decoded, {EXPANDED_PER_BYTE} times the message"
             )));
         }
         Ok(Item {
@@ -348,6 +354,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 };
                 stack.push(Item {
                     kind,
+                    expanded: VALUE_COST + n,
                     ..Item::scalar()
                 });
             }
@@ -367,8 +374,11 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             }
             // INT, LONG, FLOAT, STRING, UNICODE (protocol 0's text forms)
             b'I' | b'L' | b'F' | b'S' | b'V' => {
-                r.line()?;
-                stack.push(Item::scalar());
+                let text = r.line()?;
+                stack.push(Item {
+                    expanded: VALUE_COST + text.len() as u64,
+                    ..Item::scalar()
+                });
             }
             // EMPTY_LIST, EMPTY_DICT, EMPTY_TUPLE, EMPTY_SET
             b']' | b'}' | b')' | 0x8f => stack.push(Item::container_of(&[], limit)?),
@@ -483,9 +493,13 @@ pub fn check(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Skips a scalar's `n` bytes of argument and pushes it, counting them.
 fn push_skipped(r: &mut Reader<'_>, stack: &mut Vec<Item>, n: u64) -> Result<()> {
     r.take(n)?;
-    stack.push(Item::scalar());
+    stack.push(Item {
+        expanded: VALUE_COST + n,
+        ..Item::scalar()
+    });
     Ok(())
 }
 
@@ -558,6 +572,29 @@ mod tests {
         }
         bytes.push(b'.');
         assert!(refused(&bytes).contains("expand"));
+    }
+
+    #[test]
+    fn one_large_value_referenced_many_times_is_refused() {
+        // b = bytes(100_000); [b] * 10_000 as pickle writes it: the bytes
+        // once, memoized, then a reference per element (10 GB decoded).
+        let mut bytes = b"\x80\x04]q\x00(B\xa0\x86\x01\x00".to_vec();
+        bytes.extend(std::iter::repeat_n(0u8, 100_000));
+        bytes.extend_from_slice(b"q\x01");
+        for _ in 1..10_000 {
+            bytes.extend_from_slice(b"h\x01");
+        }
+        bytes.extend_from_slice(b"e.");
+        assert!(refused(&bytes).contains("expand"));
+        // Ten references are fine.
+        let mut ten = b"\x80\x04]q\x00(B\xa0\x86\x01\x00".to_vec();
+        ten.extend(std::iter::repeat_n(0u8, 100_000));
+        ten.extend_from_slice(b"q\x01");
+        for _ in 1..10 {
+            ten.extend_from_slice(b"h\x01");
+        }
+        ten.extend_from_slice(b"e.");
+        check(&ten).unwrap();
     }
 
     #[test]
