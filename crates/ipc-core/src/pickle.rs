@@ -107,8 +107,21 @@ pub fn encode_value_into(value: &Value, out: &mut Vec<u8>) -> Result<()> {
 /// [`check`] found it plain data.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     check(bytes)?;
-    serde_pickle::from_slice(bytes, serde_pickle::DeOptions::new())
-        .map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
+    without_panics(|| serde_pickle::from_slice(bytes, serde_pickle::DeOptions::new()))
+}
+
+/// Runs serde-pickle on a message [`check`] passed, turning its errors,
+/// and any panic a case the check does not foresee would raise in it,
+/// into [`Error::Pickle`]: a peer's bytes never panic the receiver.
+fn without_panics<T>(decode: impl FnOnce() -> serde_pickle::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(decoded) => {
+            decoded.map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
+        }
+        Err(_) => Err(Error::Pickle(
+            "cannot decode the pickle: serde-pickle failed on it".into(),
+        )),
+    }
 }
 
 /// Decodes one pickled value of any plain-data shape, after [`check`]
@@ -124,8 +137,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// ```
 pub fn decode_value(bytes: &[u8]) -> Result<Value> {
     check(bytes)?;
-    serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new())
-        .map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
+    without_panics(|| serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new()))
 }
 
 /// serde-pickle's error, in the words of someone who sent a Python object.
@@ -144,6 +156,9 @@ fn explain(e: &serde_pickle::Error) -> String {
 struct Item {
     depth: u32,
     expanded: u64,
+    /// It is, or holds, a float NaN: as a set member or a dict key it has
+    /// no order, and serde-pickle's sorted sets and maps panic on it.
+    nan: bool,
     kind: Kind,
 }
 
@@ -163,6 +178,7 @@ impl Item {
         Item {
             depth: 0,
             expanded: VALUE_COST,
+            nan: false,
             kind: Kind::Plain,
         }
     }
@@ -172,7 +188,11 @@ impl Item {
         let expanded = items
             .iter()
             .fold(VALUE_COST, |sum, i| sum.saturating_add(i.expanded));
-        Item::checked(depth, expanded, limit)
+        let item = Item::checked(depth, expanded, limit)?;
+        Ok(Item {
+            nan: items.iter().any(|i| i.nan),
+            ..item
+        })
     }
 
     /// An item of this depth and expanded size, if within the bounds
@@ -192,6 +212,7 @@ impl Item {
         Ok(Item {
             depth,
             expanded,
+            nan: false,
             kind: Kind::Plain,
         })
     }
@@ -205,8 +226,22 @@ impl Item {
         let expanded = items
             .iter()
             .fold(self.expanded, |sum, i| sum.saturating_add(i.expanded));
-        Item::checked(depth, expanded, limit)
+        let item = Item::checked(depth, expanded, limit)?;
+        Ok(Item {
+            nan: self.nan || items.iter().any(|i| i.nan),
+            ..item
+        })
     }
+}
+
+/// Refuses NaN among `keys`, which become set members or dict keys.
+fn orderable(keys: impl IntoIterator<Item = Item>) -> Result<()> {
+    if keys.into_iter().any(|key| key.nan) {
+        return Err(Error::Pickle(
+            "the pickle has a NaN as a set member or a dict key, which has no order here".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The globals a plain-data pickle may name: how pickle spells a set, a
@@ -328,7 +363,14 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             b'J' => push_skipped(&mut r, &mut stack, 4)?,
             b'K' => push_skipped(&mut r, &mut stack, 1)?,
             b'M' => push_skipped(&mut r, &mut stack, 2)?,
-            b'G' => push_skipped(&mut r, &mut stack, 8)?,
+            b'G' => {
+                let bits = r.uint(8)?.swap_bytes();
+                stack.push(Item {
+                    nan: f64::from_bits(bits).is_nan(),
+                    expanded: VALUE_COST + 8,
+                    ..Item::scalar()
+                });
+            }
             // LONG1, LONG4
             0x8a => {
                 let n = r.uint(1)?;
@@ -375,8 +417,11 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             // INT, LONG, FLOAT, STRING, UNICODE (protocol 0's text forms)
             b'I' | b'L' | b'F' | b'S' | b'V' => {
                 let text = r.line()?;
+                let nan =
+                    op == b'F' && String::from_utf8_lossy(text).to_lowercase().contains("nan");
                 stack.push(Item {
                     expanded: VALUE_COST + text.len() as u64,
+                    nan,
                     ..Item::scalar()
                 });
             }
@@ -390,6 +435,11 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             // LIST, DICT, TUPLE, FROZENSET: the items since the mark.
             b'l' | b'd' | b't' | 0x91 => {
                 let items = pop_to_mark(&mut stack)?;
+                match op {
+                    b'd' => orderable(items.iter().step_by(2).cloned())?,
+                    0x91 => orderable(items.iter().cloned())?,
+                    _ => {}
+                }
                 stack.push(Item::container_of(&items, limit)?);
             }
             // TUPLE1, TUPLE2, TUPLE3
@@ -408,12 +458,20 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 let n = if op == b'a' { 1 } else { 2 };
                 let at = stack.len().checked_sub(n + 1).ok_or_else(underflow)?;
                 let items = stack.split_off(at + 1);
+                if op == b's' {
+                    orderable(items.first().cloned())?;
+                }
                 let container = stack.last_mut().ok_or_else(underflow)?;
                 *container = container.with(&items, limit)?;
             }
             // APPENDS, SETITEMS, ADDITEMS: the items since the mark.
             b'e' | b'u' | 0x90 => {
                 let items = pop_to_mark(&mut stack)?;
+                match op {
+                    b'u' => orderable(items.iter().step_by(2).cloned())?,
+                    0x90 => orderable(items.iter().cloned())?,
+                    _ => {}
+                }
                 let container = stack.last_mut().ok_or_else(underflow)?;
                 *container = container.with(&items, limit)?;
             }
@@ -476,6 +534,9 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 if !matches!(callable.kind, Kind::AllowedGlobal) {
                     return Err(refuse("calls something (REDUCE)"));
                 }
+                // set(...) and frozenset(...) make their argument's items
+                // set members.
+                orderable([arguments.clone()])?;
                 stack.push(Item::checked(arguments.depth, arguments.expanded, limit)?);
             }
             b'b' => return Err(refuse("sets an object's state (BUILD)")),
@@ -617,6 +678,39 @@ mod tests {
             assert!(matches!(decode::<Value>(bytes), Err(Error::Pickle(_))));
             assert!(matches!(decode_value(bytes), Err(Error::Pickle(_))));
         }
+    }
+
+    #[test]
+    fn nan_as_a_set_member_or_dict_key_is_refused() {
+        let nan = b"G\x7f\xf8\x00\x00\x00\x00\x00\x00";
+        let one = b"G\x3f\xf0\x00\x00\x00\x00\x00\x00";
+        let mut set = b"\x80\x04\x8f(".to_vec();
+        for _ in 0..20 {
+            set.extend_from_slice(nan);
+            set.extend_from_slice(one);
+        }
+        set.extend_from_slice(b"\x90.");
+        assert!(refused(&set).contains("NaN"));
+        let mut dict = b"\x80\x04}(".to_vec();
+        dict.extend_from_slice(nan);
+        dict.extend_from_slice(b"K\x01u.");
+        assert!(refused(&dict).contains("NaN"));
+        // A NaN in a tuple that becomes a key, and set() of a list.
+        let mut tuple_key = b"\x80\x04}".to_vec();
+        tuple_key.extend_from_slice(nan);
+        tuple_key.extend_from_slice(b"\x85K\x01s.");
+        assert!(refused(&tuple_key).contains("NaN"));
+        let mut reduce = b"\x80\x02c__builtin__\nset\n](".to_vec();
+        reduce.extend_from_slice(nan);
+        reduce.extend_from_slice(nan);
+        reduce.extend_from_slice(b"e\x85R.");
+        assert!(refused(&reduce).contains("NaN"));
+        // A NaN as a plain value is fine.
+        let mut list = b"\x80\x04](".to_vec();
+        list.extend_from_slice(nan);
+        list.extend_from_slice(nan);
+        list.extend_from_slice(b"e.");
+        check(&list).unwrap();
     }
 
     #[test]
