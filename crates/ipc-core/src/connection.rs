@@ -582,6 +582,28 @@ impl<S: Transport> Connection<S> {
 
     /// Reads the next header (unless it was read already) and returns the
     /// payload length.
+    /// Whether a receive would return at once from what waits in this
+    /// connection's buffer: a whole message, or a header that it reports
+    /// as an error (out of sync, or over the size limit).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn holds_whole_message(&self) -> bool {
+        if self.desynced.is_some() {
+            return true;
+        }
+        let buffered = (self.read_end - self.read_pos) as u64;
+        match self.pending {
+            Some(len) => self.partial.len() as u64 + buffered >= len,
+            None => match frame::parse_header(&self.read_buf[self.read_pos..self.read_end]) {
+                Ok(Parsed::Frame {
+                    header_len,
+                    payload_len,
+                }) => payload_len > self.max_message || buffered - header_len as u64 >= payload_len,
+                Ok(Parsed::NeedAtLeast(_)) => false,
+                Err(_) => true,
+            },
+        }
+    }
+
     /// Whether bytes read from the stream wait here for a receive.
     #[cfg(feature = "tokio")]
     pub(crate) fn holds_input(&self) -> bool {

@@ -74,6 +74,11 @@ pub const MIN_EXPANDED: u64 = 1 << 20;
 /// besides the bytes of its text or data.
 pub const VALUE_COST: u64 = 16;
 
+/// The most digits of an integer written as text (protocol 0's `INT` and
+/// `LONG`): parsing more takes time quadratic in the digits, which is why
+/// Python refuses more than this many itself (CVE-2020-10735).
+pub const MAX_TEXT_DIGITS: usize = 4300;
+
 /// The newest pickle protocol there is (Python 3.8 and later).
 const NEWEST_PROTOCOL: u8 = 5;
 
@@ -159,6 +164,10 @@ struct Item {
     /// It is, or holds, a float NaN: as a set member or a dict key it has
     /// no order, and serde-pickle's sorted sets and maps panic on it.
     nan: bool,
+    /// The memo entry that is this very object: serde-pickle's memo holds
+    /// the object itself, so what is added to it later shows through
+    /// every reference.
+    memo: Option<u64>,
     kind: Kind,
 }
 
@@ -179,6 +188,7 @@ impl Item {
             depth: 0,
             expanded: VALUE_COST,
             nan: false,
+            memo: None,
             kind: Kind::Plain,
         }
     }
@@ -213,6 +223,7 @@ impl Item {
             depth,
             expanded,
             nan: false,
+            memo: None,
             kind: Kind::Plain,
         })
     }
@@ -229,6 +240,7 @@ impl Item {
         let item = Item::checked(depth, expanded, limit)?;
         Ok(Item {
             nan: self.nan || items.iter().any(|i| i.nan),
+            memo: self.memo,
             ..item
         })
     }
@@ -313,6 +325,14 @@ pub fn check(bytes: &[u8]) -> Result<()> {
         .max(MIN_EXPANDED);
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: HashMap<u64, Item> = HashMap::new();
+    // Memo entries a reference has been taken to: the object may not
+    // change after that (Python's pickler fills a container before it
+    // refers to it; a change after would not show in what was counted).
+    let mut referred: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    // Marks not yet closed: serde-pickle keeps a buffer per open mark.
+    let mut open_marks = 0usize;
+    // What REDUCE copies out of the memo, over the whole message.
+    let mut reduced: u64 = 0;
     let refuse = |what: &str| -> Error {
         Error::Pickle(format!(
             "the pickle {what}, which this codec does not do: decoding never runs code \
@@ -390,8 +410,10 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 };
                 let n = r.uint(width)?;
                 let text = r.take(n)?;
+                // Module and global names are short; longer text is kept
+                // as its size only.
                 let kind = match std::str::from_utf8(text) {
-                    Ok(text) if text.len() <= 256 => Kind::Text(text.to_owned()),
+                    Ok(text) if text.len() <= 64 => Kind::Text(text.to_owned()),
                     _ => Kind::Plain,
                 };
                 stack.push(Item {
@@ -417,6 +439,12 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             // INT, LONG, FLOAT, STRING, UNICODE (protocol 0's text forms)
             b'I' | b'L' | b'F' | b'S' | b'V' => {
                 let text = r.line()?;
+                if matches!(op, b'I' | b'L') && text.len() > MAX_TEXT_DIGITS + 2 {
+                    return Err(Error::Pickle(format!(
+                        "the pickle writes an integer of more than {MAX_TEXT_DIGITS} digits \
+                         as text, which Python itself refuses to read"
+                    )));
+                }
                 let nan =
                     op == b'F' && String::from_utf8_lossy(text).to_lowercase().contains("nan");
                 stack.push(Item {
@@ -428,13 +456,21 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             // EMPTY_LIST, EMPTY_DICT, EMPTY_TUPLE, EMPTY_SET
             b']' | b'}' | b')' | 0x8f => stack.push(Item::container_of(&[], limit)?),
             // MARK
-            b'(' => stack.push(Item {
-                kind: Kind::Mark,
-                ..Item::scalar()
-            }),
+            b'(' => {
+                open_marks += 1;
+                if open_marks > MAX_DEPTH as usize {
+                    return Err(Error::Pickle(format!(
+                        "the pickle opens more than {MAX_DEPTH} marks at once"
+                    )));
+                }
+                stack.push(Item {
+                    kind: Kind::Mark,
+                    ..Item::scalar()
+                });
+            }
             // LIST, DICT, TUPLE, FROZENSET: the items since the mark.
             b'l' | b'd' | b't' | 0x91 => {
-                let items = pop_to_mark(&mut stack)?;
+                let items = pop_to_mark(&mut stack, &mut open_marks)?;
                 match op {
                     b'd' => orderable(items.iter().step_by(2).cloned())?,
                     0x91 => orderable(items.iter().cloned())?,
@@ -458,15 +494,19 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 let n = if op == b'a' { 1 } else { 2 };
                 let at = stack.len().checked_sub(n + 1).ok_or_else(underflow)?;
                 let items = stack.split_off(at + 1);
+                if items.iter().any(|i| matches!(i.kind, Kind::Mark)) {
+                    return Err(underflow());
+                }
                 if op == b's' {
                     orderable(items.first().cloned())?;
                 }
                 let container = stack.last_mut().ok_or_else(underflow)?;
                 *container = container.with(&items, limit)?;
+                remember_change(container, &mut memo, &referred, &refuse)?;
             }
             // APPENDS, SETITEMS, ADDITEMS: the items since the mark.
             b'e' | b'u' | 0x90 => {
-                let items = pop_to_mark(&mut stack)?;
+                let items = pop_to_mark(&mut stack, &mut open_marks)?;
                 match op {
                     b'u' => orderable(items.iter().step_by(2).cloned())?,
                     0x90 => orderable(items.iter().cloned())?,
@@ -474,18 +514,20 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 }
                 let container = stack.last_mut().ok_or_else(underflow)?;
                 *container = container.with(&items, limit)?;
+                remember_change(container, &mut memo, &referred, &refuse)?;
             }
             // POP, POP_MARK, DUP
             b'0' => {
-                stack.pop().ok_or_else(underflow)?;
+                let popped = stack.pop().ok_or_else(underflow)?;
+                if matches!(popped.kind, Kind::Mark) {
+                    open_marks -= 1;
+                }
             }
             b'1' => {
-                pop_to_mark(&mut stack)?;
+                pop_to_mark(&mut stack, &mut open_marks)?;
             }
-            b'2' => {
-                let top = stack.last().cloned().ok_or_else(underflow)?;
-                stack.push(top);
-            }
+            // serde-pickle copies the whole value; Python never writes it.
+            b'2' => return Err(refuse("duplicates a value (DUP)")),
             // BINPUT, LONG_BINPUT, PUT, MEMOIZE
             b'q' | b'r' | b'p' | 0x94 => {
                 let index = match op {
@@ -494,8 +536,16 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                     b'p' => text_number(r.line()?)?,
                     _ => memo.len() as u64,
                 };
-                let top = stack.last().cloned().ok_or_else(underflow)?;
-                memo.insert(index, top);
+                let top = stack.last_mut().ok_or_else(underflow)?;
+                // Python's pickler memoizes each object once, when it is
+                // made; serde-pickle copies a referred object into a new
+                // entry, which is unbounded work.
+                if top.memo.is_some() || matches!(top.kind, Kind::Mark) || memo.contains_key(&index)
+                {
+                    return Err(refuse("memoizes an object twice, or a reference"));
+                }
+                top.memo = Some(index);
+                memo.insert(index, top.clone());
             }
             // BINGET, LONG_BINGET, GET
             b'h' | b'j' | b'g' => {
@@ -510,6 +560,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                          which it never made"
                     ))
                 })?;
+                referred.insert(index);
                 stack.push(item);
             }
             // GLOBAL: module and name as text lines.
@@ -537,6 +588,14 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 // set(...) and frozenset(...) make their argument's items
                 // set members.
                 orderable([arguments.clone()])?;
+                if matches!(arguments.kind, Kind::Mark) {
+                    return Err(underflow());
+                }
+                // serde-pickle copies referred arguments out of the memo.
+                reduced = reduced.saturating_add(arguments.expanded);
+                if reduced > limit {
+                    return Err(refuse("copies more than the message allows (REDUCE)"));
+                }
                 stack.push(Item::checked(arguments.depth, arguments.expanded, limit)?);
             }
             b'b' => return Err(refuse("sets an object's state (BUILD)")),
@@ -565,14 +624,35 @@ fn push_skipped(r: &mut Reader<'_>, stack: &mut Vec<Item>, n: u64) -> Result<()>
 }
 
 /// The items down to the topmost mark, which is taken off too.
-fn pop_to_mark(stack: &mut Vec<Item>) -> Result<Vec<Item>> {
+fn pop_to_mark(stack: &mut Vec<Item>, open_marks: &mut usize) -> Result<Vec<Item>> {
     let mark = stack
         .iter()
         .rposition(|i| matches!(i.kind, Kind::Mark))
         .ok_or_else(|| Error::Pickle("the pickle is malformed: a mark is missing".into()))?;
     let items = stack.split_off(mark + 1);
     stack.pop();
+    *open_marks -= 1;
     Ok(items)
+}
+
+/// After a change to `container`: if it is a memoized object, its memo
+/// entry is the changed object too (serde-pickle's memo holds the object
+/// itself), unless a reference to it was taken already.
+fn remember_change(
+    container: &Item,
+    memo: &mut HashMap<u64, Item>,
+    referred: &std::collections::HashSet<u64>,
+    refuse: &impl Fn(&str) -> Error,
+) -> Result<()> {
+    if let Some(id) = container.memo {
+        if referred.contains(&id) {
+            return Err(refuse(
+                "changes an object after referring to it (or puts an object inside itself)",
+            ));
+        }
+        memo.insert(id, container.clone());
+    }
+    Ok(())
 }
 
 fn text_number(line: &[u8]) -> Result<u64> {
@@ -615,11 +695,19 @@ mod tests {
         bytes.push(b'.');
         assert!(refused(&bytes).contains("deep"));
         // The same depth through the memo, one level per step, with a
-        // stack that never grows.
-        let mut bytes = b"\x80\x04]q\x00".to_vec();
-        for _ in 0..1000 {
-            bytes.extend_from_slice(b"]h\x00aq\x00");
+        // stack that never grows: list k is memoized, then filled with a
+        // reference to list k - 1, then popped.
+        let mut bytes = b"\x80\x04]r\x00\x00\x00\x00".to_vec();
+        for k in 1u32..1000 {
+            bytes.push(b']');
+            bytes.push(b'r');
+            bytes.extend_from_slice(&k.to_le_bytes());
+            bytes.push(b'j');
+            bytes.extend_from_slice(&(k - 1).to_le_bytes());
+            bytes.extend_from_slice(b"a0");
         }
+        bytes.push(b'j');
+        bytes.extend_from_slice(&999u32.to_le_bytes());
         bytes.push(b'.');
         assert!(refused(&bytes).contains("deep"));
     }
@@ -627,12 +715,52 @@ mod tests {
     #[test]
     fn shared_references_that_expand_without_bound_are_refused() {
         // L(n+1) = [L(n), L(n)]: 60 steps are 2^60 objects once copied.
-        let mut bytes = b"\x80\x04]q\x00".to_vec();
-        for _ in 0..60 {
-            bytes.extend_from_slice(b"](h\x00h\x00eq\x00");
+        let mut bytes = b"\x80\x04]r\x00\x00\x00\x00".to_vec();
+        for k in 1u32..=60 {
+            bytes.push(b']');
+            bytes.push(b'r');
+            bytes.extend_from_slice(&k.to_le_bytes());
+            bytes.push(b'(');
+            for _ in 0..2 {
+                bytes.push(b'j');
+                bytes.extend_from_slice(&(k - 1).to_le_bytes());
+            }
+            bytes.extend_from_slice(b"e0");
         }
+        bytes.push(b'j');
+        bytes.extend_from_slice(&60u32.to_le_bytes());
         bytes.push(b'.');
         assert!(refused(&bytes).contains("expand"));
+    }
+
+    #[test]
+    fn a_memoized_object_changed_after_a_reference_or_copied_is_refused() {
+        // A list memoized empty, filled with a megabyte, then referred to
+        // 3000 times: each reference is the full list, not the empty one.
+        let mut bytes = b"\x80\x04]q\x00B\x00\x00\x10\x00".to_vec();
+        bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+        bytes.extend_from_slice(b"a0(");
+        for _ in 0..3000 {
+            bytes.extend_from_slice(b"h\x00");
+        }
+        bytes.extend_from_slice(b"l.");
+        assert!(refused(&bytes).contains("expand"));
+        // A change after a reference was taken.
+        assert!(refused(b"\x80\x04]q\x00h\x000K\x01a.").contains("after referring"));
+        // DUP, and memoizing a reference, copy whole values.
+        assert!(refused(b"\x80\x04K\x012\x86.").contains("DUP"));
+        assert!(refused(b"\x80\x04]q\x00h\x00q\x01\x86.").contains("twice"));
+        // Open marks cost serde-pickle a buffer each.
+        let mut marks = b"\x80\x04".to_vec();
+        marks.extend(std::iter::repeat_n(b'(', 200_000));
+        marks.extend(std::iter::repeat_n(b'1', 200_000));
+        marks.extend_from_slice(b"N.");
+        assert!(refused(&marks).contains("marks"));
+        // An integer of 100,000 digits as text.
+        let mut long = b"L".to_vec();
+        long.extend(std::iter::repeat_n(b'7', 100_000));
+        long.extend_from_slice(b"L\n.");
+        assert!(refused(&long).contains("digits"));
     }
 
     #[test]

@@ -326,13 +326,26 @@ impl<S: Transport> AsyncConnection<S> {
         self.conn.try_recv()
     }
 
-    /// Waits until a receive would not wait: a message (or part of one, or
-    /// the end of the stream) has arrived. Cancel safe.
+    /// Waits until something has arrived that a receive has not seen: a
+    /// whole message waiting here, or new bytes (or the end of the stream)
+    /// on the descriptor, which a receive then takes, whole or in part.
+    /// Cancel safe. After a [`try_recv_bytes`](Self::try_recv_bytes) that
+    /// found only part of a message, it waits for more, rather than
+    /// saying again that the part is there.
     pub async fn readable(&self) -> Result<()> {
-        if self.get_ref().ready_without_waiting() {
-            return Ok(());
-        }
-        self.registered.ready(Interest::READABLE).await
+        let conn = &self.conn;
+        self.registered
+            .until(Interest::READABLE, || {
+                let arrived = conn.holds_whole_message()
+                    || conn.get_ref().has_buffered_input()
+                    || crate::wait_fds(&[(conn.as_fd(), crate::Interest::Read)], Deadline::Now)?[0];
+                if arrived {
+                    Ok(())
+                } else {
+                    Err(Error::Timeout)
+                }
+            })
+            .await
     }
 
     /// Runs `attempt` (a receive with a deadline already passed) until it
@@ -372,6 +385,9 @@ impl<S: Transport> AsyncConnection<S> {
         &mut self,
         mut step: impl FnMut(&mut Connection<S>) -> Result<T>,
     ) -> Result<T> {
+        // The rest of a send dropped part-way goes first, or the step's
+        // frames would land in the middle of it.
+        self.flush().await?;
         loop {
             let interest = if self.conn.get_ref().wants_write() {
                 Interest::READABLE | Interest::WRITABLE

@@ -428,7 +428,9 @@ impl SharedMemory {
                 "range outside the shared memory segment",
             ))?;
         self.check_range(offset, bytes)?;
-        if offset % std::mem::align_of::<T>() != 0 {
+        // The address, not the offset: a `Pod` type may be aligned to more
+        // than the page the mapping starts on.
+        if (self.as_ptr() as usize).wrapping_add(offset) % std::mem::align_of::<T>() != 0 {
             return Err(Error::InvalidArgument(
                 "offset not aligned to the element type",
             ));

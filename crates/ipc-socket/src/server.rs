@@ -14,6 +14,18 @@ use nix::sys::socket::{shutdown, Shutdown};
 use crate::listener::Listener;
 use crate::SocketConnection;
 
+/// Takes a connection out of [`LiveSockets`] when dropped.
+pub(crate) struct Removal {
+    live: LiveSockets,
+    id: u64,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        self.live.remove(self.id);
+    }
+}
+
 /// Live connections' sockets (duplicates), by connection number, so
 /// shutdown can wake handlers waiting in a receive.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +58,16 @@ impl LiveSockets {
 
     pub(crate) fn remove(&self, id: u64) {
         self.lock().sockets.remove(&id);
+    }
+
+    /// Removes connection `id` when dropped: when its handler returns, and
+    /// when it panics too, so the client of a failed handler sees the end
+    /// of the stream instead of a socket that a duplicate keeps open.
+    pub(crate) fn removal(&self, id: u64) -> Removal {
+        Removal {
+            live: self.clone(),
+            id,
+        }
     }
 
     /// Shuts down every live socket: the handlers' receives return
@@ -162,18 +184,18 @@ where
         if ipc_core::wait(&[&stop.as_fd()], Duration::ZERO).is_ok_and(|r| !r.is_empty()) {
             break;
         }
-        let id = live.insert(conn.as_fd());
+        let removal = live.removal(live.insert(conn.as_fd()));
         let handler = Arc::clone(&handler);
-        let worker_live = live.clone();
         let worker = std::thread::Builder::new()
             .name("ipc-socket-conn".into())
             .spawn(move || {
+                let _removal = removal;
                 handler(conn);
-                worker_live.remove(id);
             });
-        match worker {
-            Ok(worker) => workers.push(worker),
-            Err(_) => live.remove(id),
+        // A thread that could not start dropped its closure, and with it
+        // the removal.
+        if let Ok(worker) = worker {
+            workers.push(worker);
         }
         workers.retain(|w| !w.is_finished());
     }

@@ -355,12 +355,12 @@ where
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
-                    let id = live.insert(conn.get_ref().as_fd());
-                    let live = live.clone();
+                    let removal = live.removal(live.insert(conn.get_ref().as_fd()));
                     let handled = handler(conn);
                     handlers.spawn(async move {
+                        // Dropped when the handler returns or panics.
+                        let _removal = removal;
                         handled.await;
-                        live.remove(id);
                     });
                 }
                 // The listener's tasks are gone.

@@ -256,3 +256,44 @@ fn a_read_timeout_bounds_an_async_receive_and_the_connection_goes_on() {
         assert_eq!(child.join_async().await.unwrap(), 1);
     });
 }
+
+/// `readable` waits for what a receive has not seen yet: after a receive
+/// that emptied the socket, and after a try that found half a message, it
+/// is pending until more bytes come (it does not say "ready" again and
+/// again about what was already looked at).
+#[test]
+fn readable_waits_for_new_bytes_rather_than_repeating_itself() {
+    use std::os::unix::net::UnixStream;
+    runtime().block_on(async {
+        let (ours, mut raw) = UnixStream::pair().unwrap();
+        let conn = Connection::new(ipc_core::FdStream::new(ours.into()).unwrap());
+        let mut ours = AsyncConnection::new(conn).unwrap();
+        let frame = |payload: &[u8]| {
+            let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(payload);
+            bytes
+        };
+        raw.write_all(&frame(b"whole")).unwrap();
+        ours.readable().await.unwrap();
+        assert_eq!(ours.recv_bytes().await.unwrap(), b"whole");
+        assert!(
+            poll_once(ours.readable()).is_none(),
+            "ready with nothing new"
+        );
+
+        let half = frame(b"in two parts");
+        raw.write_all(&half[..7]).unwrap();
+        ours.readable().await.unwrap();
+        assert!(matches!(ours.try_recv_bytes(), Err(Error::Empty)));
+        assert!(
+            poll_once(ours.readable()).is_none(),
+            "ready again on the same half"
+        );
+        raw.write_all(&half[7..]).unwrap();
+        tokio::time::timeout(PATIENCE, ours.readable())
+            .await
+            .expect("the rest arrives")
+            .unwrap();
+        assert_eq!(ours.try_recv_bytes().unwrap(), b"in two parts");
+    });
+}

@@ -80,14 +80,15 @@ impl Mapping {
             size_of::<T>(),
             self.len()
         );
-        // The mapping starts on a page boundary, so the offset decides the
-        // alignment.
+        // The address decides, not the offset: a type may be aligned to
+        // more than the page the mapping starts on.
+        let p = self.as_ptr().wrapping_add(offset);
         assert!(
-            offset % align_of::<T>() == 0,
+            (p as usize) % align_of::<T>() == 0,
             "ipc-shm bug: offset {offset} is not aligned to {}",
             align_of::<T>()
         );
-        self.as_ptr().wrapping_add(offset).cast()
+        p.cast()
     }
 
     /// The 32-bit atomic at `offset`.
