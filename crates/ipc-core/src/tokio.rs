@@ -333,6 +333,9 @@ impl<S: Transport> AsyncConnection<S> {
     /// found only part of a message, it waits for more, rather than
     /// saying again that the part is there.
     pub async fn readable(&self) -> Result<()> {
+        if !self.conn.readable() {
+            return Err(Error::Unsupported("this end of the pipe cannot receive"));
+        }
         let conn = &self.conn;
         self.registered
             .until(Interest::READABLE, || {

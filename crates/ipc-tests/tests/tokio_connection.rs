@@ -295,5 +295,13 @@ fn readable_waits_for_new_bytes_rather_than_repeating_itself() {
             .expect("the rest arrives")
             .unwrap();
         assert_eq!(ours.try_recv_bytes().unwrap(), b"in two parts");
+
+        // The write end of a one-way pipe has nothing to wait for.
+        let (_reader, writer) = ipc_pipe::one_way().unwrap();
+        let writer = AsyncConnection::new(writer).unwrap();
+        assert!(matches!(
+            writer.readable().await,
+            Err(Error::Unsupported(_))
+        ));
     });
 }
