@@ -623,6 +623,19 @@ mod tests {
         })
     }
 
+    /// The Markdown of a quick report holding `result` alone.
+    fn markdown_of(result: BenchResult, rounds: usize) -> String {
+        Report {
+            mode: "quick".into(),
+            rounds,
+            target_ms: 30.0,
+            machine: Machine::detect(),
+            contenders: vec![],
+            notes: vec![],
+            benchmarks: vec![result],
+        }
+        .markdown()
+    }
     #[test]
     fn ratios_are_paired_by_round() {
         let bench = Benchmark {
@@ -664,16 +677,7 @@ mod tests {
             (extra.min, extra.median, extra.max),
             (1000.0, 1300.0, 1600.0)
         );
-        let report = Report {
-            mode: "quick".into(),
-            rounds: 2,
-            target_ms: 30.0,
-            machine: Machine::detect(),
-            contenders: vec![],
-            notes: vec![],
-            benchmarks: vec![result],
-        };
-        let md = report.markdown();
+        let md = markdown_of(result, 2);
         assert!(
             md.contains("- awaiting: 1.3 µs per awaited wake-up (1.0 µs – 1.6 µs)"),
             "{md}"
@@ -711,16 +715,7 @@ mod tests {
         );
         let r = pickle.ratio;
         assert_eq!((r.min, r.median, r.max), (1.0, 1.25, 1.5));
-        let report = Report {
-            mode: "quick".into(),
-            rounds: 3,
-            target_ms: 30.0,
-            machine: Machine::detect(),
-            contenders: vec![],
-            notes: vec![],
-            benchmarks: vec![result],
-        };
-        let md = report.markdown();
+        let md = markdown_of(result, 3);
         assert!(
             md.contains("- ipc-pipe pickle vs ipc-pipe typed: 1.25× (1.00–1.50)"),
             "{md}"

@@ -24,10 +24,12 @@
 //!
 //! # How it waits
 //!
-//! The descriptor is registered with tokio's reactor (epoll). A receive
-//! tries the blocking form's receive with a deadline that has already
-//! passed, which reads what is there without waiting, and awaits
-//! readiness whenever it would have to wait: the framing, the limits and
+//! A duplicate of the descriptor is registered with tokio's reactor
+//! (epoll; see [`Readiness`]). A receive tries the blocking form's receive
+//! with a deadline that has already passed, which reads what is there
+//! without waiting, and awaits readiness whenever it would have to wait
+//! (once a read found the stream empty, it waits for the reactor's word
+//! before trying again, as tokio's own streams do): the framing, the limits and
 //! the hostile-input checks are the blocking form's own. A receive that
 //! stops part-way keeps what it read, as a blocking receive that times
 //! out does, so the next one goes on with the same message.
@@ -267,7 +269,7 @@ impl<S: Transport> AsyncConnection<S> {
 
     /// Sets the largest message this end sends or receives.
     pub fn set_max_message_size(&mut self, bytes: u64) {
-        self.conn_mut().set_max_message_size(bytes);
+        self.conn.set_max_message_size(bytes);
     }
 
     /// The blocking connection, mutably: for settings of it or of its
@@ -275,10 +277,6 @@ impl<S: Transport> AsyncConnection<S> {
     /// rest of a send that was dropped part-way, which then arrives after
     /// them.
     pub fn get_mut(&mut self) -> &mut Connection<S> {
-        &mut self.conn
-    }
-
-    fn conn_mut(&mut self) -> &mut Connection<S> {
         &mut self.conn
     }
 
