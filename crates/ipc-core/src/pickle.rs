@@ -3,8 +3,7 @@
 //! Rust `send(&value)` arrives as a Python object from `conn.recv()`.
 //!
 //! Decoding never runs code and never builds anything but plain data:
-//! before [serde-pickle](https://docs.rs/serde-pickle) reads a message,
-//! [`check`] walks its opcodes and refuses, with an error that names it,
+//! before a message is decoded, [`check`] walks its opcodes and refuses, with an error that names it,
 //! any global other than the few plain builtins pickle uses to spell sets,
 //! byte arrays and (protocol 2) bytes; any opcode that builds an object
 //! (`REDUCE` of anything else, `BUILD`, `NEWOBJ`, `INST`, `OBJ`, the
@@ -14,6 +13,11 @@
 //! the message (and more than [`MIN_EXPANDED`] bytes). A message is read from
 //! memory the peer has already sent, so an announced length beyond its end
 //! is a truncation, not an allocation.
+//!
+//! The decoder is this module's own, reading protocols 0 to 5 into the
+//! value each string and byte string allocated once at its size, then into
+//! the Rust type through serde; [serde-pickle](https://docs.rs/serde-pickle)
+//! writes pickles and gives the dynamically typed [`Value`].
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -51,6 +55,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{Error, Result};
+
+mod build;
+mod de;
 
 /// A dynamically typed Python value made of plain data.
 pub use serde_pickle::{HashableValue, Value};
@@ -110,23 +117,18 @@ pub fn encode_value_into(value: &Value, out: &mut Vec<u8>) -> Result<()> {
 
 /// Decodes one pickled value, which must use all of `bytes`, after
 /// [`check`] found it plain data.
+///
+/// A dict becomes a struct or a map (in Python's order, for a map type
+/// that keeps it), a list, tuple or set a sequence, `None` an
+/// `Option::None` or `()`; a Python int becomes any Rust integer it fits
+/// in, up to 128 bits.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     check(bytes)?;
-    without_panics(|| serde_pickle::from_slice(bytes, serde_pickle::DeOptions::new()))
-}
-
-/// Runs serde-pickle on a message [`check`] passed, turning its errors,
-/// and any panic a case the check does not foresee would raise in it,
-/// into [`Error::Pickle`]: a peer's bytes never panic the receiver.
-fn without_panics<T>(decode: impl FnOnce() -> serde_pickle::Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(decoded) => {
-            decoded.map_err(|e| Error::Pickle(format!("cannot decode the pickle: {}", explain(&e))))
-        }
-        Err(_) => Err(Error::Pickle(
-            "cannot decode the pickle: serde-pickle failed on it".into(),
-        )),
-    }
+    T::deserialize(build::build(bytes)?).map_err(|e| {
+        Error::Pickle(format!(
+            "cannot decode the pickle: the Python object does not fit the Rust type: {e}"
+        ))
+    })
 }
 
 /// Decodes one pickled value of any plain-data shape, after [`check`]
@@ -142,17 +144,7 @@ fn without_panics<T>(decode: impl FnOnce() -> serde_pickle::Result<T>) -> Result
 /// ```
 pub fn decode_value(bytes: &[u8]) -> Result<Value> {
     check(bytes)?;
-    without_panics(|| serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new()))
-}
-
-/// serde-pickle's error, in the words of someone who sent a Python object.
-fn explain(e: &serde_pickle::Error) -> String {
-    match e {
-        serde_pickle::Error::Syntax(serde_pickle::ErrorCode::Structure(what)) => {
-            format!("the Python object does not fit the Rust type: {what}")
-        }
-        other => other.to_string(),
-    }
+    build::build(bytes)?.into_value()
 }
 
 /// One value on the checker's stack: how deep it nests, how many objects
@@ -162,11 +154,11 @@ struct Item {
     depth: u32,
     expanded: u64,
     /// It is, or holds, a float NaN: as a set member or a dict key it has
-    /// no order, and serde-pickle's sorted sets and maps panic on it.
+    /// no order, and the sorted sets and maps of [`Value`] panic on it.
     nan: bool,
-    /// The memo entry that is this very object: serde-pickle's memo holds
-    /// the object itself, so what is added to it later shows through
-    /// every reference.
+    /// The memo entry that is this very object: a memo reference is the
+    /// object itself, so what is added to it later shows through every
+    /// reference.
     memo: Option<u64>,
     kind: Kind,
 }
@@ -258,14 +250,15 @@ fn orderable(keys: impl IntoIterator<Item = Item>) -> Result<()> {
 
 /// The globals a plain-data pickle may name: how pickle spells a set, a
 /// frozenset, a byte array, a list or a big int in some protocols, and
-/// protocol 2's bytes (`_codecs.encode`). serde-pickle builds these as
+/// the bytes of protocols 0 to 2 (`_codecs.encode`, and `bytes()` when
+/// empty). The decoder builds these as
 /// data; anything else is code.
 fn allowed_global(module: &str, name: &str) -> bool {
     matches!(
         (module, name),
         (
             "builtins" | "__builtin__",
-            "set" | "frozenset" | "bytearray" | "list" | "int"
+            "set" | "frozenset" | "bytes" | "bytearray" | "list" | "int"
         ) | ("_codecs", "encode")
     )
 }
@@ -329,7 +322,8 @@ pub fn check(bytes: &[u8]) -> Result<()> {
     // change after that (Python's pickler fills a container before it
     // refers to it; a change after would not show in what was counted).
     let mut referred: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    // Marks not yet closed: serde-pickle keeps a buffer per open mark.
+    // Marks not yet closed: each is a container to come, so as many as
+    // the nesting may be deep.
     let mut open_marks = 0usize;
     // What REDUCE copies out of the memo, over the whole message.
     let mut reduced: u64 = 0;
@@ -526,7 +520,8 @@ pub fn check(bytes: &[u8]) -> Result<()> {
             b'1' => {
                 pop_to_mark(&mut stack, &mut open_marks)?;
             }
-            // serde-pickle copies the whole value; Python never writes it.
+            // A second reference the memo does not see; Python never
+            // writes it.
             b'2' => return Err(refuse("duplicates a value (DUP)")),
             // BINPUT, LONG_BINPUT, PUT, MEMOIZE
             b'q' | b'r' | b'p' | 0x94 => {
@@ -538,8 +533,8 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 };
                 let top = stack.last_mut().ok_or_else(underflow)?;
                 // Python's pickler memoizes each object once, when it is
-                // made; serde-pickle copies a referred object into a new
-                // entry, which is unbounded work.
+                // made; a second entry for one object would escape the
+                // count of what references expand to.
                 if top.memo.is_some() || matches!(top.kind, Kind::Mark) || memo.contains_key(&index)
                 {
                     return Err(refuse("memoizes an object twice, or a reference"));
@@ -591,7 +586,7 @@ pub fn check(bytes: &[u8]) -> Result<()> {
                 if matches!(arguments.kind, Kind::Mark) {
                     return Err(underflow());
                 }
-                // serde-pickle copies referred arguments out of the memo.
+                // set(x), list(x), ... copy the items of x.
                 reduced = reduced.saturating_add(arguments.expanded);
                 if reduced > limit {
                     return Err(refuse("copies more than the message allows (REDUCE)"));
@@ -636,7 +631,7 @@ fn pop_to_mark(stack: &mut Vec<Item>, open_marks: &mut usize) -> Result<Vec<Item
 }
 
 /// After a change to `container`: if it is a memoized object, its memo
-/// entry is the changed object too (serde-pickle's memo holds the object
+/// entry is the changed object too (a memo reference is the object
 /// itself), unless a reference to it was taken already.
 fn remember_change(
     container: &Item,
@@ -677,6 +672,8 @@ fn global(module: &str, name: &str, refuse: &impl Fn(&str) -> Error) -> Result<I
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn refused(bytes: &[u8]) -> String {
@@ -750,7 +747,7 @@ mod tests {
         // DUP, and memoizing a reference, copy whole values.
         assert!(refused(b"\x80\x04K\x012\x86.").contains("DUP"));
         assert!(refused(b"\x80\x04]q\x00h\x00q\x01\x86.").contains("twice"));
-        // Open marks cost serde-pickle a buffer each.
+        // More open marks than the nesting may be deep.
         let mut marks = b"\x80\x04".to_vec();
         marks.extend(std::iter::repeat_n(b'(', 200_000));
         marks.extend(std::iter::repeat_n(b'1', 200_000));
@@ -839,6 +836,163 @@ mod tests {
         list.extend_from_slice(nan);
         list.extend_from_slice(b"e.");
         check(&list).unwrap();
+    }
+
+    /// What Python 3.11 writes for the values named, by protocol.
+    const TUPLE_TWICE: &[u8] =
+        b"\x80\x04\x95\r\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01K\x02\x86\x94h\x01e."; // [t, t], t = (1, 2)
+    const LIST_TWICE: &[u8] = b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01a\x94]\x94K\x01a\x8c\x01b\x94h\x02u."; // {'a': l, 'b': l}, l = [1]
+    const UNSORTED: &[u8] = b"\x80\x04\x95\x17\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01z\x94K\x01\x8c\x01a\x94K\x02\x8c\x01m\x94K\x03u."; // {'z': 1, 'a': 2, 'm': 3}
+    const PROTOCOL_0: &[u8] = b"(dp0\nVa\np1\n(lp2\nI1\naVx\np3\nasVb\np4\nL1180591620717411303424L\nsVc\np5\nF1.5\nsVd\np6\nNsVe\np7\nI01\ns."; // {'a': [1, 'x'], 'b': 2**70, 'c': 1.5, 'd': None, 'e': True}
+    const PROTOCOL_2: &[u8] = b"\x80\x02]q\x00(c__builtin__\nset\nq\x01]q\x02(K\x01K\x02e\x85q\x03Rq\x04c_codecs\nencode\nq\x05X\x03\x00\x00\x00\x00\xc3\xbfq\x06X\x06\x00\x00\x00latin1q\x07\x86q\x08Rq\tc__builtin__\nbytearray\nq\nh\x05X\x02\x00\x00\x00abq\x0bh\x07\x86q\x0cRq\r\x85q\x0eRq\x0fc__builtin__\nfrozenset\nq\x10]q\x11K\x03a\x85q\x12Rq\x13e."; // [{1, 2}, b'\x00\xff', bytearray(b'ab'), frozenset([3])]
+    const BIG_INTS: &[u8] = b"\x80\x04\x95W\x00\x00\x00\x00\x00\x00\x00]\x94(\x8a\t\xff\xff\xff\xff\xff\xff\xff\xff\x00\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80\x8a\r\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10\x8a\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80\x8a\x1a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01e."; // [2**64-1, -2**63, 2**100, -2**127, 2**200]
+    const BYTEARRAYS_3: &[u8] =
+        b"\x80\x03]q\x00(cbuiltins\nbytearray\nq\x01C\x02abq\x02\x85q\x03Rq\x04h\x01)Rq\x05e."; // [bytearray(b'ab'), bytearray()]
+    const BYTEARRAY_5: &[u8] = b"\x80\x05\x95\x10\x00\x00\x00\x00\x00\x00\x00]\x94\x96\x02\x00\x00\x00\x00\x00\x00\x00ab\x94a."; // [bytearray(b'ab')]
+
+    #[test]
+    fn shared_references_decode_as_copies() {
+        assert_eq!(
+            decode::<Vec<(i32, i32)>>(TUPLE_TWICE).unwrap(),
+            [(1, 2), (1, 2)]
+        );
+        let both: BTreeMap<String, Vec<i32>> = decode(LIST_TWICE).unwrap();
+        assert_eq!(both["a"], [1]);
+        assert_eq!(both["b"], [1]);
+        let pair = Value::Tuple(vec![Value::I64(1), Value::I64(2)]);
+        assert_eq!(
+            decode_value(TUPLE_TWICE).unwrap(),
+            Value::List(vec![pair.clone(), pair])
+        );
+    }
+
+    /// The keys of a dict in the order a map type receives them.
+    struct KeyOrder(Vec<String>);
+
+    impl<'de> serde::Deserialize<'de> for KeyOrder {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct Keys;
+            impl<'de> serde::de::Visitor<'de> for Keys {
+                type Value = KeyOrder;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> std::result::Result<KeyOrder, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(key);
+                    }
+                    Ok(KeyOrder(keys))
+                }
+            }
+            d.deserialize_map(Keys)
+        }
+    }
+
+    #[test]
+    fn a_dict_arrives_in_pythons_order() {
+        assert_eq!(decode::<KeyOrder>(UNSORTED).unwrap().0, ["z", "a", "m"]);
+    }
+
+    #[test]
+    fn every_protocol_decodes_plain_data() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Zero {
+            a: (i32, String),
+            c: f64,
+            d: Option<u8>,
+            e: bool,
+        }
+        let zero: Zero = decode(PROTOCOL_0).unwrap();
+        assert_eq!(
+            zero,
+            Zero {
+                a: (1, "x".into()),
+                c: 1.5,
+                d: None,
+                e: true
+            }
+        );
+        let Value::Dict(zero) = decode_value(PROTOCOL_0).unwrap() else {
+            panic!("a dict")
+        };
+        assert!(matches!(
+            zero[&HashableValue::String("b".into())],
+            Value::Int(_)
+        ));
+
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Two(
+            std::collections::BTreeSet<u8>,
+            #[serde(with = "serde_bytes")] Vec<u8>,
+            #[serde(with = "serde_bytes")] Vec<u8>,
+            Vec<u8>,
+        );
+        let two: Two = decode(PROTOCOL_2).unwrap();
+        assert_eq!(
+            two,
+            Two([1, 2].into(), vec![0, 0xff], b"ab".to_vec(), vec![3])
+        );
+        let arrays: Vec<serde_bytes::ByteBuf> = decode(BYTEARRAYS_3).unwrap();
+        assert_eq!(arrays, [b"ab".to_vec(), Vec::new()]);
+        let arrays: Vec<serde_bytes::ByteBuf> = decode(BYTEARRAY_5).unwrap();
+        assert_eq!(arrays, [b"ab".to_vec()]);
+    }
+
+    #[test]
+    fn integers_fit_any_rust_integer_that_holds_them() {
+        let (max, min, big, negative, _): (u64, i64, u128, i128, serde::de::IgnoredAny) =
+            decode(BIG_INTS).unwrap();
+        assert_eq!(
+            (max, min, big, negative),
+            (u64::MAX, i64::MIN, 1 << 100, i128::MIN)
+        );
+        // 2**200 fits nothing; decode_value keeps it.
+        let too_big = decode::<Vec<i128>>(BIG_INTS).unwrap_err().to_string();
+        assert!(too_big.contains("bits"), "{too_big}");
+        let Value::List(all) = decode_value(BIG_INTS).unwrap() else {
+            panic!("a list")
+        };
+        assert!(matches!(all[4], Value::Int(_)));
+        // And what a Rust u64 beyond i64 is sent as comes back.
+        let mut bytes = Vec::new();
+        encode_into(&u64::MAX, &mut bytes).unwrap();
+        assert_eq!(decode::<u64>(&bytes).unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn enums_and_options_round_trip() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum Shape {
+            Empty,
+            Circle(f64),
+            Line(i32, i32),
+            Box { w: u8, h: u8 },
+        }
+        let shapes = vec![
+            Shape::Empty,
+            Shape::Circle(1.5),
+            Shape::Line(-1, 2),
+            Shape::Box { w: 3, h: 4 },
+        ];
+        let sent = (shapes, Some(7u8), None::<String>, ());
+        let mut bytes = Vec::new();
+        encode_into(&sent, &mut bytes).unwrap();
+        assert_eq!(
+            decode::<(Vec<Shape>, Option<u8>, Option<String>, ())>(&bytes).unwrap(),
+            sent
+        );
+    }
+
+    #[test]
+    fn a_mismatch_names_the_python_type() {
+        let why = decode::<BTreeMap<String, u32>>(LIST_TWICE)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("the Python value is a list"), "{why}");
     }
 
     #[test]

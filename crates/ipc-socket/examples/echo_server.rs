@@ -100,3 +100,47 @@ fn echo(conn: &mut ipc_socket::SocketConnection) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use ipc_core::process::Process;
+    use ipc_testkit::PATIENCE;
+
+    use super::*;
+
+    /// The README's Python client, and what it must get back.
+    const CLIENT: &str = r#"
+import datetime, sys
+from multiprocessing.connection import Client
+c = Client(sys.argv[1], authkey=b'secret')
+c.send({'job': 7, 'args': [1, 2]})
+assert c.recv() == {'echo': {'job': 7, 'args': [1, 2]}, 'n': 1}
+c.send(2**70)
+assert c.recv() == {'echo': 2**70, 'n': 2}
+c.send(datetime.date(2024, 1, 2))
+reply = c.recv()
+assert reply['n'] == 3 and 'datetime.date' in reply['error'], reply
+c.send(('still', 'here'))
+assert c.recv() == {'echo': ('still', 'here'), 'n': 4}
+c.close()
+"#;
+
+    #[test]
+    fn a_python_client_gets_its_objects_echoed() {
+        let path = ipc_testkit::temp_path("echo");
+        let address = path.to_str().expect("a UTF-8 temp path");
+        let listener = Listener::bind(address, Options::new().authkey(b"secret")).unwrap();
+        let mut command = Command::new("python3");
+        command.args(["-c", CLIENT, address]);
+        let mut client = Process::new().exec(command).unwrap();
+        let mut conn = listener.accept_timeout(PATIENCE).unwrap();
+        conn.set_read_timeout(Some(PATIENCE));
+        // Returns when the client hangs up.
+        echo_pickles(&mut conn);
+        ipc_testkit::join_ok(&mut client);
+        drop(listener);
+        assert!(!path.exists(), "the socket file is removed");
+    }
+}

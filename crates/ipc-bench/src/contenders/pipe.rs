@@ -84,8 +84,8 @@ pub fn pickle_entry() -> Entry {
         name: PICKLE,
         about: "`ipc_pipe::duplex()` with `set_codec(Codec::Pickle)` on both ends, `send` / \
                 `recv` of the messages of `ipc-pipe typed` (a dict holding `bytes`, an \
-                `int` for 8 B), each checked by `ipc_core::pickle::check` before \
-                serde-pickle decodes it",
+                `int` for 8 B), each checked by `ipc_core::pickle::check` before it \
+                is decoded",
         start: || start(PICKLE, |conn| Typed::new(conn, Codec::Pickle)),
         peer: Some(|_| peer(|conn| Typed::new(conn, Codec::Pickle))),
         runs: super::pipe_only,
@@ -237,13 +237,7 @@ impl Typed {
 impl Link for Typed {
     fn prepare(&mut self, send: usize, recv: usize) {
         self.out = if send == 8 {
-            Message::Word(match self.conn.codec() {
-                // serde-pickle reads every integer as an i64 and refuses a
-                // larger one ("integer too large"), so the pickled word
-                // keeps the pattern below i64::MAX; its pickle is as long.
-                Codec::Pickle => 0x25a5_a5a5_a5a5_a5a5,
-                _ => 0xa5a5_a5a5_a5a5_a5a5,
-            })
+            Message::Word(0xa5a5_a5a5_a5a5_a5a5)
         } else {
             Message::Bytes(Payload {
                 data: vec![0xa5; send],
