@@ -235,7 +235,8 @@ fn forget_unpacked_packages() {
 }
 
 /// The packages published to crates.io.
-const PUBLIC_CRATES: [&str; 6] = [
+const PUBLIC_CRATES: [&str; 7] = [
+    "ipc-broker",
     "ipc-core",
     "ipc-pipe",
     "ipc-pool",

@@ -116,6 +116,10 @@ pub enum Error {
         /// How many threads the process had.
         threads: usize,
     },
+    /// A message broker (ipc-broker's Redis server) refused a command, or
+    /// holds data this workspace did not write there; the text says which,
+    /// with the server's address. The queue stays usable.
+    Broker(String),
     /// Any other operating-system error.
     Io(io::Error),
 }
@@ -186,6 +190,7 @@ impl fmt::Display for Error {
                 f,
                 "fork refused: this process has {threads} threads, and the child would inherit their locks held (use exec, or Process::allow_threads if they hold nothing)"
             ),
+            Error::Broker(why) => f.write_str(why),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -334,5 +339,59 @@ impl fmt::Display for Property {
             Property::Record => "a record",
             Property::Lock => "the lock",
         })
+    }
+}
+
+/// A put that did not happen: the item, handed back, and why. Every queue
+/// of the workspace returns it from a typed put.
+///
+/// `error` is [`Error::Full`] (non-blocking put on a full queue),
+/// [`Error::Timeout`], [`Error::Closed`], [`Error::TooLarge`] (the item
+/// could never fit), [`Error::Encode`], or an error of the queue itself.
+/// It converts into [`Error`], so `?` works.
+///
+/// ```
+/// use ipc_core::{Error, PutError};
+/// let refused = PutError { item: 2u32, error: Error::Full };
+/// assert_eq!(refused.to_string(), "put failed: the queue is full");
+/// assert_eq!(refused.into_inner(), 2);
+/// ```
+pub struct PutError<T> {
+    /// The item that was not put.
+    pub item: T,
+    /// Why.
+    pub error: Error,
+}
+
+impl<T> PutError<T> {
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        self.item
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "put failed: {}", self.error)
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Error {
+        e.error
     }
 }

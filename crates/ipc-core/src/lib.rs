@@ -49,7 +49,7 @@ use std::time::Duration;
 pub use codec::Codec;
 pub use connection::{Connection, BATCH_LEN, DEFAULT_MAX_MESSAGE_SIZE};
 pub use deadline::Deadline;
-pub use error::{Error, Mismatch, Property, Result};
+pub use error::{Error, Mismatch, Property, PutError, Result};
 pub use transport::{FdKind, FdStream, Transport};
 pub use wait::{wait, wait_fds, Interest, Waitable};
 

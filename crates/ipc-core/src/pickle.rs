@@ -144,7 +144,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// ```
 pub fn decode_value(bytes: &[u8]) -> Result<Value> {
     check(bytes)?;
-    build::build(bytes)?.into_value()
+    let plain = build::build(bytes)?;
+    // A backstop: `Value`'s sorted sets and maps are serde-pickle's, whose
+    // order the check and `into_value` allow for; should a case slip past
+    // both, it is this message's error, not the receiver's panic.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plain.into_value())).unwrap_or_else(
+        |_| {
+            Err(Error::Pickle(
+                "the pickle's sets or dict keys cannot be ordered as a `Value`".into(),
+            ))
+        },
+    )
 }
 
 /// One value on the checker's stack: how deep it nests, how many objects

@@ -355,12 +355,20 @@ impl Core {
     /// Puts one record. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` leave the queue unchanged.
     pub(crate) fn put(&self, payload: &[u8], deadline: Deadline) -> Result<()> {
-        self.put_or(payload, deadline, || Error::Full)
+        self.put_or(payload, deadline, || Error::Full, &mut 0)
     }
 
     /// [`put`](Self::put), giving `lock_busy()` when a call with
-    /// [`Deadline::Now`] finds the lock held too long.
-    fn put_or(&self, payload: &[u8], deadline: Deadline, lock_busy: fn() -> Error) -> Result<()> {
+    /// [`Deadline::Now`] finds the lock held too long. A call that finds
+    /// no room leaves in `seen` the putters' sequence read before its last
+    /// look, for an async caller to wait on.
+    fn put_or(
+        &self,
+        payload: &[u8],
+        deadline: Deadline,
+        lock_busy: fn() -> Error,
+        seen: &mut u32,
+    ) -> Result<()> {
         let need = self.ring.record_size(payload.len())?;
         let c = self.control();
         let putters = self.putters();
@@ -385,10 +393,9 @@ impl Core {
                 self.check(&v)?;
             }
             let mut placement = self.ring.place(&v, need);
-            let mut seen = 0;
             if placement.is_none() {
                 // The last look at the head shows no room: look again.
-                seen = putters.seen();
+                *seen = putters.seen();
                 v.head = Pos::load(&c.head.pos, Ordering::Acquire);
                 v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
@@ -425,7 +432,7 @@ impl Core {
             }
             let waiting = Waiting {
                 waker: putters,
-                seen,
+                seen: *seen,
                 spin: Spin {
                     quiet: Duration::ZERO,
                     want: PUT_BATCH,
@@ -477,16 +484,19 @@ impl Core {
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
     pub(crate) fn get(&self, dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
-        self.get_or(dest, deadline, || Error::Empty)
+        self.get_or(dest, deadline, || Error::Empty, &mut 0)
     }
 
     /// [`get`](Self::get), giving `lock_busy()` when a call with
-    /// [`Deadline::Now`] finds the lock held too long.
+    /// [`Deadline::Now`] finds the lock held too long. A call that finds
+    /// nothing leaves in `seen` the getters' sequence read before its last
+    /// look, for an async caller to wait on.
     fn get_or(
         &self,
         mut dest: Dest<'_>,
         deadline: Deadline,
         lock_busy: fn() -> Error,
+        seen: &mut u32,
     ) -> Result<usize> {
         let c = self.control();
         let getters = self.getters();
@@ -499,10 +509,9 @@ impl Core {
                 head: Pos::load(&c.head.pos, Ordering::Relaxed),
                 tail: Pos::load(&c.seen_tail, Ordering::Relaxed),
             };
-            let mut seen = 0;
             if v.items() == 0 {
                 // The last look at the tail shows nothing more: look again.
-                seen = getters.seen();
+                *seen = getters.seen();
                 v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
                 v.tail.store(&c.seen_tail, Ordering::Relaxed);
                 if v.items() == 0 && self.is_closed() {
@@ -515,6 +524,7 @@ impl Core {
             }
             if self.ring.check(&v).is_err() {
                 // A cache word no get writes: repair it from the real tail.
+                *seen = getters.seen();
                 v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
                 v.tail.store(&c.seen_tail, Ordering::Relaxed);
                 self.check(&v)?;
@@ -551,7 +561,7 @@ impl Core {
             }
             let waiting = Waiting {
                 waker: getters,
-                seen,
+                seen: *seen,
                 spin: Spin {
                     quiet: GET_QUIET,
                     want: 1,
@@ -740,20 +750,11 @@ impl Core {
             spin_for: ASYNC_SPIN,
         });
         loop {
-            // The sequence is read only once a look found nothing (it is
-            // the line every put writes: reading it before each get would
-            // cost a cache miss per item), then a second look follows it.
-            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy) {
-                Err(Error::Empty) => {}
-                Err(Error::Timeout) => {
-                    yield_now().await;
-                    continue;
-                }
-                other => return other,
-            }
-            let seen = getters.seen();
-            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy) {
-                // Looked and found nothing: only then may it register.
+            // A look that finds nothing reads the sequence before its last
+            // look at the tail, as the blocking get does: one look per
+            // wait, and no cache miss on the sequence per item taken.
+            let mut seen = 0;
+            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy, &mut seen) {
                 Err(Error::Empty) => {
                     if spin.take().is_some_and(|spin| spin.run(getters.seq, seen)) {
                         continue;
@@ -778,19 +779,10 @@ impl Core {
             spin_for: ASYNC_SPIN,
         });
         loop {
-            // As in `get_async`: the sequence only after a look found no
-            // room.
-            match self.put_or(payload, Deadline::Now, lock_busy) {
-                Err(Error::Full) => {}
-                Err(Error::Timeout) => {
-                    yield_now().await;
-                    continue;
-                }
-                other => return other,
-            }
-            let seen = putters.seen();
-            match self.put_or(payload, Deadline::Now, lock_busy) {
-                // Looked and found no room: only then may it register.
+            // As in `get_async`: the sequence is read by the look that
+            // finds no room.
+            let mut seen = 0;
+            match self.put_or(payload, Deadline::Now, lock_busy, &mut seen) {
                 Err(Error::Full) => {
                     if spin.take().is_some_and(|spin| spin.run(putters.seq, seen)) {
                         continue;

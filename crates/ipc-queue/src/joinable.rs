@@ -7,14 +7,12 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{ByteReceiver, ByteSender, Deadline, Receiver, Result, Sender};
+use ipc_core::{ByteReceiver, ByteSender, Deadline, PutError, Receiver, Result, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::layout::{Kind, Spec};
-use crate::queue::{
-    get_owned, inherit, put_owned, sealed, Builder, KindSpec, PutError, QueueKind, RawCore,
-};
+use crate::queue::{get_owned, inherit, put_owned, sealed, Builder, KindSpec, QueueKind, RawCore};
 use crate::Queue;
 
 /// A [`Queue`] that also counts unfinished tasks: every put adds one,

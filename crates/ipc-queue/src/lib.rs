@@ -108,8 +108,8 @@ mod sys;
 mod waker;
 
 pub use joinable::{JoinableQueue, SimpleQueue};
-pub use queue::{Builder, PutError, Queue, QueueKind, DEFAULT_CAPACITY};
+pub use queue::{Builder, Queue, QueueKind, DEFAULT_CAPACITY};
 #[doc(hidden)]
 pub use queue::{KindSpec, RawCore};
 
-pub use ipc_core::{Error, Result};
+pub use ipc_core::{Error, PutError, Result};

@@ -1,13 +1,14 @@
 //! [`Queue`]: Python's `multiprocessing.Queue`, typed, in shared memory;
-//! the [`Builder`] that creates, opens or inherits every queue type; and
-//! [`PutError`], which hands back an item that was not put.
+//! and the [`Builder`] that creates, opens or inherits every queue type.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use ipc_core::process::{Handle, Inheritable, Inherited};
-use ipc_core::{ByteReceiver, ByteSender, Deadline, Error, Receiver, Result, Sender};
+#[cfg(doc)]
+use ipc_core::Error;
+use ipc_core::{ByteReceiver, ByteSender, Deadline, PutError, Receiver, Result, Sender};
 use ipc_shm::raw::Place;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,61 +18,6 @@ use crate::layout::{self, Kind, Params, Spec};
 
 /// The ring size of a queue made without [`Builder::capacity`]: 1 MiB.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
-
-/// A put that did not happen: the item, handed back, and why.
-///
-/// `error` is [`Error::Full`] (non-blocking put on a full queue),
-/// [`Error::Timeout`], [`Error::Closed`], [`Error::TooLarge`] (the item
-/// could never fit), [`Error::Encode`], or an error of the queue itself.
-/// It converts into [`ipc_core::Error`], so `?` works.
-///
-/// ```
-/// let q = ipc_queue::Queue::<u32>::builder().maxsize(1).anonymous()?;
-/// q.put(1)?;
-/// let err = q.put_nowait(2).unwrap_err();
-/// assert!(matches!(err.error, ipc_core::Error::Full));
-/// assert_eq!(err.into_inner(), 2);
-/// # Ok::<(), ipc_core::Error>(())
-/// ```
-pub struct PutError<T> {
-    /// The item that was not put.
-    pub item: T,
-    /// Why.
-    pub error: Error,
-}
-
-impl<T> PutError<T> {
-    /// The item that was not put.
-    pub fn into_inner(self) -> T {
-        self.item
-    }
-}
-
-impl<T> fmt::Debug for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PutError")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> fmt::Display for PutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "put failed: {}", self.error)
-    }
-}
-
-impl<T> std::error::Error for PutError<T> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-impl<T> From<PutError<T>> for Error {
-    fn from(e: PutError<T>) -> Error {
-        e.error
-    }
-}
 
 /// What the three queue types share, so one [`Builder`] makes them all.
 /// Not implemented outside this crate.

@@ -3,8 +3,9 @@
 //! waits ([`PATIENCE`], [`LONG`], [`SHORT`], [`join`], [`join_ok`],
 //! [`wait_until_asleep`], [`assert_waited`]), deterministic test bytes
 //! ([`pattern`], [`Rng`]), names unique to the test process ([`name`],
-//! [`unique`], [`temp_path`]) and the check that a test left nothing in
-//! `/dev/shm` ([`leftovers`], [`assert_no_leftovers`], [`exists`]).
+//! [`unique`], [`temp_path`]), the check that a test left nothing in
+//! `/dev/shm` ([`leftovers`], [`assert_no_leftovers`], [`exists`]), and a
+//! private redis-server for the broker's tests ([`RedisServer`]).
 //!
 //! It depends on `ipc-core` and std only, so every crate of the workspace
 //! (ipc-shm and ipc-socket included) can take it as a dev-dependency
@@ -24,6 +25,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc_core::process::Child;
+
+mod redis;
+pub use redis::RedisServer;
 
 /// How long a test waits for something that should happen soon: 10 s.
 /// Generous for a loaded machine; a bug then fails instead of hanging.

@@ -161,6 +161,9 @@ corpus = [
     (), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), [], [1, [2, [3, []]]],
     {}, {'a': 1, 'b': [1, 2]}, {1: 'int key', (1, 'x'): 'tuple key', None: 'none', 'k': {}},
     set(), {1, 2, 3}, frozenset(), frozenset({'a', 'b'}), [{1}, {frozenset({2})}],
+    # Floats and big ints, whose order in `Value` is not total.
+    {(1e30 * (25 - i) if i % 2 else 2**70 + i) for i in range(25)},
+    {(1e30 * (25 - i) if i % 2 else 2**70 + i): i for i in range(25)},
 ]
 shared = [1, 2]
 corpus.append([shared, shared, {'k': shared}])

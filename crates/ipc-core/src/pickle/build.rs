@@ -34,6 +34,16 @@ pub(crate) enum Plain {
     FrozenSet(Vec<Plain>),
 }
 
+/// A Python type's name with its article: "an int", "a list".
+pub(crate) fn a(python_type: &str) -> String {
+    let article = if python_type.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {python_type}")
+}
+
 impl Plain {
     /// The Python type, for error messages.
     pub(crate) fn python_type(&self) -> &'static str {
@@ -91,6 +101,15 @@ impl Node {
             Node::Scalar(_) | Node::Builtin(_) | Node::Taken => Vec::new(),
         }
     }
+}
+
+/// What an opcode adds items to: `APPEND(S)` a list, `SETITEM(S)` a dict,
+/// `ADDITEMS` a set.
+#[derive(Clone, Copy, Debug)]
+enum Adding {
+    List,
+    Dict,
+    Set,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -197,17 +216,22 @@ pub(crate) fn build(bytes: &[u8]) -> Result<Plain> {
             // APPEND, SETITEM
             b'a' => {
                 let item = b.pop()?;
-                b.add_to_top(vec![item])?;
+                b.add_to_top(Adding::List, vec![item])?;
             }
             b's' => {
                 let value = b.pop()?;
                 let key = b.pop()?;
-                b.add_to_top(vec![key, value])?;
+                b.add_to_top(Adding::Dict, vec![key, value])?;
             }
             // APPENDS, SETITEMS, ADDITEMS
             b'e' | b'u' | 0x90 => {
                 let items = b.pop_to_mark()?;
-                b.add_to_top(items)?;
+                let adding = match op {
+                    b'e' => Adding::List,
+                    b'u' => Adding::Dict,
+                    _ => Adding::Set,
+                };
+                b.add_to_top(adding, items)?;
             }
             // POP, POP_MARK
             b'0' => drop(
@@ -340,10 +364,7 @@ fn unescape_bytes(quoted: &[u8]) -> Result<Vec<u8>> {
             b'x' => {
                 let (hex, tail) = rest.split_at_checked(2).ok_or_else(bad)?;
                 rest = tail;
-                std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                    .ok_or_else(bad)?
+                hex_number(hex).ok_or_else(bad)? as u8
             }
             b'0'..=b'7' => {
                 // Up to three octal digits.
@@ -377,6 +398,13 @@ fn raw_unicode_escape(line: &[u8]) -> Result<String> {
         let width = match (c, rest.first()) {
             (b'\\', Some(b'u')) => 4,
             (b'\\', Some(b'U')) => 8,
+            // A backslash and the one after it are kept as they are: the
+            // second cannot start an escape.
+            (b'\\', Some(b'\\')) => {
+                out.push_str("\\\\");
+                rest = &rest[1..];
+                continue;
+            }
             _ => {
                 out.push(char::from(c));
                 continue;
@@ -386,20 +414,24 @@ fn raw_unicode_escape(line: &[u8]) -> Result<String> {
             .split_at_checked(width)
             .ok_or_else(|| malformed("a UNICODE argument has an escape cut short"))?;
         rest = tail;
-        let code = std::str::from_utf8(hex)
-            .ok()
-            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-            .and_then(char::from_u32)
-            .ok_or_else(|| {
-                Error::Pickle(
-                    "the pickle has a str with an escape that is not a character (a lone \
+        let code = hex_number(hex).and_then(char::from_u32).ok_or_else(|| {
+            Error::Pickle(
+                "the pickle has a str with an escape that is not a character (a lone \
                      surrogate), which a Rust string cannot hold"
-                        .into(),
-                )
-            })?;
+                    .into(),
+            )
+        })?;
         out.push(code);
     }
     Ok(out)
+}
+
+/// Hexadecimal digits, and nothing else (no sign), as a number.
+fn hex_number(digits: &[u8]) -> Option<u32> {
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 fn builtin(module: &[u8], name: &[u8]) -> Result<Builtin> {
@@ -471,15 +503,21 @@ impl Builder {
 
     /// Adds items to the container on top of the stack (`APPEND`,
     /// `SETITEMS`, ...): the arena node itself, so every memo reference
-    /// sees them.
-    fn add_to_top(&mut self, items: Vec<usize>) -> Result<()> {
+    /// sees them. Each opcode adds to its own kind of container only, as
+    /// in Python (and as the check assumes: it looks for NaN keys in what
+    /// `SETITEMS` and `ADDITEMS` add, not in what `APPENDS` does).
+    fn add_to_top(&mut self, adding: Adding, items: Vec<usize>) -> Result<()> {
         let Some(&Slot::Value(top)) = self.stack.last() else {
             return Err(malformed("its stack runs out"));
         };
-        match &mut self.nodes[top] {
-            Node::List(ids) | Node::Set(ids) => ids.extend(items),
-            Node::Dict(entries) => entries.extend(pairs(items)?),
-            _ => return Err(malformed("it adds items to something not a container")),
+        match (adding, &mut self.nodes[top]) {
+            (Adding::List, Node::List(ids)) | (Adding::Set, Node::Set(ids)) => ids.extend(items),
+            (Adding::Dict, Node::Dict(entries)) => entries.extend(pairs(items)?),
+            _ => {
+                return Err(malformed(
+                    "it adds items to something that is not a container of that kind",
+                ))
+            }
         }
         Ok(())
     }
@@ -493,6 +531,14 @@ impl Builder {
             return Err(malformed("a call's arguments are not a tuple"));
         };
         let first = arguments.first().map(|&id| &self.nodes[id]);
+        // The encoding of text that spells bytes: Python's pickler always
+        // writes latin-1, the only one whose code points are the bytes.
+        let latin1_named = match arguments.get(1).map(|&id| &self.nodes[id]) {
+            Some(Node::Scalar(Plain::Str(encoding))) => {
+                matches!(encoding.to_ascii_lowercase().as_str(), "latin1" | "latin-1")
+            }
+            _ => false,
+        };
         let items = || match first {
             None => Ok(Vec::new()),
             Some(Node::List(ids) | Node::Tuple(ids) | Node::Set(ids) | Node::FrozenSet(ids)) => {
@@ -515,7 +561,7 @@ impl Builder {
             (
                 Builtin::Bytes | Builtin::ByteArray | Builtin::Encode,
                 Some(Node::Scalar(Plain::Str(text))),
-            ) => Node::Scalar(Plain::Bytes(latin1(text)?)),
+            ) if latin1_named => Node::Scalar(Plain::Bytes(latin1(text)?)),
             (Builtin::Int, Some(Node::Scalar(int @ (Plain::Int(_) | Plain::BigInt(_))))) => {
                 Node::Scalar(int.clone())
             }
@@ -532,14 +578,14 @@ impl Builder {
         let [Slot::Value(root)] = self.stack[..] else {
             return Err(malformed("it does not end with one value"));
         };
-        let mut uses = vec![0u32; self.nodes.len()];
+        let mut uses = vec![0usize; self.nodes.len()];
         self.count_uses(root, &mut uses, 0)?;
         let mut copies = HashMap::new();
         self.take(root, &mut uses, &mut copies, 0)
     }
 
     /// How many times each value is referred to from `id` down.
-    fn count_uses(&self, id: usize, uses: &mut [u32], depth: u32) -> Result<()> {
+    fn count_uses(&self, id: usize, uses: &mut [usize], depth: u32) -> Result<()> {
         uses[id] += 1;
         if uses[id] > 1 {
             return Ok(());
@@ -555,7 +601,7 @@ impl Builder {
     fn take(
         &mut self,
         id: usize,
-        uses: &mut [u32],
+        uses: &mut [usize],
         copies: &mut HashMap<usize, Plain>,
         depth: u32,
     ) -> Result<Plain> {
@@ -606,7 +652,7 @@ impl Builder {
     fn take_all(
         &mut self,
         ids: Vec<usize>,
-        uses: &mut [u32],
+        uses: &mut [usize],
         copies: &mut HashMap<usize, Plain>,
         depth: u32,
     ) -> Result<Vec<Plain>> {
@@ -658,12 +704,17 @@ impl Plain {
             Plain::Tuple(items) => Value::Tuple(values(items)?),
             Plain::Set(items) => Value::Set(hashables(items)?),
             Plain::FrozenSet(items) => Value::FrozenSet(hashables(items)?),
-            Plain::Dict(items) => Value::Dict(
-                items
-                    .into_iter()
-                    .map(|(key, value)| Ok((hashable(key)?, value.into_value()?)))
-                    .collect::<Result<_>>()?,
-            ),
+            Plain::Dict(items) => {
+                // One insert at a time: `HashableValue`'s order is not total
+                // across numeric types (a float and a big int can each be
+                // less than the other), and collecting would sort, which
+                // panics on such an order; inserting only misplaces.
+                let mut dict = std::collections::BTreeMap::new();
+                for (key, value) in items {
+                    dict.insert(hashable(key)?, value.into_value()?);
+                }
+                Value::Dict(dict)
+            }
         })
     }
 }
@@ -672,16 +723,21 @@ fn values(items: Vec<Plain>) -> Result<Vec<super::Value>> {
     items.into_iter().map(Plain::into_value).collect()
 }
 
-fn hashables<C: FromIterator<super::HashableValue>>(items: Vec<Plain>) -> Result<C> {
-    items.into_iter().map(hashable).collect()
+/// Set members, inserted one at a time (see the dict's case above).
+fn hashables(items: Vec<Plain>) -> Result<std::collections::BTreeSet<super::HashableValue>> {
+    let mut set = std::collections::BTreeSet::new();
+    for item in items {
+        set.insert(hashable(item)?);
+    }
+    Ok(set)
 }
 
 fn hashable(key: Plain) -> Result<super::HashableValue> {
     let python_type = key.python_type();
     key.into_value()?.into_hashable().map_err(|_| {
         Error::Pickle(format!(
-            "the pickle has a {python_type} as a dict key or set member, which Python \
-             cannot hash"
+            "the pickle has {} as a dict key or set member, which Python cannot hash",
+            a(python_type)
         ))
     })
 }
@@ -706,11 +762,30 @@ mod tests {
             "caf\u{e9} \u{20ac} \u{1f600} \\x"
         );
         assert!(raw_unicode_escape(b"\\ud800").is_err());
+        // A backslash pair starts no escape; a sign is no hex digit.
+        assert_eq!(raw_unicode_escape(b"\\\\u0041").unwrap(), "\\\\u0041");
+        assert!(raw_unicode_escape(b"\\u+041").is_err());
+        assert!(unescape_bytes(b"'\\x+f'").is_err());
         assert!(raw_unicode_escape(b"\\u20").is_err());
         assert_eq!(
             build(b"S'a\\n'\np0\n.").unwrap(),
             Plain::Bytes(b"a\n".to_vec())
         );
+    }
+
+    #[test]
+    fn items_are_added_only_to_their_kind_of_container() {
+        // APPENDS onto a set (with a NaN the check looks for only in
+        // ADDITEMS), SETITEM onto a list: Python refuses both.
+        let mut nan_into_set = b"\x80\x04\x8f(G\x7f\xf8\x00\x00\x00\x00\x00\x00".to_vec();
+        nan_into_set.extend_from_slice(b"G\x3f\xf0\x00\x00\x00\x00\x00\x00e.");
+        assert!(build(&nan_into_set).is_err());
+        assert!(build(b"\x80\x04](K\x01K\x02eK\x00K\x09s.").is_err());
+        // Text spelling bytes must say latin-1, as Python's pickler does.
+        let utf8 = b"c_codecs\nencode\n(X\x02\x00\x00\x00\xc3\xa9X\x05\x00\x00\x00utf-8tR.";
+        assert!(build(utf8).is_err());
+        let latin1 = b"c_codecs\nencode\n(X\x02\x00\x00\x00\xc3\xa9X\x06\x00\x00\x00latin1tR.";
+        assert_eq!(build(latin1).unwrap(), Plain::Bytes(vec![0xe9]));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use super::build::Plain;
+use super::build::{a, Plain};
 
 /// Why a decoded value does not fit the Rust type, with the Python type of
 /// the innermost value that did not.
@@ -22,7 +22,7 @@ pub(crate) struct Mismatch {
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.python_type {
-            Some(python) => write!(f, "{} (the Python value is a {python})", self.message),
+            Some(python) => write!(f, "{} (the Python value is {})", self.message, a(python)),
             None => f.write_str(&self.message),
         }
     }
@@ -217,7 +217,10 @@ impl<'de> de::VariantAccess<'de> for Contents {
     type Error = Mismatch;
 
     fn unit_variant(self) -> Result<()> {
-        Ok(())
+        match self.0 {
+            None | Some(Plain::None) => Ok(()),
+            Some(_) => Err(de::Error::custom("a unit variant holds something")),
+        }
     }
 
     fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value> {

@@ -1,0 +1,161 @@
+//! The Lua scripts that make each queue operation one atomic step on the
+//! server. Every key of a queue shares one hash tag (`ipc:{name}:…`), so a
+//! script's keys live on one node of a Redis Cluster too.
+//!
+//! A queue is five keys: `items`, the stream of items (each entry one field
+//! `d` holding the item's bytes), read through the consumer group `ipc`;
+//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed`); `freed`, a short
+//! stream a take appends to when the queue is bounded, for a blocked put to
+//! wait on; `done`, a short stream `task_done` appends to, for `join`; and
+//! `producers`, a hash of each producer handle's last put sequence number,
+//! which makes a put sent twice count once.
+//! Items taken for good are acknowledged and deleted at once, so the
+//! stream's length is what waits plus what is taken and not yet done.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// The layout this crate writes into `meta`; a queue of another layout is
+/// refused.
+pub(crate) const LAYOUT: &str = "1";
+
+/// The consumer group every handle reads through.
+pub(crate) const GROUP: &str = "ipc";
+
+/// Opens or creates a queue. KEYS: items, meta. ARGV: `create`, `open` or
+/// `either`; kind; maxsize. Returns `{1|2, layout, kind, maxsize}` (1:
+/// opened, 2: created), 0 (not there, for `open`) or -3 (there, for
+/// `create`).
+pub(crate) static OPEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = redis.call('HMGET', KEYS[2], 'layout', 'kind', 'maxsize')
+if m[1] then
+  if ARGV[1] == 'create' then return -3 end
+  return {1, m[1], m[2] or '', m[3] or '0'}
+end
+if ARGV[1] == 'open' then return 0 end
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], 'ipc', '0', 'MKSTREAM')
+if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
+  return made
+end
+redis.call('HSET', KEYS[2], 'layout', '1', 'kind', ARGV[2], 'maxsize', ARGV[3], 'closed', '0')
+return {2, '1', ARGV[2], ARGV[3]}
+",
+    )
+});
+
+/// Puts items, all or none, once: a put sent again (its answer was lost
+/// with the connection) finds its sequence number stored and adds nothing.
+/// KEYS: items, meta, freed, producers. ARGV: producer, sequence number,
+/// the items. Returns `{n}` (put, or put already), `{0, last freed id}` (no
+/// room: wait on `freed` after that id), -1 (closed) or -2 (the queue is
+/// gone).
+pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = #ARGV - 2
+local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return {n} end
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
+if not m[1] then return -2 end
+if m[2] == '1' then return -1 end
+local maxsize = tonumber(m[3]) or 0
+if maxsize > 0 then
+  local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], 'ipc')[1]
+  if waiting + n > maxsize then
+    local freed = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+    return {0, freed and freed[1] or '0-0'}
+  end
+end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+return {n}
+",
+    )
+});
+
+/// Takes one item without waiting. KEYS: items, meta, freed. ARGV:
+/// consumer; `once` (acknowledged and deleted now) or `least` (pending
+/// until done, and first reclaiming an item pending longer than the
+/// visibility timeout); the visibility timeout in ms. Returns `{id,
+/// fields, deliveries}`, 0 (nothing), -1 (closed and drained) or -2 (gone).
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
+if not m[1] then return -2 end
+local e, deliveries = nil, 1
+if ARGV[2] == 'least' then
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', 1)
+  e = claimed[2][1]
+  if e then
+    deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
+  end
+end
+if not e then
+  local read = redis.call('XREADGROUP', 'GROUP', 'ipc', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+  if read then
+    e = read[1][2][1]
+    if (tonumber(m[3]) or 0) > 0 then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
+    end
+  end
+end
+if not e then
+  if m[2] == '1' then return -1 end
+  return 0
+end
+if ARGV[2] == 'once' then
+  redis.call('XACK', KEYS[1], 'ipc', e[1])
+  redis.call('XDEL', KEYS[1], e[1])
+end
+return {e[1], e[2], deliveries}
+",
+    )
+});
+
+/// Finishes a take that a blocking `XREADGROUP` made. KEYS: items, meta,
+/// freed. ARGV: id; `once` or `least`. Returns 1.
+pub(crate) static TAKEN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] == 'once' then
+  redis.call('XACK', KEYS[1], 'ipc', ARGV[1])
+  redis.call('XDEL', KEYS[1], ARGV[1])
+end
+if (tonumber(redis.call('HGET', KEYS[2], 'maxsize')) or 0) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
+end
+return 1
+",
+    )
+});
+
+/// Marks an item done. KEYS: items, done. ARGV: id. Returns 1 if this call
+/// acknowledged it, 0 if it was done already (a second delivery's).
+pub(crate) static DONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local acked = redis.call('XACK', KEYS[1], 'ipc', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100, '*', 'd', '1')
+return acked
+",
+    )
+});
+
+/// What `join` and `qsize` need, at one instant. KEYS: items, done.
+/// Returns `{length, pending, last done id}`.
+pub(crate) static STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+return {redis.call('XLEN', KEYS[1]), redis.call('XPENDING', KEYS[1], 'ipc')[1],
+        last and last[1] or '0-0'}
+",
+    )
+});

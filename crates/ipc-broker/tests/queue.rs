@@ -1,0 +1,507 @@
+//! The broker queues against a private redis-server (started per test on a
+//! Unix socket, stopped by its pid), between real processes: spawned runs
+//! of this test binary that open the queue by URL and name, as a program
+//! on another machine would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ipc_broker::{Broker, JoinableQueue, Queue};
+use ipc_core::process::{inherited, Process};
+use ipc_core::{Connection, Error, FdStream};
+use ipc_testkit::{assert_waited, RedisServer, LONG, PATIENCE, SHORT};
+
+ipc_core::spawn_harness!();
+
+/// A private server and a broker on it; `None` where redis-server is not
+/// installed (outside CI).
+fn server() -> Option<(RedisServer, Broker)> {
+    let server = RedisServer::start()?;
+    let broker = Broker::new(&server.url()).unwrap();
+    Some((server, broker))
+}
+
+/// What a spawned producer or consumer is told: where the queue is.
+type Where = (String, String);
+
+/// Puts `count` strings `"<tag> <i>"` on the queue, one put each.
+fn produce((url, name, tag, count): (String, String, String, u32)) -> u32 {
+    let broker = Broker::new(&url).unwrap();
+    let q = Queue::<String>::builder().open(&broker, &name).unwrap();
+    for i in 0..count {
+        q.put(format!("{tag} {i}")).unwrap();
+    }
+    count
+}
+
+#[test]
+fn items_cross_processes_in_order() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let q = Queue::<String>::builder()
+        .create(&broker, "greetings")
+        .unwrap();
+    let producer = Process::new()
+        .spawn(
+            ipc_core::entry!(produce),
+            &(
+                server.url(),
+                "greetings".to_owned(),
+                "hello".to_owned(),
+                100,
+            ),
+        )
+        .unwrap();
+    for i in 0..100 {
+        assert_eq!(q.get_timeout(PATIENCE).unwrap(), format!("hello {i}"));
+    }
+    assert_eq!(producer.join_timeout(PATIENCE).unwrap(), 100);
+
+    assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    let start = Instant::now();
+    assert!(matches!(q.get_timeout(SHORT), Err(Error::Timeout)));
+    assert_waited(start, SHORT);
+    assert!(q.empty().unwrap());
+
+    // The bytes forms and the typed forms read the same items.
+    q.put_bytes(b"\x05bytes").unwrap();
+    assert_eq!(q.qsize().unwrap(), 1);
+    assert_eq!(q.get().unwrap(), "bytes");
+    q.put_many(&["a".to_owned(), "b".to_owned()]).unwrap();
+    assert_eq!(q.get_bytes().unwrap(), b"\x01a");
+    assert_eq!(q.get().unwrap(), "b");
+
+    // Closed: puts fail, gets drain then say so.
+    q.put("last".to_owned()).unwrap();
+    q.close().unwrap();
+    assert!(q.is_closed().unwrap());
+    let refused = q.put("late".to_owned()).unwrap_err();
+    assert!(matches!(refused.error, Error::Closed));
+    assert_eq!(refused.into_inner(), "late");
+    assert_eq!(q.get().unwrap(), "last");
+    assert!(matches!(q.get(), Err(Error::Closed)));
+    q.unlink().unwrap();
+}
+
+#[test]
+fn names_kinds_and_bad_urls_are_clear_errors() {
+    let Some((_server, broker)) = server() else {
+        return;
+    };
+    Queue::<u32>::builder().create(&broker, "once").unwrap();
+    assert!(matches!(
+        Queue::<u32>::builder().create(&broker, "once"),
+        Err(Error::AlreadyExists(name)) if name == "once"
+    ));
+    assert!(matches!(
+        Queue::<u32>::builder().open(&broker, "missing"),
+        Err(Error::NotFound(name)) if name == "missing"
+    ));
+    JoinableQueue::<u32>::builder()
+        .create(&broker, "tasks")
+        .unwrap();
+    let wrong = Queue::<u32>::builder().open(&broker, "tasks").unwrap_err();
+    assert!(
+        matches!(&wrong, Error::Broker(why) if why.contains("not a queue")),
+        "{wrong}"
+    );
+    // A queue deleted under a handle.
+    let q = Queue::<u32>::builder().open(&broker, "once").unwrap();
+    let other = q.try_clone().unwrap();
+    q.unlink().unwrap();
+    assert!(matches!(
+        other.put(1).map_err(Error::from),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Broker::new("postgres://nope"),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// Puts `count` numbers `base + i`, one put each, on a bounded queue.
+fn produce_numbers((url, name, base, count): (String, String, u64, u64)) -> u64 {
+    let broker = Broker::new(&url).unwrap();
+    let q = Queue::<u64>::builder().open(&broker, &name).unwrap();
+    for i in 0..count {
+        q.put(base + i).unwrap();
+    }
+    count
+}
+
+#[test]
+fn a_bound_is_never_passed_by_concurrent_producers() {
+    const BOUND: usize = 5;
+    const EACH: u64 = 200;
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let q = Queue::<u64>::builder()
+        .maxsize(BOUND)
+        .create(&broker, "bounded")
+        .unwrap();
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            Process::new()
+                .spawn(
+                    ipc_core::entry!(produce_numbers),
+                    &(server.url(), "bounded".to_owned(), p * 1_000_000, EACH),
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut got = BTreeSet::new();
+    let mut most = 0;
+    for _ in 0..4 * EACH {
+        let waiting = q.qsize().unwrap();
+        assert!(
+            waiting <= BOUND,
+            "{waiting} items wait in a queue bounded at {BOUND}"
+        );
+        most = most.max(waiting);
+        got.insert(q.get_timeout(PATIENCE).unwrap());
+    }
+    for producer in producers {
+        assert_eq!(producer.join_timeout(PATIENCE).unwrap(), EACH);
+    }
+    let expected: BTreeSet<u64> = (0..4u64)
+        .flat_map(|p| (0..EACH).map(move |i| p * 1_000_000 + i))
+        .collect();
+    assert_eq!(got, expected, "every item once");
+    assert!(most > 0, "the producers were ahead at some point");
+
+    // At the bound, a put that may not wait is refused and hands the item
+    // back; a put that may wait a little times out.
+    for i in 0..BOUND as u64 {
+        q.put_nowait(i).unwrap();
+    }
+    assert!(q.full().unwrap());
+    let refused = q.put_nowait(99).unwrap_err();
+    assert!(matches!(refused.error, Error::Full));
+    assert_eq!(refused.into_inner(), 99);
+    let start = Instant::now();
+    assert!(matches!(
+        q.put_timeout(99, SHORT).map_err(Error::from),
+        Err(Error::Timeout)
+    ));
+    assert_waited(start, SHORT);
+    // A blocked put goes through once a get frees a place.
+    let other = q.try_clone().unwrap();
+    let blocked = std::thread::spawn(move || other.put_timeout(100, PATIENCE).map_err(Error::from));
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 0);
+    blocked.join().unwrap().unwrap();
+    assert_eq!(q.qsize().unwrap(), BOUND);
+}
+
+/// Takes three items of a joinable queue without marking them done, says
+/// so on the connection it was passed, then waits to be killed.
+fn take_three_and_hang((url, name): Where) -> u32 {
+    let broker = Broker::new(&url).unwrap();
+    let q = JoinableQueue::<u32>::builder()
+        .open(&broker, &name)
+        .unwrap();
+    for _ in 0..3 {
+        q.get_timeout(PATIENCE).unwrap();
+    }
+    let mut conn: Connection<FdStream> = inherited("conn").unwrap();
+    conn.send(&"took three").unwrap();
+    // The parent kills this process; the read never returns before.
+    let _ = conn.recv_bytes();
+    0
+}
+
+#[test]
+fn items_of_a_killed_consumer_are_done_by_another() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let visibility = Duration::from_millis(300);
+    let q = JoinableQueue::<u32>::builder()
+        .visibility_timeout(visibility)
+        .create(&broker, "tasks")
+        .unwrap();
+    for i in 0..5 {
+        q.put(i).unwrap();
+    }
+    let (mut ours, theirs) = ipc_pipe::duplex().unwrap();
+    let mut consumer = Process::new()
+        .pass("conn", &theirs)
+        .unwrap()
+        .spawn(
+            ipc_core::entry!(take_three_and_hang),
+            &(server.url(), "tasks".to_owned()),
+        )
+        .unwrap();
+    drop(theirs);
+    assert_eq!(ours.recv_timeout::<String>(PATIENCE).unwrap(), "took three");
+    consumer.kill().unwrap();
+    assert!(consumer.join_timeout(PATIENCE).is_err(), "it was killed");
+
+    assert_eq!(q.unfinished().unwrap(), 5);
+    // Two items wait; three come back once the visibility timeout passed.
+    let mut seen = BTreeMap::new();
+    for _ in 0..5 {
+        let item = q.get_item(Some(PATIENCE)).unwrap();
+        seen.insert(item.value, item.deliveries);
+        assert!(q.done(&item.id).unwrap(), "done once");
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(seen.values().filter(|&&n| n == 2).count(), 3, "{seen:?}");
+    q.join_timeout(PATIENCE).unwrap();
+    assert_eq!(q.unfinished().unwrap(), 0);
+    // task_done without an item taken is refused, as in Python.
+    assert!(matches!(q.task_done(), Err(Error::InvalidArgument(_))));
+}
+
+/// A consumer of many: takes items until the queue is closed and drained,
+/// marking each done; returns `(id, value)` of each delivery.
+fn consume_all((url, name): Where) -> Vec<(String, u64)> {
+    let broker = Broker::new(&url).unwrap();
+    let q = JoinableQueue::<u64>::builder()
+        .open(&broker, &name)
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        match q.get_item(Some(LONG)) {
+            Ok(item) => {
+                q.done(&item.id).unwrap();
+                got.push((item.id, item.value));
+            }
+            Err(Error::Closed) => return got,
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+/// A producer of many: puts `base..base + count`, one put each.
+fn produce_joinable((url, name, base, count): (String, String, u64, u64)) -> u64 {
+    let broker = Broker::new(&url).unwrap();
+    let q = JoinableQueue::<u64>::builder()
+        .open(&broker, &name)
+        .unwrap();
+    for i in 0..count {
+        q.put(base + i).unwrap();
+    }
+    count
+}
+
+/// Four producers and four consumers, processes all, on one joinable
+/// queue: every item arrives, and is done exactly once once deliveries
+/// are told apart by id.
+fn many_to_many(server: &RedisServer, broker: &Broker, total: u64) {
+    let q = JoinableQueue::<u64>::builder()
+        .visibility_timeout(LONG)
+        .create(broker, "many")
+        .unwrap();
+    let each = total / 4;
+    let consumers: Vec<_> = (0..4)
+        .map(|_| {
+            Process::new()
+                .spawn(
+                    ipc_core::entry!(consume_all),
+                    &(server.url(), "many".to_owned()),
+                )
+                .unwrap()
+        })
+        .collect();
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            Process::new()
+                .spawn(
+                    ipc_core::entry!(produce_joinable),
+                    &(server.url(), "many".to_owned(), p * each, each),
+                )
+                .unwrap()
+        })
+        .collect();
+    for producer in producers {
+        assert_eq!(producer.join_timeout(LONG * 4).unwrap(), each);
+    }
+    q.join_timeout(LONG * 4).unwrap();
+    q.close().unwrap();
+    let mut done: BTreeMap<String, u64> = BTreeMap::new();
+    for consumer in consumers {
+        for (id, value) in consumer.join_timeout(LONG).unwrap() {
+            if let Some(before) = done.insert(id, value) {
+                assert_eq!(before, value, "one id, one item");
+            }
+        }
+    }
+    let values: BTreeSet<u64> = done.values().copied().collect();
+    assert_eq!(done.len() as u64, total, "each item done once by id");
+    assert_eq!(values, (0..total).collect::<BTreeSet<_>>(), "none lost");
+}
+
+#[test]
+fn four_producers_and_four_consumers_lose_nothing() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    many_to_many(&server, &broker, 100_000);
+}
+
+/// Puts `count` numbers one at a time on a joinable queue, telling the
+/// parent on the connection it was passed after the first `signal_after`;
+/// returns how many puts were acknowledged.
+fn produce_through_restart((url, name, count, signal_after): (String, String, u64, u64)) -> u64 {
+    let broker = Broker::new(&url).unwrap();
+    let q = JoinableQueue::<u64>::builder()
+        .open(&broker, &name)
+        .unwrap();
+    let mut conn: Connection<FdStream> = inherited("conn").unwrap();
+    for i in 0..count {
+        q.put(i).unwrap();
+        if i + 1 == signal_after {
+            conn.send(&i).unwrap();
+        }
+    }
+    count
+}
+
+#[test]
+fn a_server_restart_mid_run_loses_no_acknowledged_put() {
+    const COUNT: u64 = 2000;
+    let Some(mut server) = RedisServer::start_with_aof() else {
+        return;
+    };
+    let broker = Broker::new(&server.url()).unwrap();
+    let q = JoinableQueue::<u64>::builder()
+        .create(&broker, "durable")
+        .unwrap();
+    // Some taken and done before the restart.
+    let (mut ours, theirs) = ipc_pipe::duplex().unwrap();
+    let producer = Process::new()
+        .pass("conn", &theirs)
+        .unwrap()
+        .spawn(
+            ipc_core::entry!(produce_through_restart),
+            &(server.url(), "durable".to_owned(), COUNT, 500),
+        )
+        .unwrap();
+    drop(theirs);
+    let mut done = BTreeSet::new();
+    for _ in 0..100 {
+        let item = q.get_item(Some(PATIENCE)).unwrap();
+        q.done(&item.id).unwrap();
+        done.insert(item.value);
+    }
+    assert_eq!(ours.recv_timeout::<u64>(PATIENCE).unwrap(), 499);
+    // The producer goes on putting while the server dies and comes back.
+    server.restart();
+    assert_eq!(producer.join_timeout(LONG).unwrap(), COUNT);
+    while done.len() < COUNT as usize {
+        let item = q.get_item(Some(PATIENCE)).unwrap();
+        q.done(&item.id).unwrap();
+        done.insert(item.value);
+    }
+    assert_eq!(done, (0..COUNT).collect::<BTreeSet<_>>());
+    q.join_timeout(PATIENCE).unwrap();
+}
+
+#[test]
+fn foreign_entries_and_items_of_another_type_are_errors_for_that_item() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let q = Queue::<String>::builder().create(&broker, "mixed").unwrap();
+    let mut admin = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("ipc:{mixed}:items")
+        .arg("*")
+        .arg("job")
+        .arg("not ours")
+        .query(&mut admin)
+        .unwrap();
+    q.put_bytes(&[0xff, 0xff, 0xff]).unwrap();
+    q.put("fine".to_owned()).unwrap();
+    let foreign = q.get_nowait().unwrap_err();
+    assert!(
+        matches!(&foreign, Error::Broker(why) if why.contains("not written by ipc-broker")),
+        "{foreign}"
+    );
+    assert!(matches!(q.get_nowait(), Err(Error::Decode(_))));
+    assert_eq!(q.get_nowait().unwrap(), "fine");
+
+    // The same for a joinable queue, whose foreign entry is done with
+    // rather than delivered again.
+    let j = JoinableQueue::<String>::builder()
+        .visibility_timeout(Duration::from_millis(1))
+        .create(&broker, "mixed2")
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("ipc:{mixed2}:items")
+        .arg("*")
+        .arg("d")
+        .arg("one field")
+        .arg("e")
+        .arg("and another")
+        .query(&mut admin)
+        .unwrap();
+    assert!(matches!(j.get_nowait(), Err(Error::Broker(_))));
+    assert!(matches!(j.get_nowait(), Err(Error::Empty)));
+    assert_eq!(j.unfinished().unwrap(), 0);
+}
+
+#[test]
+fn a_server_that_is_down_is_an_error_naming_it_within_the_deadline() {
+    let Some((mut server, _)) = server() else {
+        return;
+    };
+    let broker = Broker::new(&server.url())
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300))
+        .command_timeout(Duration::from_millis(300));
+    let q = Queue::<u32>::builder().create(&broker, "gone").unwrap();
+    server.stop();
+    let start = Instant::now();
+    let down = q.get_timeout(SHORT).unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let Error::Io(e) = &down else {
+        panic!("expected an I/O error, got {down}")
+    };
+    assert!(
+        e.to_string().contains(server.socket().to_str().unwrap()),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
+    let Some((server, _)) = server() else {
+        return;
+    };
+    let mut admin = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("worker")
+        .arg("on")
+        .arg(">s3cret")
+        .arg("~ipc:*")
+        .arg("+@all")
+        .query(&mut admin)
+        .unwrap();
+    let socket = server.socket();
+    let socket = socket.to_str().unwrap();
+    let broker = Broker::new(&format!("redis+unix://{socket}?user=worker&pass=s3cret")).unwrap();
+    let q = Queue::<u8>::builder().create(&broker, "acl").unwrap();
+    q.put(1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    let wrong = Broker::new(&format!("redis+unix://{socket}?user=worker&pass=nope")).unwrap();
+    let refused = Queue::<u8>::builder().open(&wrong, "acl").unwrap_err();
+    assert!(matches!(refused, Error::Authentication(_)), "{refused}");
+    assert!(
+        !format!("{wrong:?}").contains("nope"),
+        "the password stays out of Debug"
+    );
+}
