@@ -275,7 +275,8 @@ fn check_no_leftovers(before: &std::collections::BTreeSet<String>) -> Result {
 }
 
 /// Each scenario of the original articles: the Rust example that plays it
-/// across real processes, and the Python program it mirrors.
+/// across real processes, and the Python program it mirrors
+/// (`examples/python/<example>.py`).
 const SCENARIOS: &[(&str, &str, &str)] = &[
     (
         "Pipe: a sender process and a receiver process",
@@ -307,7 +308,6 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
 ];
 
 fn demo() -> Result {
-    let root = workspace_root();
     let mut build = cargo();
     build.args(["build", "--quiet", "--examples", "--workspace"]);
     run("build the examples", build)?;
@@ -315,29 +315,122 @@ fn demo() -> Result {
         println!("\n=== {title} ===");
         let mut rust = cargo();
         rust.args(["run", "--quiet", "-p", package, "--example", example]);
-        let rust_out = capture(rust)?;
-        println!("Rust   ({package} --example {example}):");
-        print_indented(&rust_out);
-        let script = root
-            .join("examples")
-            .join("python")
-            .join(format!("{example}.py"));
-        if let Some(python) = python3().filter(|_| script.exists()) {
-            let mut py = Command::new(python);
-            py.arg(&script);
-            let py_out = capture(py)?;
-            println!("Python (examples/python/{example}.py):");
-            print_indented(&py_out);
-            if comparable(&py_out) == comparable(&rust_out) {
-                println!("same output");
-            } else {
-                return Err(format!(
-                    "scenario `{example}`: Rust and Python print different things"
-                ));
-            }
+        play(package, example, rust, example)?;
+    }
+    println!("\n=== Queue through Redis: the producer and the consumer open it by URL ===");
+    match DemoRedis::start()? {
+        None => println!("skipped: redis-server is not installed (apt-get install redis-server)"),
+        Some(redis) => {
+            let mut rust = cargo();
+            rust.args([
+                "run",
+                "--quiet",
+                "-p",
+                "ipc-broker",
+                "--example",
+                "broker_queue",
+                "--",
+            ])
+            .arg(redis.url());
+            play("ipc-broker", "broker_queue", rust, "queue")?;
         }
     }
     Ok(())
+}
+
+/// Runs the Rust example `example` of `package` with `rust`, then its
+/// Python original `examples/python/<python>.py`, and compares what they
+/// print.
+fn play(package: &str, example: &str, rust: Command, python: &str) -> Result {
+    let rust_out = capture(rust)?;
+    println!("Rust   ({package} --example {example}):");
+    print_indented(&rust_out);
+    let script = workspace_root()
+        .join("examples")
+        .join("python")
+        .join(format!("{python}.py"));
+    if let Some(python3) = python3().filter(|_| script.exists()) {
+        let mut py = Command::new(python3);
+        py.arg(&script);
+        let py_out = capture(py)?;
+        println!("Python (examples/python/{python}.py):");
+        print_indented(&py_out);
+        if comparable(&py_out) != comparable(&rust_out) {
+            return Err(format!(
+                "scenario `{example}`: Rust and Python print different things"
+            ));
+        }
+        println!("same output");
+    }
+    Ok(())
+}
+
+/// A redis-server of the demo's own, on a Unix socket in a temporary
+/// directory, without persistence; stopped by its pid and its directory
+/// removed when dropped.
+struct DemoRedis {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl DemoRedis {
+    /// The running server, or `None` where redis-server is not installed.
+    fn start() -> Result<Option<DemoRedis>> {
+        let dir = env::temp_dir().join(format!("ipc-demo-redis-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("redis.sock");
+        let spawned = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ])
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(None);
+            }
+        };
+        let stdout = child.stdout.take().ok_or("redis-server's log")?;
+        let redis = DemoRedis { child, dir };
+        // Its log says when it accepts connections; the rest of the log is
+        // read and dropped, so the server never blocks on a full pipe.
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let ready = lines.by_ref().map_while(|l| l.ok()).any(|line| {
+            line.to_ascii_lowercase()
+                .contains("ready to accept connections")
+        });
+        if !ready {
+            return Err("redis-server exited before it was ready".into());
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Some(redis))
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.dir.join("redis.sock").display())
+    }
+}
+
+impl Drop for DemoRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Output reduced to what must agree between the Rust and Python runs:

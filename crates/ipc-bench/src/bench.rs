@@ -104,6 +104,10 @@ pub enum Via {
     Fork,
     /// A pool of worker processes.
     Pool,
+    /// A queue in a Redis stream (`ipc-broker` and its floor, or Python's
+    /// `BaseManager` queue) between one producer and one consumer process,
+    /// over a Unix socket to a private server.
+    Broker,
     /// A pipe-like pair made before the peer starts, carrying a small dict
     /// pickled both ways: `Codec::Pickle` on the Rust ends,
     /// `Connection.send` / `recv` on the Python ones. The message is
@@ -161,6 +165,8 @@ impl Benchmark {
             b(Kind::Throughput, 64, Via::AsyncQueue),
             b(Kind::PingPong, 64, Via::AsyncQueue),
             b(Kind::PingPong, 0, Via::AsyncWake),
+            b(Kind::Throughput, 64, Via::Broker),
+            b(Kind::Throughput, 4 << 10, Via::Broker),
             b(Kind::Start, 0, Via::Spawn),
             b(Kind::Start, 0, Via::Forkserver),
             b(Kind::Start, 0, Via::Fork),
@@ -190,6 +196,7 @@ impl Benchmark {
             Via::Fork => "fork-",
             Via::Pool => "pool-",
             Via::PickleDict => "pickle-dict-",
+            Via::Broker => "broker-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
@@ -283,6 +290,7 @@ impl fmt::Display for Benchmark {
             Via::Fork => "fork",
             Via::Pool => "",
             Via::PickleDict => "",
+            Via::Broker => " (broker: a Redis stream over a Unix socket, 1 producer / 1 consumer)",
         };
         let size = size_label(self.size);
         match self.kind {

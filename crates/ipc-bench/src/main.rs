@@ -58,7 +58,8 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
                  async-queue-throughput-64B, async-queue-ping-pong-64B,
                  async-wake-ping-pong-0B, spawn-start, forkserver-start,
                  fork-start, pool-map-100k-trivial, pool-map-200x5ms,
-                 pickle-dict-ping-pong, ...) contain one of IDS
+                 pickle-dict-ping-pong, broker-throughput-64B,
+                 broker-throughput-4KiB, ...) contain one of IDS
                  (pool-map-200x5ms runs at most 3 rounds with --quick, 9
                  without: one measurement is one map call of about 0.5 s)
   --out DIR      write the results there instead of target/bench/

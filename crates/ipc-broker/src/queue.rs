@@ -207,6 +207,14 @@ impl<T> Queue<T> {
         self.stream.take(deadline).map(|taken| taken.bytes)
     }
 
+    /// Takes up to `most` items' bytes in one command, waiting up to
+    /// `timeout` (`None`: for ever) for the first: small items reach the
+    /// server's rate rather than the round trip's.
+    pub fn get_many_bytes(&self, most: usize, timeout: Option<Duration>) -> Result<Vec<Vec<u8>>> {
+        let taken = self.stream.take_many(most, Deadline::from(timeout))?;
+        Ok(taken.into_iter().map(|taken| taken.bytes).collect())
+    }
+
     /// The number of items waiting (a snapshot).
     pub fn qsize(&self) -> Result<usize> {
         self.stream.waiting()
@@ -275,6 +283,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let encoded = items.iter().map(encode).collect::<Result<Vec<_>>>()?;
         let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         self.stream.put(&slices, Deadline::Never)
+    }
+
+    /// Takes up to `most` items in one command, waiting up to `timeout`
+    /// (`None`: for ever) for the first. An item among them that does not
+    /// decode as `T` fails the call (all of them are taken).
+    pub fn get_many(&self, most: usize, timeout: Option<Duration>) -> Result<Vec<T>> {
+        self.get_many_bytes(most, timeout)?
+            .iter()
+            .map(|bytes| ipc_core::codec::decode(bytes))
+            .collect()
     }
 
     /// Takes the next item, waiting for one; [`Error::Closed`] once the

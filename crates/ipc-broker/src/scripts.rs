@@ -78,42 +78,49 @@ return {n}
     )
 });
 
-/// Takes one item without waiting. KEYS: items, meta, freed. ARGV:
-/// consumer; `once` (acknowledged and deleted now) or `least` (pending
-/// until done, and first reclaiming an item pending longer than the
-/// visibility timeout); the visibility timeout in ms. Returns `{id,
-/// fields, deliveries}`, 0 (nothing), -1 (closed and drained) or -2 (gone).
+/// Takes up to ARGV[4] items without waiting. KEYS: items, meta, freed.
+/// ARGV: consumer; `once` (acknowledged and deleted now) or `least`
+/// (pending until done, first reclaiming items pending longer than the
+/// visibility timeout); the visibility timeout in ms; how many. Returns
+/// `{{id, fields, deliveries}, ...}`, 0 (nothing), -1 (closed and drained)
+/// or -2 (gone).
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if not m[1] then return -2 end
-local e, deliveries = nil, 1
+local want = tonumber(ARGV[4])
+local taken = {}
 if ARGV[2] == 'least' then
-  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', 1)
-  e = claimed[2][1]
-  if e then
-    deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', want)
+  for _, e in ipairs(claimed[2]) do
+    local deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
+    taken[#taken + 1] = {e[1], e[2], deliveries}
   end
 end
-if not e then
-  local read = redis.call('XREADGROUP', 'GROUP', 'ipc', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+if #taken < want then
+  local read = redis.call('XREADGROUP', 'GROUP', 'ipc', ARGV[1], 'COUNT', want - #taken,
+                          'STREAMS', KEYS[1], '>')
   if read then
-    e = read[1][2][1]
+    for _, e in ipairs(read[1][2]) do
+      taken[#taken + 1] = {e[1], e[2], 1}
+    end
     if (tonumber(m[3]) or 0) > 0 then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
     end
   end
 end
-if not e then
+if #taken == 0 then
   if m[2] == '1' then return -1 end
   return 0
 end
 if ARGV[2] == 'once' then
-  redis.call('XACK', KEYS[1], 'ipc', e[1])
-  redis.call('XDEL', KEYS[1], e[1])
+  for _, t in ipairs(taken) do
+    redis.call('XACK', KEYS[1], 'ipc', t[1])
+    redis.call('XDEL', KEYS[1], t[1])
+  end
 end
-return {e[1], e[2], deliveries}
+return taken
 ",
     )
 });

@@ -238,6 +238,17 @@ impl Stream {
 
     /// Takes one item, waiting until `deadline`.
     pub(crate) fn take(&self, deadline: Deadline) -> Result<Taken> {
+        let mut taken = self.take_many(1, deadline)?;
+        // take_many gives at least one item, or an error.
+        taken.pop().ok_or(Error::Empty)
+    }
+
+    /// Takes between 1 and `most` items in one command, waiting until
+    /// `deadline` for the first. An entry this crate did not write among
+    /// them is an error for the whole call (those taken with it are taken:
+    /// for a `Queue`, lost; for a `JoinableQueue`, delivered again later).
+    pub(crate) fn take_many(&self, most: usize, deadline: Deadline) -> Result<Vec<Taken>> {
+        let most = most.max(1);
         let mut link = self.link();
         loop {
             let took: Value = link.run(Duration::ZERO, |conn| {
@@ -248,14 +259,21 @@ impl Stream {
                     .arg(&self.consumer)
                     .arg(self.delivery.mode())
                     .arg(self.delivery.visibility_ms())
+                    .arg(most)
                     .invoke(conn)
             })?;
             match took {
                 Value::Int(0) => {}
                 Value::Int(-1) => return Err(Error::Closed),
                 Value::Int(-2) => return Err(Error::NotFound(self.name.clone())),
-                Value::Array(ref reply) => {
-                    return self.taken(&mut link, reply, &took);
+                Value::Array(ref entries) => {
+                    return entries
+                        .iter()
+                        .map(|entry| match entry {
+                            Value::Array(reply) => self.taken(&mut link, reply, entry),
+                            other => Err(unexpected(link.broker(), "a get", other)),
+                        })
+                        .collect();
                 }
                 other => return Err(unexpected(link.broker(), "a get", &other)),
             }
@@ -296,7 +314,7 @@ impl Stream {
                     .arg(self.delivery.mode())
                     .invoke(conn)
             })?;
-            return self.checked(&mut link, id, fields, 1);
+            return Ok(vec![self.checked(&mut link, id, fields, 1)?]);
         }
     }
 

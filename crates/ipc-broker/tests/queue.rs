@@ -72,6 +72,15 @@ fn items_cross_processes_in_order() {
     assert_eq!(q.get_bytes().unwrap(), b"\x01a");
     assert_eq!(q.get().unwrap(), "b");
 
+    // Batches: one command each way, in order.
+    let batch: Vec<String> = (0..10).map(|i| format!("batch {i}")).collect();
+    q.put_many(&batch).unwrap();
+    assert_eq!(q.get_many(4, Some(PATIENCE)).unwrap(), batch[..4]);
+    assert_eq!(q.get_many(100, Some(PATIENCE)).unwrap(), batch[4..]);
+    let start = Instant::now();
+    assert!(matches!(q.get_many(3, Some(SHORT)), Err(Error::Timeout)));
+    assert_waited(start, SHORT);
+
     // Closed: puts fail, gets drain then say so.
     q.put("last".to_owned()).unwrap();
     q.close().unwrap();

@@ -21,6 +21,7 @@
 //! link type used both ways, blocking and awaited.
 
 pub mod async_io;
+pub mod broker;
 pub mod ipc_channel;
 pub mod pickle_dict;
 pub mod pipe;
@@ -60,6 +61,8 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::Pool, _) => pool::THREADS,
         // Rust at both ends: what the pickle codec costs without Python.
         (Via::PickleDict, _) => pickle_dict::RUST_PEER,
+        // The redis commands the queue needs, pipelined, without it.
+        (Via::Broker, _) => broker::RAW,
     }
 }
 
@@ -75,6 +78,7 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Queue | Via::Queue2 | Via::AsyncQueue => python::QUEUE,
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
+        Via::Broker => python::BROKER,
     }
 }
 
@@ -190,6 +194,10 @@ pub fn registry() -> Vec<Entry> {
         queue::entry(),
         async_io::queue_entry(),
         python::queue_entry(),
+        broker::raw_entry(),
+        broker::entry(),
+        broker::batched_entry(),
+        python::broker_entry(),
         wake::blocking_entry(),
         wake::awaited_entry(),
         start::exec_entry(),

@@ -12,7 +12,8 @@
 //!   `bytes`;
 //! - `start_bench.py`: `multiprocessing.get_context(method).Process`
 //!   started with each of `spawn`, `forkserver` and `fork`;
-//! - `pool_bench.py`: `multiprocessing.Pool(processes).map`.
+//! - `pool_bench.py`: `multiprocessing.Pool(processes).map`;
+//! - `broker_bench.py`: a `queue.Queue` served by a `BaseManager`.
 //!
 //! A script runs in `--serve` mode: it reads one command a line on stdin
 //! (`pingpong SIZE WARMUP COUNT CPU`, `throughput SIZE COUNT CPU` for the
@@ -48,6 +49,9 @@ pub const SHM: &str = "python shm";
 /// Name of the Queue contender.
 pub const QUEUE: &str = "python Queue";
 
+/// Name of the `BaseManager` queue contender.
+pub const BROKER: &str = "python BaseManager queue";
+
 /// Name of the process start contender.
 pub const START: &str = "python Process";
 
@@ -81,6 +85,20 @@ pub fn pool_entry() -> Entry {
         start: || start("pool_bench.py"),
         peer: None,
         runs: |b| b.via == Via::Pool,
+    }
+}
+
+/// The registry entry of the `BaseManager` queue contender.
+pub fn broker_entry() -> Entry {
+    Entry {
+        name: BROKER,
+        about: "CPython `multiprocessing.managers.BaseManager` serving a `queue.Queue` on a \
+                Unix socket with an authkey (Python's queue between machines); the parent \
+                `put`s `bytes` through its proxy, a `multiprocessing.Process` client of the \
+                same manager `get`s them",
+        start: || start("broker_bench.py"),
+        peer: None,
+        runs: |b| b.via == Via::Broker,
     }
 }
 
@@ -224,6 +242,7 @@ impl Contender for Python {
             (Via::Queue | Via::Queue2 | Via::AsyncQueue, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
             }
+            (Via::Broker, _) => writeln!(self.stdin, "throughput {size} {count}")?,
             (Via::PickleDict, Kind::PingPong) => {
                 writeln!(self.stdin, "pickle-dict {warmup} {count} {cpu}")?
             }
