@@ -19,12 +19,13 @@ Commands in --serve mode:
 import json
 import multiprocessing
 import os
-import platform
 import queue
 import sys
 import tempfile
 import time
 from multiprocessing.managers import BaseManager
+
+from pipe_bench import serve_commands, throughput_sample
 
 AUTHKEY = b"ipc-bench"
 DATA = queue.Queue()
@@ -98,28 +99,12 @@ class Bench:
         elapsed = clock() - start
         if ack != b"":
             raise SystemExit("wrong acknowledgement")
-        return {
-            "kind": "throughput",
-            "messages": count,
-            "size": size,
-            "elapsed_ns": float(elapsed),
-        }
+        return throughput_sample(count, size, elapsed)
 
 
 def serve():
     bench = Bench()
-    print(json.dumps({"python": platform.python_version()}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "quit":
-            break
-        if words[0] == "throughput":
-            result = bench.throughput(int(words[1]), int(words[2]))
-        else:
-            result = {"error": f"unknown command {words[0]!r}"}
-        print(json.dumps(result), flush=True)
+    serve_commands({"throughput": bench.throughput})
     bench.stop()
 
 

@@ -173,12 +173,36 @@ def throughput_timed(conn, size, msg, count):
     elapsed = clock() - start
     if ack != b"":
         raise SystemExit("wrong acknowledgement")
+    return throughput_sample(count, size, elapsed)
+
+
+def throughput_sample(count, size, elapsed_ns):
+    """A throughput answer, in the form of ipc-bench's Sample."""
     return {
         "kind": "throughput",
         "messages": count,
         "size": size,
-        "elapsed_ns": float(elapsed),
+        "elapsed_ns": float(elapsed_ns),
     }
+
+
+def serve_commands(commands):
+    """The --serve loop of a benchmark script: says which Python it is,
+    then answers each command line on stdin (its first word a key of
+    `commands`, whose function takes the other words as ints) with one
+    JSON line, until `quit` or the end of stdin."""
+    print(json.dumps({"python": platform.python_version()}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "quit":
+            break
+        if words[0] in commands:
+            result = commands[words[0]](*[int(w) for w in words[1:]])
+        else:
+            result = {"error": f"unknown command {words[0]!r}"}
+        print(json.dumps(result), flush=True)
 
 
 def start():
@@ -196,25 +220,13 @@ def stop(conn, proc):
 
 def serve():
     conn, proc = start()
-    print(json.dumps({"python": platform.python_version()}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "quit":
-            break
-        if words[0] == "pingpong":
-            args = [int(w) for w in words[1:5]]
-            result = pingpong(conn, *args)
-        elif words[0] == "throughput":
-            args = [int(w) for w in words[1:4]]
-            result = throughput(conn, *args)
-        elif words[0] == "pickle-dict":
-            args = [int(w) for w in words[1:4]]
-            result = pickle_dict(conn, *args)
-        else:
-            result = {"error": f"unknown command {words[0]!r}"}
-        print(json.dumps(result), flush=True)
+    serve_commands(
+        {
+            "pingpong": lambda *args: pingpong(conn, *args),
+            "throughput": lambda *args: throughput(conn, *args),
+            "pickle-dict": lambda *args: pickle_dict(conn, *args),
+        }
+    )
     stop(conn, proc)
 
 

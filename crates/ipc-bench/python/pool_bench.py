@@ -30,6 +30,8 @@ import platform
 import sys
 import time
 
+from pipe_bench import serve_commands
+
 
 def square(x):
     return x * x
@@ -87,21 +89,12 @@ def map_busy(pools, processes, tasks, ms, count):
 
 def serve():
     pools = Pools()
-    print(json.dumps({"python": platform.python_version()}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "quit":
-            break
-        args = [int(w) for w in words[1:]]
-        if words[0] == "map-square":
-            result = map_square(pools, *args[:3])
-        elif words[0] == "map-busy":
-            result = map_busy(pools, *args[:4])
-        else:
-            result = {"error": f"unknown command {words[0]!r}"}
-        print(json.dumps(result), flush=True)
+    serve_commands(
+        {
+            "map-square": lambda *args: map_square(pools, *args),
+            "map-busy": lambda *args: map_busy(pools, *args),
+        }
+    )
     pools.close()
 
 

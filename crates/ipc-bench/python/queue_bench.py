@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 
-from pipe_bench import Pinned, percentile
+from pipe_bench import Pinned, percentile, serve_commands
 
 
 def worker(cmd, data, back):
@@ -159,20 +159,7 @@ class Bench:
 
 def serve():
     bench = Bench()
-    print(json.dumps({"python": platform.python_version()}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "quit":
-            break
-        if words[0] == "throughput":
-            result = bench.throughput(*[int(w) for w in words[1:4]])
-        elif words[0] == "pingpong":
-            result = bench.pingpong(*[int(w) for w in words[1:6]])
-        else:
-            result = {"error": f"unknown command {words[0]!r}"}
-        print(json.dumps(result), flush=True)
+    serve_commands({"throughput": bench.throughput, "pingpong": bench.pingpong})
     bench.stop()
 
 

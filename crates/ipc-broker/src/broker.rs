@@ -17,6 +17,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Redis server holding queues, and the timeouts for talking to it.
 ///
 /// The URL is `redis://[user[:password]@]host[:port][/db]` (TCP),
+/// `rediss://…` (TCP with TLS, feature `tls`) or
 /// `redis+unix:///path/to/socket[?db=N&user=U&pass=P]` (a Unix socket);
 /// the user and password are a Redis ACL user's. Cloning a `Broker` is
 /// cheap: each queue handle opens its own connection from it.
@@ -61,6 +62,22 @@ impl Broker {
             connect_timeout: CONNECT_TIMEOUT,
             command_timeout: COMMAND_TIMEOUT,
         })
+    }
+
+    /// Trusts the server's certificate if it chains to `pem` (one or more
+    /// PEM certificates), instead of the system's roots: for a server
+    /// whose certificate a private authority signed. Only for `rediss://`
+    /// URLs; the certificate must name the URL's host.
+    #[cfg(feature = "tls")]
+    pub fn root_certificate(mut self, pem: &[u8]) -> Result<Broker> {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        };
+        self.client =
+            redis::Client::build_with_tls(self.client.get_connection_info().clone(), certificates)
+                .map_err(|_| Error::InvalidArgument("not a PEM certificate for a rediss:// URL"))?;
+        Ok(self)
     }
 
     /// How long connecting may take (5 s unless set).

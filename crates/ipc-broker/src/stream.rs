@@ -223,16 +223,7 @@ impl Stream {
                 });
             };
             // Full: wait until a take frees a place (or the slice ends).
-            let wait = Duration::from_millis(block);
-            let _: Value = link.run(wait, |conn| {
-                redis::cmd("XREAD")
-                    .arg("BLOCK")
-                    .arg(block)
-                    .arg("STREAMS")
-                    .arg(&self.keys.freed)
-                    .arg(&freed_after)
-                    .query(conn)
-            })?;
+            wait_after(&mut link, &self.keys.freed, &freed_after, block)?;
         }
     }
 
@@ -422,16 +413,7 @@ impl Stream {
             let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
                 return Err(Error::Timeout);
             };
-            let wait = Duration::from_millis(block);
-            let _: Value = link.run(wait, |conn| {
-                redis::cmd("XREAD")
-                    .arg("BLOCK")
-                    .arg(block)
-                    .arg("STREAMS")
-                    .arg(&self.keys.done)
-                    .arg(&last_done)
-                    .query(conn)
-            })?;
+            wait_after(&mut link, &self.keys.done, &last_done, block)?;
         }
     }
 
@@ -474,6 +456,22 @@ impl Stream {
                 .exec(conn)
         })
     }
+}
+
+/// Waits (at most `block` ms) until notification stream `key` has an
+/// entry after `id`: the last one seen by the look that decided to wait,
+/// so a notification between that look and this wait is not missed.
+fn wait_after(link: &mut Link, key: &str, id: &str, block: u64) -> Result<()> {
+    let _: Value = link.run(Duration::from_millis(block), |conn| {
+        redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(block)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(id)
+            .query(conn)
+    })?;
+    Ok(())
 }
 
 /// The first entry `(id, fields)` of an `XREADGROUP` reply, if any.

@@ -482,15 +482,10 @@ fn a_server_that_is_down_is_an_error_naming_it_within_the_deadline() {
     );
 }
 
-#[test]
-fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
-    let Some((server, _)) = server() else {
-        return;
-    };
-    let mut admin = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+/// Adds the ACL user `worker`, password `s3cret`, allowed the queues' keys,
+/// to the server at `url`.
+fn add_worker_user(url: &str) {
+    let mut admin = redis::Client::open(url).unwrap().get_connection().unwrap();
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("worker")
@@ -500,6 +495,14 @@ fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
         .arg("+@all")
         .query(&mut admin)
         .unwrap();
+}
+
+#[test]
+fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
+    let Some((server, _)) = server() else {
+        return;
+    };
+    add_worker_user(&server.url());
     let socket = server.socket();
     let socket = socket.to_str().unwrap();
     let broker = Broker::new(&format!("redis+unix://{socket}?user=worker&pass=s3cret")).unwrap();
@@ -513,4 +516,85 @@ fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
         !format!("{wrong:?}").contains("nope"),
         "the password stays out of Debug"
     );
+}
+
+/// Puts `count` numbers over TLS, trusting the certificate `pem`.
+#[cfg(feature = "tls")]
+fn produce_over_tls((url, pem, name, count): (String, String, String, u64)) -> u64 {
+    let broker = Broker::new(&url)
+        .unwrap()
+        .root_certificate(pem.as_bytes())
+        .unwrap();
+    let q = Queue::<u64>::builder().open(&broker, &name).unwrap();
+    for i in 0..count {
+        q.put(i).unwrap();
+    }
+    count
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn items_cross_tls_and_an_untrusted_certificate_is_refused() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let Some(server) = RedisServer::start_tls(&cert_pem, &key_pem) else {
+        return;
+    };
+    let url = server.tls_url().unwrap();
+    let broker = Broker::new(&url)
+        .unwrap()
+        .root_certificate(cert_pem.as_bytes())
+        .unwrap();
+    let q = Queue::<u64>::builder().create(&broker, "sealed").unwrap();
+    let producer = Process::new()
+        .spawn(
+            ipc_core::entry!(produce_over_tls),
+            &(url.clone(), cert_pem.clone(), "sealed".to_owned(), 50),
+        )
+        .unwrap();
+    for i in 0..50 {
+        assert_eq!(q.get_timeout(PATIENCE).unwrap(), i);
+    }
+    assert_eq!(producer.join_timeout(PATIENCE).unwrap(), 50);
+    // The system's roots do not vouch for this certificate.
+    let untrusting = Broker::new(&url)
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300));
+    let refused = Queue::<u64>::builder()
+        .open(&untrusting, "sealed")
+        .unwrap_err();
+    assert!(matches!(refused, Error::Io(_)), "{refused}");
+}
+
+#[test]
+fn items_cross_tcp_with_an_acl_user_in_the_url() {
+    let Some(server) = RedisServer::start_tcp() else {
+        return;
+    };
+    let url = server.tcp_url().unwrap();
+    add_worker_user(&url);
+    let user_url = url.replace("redis://", "redis://worker:s3cret@");
+    let broker = Broker::new(&user_url).unwrap();
+    assert!(
+        broker.address().starts_with("127.0.0.1:"),
+        "{}",
+        broker.address()
+    );
+    Queue::<String>::builder().create(&broker, "tcp").unwrap();
+    let producer = Process::new()
+        .spawn(
+            ipc_core::entry!(produce),
+            &(
+                user_url.clone(),
+                "tcp".to_owned(),
+                "over tcp".to_owned(),
+                20,
+            ),
+        )
+        .unwrap();
+    let q = Queue::<String>::builder().open(&broker, "tcp").unwrap();
+    for i in 0..20 {
+        assert_eq!(q.get_timeout(PATIENCE).unwrap(), format!("over tcp {i}"));
+    }
+    assert_eq!(producer.join_timeout(PATIENCE).unwrap(), 20);
 }

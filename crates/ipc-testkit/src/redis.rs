@@ -25,6 +25,10 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     args: Vec<String>,
+    /// The loopback TCP port it also listens on, if asked (with TLS if
+    /// `tls`).
+    port: Option<u16>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -32,24 +36,46 @@ impl RedisServer {
     /// so on stderr) where redis-server is not installed. On CI (`CI` set)
     /// a missing redis-server fails the test instead: CI installs it.
     pub fn start() -> Option<RedisServer> {
-        RedisServer::start_with(&["--save", "", "--appendonly", "no"])
+        RedisServer::start_with(NO_PERSISTENCE, Listen::Unix)
+    }
+
+    /// Starts a server without persistence that also listens on a free
+    /// TCP port of 127.0.0.1 ([`tcp_url`](Self::tcp_url)).
+    pub fn start_tcp() -> Option<RedisServer> {
+        RedisServer::start_with(NO_PERSISTENCE, Listen::Tcp)
+    }
+
+    /// Starts a server without persistence that also listens for TLS on a
+    /// free TCP port of 127.0.0.1 ([`tls_url`](Self::tls_url)), with this
+    /// certificate (for `localhost`) and key, both PEM.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<RedisServer> {
+        RedisServer::start_with(
+            NO_PERSISTENCE,
+            Listen::Tls {
+                cert_pem: cert_pem.to_owned(),
+                key_pem: key_pem.to_owned(),
+            },
+        )
     }
 
     /// Starts a server that writes every change to its append-only file
     /// before it answers (`appendfsync always`), so that a restart keeps
     /// every acknowledged write.
     pub fn start_with_aof() -> Option<RedisServer> {
-        RedisServer::start_with(&[
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ])
+        RedisServer::start_with(
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            Listen::Unix,
+        )
     }
 
-    fn start_with(persistence: &[&str]) -> Option<RedisServer> {
+    fn start_with(persistence: &[&str], listen: Listen) -> Option<RedisServer> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -84,10 +110,45 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(persistence.iter().map(|s| s.to_string()));
+        let port = match &listen {
+            Listen::Unix => None,
+            Listen::Tcp | Listen::Tls { .. } => Some(free_port()),
+        };
+        let path = |name: &str| dir.join(name).to_str().expect("UTF-8").to_owned();
+        match &listen {
+            Listen::Unix => {}
+            Listen::Tcp => {
+                let port = port.expect("a port").to_string();
+                args.extend(["--port".into(), port, "--bind".into(), "127.0.0.1".into()]);
+            }
+            Listen::Tls { cert_pem, key_pem } => {
+                std::fs::write(dir.join("cert.pem"), cert_pem).expect("the certificate written");
+                std::fs::write(dir.join("key.pem"), key_pem).expect("the key written");
+                let port = port.expect("a port").to_string();
+                args.extend([
+                    "--tls-port".into(),
+                    port,
+                    "--bind".into(),
+                    "127.0.0.1".into(),
+                    "--tls-cert-file".into(),
+                    path("cert.pem"),
+                    "--tls-key-file".into(),
+                    path("key.pem"),
+                    // Required beside the certificate; clients show none.
+                    "--tls-ca-cert-file".into(),
+                    path("cert.pem"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+            }
+        }
+        let tls = matches!(listen, Listen::Tls { .. });
         let mut server = RedisServer {
             child: None,
             dir,
             args,
+            port,
+            tls,
         };
         server.run();
         Some(server)
@@ -124,6 +185,20 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket().display())
     }
 
+    /// `redis://127.0.0.1:<port>/0`, for a server started with
+    /// [`start_tcp`](Self::start_tcp).
+    pub fn tcp_url(&self) -> Option<String> {
+        let port = self.port.filter(|_| !self.tls)?;
+        Some(format!("redis://127.0.0.1:{port}/0"))
+    }
+
+    /// `rediss://localhost:<port>/0`, for a server started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.port.filter(|_| self.tls)?;
+        Some(format!("rediss://localhost:{port}/0"))
+    }
+
     /// The path of the server's Unix socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("redis.sock")
@@ -156,6 +231,25 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.socket());
         self.run();
     }
+}
+
+/// The server settings that keep nothing on disk.
+const NO_PERSISTENCE: &[&str] = &["--save", "", "--appendonly", "no"];
+
+/// Where a server listens besides its Unix socket.
+enum Listen {
+    Unix,
+    Tcp,
+    Tls { cert_pem: String, key_pem: String },
+}
+
+/// A TCP port of 127.0.0.1 nothing listens on now (the kernel's pick; the
+/// server binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 impl Drop for RedisServer {
