@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
 """Throughput of Python's queue between machines: a `queue.Queue` served by
-`multiprocessing.managers.BaseManager` (here on a Unix socket, with an
-authkey), which producers and consumers reach through proxies, each put and
-get one round trip to the manager's server process.
+`multiprocessing.managers.BaseManager` with an authkey, which producers and
+consumers reach through proxies, each put and get one round trip to the
+manager's server process. Two managers run, one on a Unix socket and one on
+TCP 127.0.0.1, as ipc-bench's broker benchmarks go over either.
 
-- throughput, 1 producer / 1 consumer: the parent puts COUNT bytes objects
-  on `data` through its proxy; a worker process, a client of the same
-  manager, gets them all and puts b"" on `back`.
+- 1 producer / 1 consumer: the parent puts COUNT bytes objects on `data`
+  through its proxy; worker 0, a client of the same manager, gets them all
+  and puts b"" on `back` (a local multiprocessing.Queue, not measured).
+- 4 / 4: the parent and workers 4 to 6 each put a quarter of the items
+  and then a b"" sentinel; workers 0 to 3 get items until a sentinel and
+  say so on `back`; timed from just before the producers are told to start
+  to the fourth acknowledgement.
 
     python3 broker_bench.py --serve     used by ipc-bench: one command a line on
                                         stdin, one JSON line per answer on stdout
 
 Commands in --serve mode:
-    throughput SIZE COUNT
+    throughput TRANSPORT SIZE COUNT PRODUCERS   TRANSPORT unix or tcp; PRODUCERS 1 or 4
     quit
 """
 
@@ -29,15 +34,10 @@ from pipe_bench import serve_commands, throughput_sample
 
 AUTHKEY = b"ipc-bench"
 DATA = queue.Queue()
-BACK = queue.Queue()
 
 
 def data_queue():
     return DATA
-
-
-def back_queue():
-    return BACK
 
 
 class QueueManager(BaseManager):
@@ -45,61 +45,108 @@ class QueueManager(BaseManager):
 
 
 QueueManager.register("data", callable=data_queue)
-QueueManager.register("back", callable=back_queue)
+
+WORKERS = 7
+CONSUMERS = 4
 
 
-def worker(cmd, address):
-    """The consumer: a client of the manager, obeying commands sent over
-    its own pipe, untimed."""
+def connect(address):
     manager = QueueManager(address=address, authkey=AUTHKEY)
     manager.connect()
-    data, back = manager.data(), manager.back()
+    return manager.data()
+
+
+def worker(cmd, addresses, back):
+    """A worker: a client of both managers, obeying commands sent over its
+    own pipe, untimed."""
+    queues = {name: connect(address) for name, address in addresses.items()}
     while True:
         words = cmd.recv_bytes().decode().split()
         if words[0] == "quit":
             return
-        size, count = int(words[1]), int(words[2])
-        get = data.get
-        for _ in range(count):
-            if len(get()) != size:
-                raise SystemExit("wrong item size")
-        back.put(b"")
+        data = queues[words[1]]
+        size = int(words[2])
+        if words[0] == "consume1":
+            get = data.get
+            for _ in range(int(words[3])):
+                if len(get()) != size:
+                    raise SystemExit("wrong item size")
+            back.put(0)
+        elif words[0] == "consume":
+            get = data.get
+            while True:
+                item = get()
+                if not item:
+                    break
+                if len(item) != size:
+                    raise SystemExit("wrong item size")
+            back.put(1)
+        elif words[0] == "produce":
+            msg, put = b"\xa5" * size, data.put
+            for _ in range(int(words[3])):
+                put(msg)
+            put(b"")
 
 
 class Bench:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="ipc-bench-manager-")
-        address = os.path.join(self.dir, "manager.sock")
-        self.manager = QueueManager(address=address, authkey=AUTHKEY)
-        self.manager.start()
-        self.data, self.back = self.manager.data(), self.manager.back()
-        parent_end, child_end = multiprocessing.Pipe()
-        self.proc = multiprocessing.Process(
-            target=worker, args=(child_end, address), daemon=True
-        )
-        self.proc.start()
-        child_end.close()
-        self.cmd = parent_end
+        self.managers = {
+            "unix": QueueManager(
+                address=os.path.join(self.dir, "manager.sock"), authkey=AUTHKEY
+            ),
+            "tcp": QueueManager(address=("127.0.0.1", 0), authkey=AUTHKEY),
+        }
+        for manager in self.managers.values():
+            manager.start()
+        addresses = {name: m.address for name, m in self.managers.items()}
+        self.queues = {name: m.data() for name, m in self.managers.items()}
+        self.back = multiprocessing.Queue()
+        self.workers = []
+        for _ in range(WORKERS):
+            parent_end, child_end = multiprocessing.Pipe()
+            proc = multiprocessing.Process(
+                target=worker, args=(child_end, addresses, self.back), daemon=True
+            )
+            proc.start()
+            child_end.close()
+            self.workers.append((parent_end, proc))
+
+    def tell(self, i, command):
+        self.workers[i][0].send_bytes(command.encode())
 
     def stop(self):
-        self.cmd.send_bytes(b"quit")
-        self.proc.join()
-        self.manager.shutdown()
+        for conn, _ in self.workers:
+            conn.send_bytes(b"quit")
+        for _, proc in self.workers:
+            proc.join()
+        for manager in self.managers.values():
+            manager.shutdown()
         os.rmdir(self.dir)
 
-    def throughput(self, size, count):
+    def throughput(self, transport, size, count, producers):
         msg = b"\xa5" * size
-        put = self.data.put
-        self.cmd.send_bytes(f"consume {size} {count}".encode())
+        put = self.queues[transport].put
         clock = time.perf_counter_ns
-        start = clock()
-        for _ in range(count):
-            put(msg)
-        ack = self.back.get()
-        elapsed = clock() - start
-        if ack != b"":
-            raise SystemExit("wrong acknowledgement")
-        return throughput_sample(count, size, elapsed)
+        if producers == 1:
+            self.tell(0, f"consume1 {transport} {size} {count}")
+            start = clock()
+            for _ in range(count):
+                put(msg)
+            self.back.get()
+        else:
+            share = count // 4
+            for i in range(CONSUMERS):
+                self.tell(i, f"consume {transport} {size}")
+            start = clock()
+            for i in range(CONSUMERS, WORKERS):
+                self.tell(i, f"produce {transport} {size} {share}")
+            for _ in range(count - 3 * share):
+                put(msg)
+            put(b"")
+            for _ in range(CONSUMERS):
+                self.back.get()
+        return throughput_sample(count, size, clock() - start)
 
 
 def serve():
@@ -113,5 +160,7 @@ if __name__ == "__main__":
         serve()
     else:
         bench = Bench()
-        print(json.dumps(bench.throughput(64, 2000)))
+        for transport in ("unix", "tcp"):
+            for producers in (1, 4):
+                print(json.dumps(bench.throughput(transport, 64, 2000, producers)))
         bench.stop()

@@ -189,8 +189,8 @@ def throughput_sample(count, size, elapsed_ns):
 def serve_commands(commands):
     """The --serve loop of a benchmark script: says which Python it is,
     then answers each command line on stdin (its first word a key of
-    `commands`, whose function takes the other words as ints) with one
-    JSON line, until `quit` or the end of stdin."""
+    `commands`, whose function takes the other words, as ints where they
+    are numbers) with one JSON line, until `quit` or the end of stdin."""
     print(json.dumps({"python": platform.python_version()}), flush=True)
     for line in sys.stdin:
         words = line.split()
@@ -199,7 +199,8 @@ def serve_commands(commands):
         if words[0] == "quit":
             break
         if words[0] in commands:
-            result = commands[words[0]](*[int(w) for w in words[1:]])
+            args = [int(w) if w.lstrip("-").isdigit() else w for w in words[1:]]
+            result = commands[words[0]](*args)
         else:
             result = {"error": f"unknown command {words[0]!r}"}
         print(json.dumps(result), flush=True)

@@ -108,6 +108,11 @@ pub enum Via {
     /// `BaseManager` queue) between one producer and one consumer process,
     /// over a Unix socket to a private server.
     Broker,
+    /// The same over TCP on 127.0.0.1.
+    BrokerTcp,
+    /// The same over a Unix socket between four producer and four consumer
+    /// processes.
+    Broker4,
     /// A pipe-like pair made before the peer starts, carrying a small dict
     /// pickled both ways: `Codec::Pickle` on the Rust ends,
     /// `Connection.send` / `recv` on the Python ones. The message is
@@ -167,6 +172,10 @@ impl Benchmark {
             b(Kind::PingPong, 0, Via::AsyncWake),
             b(Kind::Throughput, 64, Via::Broker),
             b(Kind::Throughput, 4 << 10, Via::Broker),
+            b(Kind::Throughput, 64, Via::BrokerTcp),
+            b(Kind::Throughput, 4 << 10, Via::BrokerTcp),
+            b(Kind::Throughput, 64, Via::Broker4),
+            b(Kind::Throughput, 4 << 10, Via::Broker4),
             b(Kind::Start, 0, Via::Spawn),
             b(Kind::Start, 0, Via::Forkserver),
             b(Kind::Start, 0, Via::Fork),
@@ -197,6 +206,8 @@ impl Benchmark {
             Via::Pool => "pool-",
             Via::PickleDict => "pickle-dict-",
             Via::Broker => "broker-",
+            Via::BrokerTcp => "broker-tcp-",
+            Via::Broker4 => "broker4x4-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
@@ -291,6 +302,12 @@ impl fmt::Display for Benchmark {
             Via::Pool => "",
             Via::PickleDict => "",
             Via::Broker => " (broker: a Redis stream over a Unix socket, 1 producer / 1 consumer)",
+            Via::BrokerTcp => {
+                " (broker: a Redis stream over TCP 127.0.0.1, 1 producer / 1 consumer)"
+            }
+            Via::Broker4 => {
+                " (broker: a Redis stream over a Unix socket, 4 producers / 4 consumers)"
+            }
         };
         let size = size_label(self.size);
         match self.kind {

@@ -59,7 +59,8 @@ usage: ipc-bench [--quick] [--rounds N] [--only NAME[,NAME...]] [--bench ID[,ID.
                  async-wake-ping-pong-0B, spawn-start, forkserver-start,
                  fork-start, pool-map-100k-trivial, pool-map-200x5ms,
                  pickle-dict-ping-pong, broker-throughput-64B,
-                 broker-throughput-4KiB, ...) contain one of IDS
+                 broker-tcp-throughput-4KiB, broker4x4-throughput-64B,
+                 ...) contain one of IDS
                  (pool-map-200x5ms runs at most 3 rounds with --quick, 9
                  without: one measurement is one map call of about 0.5 s)
   --out DIR      write the results there instead of target/bench/

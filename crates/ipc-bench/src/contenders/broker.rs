@@ -1,7 +1,8 @@
-//! Broker contenders ([`Via::Broker`]): a queue in a Redis stream between
-//! a producer (the parent) and a consumer process, each contender on a
-//! private redis-server of its own (a Unix socket in a temporary directory,
-//! no persistence), started with it and stopped by its pid after it.
+//! Broker contenders ([`Via::Broker`], [`Via::BrokerTcp`],
+//! [`Via::Broker4`]): a queue in a Redis stream between producer and
+//! consumer processes, each contender on a private redis-server of its own
+//! (a Unix socket in a temporary directory and a loopback TCP port, no
+//! persistence), started with it and stopped by its pid after it.
 //!
 //! - [`NAME`]: `ipc_broker::Queue`, one `put_bytes` and one `get_bytes`
 //!   per item (one round trip each);
@@ -12,8 +13,9 @@
 //!   `XACK` and `XDEL` of what it read: what the queue's semantics need,
 //!   without its bound, its close or its checks.
 //!
-//! Throughput only: the parent puts COUNT items, the consumer takes them
-//! all and answers on its control connection.
+//! Throughput only. 1 / 1: the parent puts COUNT items, peer 0 takes them
+//! all and acknowledges on a shared-memory queue (not measured). 4 / 4: see
+//! `BrokerContender::four_by_four`.
 
 use std::time::Instant;
 
@@ -45,7 +47,7 @@ const RAW_STREAM: &str = "raw-bench";
 const RAW_GROUP: &str = "g";
 
 fn broker_bench(bench: Benchmark) -> bool {
-    bench.via == Via::Broker
+    matches!(bench.via, Via::Broker | Via::BrokerTcp | Via::Broker4)
 }
 
 /// The registry entry of [`NAME`].
@@ -91,6 +93,23 @@ trait Ends {
     fn put_n(&mut self, item: &[u8], count: usize) -> Result;
     /// Takes `count` items, each of `size` bytes.
     fn get_n(&mut self, size: usize, count: usize) -> Result;
+    /// Takes items of `size` bytes until a take (one item, or a batch)
+    /// brings empty sentinels; returns how many it brought.
+    fn get_until_sentinel(&mut self, size: usize) -> Result<u8>;
+}
+
+/// How many of `lengths` are sentinels (0); an error if another is not
+/// `size`.
+fn sentinels(lengths: impl IntoIterator<Item = usize>, size: usize) -> Result<u8> {
+    let mut found = 0;
+    for len in lengths {
+        if len == 0 {
+            found += 1;
+        } else {
+            check_len(len, size)?;
+        }
+    }
+    Ok(found)
 }
 
 /// `ipc_broker::Queue`, per item or in batches.
@@ -133,6 +152,20 @@ impl Ends for Ours {
         }
         Ok(())
     }
+
+    fn get_until_sentinel(&mut self, size: usize) -> Result<u8> {
+        loop {
+            let found = if self.batched {
+                let items = self.queue.get_many_bytes(BATCH, None)?;
+                sentinels(items.iter().map(Vec::len), size)?
+            } else {
+                sentinels([self.queue.get_bytes()?.len()], size)?
+            };
+            if found > 0 {
+                return Ok(found);
+            }
+        }
+    }
 }
 
 /// The floor: redis commands, pipelined.
@@ -164,12 +197,36 @@ impl Ends for Raw {
     fn get_n(&mut self, size: usize, count: usize) -> Result {
         let mut left = count;
         while left > 0 {
+            let lengths = self.take(left.min(BATCH))?;
+            for &len in &lengths {
+                check_len(len, size)?;
+            }
+            left -= lengths.len();
+        }
+        Ok(())
+    }
+
+    fn get_until_sentinel(&mut self, size: usize) -> Result<u8> {
+        loop {
+            let found = sentinels(self.take(BATCH)?, size)?;
+            if found > 0 {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+impl Raw {
+    /// Reads up to `most` entries for this consumer, acknowledges and
+    /// deletes them in one pipeline, and returns their lengths.
+    fn take(&mut self, most: usize) -> Result<Vec<usize>> {
+        {
             let read: redis::Value = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(RAW_GROUP)
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(left.min(BATCH))
+                .arg(most)
                 .arg("BLOCK")
                 .arg(10_000)
                 .arg("STREAMS")
@@ -177,11 +234,7 @@ impl Ends for Raw {
                 .arg(">")
                 .query(&mut self.conn)?;
             let entries = entries(&read).ok_or("XREADGROUP gave nothing in 10 s")?;
-            let mut ids = Vec::with_capacity(entries.len());
-            for (id, len) in entries {
-                check_len(len, size)?;
-                ids.push(id);
-            }
+            let (ids, lengths): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
             redis::pipe()
                 .cmd("XACK")
                 .arg(RAW_STREAM)
@@ -193,9 +246,8 @@ impl Ends for Raw {
                 .arg(&ids)
                 .ignore()
                 .exec(&mut self.conn)?;
-            left -= ids.len();
+            Ok(lengths)
         }
-        Ok(())
     }
 }
 
@@ -258,42 +310,129 @@ fn ends(name: &str, url: &str, producer: bool) -> Result<Box<dyn Ends>> {
     }))
 }
 
-/// A broker contender: its server, the producer's end and the consumer
-/// process.
+/// A broker contender: its server, the parent's ends (over the Unix socket
+/// and over TCP), the acknowledgement queue and the peers.
 struct BrokerContender {
-    ends: Box<dyn Ends>,
-    peer: (Connection, Child),
+    unix: Box<dyn Ends>,
+    tcp: Box<dyn Ends>,
+    back: ipc_queue::Queue<()>,
+    peers: Vec<(Connection, Child)>,
     out: Vec<u8>,
-    // Dropped last: stops the server after the peer is gone.
+    // Dropped last: stops the server after the peers are gone.
     _server: RedisServer,
 }
 
+/// Peers 0 to 3 consume, 4 to 6 produce (with the parent, in 4 / 4).
+const PEERS: usize = 7;
+const CONSUMERS: usize = 4;
+
 fn start(name: &'static str) -> Result<Option<Box<dyn Contender>>> {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = RedisServer::start_tcp() else {
         eprintln!("{name}: redis-server is not installed; skipped");
         return Ok(None);
     };
-    let url = server.url();
-    let ends = ends(name, &url, true)?;
-    let peer = spawn_peer(name, Process::new(), &[&url])?;
+    let (unix_url, tcp_url) = (server.url(), server.tcp_url().ok_or("a TCP port")?);
+    let unix = ends(name, &unix_url, true)?;
+    let tcp = ends(name, &tcp_url, false)?;
+    let back = ipc_queue::Queue::<()>::new()?;
+    let mut peers = Vec::new();
+    for role in 0..PEERS {
+        let process = Process::new().pass("back", &back)?;
+        let role = role.to_string();
+        peers.push(spawn_peer(name, process, &[&role, &unix_url, &tcp_url])?);
+    }
     Ok(Some(Box::new(BrokerContender {
-        ends,
-        peer,
+        unix,
+        tcp,
+        back,
+        peers,
         out: Vec::new(),
         _server: server,
     })))
 }
 
 fn peer(name: &str, args: &[String]) -> Result {
-    let url = args.first().ok_or("a broker peer needs the server's URL")?;
-    let mut ends = ends(name, url, false)?;
+    let [role, unix_url, tcp_url] = args else {
+        return Err("usage: --peer NAME ROLE UNIX_URL TCP_URL".into());
+    };
+    let role: usize = role.parse()?;
+    let mut unix = ends(name, unix_url, false)?;
+    let mut tcp = ends(name, tcp_url, false)?;
+    let back: ipc_queue::Queue<()> = inherited("back")?;
     let mut ctl: Connection = inherited("ctl")?;
-    serve_runs(&mut ctl, |ctl, run| {
+    serve_runs(&mut ctl, |_, run| {
         let Run { bench, count, .. } = run;
-        ends.get_n(bench.size, count)?;
-        ctl.send(&())?;
+        let ends = if bench.via == Via::BrokerTcp {
+            &mut tcp
+        } else {
+            &mut unix
+        };
+        let item = vec![0xa5u8; bench.size];
+        match (bench.via, role < CONSUMERS) {
+            (Via::Broker | Via::BrokerTcp, true) => {
+                ends.get_n(bench.size, count)?;
+                back.put_bytes(&[])?;
+            }
+            (Via::Broker4, true) => {
+                let sentinels = ends.get_until_sentinel(bench.size)?;
+                back.put_bytes(&[sentinels])?;
+            }
+            (Via::Broker4, false) => {
+                ends.put_n(&item, count)?;
+                ends.put_n(&[], 1)?;
+            }
+            _ => return Err(format!("broker peer {role} cannot run {bench}").into()),
+        }
         Ok(())
     })
+}
+
+impl BrokerContender {
+    fn tell(&mut self, peer: usize, bench: Benchmark, count: usize) -> Result {
+        self.peers[peer].0.send(&super::Control::Run {
+            bench,
+            warmup: 0,
+            count,
+            cpu: None,
+        })?;
+        Ok(())
+    }
+
+    /// 4 producers (the parent and peers 4 to 6), each following its items
+    /// with an empty sentinel, and 4 consumers (peers 0 to 3), each
+    /// taking items until its batch holds a sentinel and then saying how
+    /// many it took. A consumer whose batch held several leaves another
+    /// without one: the parent then puts more, once the count shows it.
+    /// Timed from just before the producers are told to start to the last
+    /// acknowledgement, so it covers the first put to the last get.
+    fn four_by_four(&mut self, bench: Benchmark, count: usize) -> Result<Sample> {
+        let share = count / 4;
+        for consumer in 0..CONSUMERS {
+            self.tell(consumer, bench, 0)?;
+        }
+        let start = Instant::now();
+        for producer in CONSUMERS..PEERS {
+            self.tell(producer, bench, share)?;
+        }
+        self.unix.put_n(&self.out, count - 3 * share)?;
+        self.unix.put_n(&[], 1)?;
+        let (mut put, mut seen, mut acks) = (4usize, 0usize, 0usize);
+        while acks < CONSUMERS {
+            let ack = self.back.get_bytes()?;
+            seen += usize::from(*ack.first().ok_or("an empty acknowledgement")?);
+            acks += 1;
+            let (waiting, left) = (CONSUMERS - acks, put.saturating_sub(seen));
+            if left < waiting {
+                self.unix.put_n(&[], waiting - left)?;
+                put += waiting - left;
+            }
+        }
+        Ok(Sample::Throughput {
+            messages: count,
+            size: bench.size,
+            elapsed_ns: start.elapsed().as_nanos() as f64,
+        })
+    }
 }
 
 impl Contender for BrokerContender {
@@ -302,15 +441,18 @@ impl Contender for BrokerContender {
             return Err(format!("{bench} is not a broker benchmark").into());
         }
         self.out.resize(bench.size, 0xa5);
-        self.peer.0.send(&super::Control::Run {
-            bench,
-            warmup: 0,
-            count,
-            cpu: None,
-        })?;
+        if bench.via == Via::Broker4 {
+            return self.four_by_four(bench, count);
+        }
+        self.tell(0, bench, count)?;
         let start = Instant::now();
-        self.ends.put_n(&self.out, count)?;
-        self.peer.0.recv::<()>()?;
+        let ends = if bench.via == Via::BrokerTcp {
+            &mut self.tcp
+        } else {
+            &mut self.unix
+        };
+        ends.put_n(&self.out, count)?;
+        check_len(self.back.get_bytes()?.len(), 0)?;
         Ok(Sample::Throughput {
             messages: count,
             size: bench.size,
@@ -318,8 +460,17 @@ impl Contender for BrokerContender {
         })
     }
 
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        let (ctl, child) = &mut self.peer;
-        quit_peer(ctl, child)
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut problems = Vec::new();
+        for (mut ctl, mut child) in self.peers {
+            if let Err(e) = quit_peer(&mut ctl, &mut child) {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; ").into())
+        }
     }
 }

@@ -62,7 +62,7 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         // Rust at both ends: what the pickle codec costs without Python.
         (Via::PickleDict, _) => pickle_dict::RUST_PEER,
         // The redis commands the queue needs, pipelined, without it.
-        (Via::Broker, _) => broker::RAW,
+        (Via::Broker | Via::BrokerTcp | Via::Broker4, _) => broker::RAW,
     }
 }
 
@@ -78,7 +78,7 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Queue | Via::Queue2 | Via::AsyncQueue => python::QUEUE,
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
-        Via::Broker => python::BROKER,
+        Via::Broker | Via::BrokerTcp | Via::Broker4 => python::BROKER,
     }
 }
 

@@ -98,7 +98,7 @@ pub fn broker_entry() -> Entry {
                 same manager `get`s them",
         start: || start("broker_bench.py"),
         peer: None,
-        runs: |b| b.via == Via::Broker,
+        runs: |b| matches!(b.via, Via::Broker | Via::BrokerTcp | Via::Broker4),
     }
 }
 
@@ -242,7 +242,18 @@ impl Contender for Python {
             (Via::Queue | Via::Queue2 | Via::AsyncQueue, Kind::PingPong) => {
                 writeln!(self.stdin, "pingpong {size} {warmup} {count} {cpu} {other}")?
             }
-            (Via::Broker, _) => writeln!(self.stdin, "throughput {size} {count}")?,
+            (Via::Broker | Via::BrokerTcp | Via::Broker4, _) => {
+                let transport = if bench.via == Via::BrokerTcp {
+                    "tcp"
+                } else {
+                    "unix"
+                };
+                let producers = if bench.via == Via::Broker4 { 4 } else { 1 };
+                writeln!(
+                    self.stdin,
+                    "throughput {transport} {size} {count} {producers}"
+                )?
+            }
             (Via::PickleDict, Kind::PingPong) => {
                 writeln!(self.stdin, "pickle-dict {warmup} {count} {cpu}")?
             }
