@@ -153,6 +153,17 @@ impl Link {
         }
     }
 
+    /// Runs `command` once on the connection if there is one, never
+    /// connecting or waiting for the server to come back: for a clean-up
+    /// that may be skipped.
+    pub(crate) fn run_if_connected<T>(
+        &mut self,
+        mut command: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        self.conn.as_ref()?;
+        self.try_run(Duration::ZERO, &mut command).ok()
+    }
+
     fn try_run<T>(
         &mut self,
         wait: Duration,

@@ -155,6 +155,22 @@ return acked
     )
 });
 
+/// Forgets a handle that goes away: its sequence number, and its consumer
+/// in the group unless items are pending with it (those stay, for another
+/// consumer to reclaim). KEYS: items, producers. ARGV: the handle's name.
+pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('HDEL', KEYS[2], ARGV[1])
+local mine = redis.pcall('XPENDING', KEYS[1], 'ipc', '-', '+', 1, ARGV[1])
+if type(mine) == 'table' and not mine.err and #mine == 0 then
+  redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], 'ipc', ARGV[1])
+end
+return 1
+",
+    )
+});
+
 /// What `join` and `qsize` need, at one instant. KEYS: items, done.
 /// Returns `{length, pending, last done id}`.
 pub(crate) static STATE: LazyLock<Script> = LazyLock::new(|| {

@@ -474,6 +474,26 @@ fn wait_after(link: &mut Link, key: &str, id: &str, block: u64) -> Result<()> {
     Ok(())
 }
 
+/// A handle that goes away takes its sequence number and (when nothing is
+/// pending with it) its consumer out of the server, so that neither grows
+/// with every handle ever made; skipped when its connection is down.
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let keys = &self.keys;
+        let consumer = &self.consumer;
+        self.link
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .run_if_connected(|conn| {
+                scripts::FORGET
+                    .key(&keys.items)
+                    .key(&keys.producers)
+                    .arg(consumer)
+                    .invoke::<i64>(conn)
+            });
+    }
+}
+
 /// The first entry `(id, fields)` of an `XREADGROUP` reply, if any.
 fn first_entry(read: &Value) -> Option<(&str, &[Value])> {
     // [[stream, [[id, [field, value, ...]], ...]]]

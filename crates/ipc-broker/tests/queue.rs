@@ -598,3 +598,46 @@ fn items_cross_tcp_with_an_acl_user_in_the_url() {
     }
     assert_eq!(producer.join_timeout(PATIENCE).unwrap(), 20);
 }
+
+#[test]
+fn handles_that_go_away_leave_no_trace_on_the_server() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut count = |command: &str, key: &str| -> usize {
+        let mut cmd = redis::cmd(command);
+        match command {
+            "XINFO" => cmd.arg("CONSUMERS").arg(key).arg("ipc"),
+            _ => cmd.arg(key),
+        };
+        let value: redis::Value = cmd.query(&mut admin).unwrap();
+        match value {
+            redis::Value::Int(n) => n as usize,
+            redis::Value::Array(items) => items.len(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let q = Queue::<u32>::builder().create(&broker, "tidy").unwrap();
+    let other = q.try_clone().unwrap();
+    other.put(1).unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(count("HLEN", "ipc:{tidy}:producers"), 1);
+    assert_eq!(count("XINFO", "ipc:{tidy}:items"), 1);
+    drop(other);
+    assert_eq!(count("HLEN", "ipc:{tidy}:producers"), 0);
+    drop(q);
+    assert_eq!(count("XINFO", "ipc:{tidy}:items"), 0);
+    // An item pending with a joinable handle keeps its consumer, for
+    // another to reclaim it.
+    let j = JoinableQueue::<u32>::builder()
+        .create(&broker, "kept")
+        .unwrap();
+    j.put(7).unwrap();
+    assert_eq!(j.get().unwrap(), 7);
+    drop(j);
+    assert_eq!(count("XINFO", "ipc:{kept}:items"), 1);
+}
