@@ -141,6 +141,32 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The codec's name in an inherited connection's handle text.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Codec::Postcard => "postcard",
+            #[cfg(feature = "pickle")]
+            Codec::Pickle => "pickle",
+        }
+    }
+
+    /// The codec named `name` (see [`name`](Self::name)); pickle needs the
+    /// feature in the process that reads it.
+    pub(crate) fn named(name: &str) -> Result<Codec> {
+        match name {
+            "postcard" => Ok(Codec::Postcard),
+            #[cfg(feature = "pickle")]
+            "pickle" => Ok(Codec::Pickle),
+            #[cfg(not(feature = "pickle"))]
+            "pickle" => Err(crate::Error::Unsupported(
+                "the connection speaks pickle: enable ipc-core's `pickle` feature here",
+            )),
+            _ => Err(crate::Error::InvalidArgument(
+                "unknown codec in a connection handle",
+            )),
+        }
+    }
+
     /// Appends the encoding of `value` to `out`.
     pub fn encode_into<T: Serialize + ?Sized>(self, value: &T, out: &mut Vec<u8>) -> Result<()> {
         match self {

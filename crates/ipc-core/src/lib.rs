@@ -107,18 +107,24 @@ pub trait Receiver<T> {
 }
 
 /// A connection crosses to a child as its stream's handle plus its own
-/// direction and size limit: the text is `r<0|1>w<0|1>m<max>` followed by a
-/// space and the stream's own text.
+/// direction, size limit and codec: the text is `r<0|1>w<0|1>m<max>`, then
+/// `c<codec>` unless the codec is postcard, then a space and the stream's
+/// own text.
 impl<S: Transport + process::Inheritable> process::Inheritable for Connection<S> {
     fn handle(&self) -> process::Handle<'_> {
         let stream = self.get_ref().handle();
         process::Handle {
             fds: stream.fds,
             text: format!(
-                "r{}w{}m{} {}",
+                "r{}w{}m{}{} {}",
                 u8::from(self.readable()),
                 u8::from(self.writable()),
                 self.max_message_size(),
+                if self.codec() == Codec::Postcard {
+                    String::new()
+                } else {
+                    format!("c{}", self.codec().name())
+                },
                 stream.text
             ),
         }
@@ -136,6 +142,10 @@ impl<S: Transport + process::Inheritable> process::Inheritable for Connection<S>
             _ => Err(bad()),
         };
         let (readable, writable) = (flag(readable)?, flag(writable)?);
+        let (max, codec) = match max.split_once('c') {
+            Some((max, codec)) => (max, Codec::named(codec)?),
+            None => (max, Codec::Postcard),
+        };
         let max = max.parse().map_err(|_| bad())?;
         let stream = S::from_inherited(process::Inherited {
             fds: inherited.fds,
@@ -143,6 +153,7 @@ impl<S: Transport + process::Inheritable> process::Inheritable for Connection<S>
         })?;
         let mut conn = Connection::with_direction(stream, readable, writable);
         conn.set_max_message_size(max);
+        conn.set_codec(codec);
         Ok(conn)
     }
 }

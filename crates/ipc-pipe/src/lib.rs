@@ -49,6 +49,7 @@ pub const DEFAULT_BUFFER_SIZE: usize = 1024 * 1024;
 pub struct Pipe {
     max_message: u64,
     buffer_size: usize,
+    codec: ipc_core::Codec,
 }
 
 impl Default for Pipe {
@@ -56,6 +57,7 @@ impl Default for Pipe {
         Pipe {
             max_message: ipc_core::DEFAULT_MAX_MESSAGE_SIZE,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            codec: ipc_core::Codec::Postcard,
         }
     }
 }
@@ -69,6 +71,15 @@ impl Pipe {
     /// The largest message either end sends or receives.
     pub fn max_message_size(mut self, bytes: u64) -> Pipe {
         self.max_message = bytes;
+        self
+    }
+
+    /// How both ends encode typed messages (postcard unless set): with
+    /// ipc-core's `pickle` feature, `Codec::Pickle` to talk to Python's
+    /// `conn.send(obj)` / `conn.recv()`. A child that inherits an end
+    /// inherits its codec.
+    pub fn codec(mut self, codec: ipc_core::Codec) -> Pipe {
+        self.codec = codec;
         self
     }
 
@@ -116,6 +127,7 @@ impl Pipe {
     fn wrap(&self, fd: OwnedFd, readable: bool, writable: bool) -> Result<Connection> {
         let mut conn = Connection::with_direction(FdStream::new(fd)?, readable, writable);
         conn.set_max_message_size(self.max_message);
+        conn.set_codec(self.codec);
         Ok(conn)
     }
 }

@@ -233,3 +233,32 @@ macro_rules! per_python {
 }
 
 per_python!(pickles_cross_a_pipe, python_judges_the_decoder);
+
+ipc_core::spawn_harness!();
+
+/// Answers, on the end it inherited, the number it receives, doubled.
+fn doubles_in_its_inherited_codec(_: ()) -> String {
+    let mut conn: Connection = ipc_core::process::inherited("conn").unwrap();
+    let codec = format!("{:?}", conn.codec());
+    let x: u64 = conn.recv_timeout(PATIENCE).unwrap();
+    conn.send(&(x * 2)).unwrap();
+    codec
+}
+
+/// A pipe made to speak pickle, and a child that inherits an end of it
+/// speaks pickle too.
+#[test]
+fn an_inherited_end_keeps_its_codec() {
+    let (mut ours, theirs) = ipc_pipe::Pipe::new().codec(Codec::Pickle).duplex().unwrap();
+    let child = Process::new()
+        .pass("conn", &theirs)
+        .unwrap()
+        .spawn(ipc_core::entry!(doubles_in_its_inherited_codec), &())
+        .unwrap();
+    drop(theirs);
+    ours.send(&21u64).unwrap();
+    // What the child sent is a pickle.
+    let answer = ours.recv_bytes_timeout(PATIENCE).unwrap();
+    assert_eq!(ipc_core::pickle::decode::<u64>(&answer).unwrap(), 42);
+    assert_eq!(child.join_timeout(PATIENCE).unwrap(), "Pickle");
+}
