@@ -14,6 +14,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to answer a command, unless set.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest timeouts taken (a day): longer ones are this; shorter than
+/// a millisecond, a millisecond (a socket timeout of zero would be none).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A Redis server holding queues, and the timeouts for talking to it.
 ///
 /// The URL is `redis://[user[:password]@]host[:port][/db]` (TCP),
@@ -80,17 +84,19 @@ impl Broker {
         Ok(self)
     }
 
-    /// How long connecting may take (5 s unless set).
+    /// How long connecting may take (5 s unless set; between a millisecond
+    /// and a day).
     pub fn connect_timeout(mut self, timeout: Duration) -> Broker {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMEOUT);
         self
     }
 
     /// How long the server may take to answer one command (10 s unless
-    /// set); a command it does not answer in time is an
-    /// [`Error::Io`] naming the server.
+    /// set; between a millisecond and a day); a command it does not answer
+    /// in time is sent again on a new connection, within the connect
+    /// timeout, and then an [`Error::Io`] naming the server.
     pub fn command_timeout(mut self, timeout: Duration) -> Broker {
-        self.command_timeout = timeout;
+        self.command_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMEOUT);
         self
     }
 
@@ -104,20 +110,58 @@ impl Broker {
         Link {
             broker: self.clone(),
             conn: None,
+            name: link_name(),
+            puts: 0,
         }
     }
 }
 
 /// One connection to the broker, opened on first use and again after it
-/// dropped; every command runs within a deadline.
+/// dropped; every command runs within a deadline. It has a name of its
+/// own, as a consumer of the stream and as a producer whose puts are
+/// numbered.
 pub(crate) struct Link {
     broker: Broker,
     conn: Option<redis::Connection>,
+    name: String,
+    /// The sequence number of this link's last put.
+    puts: u64,
+}
+
+/// A name no other link uses, now or later: the host, the process, and a
+/// count and clock reading of this process.
+fn link_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{host}:{}:{}:{since_epoch:x}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Link {
     pub(crate) fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The link's name, as consumer and producer.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A number for the next put, above every one before it: a put sent
+    /// twice keeps its number, so the server stores it once. Numbers go up
+    /// in the order puts are made, since one link runs one call at a time.
+    pub(crate) fn next_put(&mut self) -> u64 {
+        self.puts += 1;
+        self.puts
     }
 
     /// Runs `command` on the connection, which waits for the server at
@@ -132,17 +176,18 @@ impl Link {
         wait: Duration,
         mut command: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        let mut back_within: Option<Deadline> = None;
+        let mut back_within = Deadline::Never;
         let mut pause = Duration::from_millis(5);
         loop {
-            let error = match self.try_run(wait, &mut command) {
+            let error = match self.try_run(wait, back_within, &mut command) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Other(e)) => return Err(e),
                 Err(Failure::Connection(e)) => e,
             };
-            let deadline =
-                *back_within.get_or_insert_with(|| Deadline::after(self.broker.connect_timeout));
-            let Some(left) = deadline.slice(pause) else {
+            if back_within == Deadline::Never {
+                back_within = Deadline::after(self.broker.connect_timeout);
+            }
+            let Some(left) = back_within.slice(pause) else {
                 return Err(error);
             };
             if pause > Duration::from_millis(5) {
@@ -161,16 +206,25 @@ impl Link {
         mut command: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
         self.conn.as_ref()?;
-        self.try_run(Duration::ZERO, &mut command).ok()
+        self.try_run(Duration::ZERO, Deadline::Never, &mut command)
+            .ok()
     }
 
+    /// One try: connects if need be (by `back_within` at the latest, once
+    /// a try failed), sends the command and reads its answer.
     fn try_run<T>(
         &mut self,
         wait: Duration,
+        back_within: Deadline,
         command: &mut impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> std::result::Result<T, Failure> {
         let answer_within = self.broker.command_timeout + wait;
-        let conn = self.connection().map_err(|e| match e {
+        let connect_within = back_within
+            .remaining()
+            .map_or(self.broker.connect_timeout, |left| {
+                left.clamp(Duration::from_millis(1), self.broker.connect_timeout)
+            });
+        let conn = self.connection(connect_within).map_err(|e| match e {
             // Refused or cut: the server may be coming back.
             Error::Io(_) => Failure::Connection(e),
             // A wrong password stays wrong.
@@ -182,9 +236,14 @@ impl Link {
         answer.map_err(|e| {
             // A server loading its data after a restart answers LOADING
             // until it is done: as good as not back yet.
-            let dropped =
-                e.is_io_error() || e.is_connection_dropped() || e.code() == Some("LOADING");
-            if dropped || e.is_timeout() {
+            // An answer that did not come in time counts as a lost
+            // connection: the command is sent again on a new one (every
+            // command of this crate may be).
+            let dropped = e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.code() == Some("LOADING");
+            if dropped {
                 // A reply may still be on its way: this connection's next
                 // reply would be the wrong one.
                 self.conn = None;
@@ -198,12 +257,12 @@ impl Link {
         })
     }
 
-    fn connection(&mut self) -> Result<&mut redis::Connection> {
+    fn connection(&mut self, within: Duration) -> Result<&mut redis::Connection> {
         if self.conn.is_none() {
             let conn = self
                 .broker
                 .client
-                .get_connection_with_timeout(self.broker.connect_timeout)
+                .get_connection_with_timeout(within)
                 .map_err(|e| self.error(e))?;
             conn.set_write_timeout(Some(self.broker.command_timeout))
                 .map_err(|e| self.error(e))?;

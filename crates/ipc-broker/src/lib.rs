@@ -30,23 +30,31 @@
 //! - **Order.** The items of one producer are first delivered in the order
 //!   it put them; an item delivered again comes when it is reclaimed,
 //!   after later ones.
-//! - **Deadlines.** Every call waits at most its timeout for items or
-//!   room, plus the [`Broker`]'s command timeout for the server to answer;
-//!   a server that is down is an [`Error::Io`] naming
-//!   it. A connection that dropped is made again and the command sent
-//!   again, the server given the connect timeout to come back: a put
-//!   carries its handle's sequence number, so a put sent twice is stored
-//!   once. A take whose answer was lost is lost for a [`Queue`] (at most
-//!   once) and delivered again for a [`JoinableQueue`].
+//! - **Deadlines.** A call waits at most its timeout for items or room.
+//!   Talking to the server adds, per command (one for most calls, one
+//!   more each time a get or put waits), at most the [`Broker`]'s command
+//!   timeout for an answer and, when the connection fails or the answer
+//!   does not come, the connect timeout spent connecting again and
+//!   sending the command again; then the call is an [`Error::Io`] naming
+//!   the server. Every command may be sent twice: a put carries its
+//!   connection's sequence number, so a put sent twice is stored once; a
+//!   take whose answer was lost is lost for a [`Queue`] (at most once) and
+//!   delivered again for a [`JoinableQueue`].
+//! - **Threads.** Each call of a handle runs on a connection of its own
+//!   (an idle one of the handle's, or a new one), so threads sharing a
+//!   handle never wait for each other.
 //! - **Bad input.** An entry this crate did not write (another program's
-//!   `XADD` on the stream) is an [`Error::Broker`]
-//!   for that entry, which is dropped; an item of another type is an
-//!   [`Error::Decode`]. Either way the queue goes
-//!   on.
+//!   `XADD` on the stream) is dropped (and, for a [`JoinableQueue`], done
+//!   with); a get that brings nothing else is an [`Error::Broker`] naming
+//!   it. An item of another type is an [`Error::Decode`]. Either way the
+//!   queue goes on.
+//! - **Durability** is the server's: with its append-only file and
+//!   `appendfsync always`, every put that returned survives a restart;
+//!   with `everysec` (Redis's default), about the last second may not.
 //!
-//! Items are postcard-encoded, as in ipc-queue. A queue is four keys
-//! sharing one hash tag (`ipc:{name}:items`, `:meta`, `:freed`, `:done`),
-//! so a Redis Cluster keeps each queue on one node.
+//! Items are postcard-encoded, as in ipc-queue. A queue is five keys
+//! sharing one hash tag (`ipc:{name}:items`, `:meta`, `:freed`, `:done`,
+//! `:producers`), so a Redis Cluster keeps each queue on one node.
 
 mod broker;
 mod queue;

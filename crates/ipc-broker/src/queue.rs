@@ -113,9 +113,8 @@ impl<Q: QueueKind> Builder<Q> {
 ///
 /// An item is acknowledged when it is taken (at most once, as with the
 /// shared-memory queue: a consumer that dies holding it loses it). Items
-/// from one producer are taken in the order it put them. Each handle has
-/// its own connection; [`try_clone`](Self::try_clone) makes another (one
-/// per thread, for threads that wait at once).
+/// from one producer are taken in the order it put them. Threads may share
+/// a handle: each call runs on a connection of its own.
 ///
 /// ```no_run
 /// let broker = ipc_broker::Broker::new("redis://127.0.0.1/0")?;
@@ -161,7 +160,7 @@ impl<T> Queue<T> {
         Builder::new()
     }
 
-    /// Another handle on the same queue, with a connection of its own.
+    /// Another handle on the same queue, with connections of its own.
     pub fn try_clone(&self) -> Result<Self> {
         self.stream.try_clone().map(Self::from_stream)
     }
@@ -461,16 +460,10 @@ impl<T> JoinableQueue<T> {
         Builder::new()
     }
 
-    /// Another handle on the same queue, with a connection of its own
-    /// (and no items taken yet).
+    /// Another handle on the same queue, with connections of its own (and
+    /// no items taken yet).
     pub fn try_clone(&self) -> Result<Self> {
         self.queue.stream.try_clone().map(Self::from_stream)
-    }
-
-    /// The underlying queue's methods that are the same: puts, sizes,
-    /// close, name.
-    pub fn queue(&self) -> &Queue<T> {
-        &self.queue
     }
 
     fn take(&self, deadline: Deadline) -> Result<Taken> {
@@ -511,7 +504,13 @@ impl<T> JoinableQueue<T> {
             .ok_or(Error::InvalidArgument(
                 "task_done() called more times than items were taken",
             ))?;
-        self.queue.stream.done(&id).map(drop)
+        self.queue.stream.done(&id).map(drop).inspect_err(|_| {
+            // Not marked: still the oldest this handle has to mark.
+            self.taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_front(id.clone());
+        })
     }
 
     /// Marks one delivered item done, by its id (from [`get_item`](
@@ -545,6 +544,47 @@ impl<T> JoinableQueue<T> {
     /// See [`Queue::put_bytes`].
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<()> {
         self.queue.put_bytes(bytes)
+    }
+
+    /// See [`Queue::put_bytes_timeout`].
+    pub fn put_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<()> {
+        self.queue.put_bytes_timeout(bytes, timeout)
+    }
+
+    /// See [`Queue::put_bytes_nowait`].
+    pub fn put_bytes_nowait(&self, bytes: &[u8]) -> Result<()> {
+        self.queue.put_bytes_nowait(bytes)
+    }
+
+    /// See [`Queue::put_many_bytes`].
+    pub fn put_many_bytes(&self, items: &[&[u8]]) -> Result<()> {
+        self.queue.put_many_bytes(items)
+    }
+
+    /// See [`Queue::empty`]: whether no item waits (some may be taken and
+    /// not done).
+    pub fn empty(&self) -> Result<bool> {
+        self.queue.empty()
+    }
+
+    /// See [`Queue::full`].
+    pub fn full(&self) -> Result<bool> {
+        self.queue.full()
+    }
+
+    /// See [`Queue::maxsize`].
+    pub fn maxsize(&self) -> usize {
+        self.queue.maxsize()
+    }
+
+    /// See [`Queue::is_closed`].
+    pub fn is_closed(&self) -> Result<bool> {
+        self.queue.is_closed()
+    }
+
+    /// See [`Queue::name`].
+    pub fn name(&self) -> &str {
+        self.queue.name()
     }
 
     /// See [`Queue::qsize`]: items waiting, not those taken and not done.

@@ -4,11 +4,13 @@
 //!
 //! A queue is five keys: `items`, the stream of items (each entry one field
 //! `d` holding the item's bytes), read through the consumer group `ipc`;
-//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed`); `freed`, a short
+//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed`, `last`: the id
+//! of the newest item, which a waiting get reads after, and `cursor`: where
+//! the next reclaim looks); `freed`, a short
 //! stream a take appends to when the queue is bounded, for a blocked put to
 //! wait on; `done`, a short stream `task_done` appends to, for `join`; and
-//! `producers`, a hash of each producer handle's last put sequence number,
-//! which makes a put sent twice count once.
+//! `producers`, a hash of each connection's last put sequence number, which
+//! makes a put sent twice count once.
 //! Items taken for good are acknowledged and deleted at once, so the
 //! stream's length is what waits plus what is taken and not yet done.
 
@@ -20,20 +22,18 @@ use redis::Script;
 /// refused.
 pub(crate) const LAYOUT: &str = "1";
 
-/// The consumer group every handle reads through.
-pub(crate) const GROUP: &str = "ipc";
-
 /// Opens or creates a queue. KEYS: items, meta. ARGV: `create`, `open` or
 /// `either`; kind; maxsize. Returns `{1|2, layout, kind, maxsize}` (1:
-/// opened, 2: created), 0 (not there, for `open`) or -3 (there, for
-/// `create`).
+/// opened, 2: created), 0 (not there, for `open`), -3 (there, for
+/// `create`) or -4 (its maxsize is not a number).
 pub(crate) static OPEN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local m = redis.call('HMGET', KEYS[2], 'layout', 'kind', 'maxsize')
 if m[1] then
   if ARGV[1] == 'create' then return -3 end
-  return {1, m[1], m[2] or '', m[3] or '0'}
+  if not string.match(m[3] or '', '^%d+$') then return -4 end
+  return {1, m[1], m[2] or '', m[3]}
 end
 if ARGV[1] == 'open' then return 0 end
 local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], 'ipc', '0', 'MKSTREAM')
@@ -50,28 +50,31 @@ return {2, '1', ARGV[2], ARGV[3]}
 /// with the connection) finds its sequence number stored and adds nothing.
 /// KEYS: items, meta, freed, producers. ARGV: producer, sequence number,
 /// the items. Returns `{n}` (put, or put already), `{0, last freed id}` (no
-/// room: wait on `freed` after that id), -1 (closed) or -2 (the queue is
-/// gone).
+/// room: wait on `freed` after that id), -1 (closed), -2 (the queue is
+/// gone) or -4 (more items than the bound: they never fit).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = #ARGV - 2
-local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0
 if tonumber(ARGV[2]) <= last then return {n} end
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if not m[1] then return -2 end
 if m[2] == '1' then return -1 end
 local maxsize = tonumber(m[3]) or 0
 if maxsize > 0 then
+  if n > maxsize then return -4 end
   local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], 'ipc')[1]
   if waiting + n > maxsize then
     local freed = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
     return {0, freed and freed[1] or '0-0'}
   end
 end
+local id
 for i = 3, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+  id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
 end
+redis.call('HSET', KEYS[2], 'last', id)
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 return {n}
 ",
@@ -81,18 +84,26 @@ return {n}
 /// Takes up to ARGV[4] items without waiting. KEYS: items, meta, freed.
 /// ARGV: consumer; `once` (acknowledged and deleted now) or `least`
 /// (pending until done, first reclaiming items pending longer than the
-/// visibility timeout); the visibility timeout in ms; how many. Returns
-/// `{{id, fields, deliveries}, ...}`, 0 (nothing), -1 (closed and drained)
-/// or -2 (gone).
+/// visibility timeout, from where the last reclaim stopped); the
+/// visibility timeout in ms; how many. Returns `{{id, fields,
+/// deliveries}, ...}`, `{0, last}` (nothing now: wait for an entry after
+/// id `last`), -1 (closed and drained: for `least`, nothing pending
+/// either) or -2 (gone).
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'last', 'cursor')
 if not m[1] then return -2 end
 local want = tonumber(ARGV[4])
 local taken = {}
 if ARGV[2] == 'least' then
-  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', want)
+  local cursor = m[5] or '0-0'
+  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], cursor,
+                             'COUNT', want)
+  if #claimed[2] == 0 and cursor ~= '0-0' then
+    claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', want)
+  end
+  redis.call('HSET', KEYS[2], 'cursor', claimed[1])
   for _, e in ipairs(claimed[2]) do
     local deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
     taken[#taken + 1] = {e[1], e[2], deliveries}
@@ -111,8 +122,10 @@ if #taken < want then
   end
 end
 if #taken == 0 then
-  if m[2] == '1' then return -1 end
-  return 0
+  if m[2] == '1' and (ARGV[2] == 'once' or redis.call('XLEN', KEYS[1]) == 0) then
+    return -1
+  end
+  return {0, m[4] or '0-0'}
 end
 if ARGV[2] == 'once' then
   for _, t in ipairs(taken) do
@@ -121,23 +134,6 @@ if ARGV[2] == 'once' then
   end
 end
 return taken
-",
-    )
-});
-
-/// Finishes a take that a blocking `XREADGROUP` made. KEYS: items, meta,
-/// freed. ARGV: id; `once` or `least`. Returns 1.
-pub(crate) static TAKEN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if ARGV[2] == 'once' then
-  redis.call('XACK', KEYS[1], 'ipc', ARGV[1])
-  redis.call('XDEL', KEYS[1], ARGV[1])
-end
-if (tonumber(redis.call('HGET', KEYS[2], 'maxsize')) or 0) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
-end
-return 1
 ",
     )
 });

@@ -1,8 +1,8 @@
-//! What both queue types are made of: a handle's connection, the queue's
+//! What both queue types are made of: a handle's connections, the queue's
 //! keys, and the put, take, done and wait steps over the scripts of
 //! [`crate::scripts`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use ipc_core::{Deadline, Error, Result};
 use redis::Value;
 
 use crate::broker::{block_ms, Broker, Link};
-use crate::scripts::{self, GROUP, LAYOUT};
+use crate::scripts::{self, LAYOUT};
 
 /// The longest one blocking command waits on the server before the handle
 /// looks again (at a close, and for items whose consumer went away).
@@ -80,18 +80,46 @@ impl Keys {
     }
 }
 
-/// One handle on a queue: its own connection and consumer name.
+/// One handle on a queue. Each call runs on a connection of its own: an
+/// idle one of the handle's, or a new one, so that threads sharing a
+/// handle never wait for each other's calls.
 pub struct Stream {
-    link: Mutex<Link>,
+    broker: Broker,
+    /// Connections not in use by a call.
+    idle: Mutex<Vec<Link>>,
     keys: Keys,
     name: String,
-    /// This handle's name as a consumer, and as a producer.
-    consumer: String,
-    /// The sequence number of this handle's last put.
-    puts: AtomicU64,
     kind: &'static str,
     maxsize: usize,
     delivery: Delivery,
+}
+
+/// A connection taken by one call, given back when the call ends.
+struct InUse<'a> {
+    stream: &'a Stream,
+    link: Option<Link>,
+}
+
+impl Deref for InUse<'_> {
+    type Target = Link;
+
+    fn deref(&self) -> &Link {
+        self.link.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for InUse<'_> {
+    fn deref_mut(&mut self) -> &mut Link {
+        self.link.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            self.stream.idle().push(link);
+        }
+    }
 }
 
 impl Stream {
@@ -104,6 +132,15 @@ impl Stream {
         delivery: Delivery,
         opening: Opening,
     ) -> Result<Stream> {
+        if name.is_empty() {
+            // `ipc:{}:…` would not tag the keys into one cluster slot.
+            return Err(Error::InvalidArgument("a queue's name may not be empty"));
+        }
+        if delivery.visibility_ms() == 0 && delivery != Delivery::AtMostOnce {
+            return Err(Error::InvalidArgument(
+                "a visibility timeout of less than a millisecond takes every item from its consumer",
+            ));
+        }
         let mut link = broker.link();
         let keys = Keys::of(name);
         let how = match opening {
@@ -123,6 +160,12 @@ impl Stream {
         let maxsize = match opened {
             Value::Int(0) => return Err(Error::NotFound(name.to_owned())),
             Value::Int(-3) => return Err(Error::AlreadyExists(name.to_owned())),
+            Value::Int(-4) => {
+                return Err(Error::Broker(format!(
+                    "redis at {}: the maxsize of `{name}` is not a number",
+                    broker.address()
+                )))
+            }
             Value::Array(fields) => {
                 let text = |i: usize| match fields.get(i) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
@@ -142,22 +185,20 @@ impl Stream {
             other => return Err(unexpected(broker, "opening the queue", &other)),
         };
         Ok(Stream {
-            link: Mutex::new(link),
+            broker: broker.clone(),
+            idle: Mutex::new(vec![link]),
             keys,
             name: name.to_owned(),
-            consumer: consumer_name(),
-            puts: AtomicU64::new(0),
             kind,
             maxsize,
             delivery,
         })
     }
 
-    /// Another handle on the same queue, with a connection of its own.
+    /// Another handle on the same queue, with connections of its own.
     pub(crate) fn try_clone(&self) -> Result<Stream> {
-        let broker = self.link().broker().clone();
         Stream::open(
-            &broker,
+            &self.broker,
             &self.name,
             self.kind,
             self.maxsize,
@@ -166,9 +207,18 @@ impl Stream {
         )
     }
 
-    fn link(&self) -> MutexGuard<'_, Link> {
-        // A panic while holding the link leaves nothing half-done in it.
-        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    fn idle(&self) -> MutexGuard<'_, Vec<Link>> {
+        // The list is whole whatever panicked while it was held.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection for one call: an idle one, or a new one.
+    fn link(&self) -> InUse<'_> {
+        let link = self.idle().pop().unwrap_or_else(|| self.broker.link());
+        InUse {
+            stream: self,
+            link: Some(link),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -181,23 +231,21 @@ impl Stream {
 
     /// Puts `items`, all or none, waiting for room until `deadline`.
     pub(crate) fn put(&self, items: &[&[u8]], deadline: Deadline) -> Result<()> {
-        if self.maxsize > 0 && items.len() > self.maxsize {
-            return Err(Error::InvalidArgument(
-                "more items at once than the queue's maxsize",
-            ));
+        if items.is_empty() {
+            return Ok(());
         }
         let mut link = self.link();
-        // One number per put, however often it is sent, taken under the
-        // link's lock: a later number is never stored before an earlier.
-        let seq = self.puts.fetch_add(1, Ordering::Relaxed) + 1;
+        // One number per put, however often it is sent.
+        let seq = link.next_put();
         loop {
+            let producer = link.name().to_owned();
             let put: Value = link.run(Duration::ZERO, |conn| {
                 let mut call = scripts::PUT.prepare_invoke();
                 call.key(&self.keys.items)
                     .key(&self.keys.meta)
                     .key(&self.keys.freed)
                     .key(&self.keys.producers)
-                    .arg(&self.consumer)
+                    .arg(&producer)
                     .arg(seq);
                 for item in items {
                     call.arg(*item);
@@ -214,6 +262,11 @@ impl Stream {
                 },
                 Value::Int(-1) => return Err(Error::Closed),
                 Value::Int(-2) => return Err(Error::NotFound(self.name.clone())),
+                Value::Int(-4) => {
+                    return Err(Error::InvalidArgument(
+                        "more items at once than the queue's maxsize",
+                    ))
+                }
                 _ => return Err(unexpected(link.broker(), "a put", &put)),
             };
             let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
@@ -235,123 +288,94 @@ impl Stream {
     }
 
     /// Takes between 1 and `most` items in one command, waiting until
-    /// `deadline` for the first. An entry this crate did not write among
-    /// them is an error for the whole call (those taken with it are taken:
-    /// for a `Queue`, lost; for a `JoinableQueue`, delivered again later).
+    /// `deadline` for the first. Entries this crate did not write among
+    /// them are dropped (done with, for a `JoinableQueue`); only a take
+    /// that brings nothing else is an error, naming the first of them.
     pub(crate) fn take_many(&self, most: usize, deadline: Deadline) -> Result<Vec<Taken>> {
         let most = most.max(1);
         let mut link = self.link();
         loop {
+            let consumer = link.name().to_owned();
             let took: Value = link.run(Duration::ZERO, |conn| {
                 scripts::TAKE
                     .key(&self.keys.items)
                     .key(&self.keys.meta)
                     .key(&self.keys.freed)
-                    .arg(&self.consumer)
+                    .arg(&consumer)
                     .arg(self.delivery.mode())
                     .arg(self.delivery.visibility_ms())
                     .arg(most)
                     .invoke(conn)
             })?;
-            match took {
-                Value::Int(0) => {}
+            let newest = match &took {
                 Value::Int(-1) => return Err(Error::Closed),
                 Value::Int(-2) => return Err(Error::NotFound(self.name.clone())),
-                Value::Array(ref entries) => {
-                    return entries
-                        .iter()
-                        .map(|entry| match entry {
-                            Value::Array(reply) => self.taken(&mut link, reply, entry),
-                            other => Err(unexpected(link.broker(), "a get", other)),
-                        })
-                        .collect();
-                }
-                other => return Err(unexpected(link.broker(), "a get", &other)),
-            }
+                Value::Array(reply) => match reply.as_slice() {
+                    [Value::Int(0), Value::BulkString(newest)] => {
+                        String::from_utf8_lossy(newest).into_owned()
+                    }
+                    entries => return self.items(&mut link, entries, &took),
+                },
+                other => return Err(unexpected(link.broker(), "a get", other)),
+            };
             let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
                 return Err(match deadline {
                     Deadline::Now => Error::Empty,
                     _ => Error::Timeout,
                 });
             };
-            // Nothing now: wait on the server for the next item, which
-            // this read takes for this consumer.
-            let wait = Duration::from_millis(block);
-            let read: Value = link.run(wait, |conn| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg("COUNT")
-                    .arg(1)
-                    .arg("BLOCK")
-                    .arg(block)
-                    .arg("STREAMS")
-                    .arg(&self.keys.items)
-                    .arg(">")
-                    .query(conn)
-            })?;
-            let Some(entry) = first_entry(&read) else {
-                continue;
+            // Nothing now: wait for an entry newer than the newest there
+            // was (without taking it: the next look takes, in one step).
+            wait_after(&mut link, &self.keys.items, &newest, block)?;
+        }
+    }
+
+    /// The items of a `TAKE` reply, `{{id, fields, deliveries}, ...}`,
+    /// without the entries this crate did not write.
+    fn items(&self, link: &mut Link, entries: &[Value], whole: &Value) -> Result<Vec<Taken>> {
+        let mut items = Vec::with_capacity(entries.len());
+        let mut foreign = None;
+        for entry in entries {
+            let Value::Array(entry) = entry else {
+                return Err(unexpected(link.broker(), "a get", whole));
             };
-            let (id, fields) = entry;
-            let id = id.to_owned();
-            let _: Value = link.run(Duration::ZERO, |conn| {
-                scripts::TAKEN
-                    .key(&self.keys.items)
-                    .key(&self.keys.meta)
-                    .key(&self.keys.freed)
-                    .arg(&id)
-                    .arg(self.delivery.mode())
-                    .invoke(conn)
-            })?;
-            return Ok(vec![self.checked(&mut link, id, fields, 1)?]);
-        }
-    }
-
-    /// The item in a `TAKE` reply `{id, fields, deliveries}`.
-    fn taken(&self, link: &mut Link, reply: &[Value], whole: &Value) -> Result<Taken> {
-        match reply {
-            [Value::BulkString(id), Value::Array(fields), Value::Int(deliveries)] => {
-                let id = String::from_utf8_lossy(id).into_owned();
-                self.checked(link, id, fields, (*deliveries).max(1) as u64)
-            }
-            _ => Err(unexpected(link.broker(), "a get", whole)),
-        }
-    }
-
-    /// The item of entry `id`, if this crate wrote it: one field `d`. An
-    /// entry someone else wrote is an error for that entry, which is then
-    /// done with, so the queue goes on.
-    fn checked(
-        &self,
-        link: &mut Link,
-        id: String,
-        fields: &[Value],
-        deliveries: u64,
-    ) -> Result<Taken> {
-        if let [Value::BulkString(field), Value::BulkString(bytes)] = fields {
-            if field == b"d" {
-                return Ok(Taken {
-                    id,
-                    bytes: bytes.clone(),
-                    deliveries,
-                });
+            let [Value::BulkString(id), Value::Array(fields), Value::Int(deliveries)] =
+                entry.as_slice()
+            else {
+                return Err(unexpected(link.broker(), "a get", whole));
+            };
+            let id = String::from_utf8_lossy(id).into_owned();
+            match fields.as_slice() {
+                [Value::BulkString(field), Value::BulkString(bytes)] if field == b"d" => items
+                    .push(Taken {
+                        id,
+                        bytes: bytes.clone(),
+                        deliveries: (*deliveries).max(1) as u64,
+                    }),
+                _ => {
+                    // Not ours: done with, so that it is not delivered
+                    // again (a `Queue`'s take deleted it already).
+                    if matches!(self.delivery, Delivery::AtLeastOnce { .. }) {
+                        self.done_with(link, &id)?;
+                    }
+                    foreign.get_or_insert(id);
+                }
             }
         }
-        if matches!(self.delivery, Delivery::AtLeastOnce { .. }) {
-            self.done_with(link, &id)?;
+        match foreign {
+            Some(id) if items.is_empty() => Err(Error::Broker(format!(
+                "redis at {}: entry {id} of `{}` was not written by ipc-broker (its fields are \
+                 not one `d`); it was taken and dropped",
+                link.broker().address(),
+                self.keys.items
+            ))),
+            _ => Ok(items),
         }
-        Err(Error::Broker(format!(
-            "redis at {}: entry {id} of `{}` was not written by ipc-broker (its fields are not \
-             one `d`); it was taken and dropped",
-            link.broker().address(),
-            self.keys.items
-        )))
     }
 
     /// Marks item `id` done: `true` if this call finished it, `false` if
-    /// it was finished already (by another delivery of it).
+    /// it was finished already (by another delivery of it, or by this call
+    /// sent twice when its first answer was lost).
     pub(crate) fn done(&self, id: &str) -> Result<bool> {
         let mut link = self.link();
         self.done_with(&mut link, id)
@@ -391,15 +415,13 @@ impl Stream {
 
     /// Items put and not yet taken.
     pub(crate) fn waiting(&self) -> Result<usize> {
-        let mut link = self.link();
-        let (len, pending, _) = self.state(&mut link)?;
+        let (len, pending, _) = self.state(&mut self.link())?;
         Ok(len.saturating_sub(pending))
     }
 
     /// Items put and not yet done (taken or not).
     pub(crate) fn unfinished(&self) -> Result<usize> {
-        let mut link = self.link();
-        Ok(self.state(&mut link)?.0)
+        Ok(self.state(&mut self.link())?.0)
     }
 
     /// Waits until every item put is done, or `deadline`.
@@ -421,8 +443,7 @@ impl Stream {
     /// [`Error::Closed`], gets take what is left and are then told
     /// `Closed`.
     pub(crate) fn close(&self) -> Result<()> {
-        let mut link = self.link();
-        link.run(Duration::ZERO, |conn| {
+        self.link().run(Duration::ZERO, |conn| {
             redis::cmd("HSET")
                 .arg(&self.keys.meta)
                 .arg("closed")
@@ -433,8 +454,7 @@ impl Stream {
 
     /// Whether the queue was closed.
     pub(crate) fn is_closed(&self) -> Result<bool> {
-        let mut link = self.link();
-        let closed: Option<String> = link.run(Duration::ZERO, |conn| {
+        let closed: Option<String> = self.link().run(Duration::ZERO, |conn| {
             redis::cmd("HGET")
                 .arg(&self.keys.meta)
                 .arg("closed")
@@ -445,8 +465,7 @@ impl Stream {
 
     /// Deletes the queue's keys from the server: the items with it.
     pub(crate) fn unlink(&self) -> Result<()> {
-        let mut link = self.link();
-        link.run(Duration::ZERO, |conn| {
+        self.link().run(Duration::ZERO, |conn| {
             redis::cmd("DEL")
                 .arg(&self.keys.items)
                 .arg(&self.keys.meta)
@@ -458,9 +477,9 @@ impl Stream {
     }
 }
 
-/// Waits (at most `block` ms) until notification stream `key` has an
-/// entry after `id`: the last one seen by the look that decided to wait,
-/// so a notification between that look and this wait is not missed.
+/// Waits (at most `block` ms) until stream `key` has an entry after `id`:
+/// the newest one the look that decided to wait saw, so an entry added
+/// between that look and this wait is not missed.
 fn wait_after(link: &mut Link, key: &str, id: &str, block: u64) -> Result<()> {
     let _: Value = link.run(Duration::from_millis(block), |conn| {
         redis::cmd("XREAD")
@@ -474,46 +493,24 @@ fn wait_after(link: &mut Link, key: &str, id: &str, block: u64) -> Result<()> {
     Ok(())
 }
 
-/// A handle that goes away takes its sequence number and (when nothing is
-/// pending with it) its consumer out of the server, so that neither grows
-/// with every handle ever made; skipped when its connection is down.
+/// A handle that goes away takes its connections' sequence numbers and
+/// (when nothing is pending with them) their consumers out of the server,
+/// so that neither grows with every handle made; skipped for a connection
+/// that is down, and bounded by the command timeout.
 impl Drop for Stream {
     fn drop(&mut self) {
         let keys = &self.keys;
-        let consumer = &self.consumer;
-        self.link
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_if_connected(|conn| {
+        let idle = self.idle.get_mut().unwrap_or_else(|e| e.into_inner());
+        for link in idle.iter_mut() {
+            let name = link.name().to_owned();
+            link.run_if_connected(|conn| {
                 scripts::FORGET
                     .key(&keys.items)
                     .key(&keys.producers)
-                    .arg(consumer)
+                    .arg(&name)
                     .invoke::<i64>(conn)
             });
-    }
-}
-
-/// The first entry `(id, fields)` of an `XREADGROUP` reply, if any.
-fn first_entry(read: &Value) -> Option<(&str, &[Value])> {
-    // [[stream, [[id, [field, value, ...]], ...]]]
-    let Value::Array(streams) = read else {
-        return None;
-    };
-    let Some(Value::Array(stream)) = streams.first() else {
-        return None;
-    };
-    let Some(Value::Array(entries)) = stream.get(1) else {
-        return None;
-    };
-    let Some(Value::Array(entry)) = entries.first() else {
-        return None;
-    };
-    match entry.as_slice() {
-        [Value::BulkString(id), Value::Array(fields)] => {
-            Some((std::str::from_utf8(id).ok()?, fields.as_slice()))
         }
-        _ => None,
     }
 }
 
@@ -523,21 +520,4 @@ fn unexpected(broker: &Broker, doing: &str, reply: &Value) -> Error {
         "redis at {}: unexpected reply to {doing}: {reply:?}",
         broker.address()
     ))
-}
-
-/// A consumer name no other handle uses, now or later: the host, the
-/// process, and a count and clock reading of this process.
-fn consumer_name() -> String {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned());
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{host}:{}:{}:{since_epoch:x}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
-    )
 }

@@ -127,6 +127,16 @@ fn names_kinds_and_bad_urls_are_clear_errors() {
         Broker::new("postgres://nope"),
         Err(Error::InvalidArgument(_))
     ));
+    assert!(matches!(
+        Queue::<u32>::builder().create(&broker, ""),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        JoinableQueue::<u32>::builder()
+            .visibility_timeout(Duration::ZERO)
+            .create(&broker, "instant"),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 /// Puts `count` numbers `base + i`, one put each, on a bounded queue.
@@ -195,6 +205,11 @@ fn a_bound_is_never_passed_by_concurrent_producers() {
         Err(Error::Timeout)
     ));
     assert_waited(start, SHORT);
+    // More items at once than the bound could ever hold.
+    assert!(matches!(
+        q.put_many(&[1, 2, 3, 4, 5, 6]),
+        Err(Error::InvalidArgument(_))
+    ));
     // A blocked put goes through once a get frees a place.
     let other = q.try_clone().unwrap();
     let blocked = std::thread::spawn(move || other.put_timeout(100, PATIENCE).map_err(Error::from));
@@ -434,6 +449,19 @@ fn foreign_entries_and_items_of_another_type_are_errors_for_that_item() {
     );
     assert!(matches!(q.get_nowait(), Err(Error::Decode(_))));
     assert_eq!(q.get_nowait().unwrap(), "fine");
+    // Among good items, a foreign entry is dropped and the good ones come.
+    q.put("one".to_owned()).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("ipc:{mixed}:items")
+        .arg("*")
+        .arg("job")
+        .arg("not ours")
+        .query(&mut admin)
+        .unwrap();
+    q.put("two".to_owned()).unwrap();
+    assert_eq!(q.get_many(10, Some(PATIENCE)).unwrap(), ["one", "two"]);
+    q.put_many(&[]).unwrap();
+    assert!(q.empty().unwrap());
 
     // The same for a joinable queue, whose foreign entry is done with
     // rather than delivered again.
@@ -640,4 +668,36 @@ fn handles_that_go_away_leave_no_trace_on_the_server() {
     assert_eq!(j.get().unwrap(), 7);
     drop(j);
     assert_eq!(count("XINFO", "ipc:{kept}:items"), 1);
+}
+
+#[test]
+fn threads_sharing_a_handle_keep_their_own_deadlines() {
+    let Some((_server, broker)) = server() else {
+        return;
+    };
+    let q = std::sync::Arc::new(Queue::<u32>::builder().create(&broker, "shared").unwrap());
+    let waiting = std::sync::Arc::clone(&q);
+    let long = std::thread::spawn(move || waiting.get_timeout(PATIENCE));
+    // Whether or not the other thread's wait has begun, this one's
+    // deadline holds.
+    let start = Instant::now();
+    assert!(matches!(q.get_timeout(SHORT), Err(Error::Timeout)));
+    assert_waited(start, SHORT);
+    q.put(5).unwrap();
+    assert_eq!(long.join().unwrap().unwrap(), 5);
+}
+
+#[test]
+fn a_waiting_get_takes_a_new_item_over_resp3_too() {
+    let Some(server) = RedisServer::start_tcp() else {
+        return;
+    };
+    let url = format!("{}?protocol=resp3", server.tcp_url().unwrap());
+    let broker = Broker::new(&url).unwrap();
+    let q = Queue::<u32>::builder().create(&broker, "resp3").unwrap();
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
+    q.put(3).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap(), 3);
+    assert_eq!(q.qsize().unwrap(), 0);
 }
