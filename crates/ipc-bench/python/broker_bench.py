@@ -30,7 +30,7 @@ import tempfile
 import time
 from multiprocessing.managers import BaseManager
 
-from pipe_bench import serve_commands, throughput_sample
+from pipe_bench import Workers, serve_commands, throughput_sample
 
 AUTHKEY = b"ipc-bench"
 DATA = queue.Queue()
@@ -102,24 +102,11 @@ class Bench:
         addresses = {name: m.address for name, m in self.managers.items()}
         self.queues = {name: m.data() for name, m in self.managers.items()}
         self.back = multiprocessing.Queue()
-        self.workers = []
-        for _ in range(WORKERS):
-            parent_end, child_end = multiprocessing.Pipe()
-            proc = multiprocessing.Process(
-                target=worker, args=(child_end, addresses, self.back), daemon=True
-            )
-            proc.start()
-            child_end.close()
-            self.workers.append((parent_end, proc))
-
-    def tell(self, i, command):
-        self.workers[i][0].send_bytes(command.encode())
+        self.workers = Workers(WORKERS, worker, (addresses, self.back))
+        self.tell = self.workers.tell
 
     def stop(self):
-        for conn, _ in self.workers:
-            conn.send_bytes(b"quit")
-        for _, proc in self.workers:
-            proc.join()
+        self.workers.stop()
         for manager in self.managers.values():
             manager.shutdown()
         os.rmdir(self.dir)

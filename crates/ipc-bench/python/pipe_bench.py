@@ -186,6 +186,33 @@ def throughput_sample(count, size, elapsed_ns):
     }
 
 
+class Workers:
+    """Daemonic worker processes, each obeying commands sent over a pipe of
+    its own (`target(cmd, *args)`; "quit" ends it): if the parent dies
+    mid-command (ipc-bench killed), the workers go with it rather than
+    keep it waiting at exit."""
+
+    def __init__(self, count, target, args):
+        self.workers = []
+        for _ in range(count):
+            parent_end, child_end = multiprocessing.Pipe()
+            proc = multiprocessing.Process(
+                target=target, args=(child_end, *args), daemon=True
+            )
+            proc.start()
+            child_end.close()
+            self.workers.append((parent_end, proc))
+
+    def tell(self, i, command):
+        self.workers[i][0].send_bytes(command.encode())
+
+    def stop(self):
+        for conn, _ in self.workers:
+            conn.send_bytes(b"quit")
+        for _, proc in self.workers:
+            proc.join()
+
+
 def serve_commands(commands):
     """The --serve loop of a benchmark script: says which Python it is,
     then answers each command line on stdin (its first word a key of

@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 
-from pipe_bench import Pinned, percentile, serve_commands
+from pipe_bench import Pinned, Workers, percentile, serve_commands
 
 
 def worker(cmd, data, back):
@@ -77,26 +77,9 @@ class Bench:
     def __init__(self):
         self.data = multiprocessing.Queue()
         self.back = multiprocessing.Queue()
-        self.workers = []
-        for _ in range(3):
-            parent_end, child_end = multiprocessing.Pipe()
-            # Daemonic: if the parent dies mid-command (ipc-bench killed),
-            # the workers go with it rather than keep it waiting at exit.
-            proc = multiprocessing.Process(
-                target=worker, args=(child_end, self.data, self.back), daemon=True
-            )
-            proc.start()
-            child_end.close()
-            self.workers.append((parent_end, proc))
-
-    def tell(self, i, command):
-        self.workers[i][0].send_bytes(command.encode())
-
-    def stop(self):
-        for conn, _ in self.workers:
-            conn.send_bytes(b"quit")
-        for _, proc in self.workers:
-            proc.join()
+        self.workers = Workers(3, worker, (self.data, self.back))
+        self.tell = self.workers.tell
+        self.stop = self.workers.stop
 
     def throughput(self, size, count, producers):
         msg = b"\xa5" * size

@@ -24,7 +24,7 @@ use ipc_core::process::{inherited, Child, Process};
 use ipc_core::Connection;
 use ipc_testkit::RedisServer;
 
-use super::{check_len, quit_peer, serve_runs, spawn_peer, Contender, Entry, Run};
+use super::{check_len, serve_runs, spawn_peer, Contender, Entry, Run};
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
 /// Name of the per-item contender.
@@ -461,16 +461,6 @@ impl Contender for BrokerContender {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let mut problems = Vec::new();
-        for (mut ctl, mut child) in self.peers {
-            if let Err(e) = quit_peer(&mut ctl, &mut child) {
-                problems.push(e.to_string());
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; ").into())
-        }
+        super::quit_peers(self.peers)
     }
 }

@@ -411,6 +411,21 @@ pub fn quit_peer(ctl: &mut Connection, child: &mut Child) -> Result<()> {
     }
 }
 
+/// Asks every peer of `peers` to quit and waits for each: the problems of
+/// all of them in one error, if any.
+pub fn quit_peers(peers: Vec<(Connection, Child)>) -> Result<()> {
+    let problems: Vec<String> = peers
+        .into_iter()
+        .filter_map(|(mut ctl, mut child)| quit_peer(&mut ctl, &mut child).err())
+        .map(|e| e.to_string())
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; ").into())
+    }
+}
+
 /// Starts this program as the peer of contender `name`, with the handles
 /// already given to `process`, the extra arguments `args` and a control
 /// connection; returns the parent end of the control connection and the

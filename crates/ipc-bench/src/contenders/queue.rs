@@ -29,7 +29,7 @@ use ipc_queue::Queue;
 use nix::mqueue::{mq_open, mq_receive, mq_send, mq_unlink, MQ_OFlag, MqAttr, MqdT};
 use nix::sys::stat::Mode;
 
-use super::{check_len, quit_peer, serve_runs, spawn_peer, Contender, Control, Entry, Run};
+use super::{check_len, serve_runs, spawn_peer, Contender, Control, Entry, Run};
 use crate::affinity;
 use crate::bench::{Benchmark, Kind, Result, Sample, Via};
 
@@ -417,16 +417,6 @@ impl<Q: Ends> Contender for QueueContender<Q> {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let mut problems = Vec::new();
-        for (mut ctl, mut child) in self.peers {
-            if let Err(e) = quit_peer(&mut ctl, &mut child) {
-                problems.push(e.to_string());
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; ").into())
-        }
+        super::quit_peers(self.peers)
     }
 }
