@@ -76,21 +76,9 @@ def starts(method, warmup, count):
 
 
 def serve():
-    import json
-    import platform
+    from pipe_bench import serve_commands
 
-    print(json.dumps({"python": platform.python_version()}), flush=True)
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "quit":
-            break
-        if words[0] == "start":
-            result = starts(words[1], int(words[2]), int(words[3]))
-        else:
-            result = {"error": f"unknown command {words[0]!r}"}
-        print(json.dumps(result), flush=True)
+    serve_commands({"start": starts})
 
 
 def suite(quick):
