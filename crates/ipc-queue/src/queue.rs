@@ -509,8 +509,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 impl<T> Queue<T> {
     /// Puts raw bytes as one item, awaiting room. Cancel safe: dropped
     /// before it returned, it put nothing.
-    pub async fn put_bytes_async(&self, bytes: &[u8]) -> Result<()> {
-        self.core.put_async(bytes).await
+    pub fn put_bytes_async<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        // The core's future itself, not one wrapped around it: a level of
+        // state less per item.
+        self.core.put_async(bytes)
     }
 
     /// Takes the next item's bytes, awaiting one. Cancel safe: dropped
@@ -523,8 +528,11 @@ impl<T> Queue<T> {
 
     /// Copies the next item's bytes into `buf`, awaiting one; see
     /// [`get_bytes_into`](Self::get_bytes_into). Cancel safe.
-    pub async fn get_bytes_into_async(&self, buf: &mut [u8]) -> Result<usize> {
-        self.core.get_async(Dest::Slice(buf)).await
+    pub fn get_bytes_into_async<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = Result<usize>> + Send + 'a {
+        self.core.get_async(Dest::Slice(buf))
     }
 }
 
