@@ -291,6 +291,8 @@ pub(crate) struct OutcomeWriter {
     count: u32,
     /// Whether the last result was short: the next likely is too.
     short: bool,
+    /// Where the record of a task whose run has not returned begins.
+    open: Option<usize>,
 }
 
 impl OutcomeWriter {
@@ -299,16 +301,19 @@ impl OutcomeWriter {
             frame: vec![0; 4],
             count: 0,
             short: true,
+            open: None,
         }
     }
 
     /// Adds one task's outcome: `run` appends its encoded result to the
-    /// buffer, or says why there is none.
+    /// buffer, or says why there is none. Should `run` panic, the record it
+    /// began stays open until [`abandon`](Self::abandon).
     pub fn push(
         &mut self,
         run: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), ChildFailure>,
     ) {
         let at = begin_record(&mut self.frame, self.short);
+        self.open = Some(at);
         let failure = match run(&mut self.frame) {
             Ok(()) => match end_record(&mut self.frame, at, self.short) {
                 Ok(short) => {
@@ -321,14 +326,29 @@ impl OutcomeWriter {
             },
             Err(failure) => Some(failure),
         };
-        if let Some(failure) = failure {
-            self.frame.truncate(at);
-            self.frame.extend_from_slice(&[FAILED, 0, 0, 0, 0]);
-            // A failure's text is small: it always encodes and fits.
-            let _ = codec::encode_into(&failure, &mut self.frame);
-            let len = (self.frame.len() - at - 5) as u32;
-            self.frame[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+        self.open = None;
+        match failure {
+            Some(failure) => self.fail_at(at, &failure),
+            None => self.count += 1,
         }
+    }
+
+    /// Ends the record a panicking `run` left open, if any, with
+    /// `failure` in its place.
+    pub fn abandon(&mut self, failure: &ChildFailure) {
+        if let Some(at) = self.open.take() {
+            self.fail_at(at, failure);
+        }
+    }
+
+    /// Writes `failure` as the outcome whose record begins at `at`.
+    fn fail_at(&mut self, at: usize, failure: &ChildFailure) {
+        self.frame.truncate(at);
+        self.frame.extend_from_slice(&[FAILED, 0, 0, 0, 0]);
+        // A failure's text is small: it always encodes and fits.
+        let _ = codec::encode_into(failure, &mut self.frame);
+        let len = (self.frame.len() - at - 5) as u32;
+        self.frame[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
     }
 

@@ -55,23 +55,79 @@ pub(crate) fn serve(setup: Setup) {
         };
         let runner = Runner::find(chunk.entry);
         outcomes.clear();
-        for place in 0..chunk.count {
-            progress.set(place as u64);
-            // Matched here, not in the closure: the common case is then a
-            // call with nothing to check or move around it.
-            match (chunk.next_argument(), &runner) {
-                (Ok(argument), Ok(runner)) => outcomes.push(|out| runner.run_into(argument, out)),
-                (Ok(_), Err(unknown)) => outcomes.push(|_| Err(unknown.clone())),
-                (Err(e), _) => outcomes.push(|_| Err(ChildFailure::Codec(e.to_string()))),
-            }
-            if place + 1 == chunk.count || outcomes.bytes() >= wire::FLUSH_BYTES {
-                if tasks.send_bytes(outcomes.frame()).is_err() {
-                    return;
+        // One catch around the chunk's tasks, not one per task: a task
+        // that panics gets its failure in its place, and the tasks after
+        // it run under a new catch.
+        let mut place = 0;
+        while place < chunk.count {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_tasks(
+                    &mut chunk,
+                    &runner,
+                    &mut place,
+                    &progress,
+                    &mut outcomes,
+                    &mut tasks,
+                )
+            }));
+            match ran {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(panic) => {
+                    outcomes.abandon(&ipc_core::spawn::panic_failure(&*panic));
+                    if !flush(place, chunk.count, &mut outcomes, &mut tasks) {
+                        return;
+                    }
+                    place += 1;
                 }
-                outcomes.clear();
             }
         }
     }
+}
+
+/// Runs the chunk's tasks from `place` on, counting `place` up as each
+/// ends, sending outcomes as they fill a frame; `false` once the pool
+/// has gone away.
+fn run_tasks(
+    chunk: &mut Chunk<'_>,
+    runner: &std::result::Result<Runner, ChildFailure>,
+    place: &mut usize,
+    progress: &RawValue<u64>,
+    outcomes: &mut OutcomeWriter,
+    tasks: &mut Connection<FdStream>,
+) -> bool {
+    while *place < chunk.count {
+        progress.set(*place as u64);
+        // Matched here, not in the closure: the common case is then a
+        // call with nothing to check or move around it.
+        match (chunk.next_argument(), runner) {
+            (Ok(argument), Ok(runner)) => outcomes.push(|out| runner.run_unguarded(argument, out)),
+            (Ok(_), Err(unknown)) => outcomes.push(|_| Err(unknown.clone())),
+            (Err(e), _) => outcomes.push(|_| Err(ChildFailure::Codec(e.to_string()))),
+        }
+        if !flush(*place, chunk.count, outcomes, tasks) {
+            return false;
+        }
+        *place += 1;
+    }
+    true
+}
+
+/// Sends the outcomes when task `place` ends the chunk or they fill a
+/// frame; `false` once the pool has gone away.
+fn flush(
+    place: usize,
+    count: usize,
+    outcomes: &mut OutcomeWriter,
+    tasks: &mut Connection<FdStream>,
+) -> bool {
+    if place + 1 == count || outcomes.bytes() >= wire::FLUSH_BYTES {
+        if tasks.send_bytes(outcomes.frame()).is_err() {
+            return false;
+        }
+        outcomes.clear();
+    }
+    true
 }
 
 /// How the pool starts each worker.
