@@ -30,7 +30,7 @@ import tempfile
 import time
 from multiprocessing.managers import BaseManager
 
-from pipe_bench import Workers, serve_commands, throughput_sample
+from pipe_bench import Workers, consume, produce, serve_commands, throughput_sample
 
 AUTHKEY = b"ipc-bench"
 DATA = queue.Queue()
@@ -67,25 +67,13 @@ def worker(cmd, addresses, back):
         data = queues[words[1]]
         size = int(words[2])
         if words[0] == "consume1":
-            get = data.get
-            for _ in range(int(words[3])):
-                if len(get()) != size:
-                    raise SystemExit("wrong item size")
+            consume(data.get, size, int(words[3]))
             back.put(0)
         elif words[0] == "consume":
-            get = data.get
-            while True:
-                item = get()
-                if not item:
-                    break
-                if len(item) != size:
-                    raise SystemExit("wrong item size")
+            consume(data.get, size)
             back.put(1)
         elif words[0] == "produce":
-            msg, put = b"\xa5" * size, data.put
-            for _ in range(int(words[3])):
-                put(msg)
-            put(b"")
+            produce(data.put, size, int(words[3]))
 
 
 class Bench:
@@ -138,8 +126,11 @@ class Bench:
 
 def serve():
     bench = Bench()
-    serve_commands({"throughput": bench.throughput})
-    bench.stop()
+    try:
+        serve_commands({"throughput": bench.throughput})
+    finally:
+        # The managers and their socket directory go, whatever happened.
+        bench.stop()
 
 
 if __name__ == "__main__":

@@ -186,6 +186,28 @@ def throughput_sample(count, size, elapsed_ns):
     }
 
 
+def consume(get, size, count=None):
+    """A queue consumer's loop: gets `count` items (or, without a count,
+    items until an empty sentinel), each of `size` bytes."""
+    taken = 0
+    while count is None or taken < count:
+        item = get()
+        if count is None and not item:
+            return
+        if len(item) != size:
+            raise SystemExit("wrong item size")
+        taken += 1
+
+
+def produce(put, size, count):
+    """A queue producer's loop: puts `count` items of `size` bytes, then an
+    empty sentinel."""
+    msg = b"\xa5" * size
+    for _ in range(count):
+        put(msg)
+    put(b"")
+
+
 class Workers:
     """Daemonic worker processes, each obeying commands sent over a pipe of
     its own (`target(cmd, *args)`; "quit" ends it): if the parent dies

@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 
-from pipe_bench import Pinned, Workers, percentile, serve_commands
+from pipe_bench import Pinned, Workers, consume, percentile, produce, serve_commands
 
 
 def worker(cmd, data, back):
@@ -51,26 +51,13 @@ def worker(cmd, data, back):
                 for _ in range(count):
                     put(get())
         elif words[0] == "consume1":
-            get = data.get
-            for _ in range(int(words[2])):
-                if len(get()) != size:
-                    raise SystemExit("wrong item size")
+            consume(data.get, size, int(words[2]))
             back.put(b"")
         elif words[0] == "consume":
-            get = data.get
-            while True:
-                item = get()
-                if not item:
-                    break
-                if len(item) != size:
-                    raise SystemExit("wrong item size")
+            consume(data.get, size)
             back.put(b"")
         elif words[0] == "produce":
-            msg = b"\xa5" * size
-            put = data.put
-            for _ in range(int(words[2])):
-                put(msg)
-            put(b"")
+            produce(data.put, size, int(words[2]))
 
 
 class Bench:
