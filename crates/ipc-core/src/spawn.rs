@@ -59,6 +59,9 @@ use crate::{codec, forkserver, Connection, Deadline, Error, FdStream, Result};
 #[doc(hidden)]
 pub use linkme;
 
+#[doc(hidden)]
+pub mod batch;
+
 /// The environment variable that names the entry a spawned child runs.
 pub const ENTRY_ENV: &str = "IPC_SPAWN_ENTRY";
 /// The handle key of the socket between a spawned child and its parent.
@@ -127,6 +130,9 @@ pub struct Registered {
     /// Decodes the argument, runs the function and appends its encoded
     /// result to the buffer.
     pub run: fn(&[u8], &mut Vec<u8>) -> std::result::Result<(), ChildFailure>,
+    /// Runs many tasks in code made for the function's types (see
+    /// [`batch::run_many`]).
+    pub run_many: fn(&mut batch::Tasks<'_>, &mut batch::Outcomes, &std::sync::atomic::AtomicU64),
 }
 
 /// Every registered entry of this program.
@@ -231,6 +237,9 @@ macro_rules! entry {
         static REGISTERED: $crate::spawn::Registered = $crate::spawn::Registered {
             name: concat!(module_path!(), "::", stringify!($function)),
             run: |argument, out| $crate::spawn::invoke($function, argument, out),
+            run_many: |tasks, out, progress| {
+                $crate::spawn::batch::run_many($function, tasks, out, progress)
+            },
         };
         $crate::spawn::typed($function, REGISTERED.name)
     }};
@@ -332,18 +341,6 @@ impl Runner {
         registered(name)
             .map(Runner)
             .ok_or_else(|| ChildFailure::UnknownEntry(name.to_owned()))
-    }
-
-    /// Runs the entry on an encoded argument and appends its encoded result
-    /// to `out`, letting a panic through: for a caller that catches panics
-    /// around many calls at once (a catch per call costs a small task a
-    /// sixth of its time), and makes [`panic_failure`] of one.
-    pub fn run_unguarded(
-        self,
-        argument: &[u8],
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<(), ChildFailure> {
-        (self.0.run)(argument, out)
     }
 
     /// Runs the entry on an encoded argument and appends its encoded result

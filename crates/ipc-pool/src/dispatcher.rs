@@ -366,7 +366,7 @@ impl Dispatcher {
                     }
                 }
             }
-            worker.progress.set(NOT_STARTED);
+            worker.reset_progress();
             // A worker that died is found by the wait.
             let _ = worker.tasks.send_bytes(&piece.frame);
             self.slots[i].running = Some(Running { piece, answered: 0 });
@@ -445,7 +445,7 @@ impl Dispatcher {
             return;
         };
         let running = slot.running.take();
-        let place = worker.progress.get();
+        let place = worker.progress();
         let failure = match cause {
             Cause::Died => worker.death(),
             Cause::Broken(failure) => Ok(failure),

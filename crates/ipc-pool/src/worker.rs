@@ -4,12 +4,15 @@
 use std::os::unix::net::UnixStream;
 
 use ipc_core::process::{inherited, Process};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_core::spawn::batch::{self, Outcomes};
 use ipc_core::spawn::{ChildFailure, Runner, Spawned, StartMethod};
 use ipc_core::{Connection, Error, FdStream, Result};
-use ipc_shm::RawValue;
+use ipc_shm::SharedMemory;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{self, Chunk, OutcomeWriter};
+use crate::wire::Chunk;
 
 /// The handle key of a worker's task socket.
 const TASKS: &str = "ipc-pool-tasks";
@@ -35,7 +38,7 @@ pub(crate) struct Setup {
 pub(crate) fn serve(setup: Setup) {
     let (Ok(mut tasks), Ok(progress)) = (
         inherited::<Connection<FdStream>>(TASKS),
-        inherited::<RawValue<u64>>(PROGRESS),
+        inherited::<SharedMemory>(PROGRESS),
     ) else {
         return;
     };
@@ -48,86 +51,29 @@ pub(crate) fn serve(setup: Setup) {
             panic!("the pool's initializer failed: {failure}");
         }
     }
-    let mut outcomes = OutcomeWriter::new();
+    let progress = progress_word(&progress);
+    let mut outcomes = Outcomes::default();
     while let Ok(frame) = tasks.recv_bytes() {
-        let Ok(mut chunk) = Chunk::read(&frame) else {
+        let Ok(chunk) = Chunk::read(&frame) else {
             return;
         };
-        let runner = Runner::find(chunk.entry);
         outcomes.clear();
-        // One catch around the chunk's tasks, not one per task: a task
-        // that panics gets its failure in its place, and the tasks after
-        // it run under a new catch.
-        let mut place = 0;
-        while place < chunk.count {
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_tasks(
-                    &mut chunk,
-                    &runner,
-                    &mut place,
-                    &progress,
-                    &mut outcomes,
-                    &mut tasks,
-                )
-            }));
-            match ran {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(panic) => {
-                    outcomes.abandon(&ipc_core::spawn::panic_failure(&*panic));
-                    if !flush(place, chunk.count, &mut outcomes, &mut tasks) {
-                        return;
-                    }
-                    place += 1;
-                }
-            }
+        let send = |outcomes: &mut Outcomes| tasks.send_bytes(outcomes.frame()).is_ok();
+        // The entry runs the whole chunk in its own code: one call and
+        // one unwind guard for many tasks.
+        let sent = match Runner::find(chunk.entry) {
+            Ok(runner) => runner.run_tasks(&mut chunk.tasks(), &mut outcomes, progress, send),
+            Err(unknown) => batch::fail_tasks(&mut chunk.tasks(), &unknown, &mut outcomes, send),
+        };
+        if !sent {
+            return;
         }
     }
 }
 
-/// Runs the chunk's tasks from `place` on, counting `place` up as each
-/// ends, sending outcomes as they fill a frame; `false` once the pool
-/// has gone away.
-fn run_tasks(
-    chunk: &mut Chunk<'_>,
-    runner: &std::result::Result<Runner, ChildFailure>,
-    place: &mut usize,
-    progress: &RawValue<u64>,
-    outcomes: &mut OutcomeWriter,
-    tasks: &mut Connection<FdStream>,
-) -> bool {
-    while *place < chunk.count {
-        progress.set(*place as u64);
-        // Matched here, not in the closure: the common case is then a
-        // call with nothing to check or move around it.
-        match (chunk.next_argument(), runner) {
-            (Ok(argument), Ok(runner)) => outcomes.push(|out| runner.run_unguarded(argument, out)),
-            (Ok(_), Err(unknown)) => outcomes.push(|_| Err(unknown.clone())),
-            (Err(e), _) => outcomes.push(|_| Err(ChildFailure::Codec(e.to_string()))),
-        }
-        if !flush(*place, chunk.count, outcomes, tasks) {
-            return false;
-        }
-        *place += 1;
-    }
-    true
-}
-
-/// Sends the outcomes when task `place` ends the chunk or they fill a
-/// frame; `false` once the pool has gone away.
-fn flush(
-    place: usize,
-    count: usize,
-    outcomes: &mut OutcomeWriter,
-    tasks: &mut Connection<FdStream>,
-) -> bool {
-    if place + 1 == count || outcomes.bytes() >= wire::FLUSH_BYTES {
-        if tasks.send_bytes(outcomes.frame()).is_err() {
-            return false;
-        }
-        outcomes.clear();
-    }
-    true
+/// The word of a worker's progress segment.
+fn progress_word(progress: &SharedMemory) -> &AtomicU64 {
+    ipc_shm::raw::atomic_u64(progress, 0)
 }
 
 /// How the pool starts each worker.
@@ -143,8 +89,9 @@ pub(crate) struct Recipe {
 pub(crate) struct Worker {
     pub spawned: Spawned<()>,
     pub tasks: Connection<FdStream>,
-    /// Which task of its chunk the worker is running.
-    pub progress: RawValue<u64>,
+    /// Which task of its chunk the worker is running: a word that only
+    /// the worker writes.
+    progress: SharedMemory,
     /// Tasks it has finished (for `max_tasks_per_child`).
     pub finished: usize,
 }
@@ -154,7 +101,8 @@ impl Worker {
         let (ours, theirs) = UnixStream::pair()?;
         let tasks = Connection::new(FdStream::new(ours.into())?);
         let theirs = Connection::new(FdStream::new(theirs.into())?);
-        let progress = RawValue::new(NOT_STARTED)?;
+        let progress = SharedMemory::anonymous(8)?;
+        progress_word(&progress).store(NOT_STARTED, Ordering::Relaxed);
         let process = match recipe.method {
             StartMethod::Fork if recipe.allow_threads => Process::new().allow_threads(),
             _ => Process::new(),
@@ -169,6 +117,18 @@ impl Worker {
             progress,
             finished: 0,
         })
+    }
+
+    /// Which task of its chunk the worker is running or ran last, or
+    /// [`NOT_STARTED`]. A worker may write anything there: the value
+    /// is a hint, checked against the chunk before it is used.
+    pub fn progress(&self) -> u64 {
+        progress_word(&self.progress).load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker as not started on its new chunk.
+    pub fn reset_progress(&self) {
+        progress_word(&self.progress).store(NOT_STARTED, Ordering::Relaxed);
     }
 
     /// Why this worker is gone: it closed its socket, so it is exiting or
