@@ -31,6 +31,33 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
     value.serialize(&mut serializer).map_err(Error::Encode)
 }
 
+/// The size of `value`'s postcard encoding, found by a pass that writes
+/// nothing: for a caller that reserves room before it encodes (a queue's
+/// in-place put).
+///
+/// ```
+/// assert_eq!(ipc_core::codec::encoded_size(&(7u8, "hi"))?, 4);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn encoded_size<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
+    postcard::experimental::serialized_size(value).map_err(Error::Encode)
+}
+
+/// Writes `value`'s postcard encoding at the start of `out`, giving its
+/// length; [`Error::Encode`] if it does not fit.
+///
+/// ```
+/// let mut buf = [0u8; 8];
+/// let n = ipc_core::codec::encode_to_slice(&(7u8, "hi"), &mut buf)?;
+/// assert_eq!(&buf[..n], [7, 2, b'h', b'i']);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub fn encode_to_slice<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Result<usize> {
+    postcard::to_slice(value, out)
+        .map(|written| written.len())
+        .map_err(Error::Encode)
+}
+
 /// A postcard output that appends to a `Vec` with `extend_from_slice`, so
 /// a large byte field is one `memcpy`; postcard's own `to_extend` copies
 /// element by element, which made typed 1 MiB messages markedly slower

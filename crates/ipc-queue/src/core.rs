@@ -152,6 +152,107 @@ struct Waiting<'a> {
     busy: Error,
 }
 
+/// Room for one record after the tail, reserved by a producer that holds
+/// the producers' lock: no getter reads it and no other putter writes it
+/// until [`commit`](Self::commit) publishes it. Dropped uncommitted, it
+/// leaves the queue as it was (the lock is released, the tail unmoved).
+pub(crate) struct Reserved<'a> {
+    core: &'a Core,
+    locked: Locked<'a>,
+    tail: Pos,
+    at: ring::Placement,
+    /// The payload bytes reserved.
+    pub(crate) len: usize,
+}
+
+impl Reserved<'_> {
+    /// The ring offset of the payload.
+    pub(crate) fn payload_off(&self) -> u64 {
+        self.at.record + RECORD_HEADER
+    }
+
+    /// The queue's segment.
+    pub(crate) fn shm(&self) -> &SharedMemory {
+        self.core.shm()
+    }
+
+    /// Copies `payload` (at most the reserved length) into the record.
+    fn write(&self, payload: &[u8]) -> Result<()> {
+        debug_assert!(payload.len() <= self.len);
+        self.core.ring_write(self.payload_off(), payload)
+    }
+
+    /// Publishes the record with its first `len` payload bytes (at most
+    /// the reserved length): one store of the tail, after which getters
+    /// see it.
+    pub(crate) fn commit(self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::InvalidArgument(
+                "a commit of more bytes than were reserved",
+            ));
+        }
+        let core = self.core;
+        let c = core.control();
+        let mut header = [0u8; RECORD_HEADER as usize];
+        header[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        core.ring_write(self.at.record, &header)?;
+        let need = core.ring.record_size(len)?;
+        // The commit: the record becomes visible to getters.
+        core.ring
+            .tail_after(self.tail, &self.at, need)
+            .store(&c.tail.pos, Ordering::Release);
+        crash_point();
+        let getters = core.getters();
+        let now = getters.bump();
+        fence(Ordering::SeqCst);
+        let wake = getters.take(now);
+        drop(self.locked);
+        if wake {
+            getters.wake();
+        }
+        Ok(())
+    }
+}
+
+/// The record at the head, found by a consumer that holds the consumers'
+/// lock: no other getter takes it and no putter writes over it until
+/// [`release`](Self::release) takes it. Dropped unreleased, it stays at
+/// the head for the next get.
+pub(crate) struct Taken<'a> {
+    core: &'a Core,
+    locked: Locked<'a>,
+    /// The head once the record is taken.
+    head: Pos,
+    /// The ring offset of the payload.
+    pub(crate) payload_off: u64,
+    /// The payload's length, checked against the ring.
+    pub(crate) len: usize,
+}
+
+impl Taken<'_> {
+    /// The queue's segment.
+    pub(crate) fn shm(&self) -> &SharedMemory {
+        self.core.shm()
+    }
+
+    /// Takes the record: one store of the head, after which its space is
+    /// free for putters.
+    pub(crate) fn release(self) {
+        let core = self.core;
+        // The commit: the record is taken and its space free.
+        self.head.store(&core.control().head.pos, Ordering::Release);
+        crash_point();
+        let putters = core.putters();
+        let now = putters.bump();
+        fence(Ordering::SeqCst);
+        let wake = putters.take(now);
+        drop(self.locked);
+        if wake {
+            putters.wake();
+        }
+    }
+}
+
 impl Core {
     /// Creates a queue at `place` and lays out its control block.
     pub(crate) fn create(place: Place<'_>, spec: &Spec, params: Params) -> Result<Core> {
@@ -358,10 +459,7 @@ impl Core {
         self.put_or(payload, deadline, || Error::Full, &mut 0)
     }
 
-    /// [`put`](Self::put), giving `lock_busy()` when a call with
-    /// [`Deadline::Now`] finds the lock held too long. A call that finds
-    /// no room leaves in `seen` the putters' sequence read before its last
-    /// look, for an async caller to wait on.
+    /// [`put_or`](Self::put_or): a reservation filled with `payload`.
     fn put_or(
         &self,
         payload: &[u8],
@@ -369,7 +467,31 @@ impl Core {
         lock_busy: fn() -> Error,
         seen: &mut u32,
     ) -> Result<()> {
-        let need = self.ring.record_size(payload.len())?;
+        let reserved = self.reserve_or(payload.len(), deadline, lock_busy, seen)?;
+        reserved.write(payload)?;
+        reserved.commit(payload.len())
+    }
+
+    /// Reserves room for a record of `len` payload bytes after the tail,
+    /// holding the producers' lock until the reservation is committed or
+    /// dropped. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
+    /// `TooLarge` reserve nothing.
+    pub(crate) fn reserve(&self, len: usize, deadline: Deadline) -> Result<Reserved<'_>> {
+        self.reserve_or(len, deadline, || Error::Full, &mut 0)
+    }
+
+    /// [`reserve`](Self::reserve), giving `lock_busy()` when a call with
+    /// [`Deadline::Now`] finds the lock held too long. A call that finds
+    /// no room leaves in `seen` the putters' sequence read before its last
+    /// look, for an async caller to wait on.
+    fn reserve_or(
+        &self,
+        len: usize,
+        deadline: Deadline,
+        lock_busy: fn() -> Error,
+        seen: &mut u32,
+    ) -> Result<Reserved<'_>> {
+        let need = self.ring.record_size(len)?;
         let c = self.control();
         let putters = self.putters();
         let mut spun = false;
@@ -402,27 +524,17 @@ impl Core {
                 placement = self.ring.place(&v, need);
             }
             if let Some(at) = placement {
+                // Past the tail: no getter reads it before the commit.
                 if let Some(marker) = at.marker {
                     self.ring_write(marker, &WRAP.to_ne_bytes())?;
                 }
-                let mut header = [0u8; RECORD_HEADER as usize];
-                header[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
-                self.ring_write(at.record, &header)?;
-                self.ring_write(at.record + RECORD_HEADER, payload)?;
-                // The commit: the record becomes visible to getters.
-                self.ring
-                    .tail_after(tail, &at, need)
-                    .store(&c.tail.pos, Ordering::Release);
-                crash_point();
-                let getters = self.getters();
-                let now = getters.bump();
-                fence(Ordering::SeqCst);
-                let wake = getters.take(now);
-                drop(locked);
-                if wake {
-                    getters.wake();
-                }
-                return Ok(());
+                return Ok(Reserved {
+                    core: self,
+                    locked,
+                    tail,
+                    at,
+                    len,
+                });
             }
             if v.items() == 0 {
                 // Empty, yet the record does not fit after the tail.
@@ -487,17 +599,53 @@ impl Core {
         self.get_or(dest, deadline, || Error::Empty, &mut 0)
     }
 
-    /// [`get`](Self::get), giving `lock_busy()` when a call with
-    /// [`Deadline::Now`] finds the lock held too long. A call that finds
-    /// nothing leaves in `seen` the getters' sequence read before its last
-    /// look, for an async caller to wait on.
+    /// [`take_or`](Self::take_or), its record copied into `dest`.
     fn get_or(
         &self,
-        mut dest: Dest<'_>,
+        dest: Dest<'_>,
         deadline: Deadline,
         lock_busy: fn() -> Error,
         seen: &mut u32,
     ) -> Result<usize> {
+        let taken = self.take_or(deadline, lock_busy, seen)?;
+        let len = taken.len;
+        let buf: &mut [u8] = match dest {
+            Dest::Slice(slice) => {
+                if slice.len() < len {
+                    return Err(Error::BufferTooShort { needed: len });
+                }
+                &mut slice[..len]
+            }
+            Dest::Vec(vec) => {
+                vec.clear();
+                vec.resize(len, 0);
+                &mut vec[..]
+            }
+        };
+        ring::read(self.shm(), taken.payload_off, buf)?;
+        crash_point();
+        taken.release();
+        Ok(len)
+    }
+
+    /// Finds the record at the head, holding the consumers' lock until it
+    /// is released (taken) or dropped (left for the next get). `Empty`
+    /// (for [`Deadline::Now`]), `Timeout` and `Closed` (closed and drained)
+    /// find nothing.
+    pub(crate) fn take(&self, deadline: Deadline) -> Result<Taken<'_>> {
+        self.take_or(deadline, || Error::Empty, &mut 0)
+    }
+
+    /// [`take`](Self::take), giving `lock_busy()` when a call with
+    /// [`Deadline::Now`] finds the lock held too long. A call that finds
+    /// nothing leaves in `seen` the getters' sequence read before its last
+    /// look, for an async caller to wait on.
+    fn take_or(
+        &self,
+        deadline: Deadline,
+        lock_busy: fn() -> Error,
+        seen: &mut u32,
+    ) -> Result<Taken<'_>> {
         let c = self.control();
         let getters = self.getters();
         let mut spun = false;
@@ -531,33 +679,13 @@ impl Core {
             }
             if v.items() != 0 {
                 let (head, payload_off, len) = self.ring.locate(self.shm(), &v)?;
-                let buf: &mut [u8] = match &mut dest {
-                    Dest::Slice(slice) => {
-                        if slice.len() < len {
-                            return Err(Error::BufferTooShort { needed: len });
-                        }
-                        &mut slice[..len]
-                    }
-                    Dest::Vec(vec) => {
-                        vec.clear();
-                        vec.resize(len, 0);
-                        &mut vec[..]
-                    }
-                };
-                ring::read(self.shm(), payload_off, buf)?;
-                crash_point();
-                // The commit: the record is taken and its space free.
-                head.store(&c.head.pos, Ordering::Release);
-                crash_point();
-                let putters = self.putters();
-                let now = putters.bump();
-                fence(Ordering::SeqCst);
-                let wake = putters.take(now);
-                drop(locked);
-                if wake {
-                    putters.wake();
-                }
-                return Ok(len);
+                return Ok(Taken {
+                    core: self,
+                    locked,
+                    head,
+                    payload_off,
+                    len,
+                });
             }
             let waiting = Waiting {
                 waker: getters,

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::layout::{Kind, Spec};
 use crate::queue::{get_owned, inherit, put_owned, sealed, Builder, KindSpec, QueueKind, RawCore};
-use crate::Queue;
+use crate::{InPlace, Queue, Reservation};
 
 /// A [`Queue`] that also counts unfinished tasks: every put adds one,
 /// [`task_done`](Self::task_done) takes one away, and
@@ -100,6 +100,12 @@ impl<T> JoinableQueue<T> {
         fn get_bytes_into(&self, buf: &mut [u8]) -> Result<usize>;
         fn get_bytes_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize>;
         fn get_bytes_into_nowait(&self, buf: &mut [u8]) -> Result<usize>;
+        fn reserve(&self, len: usize) -> Result<Reservation<'_>>;
+        fn reserve_timeout(&self, len: usize, timeout: Duration) -> Result<Reservation<'_>>;
+        fn reserve_nowait(&self, len: usize) -> Result<Reservation<'_>>;
+        fn get_in_place(&self) -> Result<InPlace<'_>>;
+        fn get_in_place_timeout(&self, timeout: Duration) -> Result<InPlace<'_>>;
+        fn get_in_place_nowait(&self) -> Result<InPlace<'_>>;
         fn qsize(&self) -> usize;
         fn empty(&self) -> bool;
         fn full(&self) -> bool;
@@ -123,6 +129,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         fn get(&self) -> Result<T>;
         fn get_timeout(&self, timeout: Duration) -> Result<T>;
         fn get_nowait(&self) -> Result<T>;
+        fn put_in_place(&self, item: &T) -> Result<()>;
     }
 }
 

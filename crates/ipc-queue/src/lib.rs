@@ -100,6 +100,7 @@
 #![deny(unsafe_code)]
 
 mod core;
+pub mod in_place;
 mod joinable;
 mod layout;
 mod queue;
@@ -107,6 +108,7 @@ mod ring;
 mod sys;
 mod waker;
 
+pub use in_place::{InPlace, Reservation};
 pub use joinable::{JoinableQueue, SimpleQueue};
 pub use queue::{Builder, Queue, QueueKind, DEFAULT_CAPACITY};
 #[doc(hidden)]

@@ -191,7 +191,7 @@ impl<Q: QueueKind> Builder<Q> {
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 pub struct Queue<T> {
-    core: Core,
+    pub(crate) core: Core,
     _item: PhantomData<fn(T) -> T>,
 }
 

@@ -55,3 +55,58 @@ pub(crate) fn mutex(shm: &SharedMemory, end: End) -> RobustMutexRef<'_> {
     // CONSUMER_MUTEX) before publishing the header.
     unsafe { RobustMutexRef::at(shm, offset) }
 }
+
+/// The `len` ring bytes at ring offset `off`, read in place.
+///
+/// # Safety
+///
+/// For as long as the slice lives, the caller holds the lock of the end
+/// that owns these bytes: the consumers' lock, for the record at the head
+/// (no putter writes between head and tail, and no other getter takes the
+/// record while the lock is held).
+///
+/// # Panics
+///
+/// If the bytes are not inside the segment (the ring's checks keep every
+/// record inside it).
+#[allow(unsafe_code)]
+pub(crate) unsafe fn ring_bytes(shm: &SharedMemory, off: u64, len: usize) -> &[u8] {
+    let start = ring_range(shm, off, len);
+    // SAFETY: the range is inside the mapping (checked above), which lives
+    // as long as the borrow of `shm`; a `u8` has no invalid values; and by
+    // the caller's lock no process of the queue's protocol writes these
+    // bytes while the slice lives.
+    unsafe { std::slice::from_raw_parts(shm.as_ptr().add(start), len) }
+}
+
+/// The `len` ring bytes at ring offset `off`, written in place.
+///
+/// # Safety
+///
+/// For as long as the slice lives, the caller holds the producers' lock
+/// and the bytes are reserved space after the tail (no getter reads it and
+/// no other putter writes it before the tail moves past it), and makes no
+/// other slice of them.
+///
+/// # Panics
+///
+/// If the bytes are not inside the segment.
+#[allow(unsafe_code, clippy::mut_from_ref)]
+pub(crate) unsafe fn ring_bytes_mut(shm: &SharedMemory, off: u64, len: usize) -> &mut [u8] {
+    let start = ring_range(shm, off, len);
+    // SAFETY: as for `ring_bytes`, and the caller's reservation makes this
+    // the only slice of these bytes in any process of the protocol.
+    unsafe { std::slice::from_raw_parts_mut(shm.as_ptr().add(start), len) }
+}
+
+/// Where ring bytes `off..off + len` start in the segment, checked to lie
+/// inside it.
+fn ring_range(shm: &SharedMemory, off: u64, len: usize) -> usize {
+    let start = usize::try_from(off)
+        .ok()
+        .and_then(|off| off.checked_add(RING_OFFSET));
+    match start {
+        Some(start) if start.checked_add(len).is_some_and(|end| end <= shm.size()) => start,
+        _ => panic!("ring bytes {off}+{len} outside a segment of {}", shm.size()),
+    }
+}

@@ -1,0 +1,301 @@
+//! In-place items: a put that writes its item where it will lie in the
+//! queue's ring ([`Queue::reserve`]), and a get that reads it there
+//! ([`Queue::get_in_place`]), so a large item is not copied into the ring
+//! from a buffer of the producer's, nor out of it into one of the
+//! consumer's.
+//!
+//! A reservation holds the producers' lock and a borrowed item the
+//! consumers' lock, from the call that makes them until they are committed,
+//! released or dropped. So while one is open, the other producers (or the
+//! other consumers) of the queue wait; producers and consumers never wait
+//! for each other. Both are tied to the thread that made them (they are
+//! not `Send`), as the lock is; a second put or get on the same queue from
+//! the same thread while one is open fails at once rather than wait for
+//! itself.
+//!
+//! # When a process is killed
+//!
+//! A producer killed while it holds a reservation leaves no item and no
+//! space used: the tail never moved, and the next producer, told by the
+//! robust mutex that the holder died, writes over the space. A consumer
+//! killed while it holds a borrowed item leaves the item at the head, and
+//! the next get takes it: an in-place get delivers **at least once**,
+//! where a copying get, whose item is taken the moment it is copied,
+//! delivers at most once. A borrowed item dropped while its thread
+//! unwinds from a panic stays in the queue too. A `JoinableQueue`'s count
+//! of unfinished tasks counts puts and `task_done` calls only, so it stays
+//! right either way.
+//!
+//! # What other processes can do to a borrowed item
+//!
+//! Processes that use the queue through this crate never write into a
+//! reservation or a borrowed item that is not theirs: the locks and the
+//! ring's words keep every byte between the head and the tail for the
+//! consumers and every byte past the tail for the one producer holding its
+//! lock. A process that maps the segment and writes anywhere it likes is
+//! outside that promise: the bytes of an item may then change while they
+//! are borrowed, as they may in any shared memory. The queue itself reads
+//! each record's length once, checks it against the ring, and never
+//! follows a length from inside an item, so such a writer cannot make the
+//! queue read or write outside the ring. Code that decodes an item in
+//! place (`&str`, `&[u8]` fields) trusts that nobody writes into it while
+//! it is borrowed; with peers that are not trusted, use the copying
+//! `get`, which decodes a private copy.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use ipc_core::{codec, Deadline, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Core, Reserved, Taken};
+use crate::sys;
+use crate::Queue;
+
+/// Room for one item in the queue's ring, written in place: a slice of
+/// the ring (`&mut [u8]` through [`DerefMut`]) that becomes an item when
+/// it is [committed](Self::commit). Dropped uncommitted, it leaves the
+/// queue as it was. Made by [`Queue::reserve`].
+///
+/// ```
+/// let q = ipc_queue::Queue::<Vec<u8>>::new()?;
+/// let mut room = q.reserve(4)?;
+/// room.copy_from_slice(b"ring");
+/// room.commit()?;
+/// assert_eq!(q.get_bytes()?, b"ring");
+///
+/// let mut room = q.reserve(100)?;
+/// room[..2].copy_from_slice(b"ok");
+/// room.truncate(2); // fewer bytes than reserved
+/// room.commit()?;
+/// drop(q.reserve(8)?); // abandoned: no item
+/// assert_eq!(q.get_bytes()?, b"ok");
+/// assert!(q.empty());
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub struct Reservation<'q> {
+    reserved: Reserved<'q>,
+    /// The bytes that will be the item (at most the reserved ones).
+    len: usize,
+    /// The producers' lock belongs to this thread.
+    _thread: PhantomData<*const ()>,
+}
+
+impl Reservation<'_> {
+    /// How many bytes the item will have.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the item will be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the item its first `len` bytes (no more than it has).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Publishes the item: getters see it from now on. One store of the
+    /// ring's tail, so a process killed during the commit either made the
+    /// item or left no trace.
+    pub fn commit(self) -> Result<()> {
+        self.reserved.commit(self.len)
+    }
+}
+
+impl Deref for Reservation<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `reserved` holds the producers' lock and these bytes lie
+        // in its reserved space past the tail, for as long as `self` is
+        // borrowed; the slice is no longer than the reservation.
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::ring_bytes(self.reserved.shm(), self.reserved.payload_off(), self.len)
+        }
+    }
+}
+
+impl DerefMut for Reservation<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only slice of
+        // the reservation in this process while it lives.
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::ring_bytes_mut(self.reserved.shm(), self.reserved.payload_off(), self.len)
+        }
+    }
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// The item at the head of the queue, borrowed where it lies in the ring
+/// (`&[u8]` through [`Deref`]). [Releasing](Self::release) it, or dropping
+/// it, takes it off the queue; dropped while its thread unwinds from a
+/// panic, it stays for the next get. Made by [`Queue::get_in_place`].
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize)]
+/// struct Frame { name: String, pixels: Vec<u8> }
+/// // The same fields, borrowed from the ring (postcard encodes both alike).
+/// #[derive(Deserialize)]
+/// struct FrameRef<'a> { name: &'a str, pixels: &'a [u8] }
+///
+/// let q = ipc_queue::Queue::<Frame>::new()?;
+/// q.put_in_place(&Frame { name: "first".into(), pixels: vec![1, 2, 3] })?;
+/// let item = q.get_in_place()?;
+/// let frame: FrameRef<'_> = item.decode()?;
+/// assert_eq!((frame.name, frame.pixels), ("first", &[1u8, 2, 3][..]));
+/// item.release();
+/// assert!(q.empty());
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+pub struct InPlace<'q> {
+    /// `None` once released.
+    taken: Option<Taken<'q>>,
+    /// The consumers' lock belongs to this thread.
+    _thread: PhantomData<*const ()>,
+}
+
+impl InPlace<'_> {
+    /// Decodes the item, borrowing `&str` and `&[u8]` fields from the ring
+    /// where the type has them.
+    pub fn decode<'a, U: Deserialize<'a>>(&'a self) -> Result<U> {
+        codec::decode_borrowed(self)
+    }
+
+    /// Takes the item off the queue (what dropping it does, said aloud).
+    pub fn release(mut self) {
+        if let Some(taken) = self.taken.take() {
+            taken.release();
+        }
+    }
+
+    /// Leaves the item at the head of the queue for the next get.
+    pub fn restore(mut self) {
+        // Dropping the record unreleased leaves the head where it is.
+        drop(self.taken.take());
+    }
+
+    fn taken(&self) -> &Taken<'_> {
+        self.taken
+            .as_ref()
+            .expect("an item is held until it is released")
+    }
+}
+
+impl Deref for InPlace<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        let taken = self.taken();
+        // SAFETY: `taken` holds the consumers' lock and the record lies
+        // between the head and the tail, checked against the ring, for as
+        // long as `self` is borrowed.
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::ring_bytes(taken.shm(), taken.payload_off, taken.len)
+        }
+    }
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            if !std::thread::panicking() {
+                taken.release();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for InPlace<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.taken.as_ref().map(|t| t.len);
+        f.debug_struct("InPlace").field("len", &len).finish()
+    }
+}
+
+fn reserve(core: &Core, len: usize, deadline: Deadline) -> Result<Reservation<'_>> {
+    Ok(Reservation {
+        reserved: core.reserve(len, deadline)?,
+        len,
+        _thread: PhantomData,
+    })
+}
+
+fn get_in_place(core: &Core, deadline: Deadline) -> Result<InPlace<'_>> {
+    Ok(InPlace {
+        taken: Some(core.take(deadline)?),
+        _thread: PhantomData,
+    })
+}
+
+/// In-place puts and gets (see the [module](crate::in_place) for what a
+/// reservation or a borrowed item holds, and for what a process killed
+/// while holding one leaves).
+impl<T> Queue<T> {
+    /// Reserves room for an item of `len` bytes in the ring, waiting for it
+    /// as long as it takes; fill it and [`commit`](Reservation::commit).
+    /// [`Error::TooLarge`](ipc_core::Error) if even an empty ring could not
+    /// hold it.
+    pub fn reserve(&self, len: usize) -> Result<Reservation<'_>> {
+        reserve(&self.core, len, Deadline::Never)
+    }
+
+    /// Like [`reserve`](Self::reserve), waiting at most `timeout`.
+    pub fn reserve_timeout(&self, len: usize, timeout: Duration) -> Result<Reservation<'_>> {
+        reserve(&self.core, len, Deadline::after(timeout))
+    }
+
+    /// Like [`reserve`](Self::reserve) if there is room now, else
+    /// [`Error::Full`](ipc_core::Error).
+    pub fn reserve_nowait(&self, len: usize) -> Result<Reservation<'_>> {
+        reserve(&self.core, len, Deadline::Now)
+    }
+
+    /// Borrows the next item where it lies in the ring, waiting as long as
+    /// it takes; [`Error::Closed`](ipc_core::Error) once the queue is
+    /// closed and drained.
+    pub fn get_in_place(&self) -> Result<InPlace<'_>> {
+        get_in_place(&self.core, Deadline::Never)
+    }
+
+    /// Like [`get_in_place`](Self::get_in_place), waiting at most
+    /// `timeout`.
+    pub fn get_in_place_timeout(&self, timeout: Duration) -> Result<InPlace<'_>> {
+        get_in_place(&self.core, Deadline::after(timeout))
+    }
+
+    /// Like [`get_in_place`](Self::get_in_place) if there is an item now,
+    /// else [`Error::Empty`](ipc_core::Error).
+    pub fn get_in_place_nowait(&self) -> Result<InPlace<'_>> {
+        get_in_place(&self.core, Deadline::Now)
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts `item`, encoding it straight into the ring (no buffer of the
+    /// process's own in between), waiting for room as long as it takes.
+    /// The item is encoded twice, once to learn its size: worth it for a
+    /// large item whose fields encode fast (`serde_bytes` byte fields,
+    /// strings).
+    pub fn put_in_place(&self, item: &T) -> Result<()> {
+        let mut room = self.reserve(codec::encoded_size(item)?)?;
+        let written = codec::encode_to_slice(item, &mut room)?;
+        room.truncate(written);
+        room.commit()
+    }
+}
