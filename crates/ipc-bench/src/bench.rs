@@ -113,6 +113,12 @@ pub enum Via {
     /// The same over a Unix socket between four producer and four consumer
     /// processes.
     Broker4,
+    /// A queue of large items (64 KiB and more) between one producer and
+    /// one consumer process: written and read in place, or copied in and
+    /// out.
+    Large,
+    /// The same between two producer and two consumer processes.
+    Large2,
     /// A pipe-like pair made before the peer starts, carrying a small dict
     /// pickled both ways: `Codec::Pickle` on the Rust ends,
     /// `Connection.send` / `recv` on the Python ones. The message is
@@ -176,6 +182,12 @@ impl Benchmark {
             b(Kind::Throughput, 4 << 10, Via::BrokerTcp),
             b(Kind::Throughput, 64, Via::Broker4),
             b(Kind::Throughput, 4 << 10, Via::Broker4),
+            b(Kind::Throughput, 64 << 10, Via::Large),
+            b(Kind::Throughput, 1 << 20, Via::Large),
+            b(Kind::Throughput, 16 << 20, Via::Large),
+            b(Kind::Throughput, 64 << 10, Via::Large2),
+            b(Kind::Throughput, 1 << 20, Via::Large2),
+            b(Kind::Throughput, 16 << 20, Via::Large2),
             b(Kind::Start, 0, Via::Spawn),
             b(Kind::Start, 0, Via::Forkserver),
             b(Kind::Start, 0, Via::Fork),
@@ -208,6 +220,8 @@ impl Benchmark {
             Via::Broker => "broker-",
             Via::BrokerTcp => "broker-tcp-",
             Via::Broker4 => "broker4x4-",
+            Via::Large => "large-",
+            Via::Large2 => "large2x2-",
         };
         let size = size_label(self.size).replace(' ', "");
         let rest = match self.kind {
@@ -308,6 +322,8 @@ impl fmt::Display for Benchmark {
             Via::Broker4 => {
                 " (broker: a Redis stream over a Unix socket, 4 producers / 4 consumers)"
             }
+            Via::Large => " (large items, 1 producer / 1 consumer)",
+            Via::Large2 => " (large items, 2 producers / 2 consumers)",
         };
         let size = size_label(self.size);
         match self.kind {

@@ -22,6 +22,7 @@
 
 pub mod async_io;
 pub mod broker;
+pub mod in_place;
 pub mod ipc_channel;
 pub mod pickle_dict;
 pub mod pipe;
@@ -63,6 +64,8 @@ pub fn floor(bench: &Benchmark) -> &'static str {
         (Via::PickleDict, _) => pickle_dict::RUST_PEER,
         // The redis commands the queue needs, pipelined, without it.
         (Via::Broker | Via::BrokerTcp | Via::Broker4, _) => broker::RAW,
+        // The producer writing each item once.
+        (Via::Large | Via::Large2, _) => in_place::MEMCPY,
     }
 }
 
@@ -79,6 +82,7 @@ pub fn python(bench: &Benchmark) -> &'static str {
         Via::Spawn | Via::Forkserver | Via::Fork => python::START,
         Via::Pool => python::POOL,
         Via::Broker | Via::BrokerTcp | Via::Broker4 => python::BROKER,
+        Via::Large | Via::Large2 => python::LARGE,
     }
 }
 
@@ -89,6 +93,8 @@ pub fn comparisons(bench: &Benchmark) -> &'static [(&'static str, &'static str)]
     match bench.via {
         // The same messages over the same pipe, pickled or postcard.
         Via::Pipe => &[(pipe::PICKLE, pipe::TYPED)],
+        // What writing and reading in place saves over copying.
+        Via::Large | Via::Large2 => &[(in_place::IN_PLACE, in_place::COPYING)],
         _ => &[],
     }
 }
@@ -198,6 +204,9 @@ pub fn registry() -> Vec<Entry> {
         broker::entry(),
         broker::batched_entry(),
         python::broker_entry(),
+        in_place::memcpy_entry(),
+        in_place::in_place_entry(),
+        in_place::copying_entry(),
         wake::blocking_entry(),
         wake::awaited_entry(),
         start::exec_entry(),

@@ -58,6 +58,10 @@ pub const START: &str = "python Process";
 /// Name of the Pool contender.
 pub const POOL: &str = "python Pool";
 
+/// Name of the large-item contender: Python's idiom for large items,
+/// `SharedMemory` blocks whose names travel on a `Queue`.
+pub const LARGE: &str = "python SharedMemory + Queue";
+
 /// The registry entry of the process start contender.
 pub fn start_entry() -> Entry {
     Entry {
