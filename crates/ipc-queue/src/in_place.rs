@@ -206,7 +206,7 @@ impl Deref for InPlace<'_> {
         // long as `self` is borrowed.
         #[allow(unsafe_code)]
         unsafe {
-            sys::ring_bytes(taken.shm(), taken.payload_off, taken.len)
+            sys::ring_bytes(taken.shm(), taken.payload_off(), taken.len())
         }
     }
 }
@@ -223,7 +223,7 @@ impl Drop for InPlace<'_> {
 
 impl std::fmt::Debug for InPlace<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.taken.as_ref().map(|t| t.len);
+        let len = self.taken.as_ref().map(|t| t.len());
         f.debug_struct("InPlace").field("len", &len).finish()
     }
 }
@@ -283,6 +283,48 @@ impl<T> Queue<T> {
     /// else [`Error::Empty`](ipc_core::Error).
     pub fn get_in_place_nowait(&self) -> Result<InPlace<'_>> {
         get_in_place(&self.core, Deadline::Now)
+    }
+}
+
+/// The in-place forms on an executor (feature `tokio`): the waits for
+/// room or for an item are awaited as the async puts and gets await them
+/// ([`Queue::put_bytes_async`]); once the future returns, the reservation
+/// or the item is held exactly as the blocking forms hold it, so fill or
+/// read it without awaiting anything meanwhile (the lock it holds belongs
+/// to the thread, and the other producers or consumers wait for it).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ipc_core::Result<()> {
+/// let q = ipc_queue::Queue::<()>::new()?;
+/// let mut room = q.reserve_async(5).await?;
+/// room.copy_from_slice(b"async");
+/// room.commit()?;
+/// let item = q.get_in_place_async().await?;
+/// assert_eq!(&item[..], b"async");
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+impl<T> Queue<T> {
+    /// [`reserve`](Self::reserve), awaiting room. Cancel safe: nothing is
+    /// reserved until the future returns the reservation.
+    pub async fn reserve_async(&self, len: usize) -> Result<Reservation<'_>> {
+        Ok(Reservation {
+            reserved: self.core.reserve_async(len).await?,
+            len,
+            _thread: PhantomData,
+        })
+    }
+
+    /// [`get_in_place`](Self::get_in_place), awaiting an item. Cancel
+    /// safe: no item is borrowed, let alone taken, until the future
+    /// returns it.
+    pub async fn get_in_place_async(&self) -> Result<InPlace<'_>> {
+        Ok(InPlace {
+            taken: Some(self.core.take_async().await?),
+            _thread: PhantomData,
+        })
     }
 }
 

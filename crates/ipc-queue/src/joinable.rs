@@ -136,6 +136,16 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 /// The async forms of [`Queue`]'s, and [`join_async`](Self::join_async).
 #[cfg(feature = "tokio")]
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// [`Queue::reserve_async`].
+    pub async fn reserve_async(&self, len: usize) -> Result<Reservation<'_>> {
+        self.queue.reserve_async(len).await
+    }
+
+    /// [`Queue::get_in_place_async`].
+    pub async fn get_in_place_async(&self) -> Result<InPlace<'_>> {
+        self.queue.get_in_place_async().await
+    }
+
     /// [`Queue::put_async`].
     pub async fn put_async(&self, item: T) -> std::result::Result<(), PutError<T>> {
         self.queue.put_async(item).await

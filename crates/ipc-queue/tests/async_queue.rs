@@ -210,3 +210,62 @@ fn a_forked_child_awaits_with_a_watching_thread_of_its_own() {
     }
     assert!(succeeded(child));
 }
+
+#[test]
+fn in_place_gets_and_reservations_dropped_at_random_points_lose_nothing() {
+    let mut rng = Rng::from_env_or_clock();
+    // A ring of two items: reservations wait for room, gets for items.
+    let q = Queue::<()>::builder()
+        .capacity(2 * 4096 + 64)
+        .anonymous()
+        .unwrap();
+    let from_child = Queue::<()>::builder()
+        .capacity(2 * 4096 + 64)
+        .anonymous()
+        .unwrap();
+    let item = |i: u64| vec![i as u8; 1000 + (i as usize % 3) * 1000];
+    // The child echoes every item from `q` onto `from_child` in place.
+    let child = fork_child({
+        let (q, back) = (q.try_clone().unwrap(), from_child.try_clone().unwrap());
+        move || {
+            (0..500).all(|_| {
+                let Ok(got) = q.get_in_place_timeout(PATIENCE) else {
+                    return false;
+                };
+                let Ok(mut room) = back.reserve_timeout(got.len(), PATIENCE) else {
+                    return false;
+                };
+                room.copy_from_slice(&got);
+                room.commit().is_ok()
+            })
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    runtime().block_on(async {
+        let (mut sent, mut received) = (0, 0);
+        while received < 500 {
+            assert!(
+                Instant::now() < deadline,
+                "stuck at {sent} sent, {received} received"
+            );
+            let patience = Duration::from_micros(rng.below(100));
+            if sent < 500 {
+                if let Ok(room) =
+                    tokio::time::timeout(patience, q.reserve_async(item(sent).len())).await
+                {
+                    let mut room = room.unwrap();
+                    room.copy_from_slice(&item(sent));
+                    room.commit().unwrap();
+                    sent += 1;
+                }
+            }
+            if let Ok(got) = tokio::time::timeout(patience, from_child.get_in_place_async()).await {
+                assert_eq!(&got.unwrap()[..], &item(received)[..]);
+                received += 1;
+            }
+        }
+    });
+    assert!(succeeded(child));
+    assert!(q.empty() && from_child.empty());
+    assert_eq!(q.used_bytes() + from_child.used_bytes(), 0);
+}
