@@ -236,3 +236,41 @@ fn sizes_past_the_ring_and_commits_past_the_reservation_are_refused() {
     assert!(matches!(q.reserve(8), Err(Error::Closed)));
     assert!(matches!(q.get_in_place(), Err(Error::Closed)));
 }
+
+#[test]
+fn an_open_reservation_holds_up_other_producers_not_consumers() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    q.put_bytes(b"queued").unwrap();
+    let (reserved, checked) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut other = Process::new()
+        .allow_threads()
+        .pass("q", &q)
+        .unwrap()
+        .pass("reserved", &reserved)
+        .unwrap()
+        .pass("checked", &checked)
+        .unwrap()
+        .fork({
+            let (q, reserved, checked) = (&q, &reserved, &checked);
+            move || -> ipc_core::Result<()> {
+                assert!(reserved.wait_timeout(PATIENCE));
+                // A consumer goes on while a producer holds its reservation.
+                assert_eq!(q.get_bytes_nowait()?, b"queued");
+                // Another producer waits for it: a put that may not wait
+                // finds the queue busy.
+                assert!(matches!(q.put_bytes_nowait(b"other"), Err(Error::Full)));
+                checked.set();
+                // And goes in once the reservation is committed.
+                q.put_bytes_timeout(b"other", PATIENCE)
+            }
+        })
+        .unwrap();
+    let mut room = q.reserve(5).unwrap();
+    reserved.set();
+    assert!(checked.wait_timeout(PATIENCE), "the other process never checked");
+    room.copy_from_slice(b"first");
+    room.commit().unwrap();
+    join_ok(&mut other);
+    assert_eq!(q.get_bytes().unwrap(), b"first");
+    assert_eq!(q.get_bytes().unwrap(), b"other");
+}
