@@ -53,6 +53,15 @@
 //! for everyone: puts fail, getters drain what is left and are then told
 //! [`Error::Closed`](ipc_core::Error), and sleeping getters wake up.
 //!
+//! # Large items, in place
+//!
+//! [`Queue::reserve`] hands out room in the ring itself, to fill and
+//! commit; [`Queue::get_in_place`] lends the next item where it lies, to
+//! read (or decode, borrowing `&str` and `&[u8]` fields) and release. A
+//! large item is then written once and never copied out. The
+//! [`in_place`] module says what an open reservation or a borrowed item
+//! holds up, and what a process killed while holding one leaves.
+//!
 //! # When a process is killed
 //!
 //! Producers take one robust process-shared mutex and consumers another,
@@ -64,7 +73,8 @@
 //! robust mutex that the holder died, checks the ring and wakes every
 //! waiter; there is nothing half-done to repair. Every item whose put
 //! returned `Ok` is delivered exactly once, except an item that a killed
-//! getter had already taken off. A record length found corrupt in the ring
+//! getter had already taken off (an item borrowed in place is not taken
+//! off until it is released, so it is delivered again instead). A record length found corrupt in the ring
 //! is reported as an error, never followed past the ring's end.
 //!
 //! # Known limits
