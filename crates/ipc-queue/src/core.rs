@@ -23,6 +23,8 @@
 //! ever held for a short copy.
 
 use std::cell::RefCell;
+#[cfg(feature = "tokio")]
+use std::future::Future;
 use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
@@ -973,56 +975,71 @@ async fn wait_async<R>(
 /// nothing, as in the blocking waits, so no change is missed.
 #[cfg(feature = "tokio")]
 impl Core {
+    // Each returns `wait_async`'s future itself, not an `async fn` around
+    // it: every level of future is a poll more per item, measured on the
+    // async queue's throughput.
+
     /// [`get`](Self::get) without blocking a thread. Cancel safe: an item
     /// is taken only by a look that returns it.
-    pub(crate) async fn get_async(&self, mut dest: Dest<'_>) -> Result<usize> {
-        self.getters_wait(|seen| self.get_or(dest.reborrow(), Deadline::Now, lock_busy, seen))
-            .await
+    pub(crate) fn get_async<'a>(
+        &'a self,
+        mut dest: Dest<'a>,
+    ) -> impl Future<Output = Result<usize>> + 'a {
+        self.getters_wait(move |seen| self.get_or(dest.reborrow(), Deadline::Now, lock_busy, seen))
     }
 
     /// [`take`](Self::take) without blocking a thread. Cancel safe: the
     /// record is only found, never taken, until the caller releases it.
-    pub(crate) async fn take_async(&self) -> Result<Taken<'_>> {
-        self.getters_wait(|seen| self.take_or(Deadline::Now, lock_busy, seen))
-            .await
+    pub(crate) fn take_async(&self) -> impl Future<Output = Result<Taken<'_>>> + '_ {
+        self.getters_wait(move |seen| self.take_or(Deadline::Now, lock_busy, seen))
     }
 
     /// [`put`](Self::put) without blocking a thread. Cancel safe: the
     /// record is written whole by a look that finds room, or not at all.
-    pub(crate) async fn put_async(&self, payload: &[u8]) -> Result<()> {
-        self.putters_wait(|seen| self.put_or(payload, Deadline::Now, lock_busy, seen))
-            .await
+    pub(crate) fn put_async<'a>(
+        &'a self,
+        payload: &'a [u8],
+    ) -> impl Future<Output = Result<()>> + 'a {
+        self.putters_wait(move |seen| self.put_or(payload, Deadline::Now, lock_busy, seen))
     }
 
     /// [`reserve`](Self::reserve) without blocking a thread. Cancel safe:
     /// nothing is reserved until the future returns the reservation.
-    pub(crate) async fn reserve_async(&self, len: usize) -> Result<Reserved<'_>> {
-        self.putters_wait(|seen| self.reserve_or(len, Deadline::Now, lock_busy, seen))
-            .await
+    pub(crate) fn reserve_async(
+        &self,
+        len: usize,
+    ) -> impl Future<Output = Result<Reserved<'_>>> + '_ {
+        self.putters_wait(move |seen| self.reserve_or(len, Deadline::Now, lock_busy, seen))
     }
 
     /// Runs `look` (a get or take with [`Deadline::Now`]) until it finds
     /// an item, awaiting the getters' word in between.
-    async fn getters_wait<R>(&self, look: impl FnMut(&mut u32) -> Result<R>) -> Result<R> {
+    fn getters_wait<'a, R: 'a>(
+        &'a self,
+        look: impl FnMut(&mut u32) -> Result<R> + 'a,
+    ) -> impl Future<Output = Result<R>> + 'a {
         let spin = Spin {
             quiet: GET_QUIET,
             want: 1,
             pauses: 1,
             spin_for: ASYNC_SPIN,
         };
-        wait_async(self.getters(), spin, |e| matches!(e, Error::Empty), look).await
+        wait_async(self.getters(), spin, |e| matches!(e, Error::Empty), look)
     }
 
     /// Runs `look` (a put or reserve with [`Deadline::Now`]) until it finds
     /// room, awaiting the putters' word in between.
-    async fn putters_wait<R>(&self, look: impl FnMut(&mut u32) -> Result<R>) -> Result<R> {
+    fn putters_wait<'a, R: 'a>(
+        &'a self,
+        look: impl FnMut(&mut u32) -> Result<R> + 'a,
+    ) -> impl Future<Output = Result<R>> + 'a {
         let spin = Spin {
             quiet: Duration::ZERO,
             want: PUT_BATCH,
             pauses: PUT_PAUSES,
             spin_for: ASYNC_SPIN,
         };
-        wait_async(self.putters(), spin, |e| matches!(e, Error::Full), look).await
+        wait_async(self.putters(), spin, |e| matches!(e, Error::Full), look)
     }
 
     /// [`join`](Self::join) without blocking a thread. Cancel safe.

@@ -267,7 +267,10 @@ fn an_open_reservation_holds_up_other_producers_not_consumers() {
         .unwrap();
     let mut room = q.reserve(5).unwrap();
     reserved.set();
-    assert!(checked.wait_timeout(PATIENCE), "the other process never checked");
+    assert!(
+        checked.wait_timeout(PATIENCE),
+        "the other process never checked"
+    );
     room.copy_from_slice(b"first");
     room.commit().unwrap();
     join_ok(&mut other);
