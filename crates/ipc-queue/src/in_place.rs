@@ -41,6 +41,32 @@
 //! place (`&str`, `&[u8]` fields) trusts that nobody writes into it while
 //! it is borrowed; with peers that are not trusted, use the copying
 //! `get`, which decodes a private copy.
+//!
+//! # What the compiler holds you to
+//!
+//! A slice of a reservation or of a borrowed item cannot outlive it:
+//!
+//! ```compile_fail
+//! let q = ipc_queue::Queue::<()>::new()?;
+//! q.put_bytes(b"item")?;
+//! let bytes: &[u8] = {
+//!     let item = q.get_in_place()?;
+//!     &item[..] // `item` does not live long enough
+//! };
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
+//!
+//! nor can a reservation or an item move to another thread, since the
+//! lock it holds belongs to this one:
+//!
+//! ```compile_fail
+//! let q = ipc_queue::Queue::<()>::new()?;
+//! let room = q.reserve(4)?;
+//! std::thread::scope(|s| {
+//!     s.spawn(move || room.commit()); // `Reservation` is not `Send`
+//! });
+//! # Ok::<(), ipc_core::Error>(())
+//! ```
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
