@@ -25,7 +25,8 @@ commands:
                 across real processes, beside the Python original
   bench [--quick]
                 measure every mechanism between two real processes against
-                the raw OS floor, Python and ipc-channel; writes target/bench/
+                the raw OS floor, Python, ipc-channel and (large items)
+                iceoryx2; writes target/bench/
   fuzz [--seconds N] [TARGET...]
                 run each fuzz target in fuzz/ (all of them by default) for N
                 seconds (default 60) with `cargo +nightly fuzz run`; installs
@@ -577,8 +578,12 @@ fn fuzz(args: &[String]) -> Result {
 
 fn bench(args: &[String]) -> Result {
     let mut command = cargo();
+    // The iceoryx2 contender is an optional feature of ipc-bench (a plain
+    // build of ipc-bench leaves its crates out); measuring turns it on. It
+    // needs no system package, only Rust 1.89 or later.
     command
-        .args(["run", "--release", "--quiet", "-p", "ipc-bench", "--"])
+        .args(["run", "--release", "--quiet", "-p", "ipc-bench"])
+        .args(["--features", "iceoryx2", "--"])
         .args(args);
     run("benchmarks", command)
 }

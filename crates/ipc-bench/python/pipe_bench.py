@@ -212,13 +212,14 @@ class Workers:
     """Daemonic worker processes, each obeying commands sent over a pipe of
     its own (`target(cmd, *args)`; "quit" ends it): if the parent dies
     mid-command (ipc-bench killed), the workers go with it rather than
-    keep it waiting at exit."""
+    keep it waiting at exit. `ctx` is the multiprocessing context that
+    starts them (the default start method's unless given)."""
 
-    def __init__(self, count, target, args):
+    def __init__(self, count, target, args, ctx=multiprocessing):
         self.workers = []
         for _ in range(count):
-            parent_end, child_end = multiprocessing.Pipe()
-            proc = multiprocessing.Process(
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(
                 target=target, args=(child_end, *args), daemon=True
             )
             proc.start()

@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo xtask bench [--quick]
-//! cargo run --release -p ipc-bench -- [--quick] [--rounds N] [--only NAME,NAME]
+//! cargo run --release -p ipc-bench [--features iceoryx2] -- [--quick] [--rounds N] [--only NAME,NAME]
 //! ```
+//!
+//! The iceoryx2 contender (large items) is built with the `iceoryx2`
+//! feature only, which `cargo xtask bench` turns on; a build without it
+//! lists the contender and skips it.
 //!
 //! For each benchmark, each contender is first calibrated (which also warms
 //! it up) so one measurement takes about 100 ms (30 ms with `--quick`);

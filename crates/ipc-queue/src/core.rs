@@ -67,6 +67,11 @@ const PUT_PAUSES: u32 = 16;
 /// How many times [`Core::view`] reads the head and the tail for a
 /// consistent pair before it settles for the last reading.
 const SNAPSHOT_TRIES: u32 = 16;
+/// A record at least this large goes at the start of the ring when it can
+/// (see [`Core::find_room`]), where the memory is warm. Smaller ones do
+/// not: the ring of a small record is in the cache anyway, and moving an
+/// empty ring back costs the consumers their lock.
+const WARM_RECORD: u64 = 1 << 20;
 /// How many times [`Core::lock`] tries the mutex before it blocks.
 const LOCK_TRIES: u32 = 64;
 /// How long a non-blocking put or get waits for the lock before calling
@@ -379,6 +384,21 @@ impl Core {
 
     /// Takes one end's lock, checking the queue first if its last holder
     /// died.
+    /// Takes one end's lock if it is free now, checking the queue first if
+    /// its last holder died.
+    fn try_lock(&self, end: End) -> Result<Option<Locked<'_>>> {
+        let mutex = sys::mutex(self.shm(), end);
+        let Some(died) = mutex.try_lock()? else {
+            return Ok(None);
+        };
+        let locked = Locked { mutex };
+        if died {
+            self.recover(end)?;
+            mutex.mark_consistent();
+        }
+        Ok(Some(locked))
+    }
+
     fn lock(&self, end: End, deadline: Deadline) -> Result<Locked<'_>> {
         let mutex = sys::mutex(self.shm(), end);
         // The lock is held for a few hundred nanoseconds at a time: try a
@@ -554,6 +574,21 @@ impl Core {
                 v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
             }
+            if need >= WARM_RECORD && tail.offset != 0 {
+                let head = Pos::load(&c.head.pos, Ordering::Acquire);
+                if head.count == tail.count {
+                    // A large record into an empty ring goes back to offset
+                    // 0, where the one before it was written: memory still
+                    // in the cache, where the next slot of a ring larger
+                    // than the cache never is (measured with 16 MiB items).
+                    // Only if no consumer holds its lock: this is a choice
+                    // of where, never a reason to wait.
+                    if let Some(consumers) = self.try_lock(End::Head)? {
+                        self.realign_locked(tail, consumers)?;
+                        continue;
+                    }
+                }
+            }
             let mut placement = self.ring.place(&v, need);
             if placement.is_none() {
                 // The last look at the head shows no room: look again.
@@ -562,6 +597,12 @@ impl Core {
                 v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
                 placement = self.ring.place(&v, need);
+            }
+            if need >= WARM_RECORD && placement.is_some_and(|at| at.record != 0) {
+                // A large record starts the ring again whenever the start
+                // is free: of a ring larger than the cache, only the start
+                // stays in it, where the records before were written.
+                placement = self.ring.place_at_start(&v, need).or(placement);
             }
             if let Some(at) = placement {
                 // Past the tail: no getter reads it before the commit.
@@ -604,8 +645,13 @@ impl Core {
     /// record at 0 (a ring holding only a marker is empty), then the head
     /// moved past it, as a get would.
     fn realign(&self, tail: Pos, deadline: Deadline) -> Result<()> {
-        let c = self.control();
         let consumers = self.lock(End::Head, deadline)?;
+        self.realign_locked(tail, consumers)
+    }
+
+    /// [`realign`](Self::realign), holding the consumers' lock already.
+    fn realign_locked(&self, tail: Pos, consumers: Locked<'_>) -> Result<()> {
+        let c = self.control();
         let v = View {
             head: Pos::load(&c.head.pos, Ordering::Acquire),
             tail,

@@ -171,6 +171,21 @@ impl Ring {
         }
     }
 
+    /// Where a record of `need` bytes goes if it starts the ring again at
+    /// offset 0 (a wrap marker at the tail), if there is room for that.
+    pub(crate) fn place_at_start(&self, v: &View, need: u64) -> Option<Placement> {
+        if self.maxsize != 0 && v.items() as usize >= self.maxsize {
+            return None;
+        }
+        let cap = self.capacity;
+        let off = u64::from(v.tail.offset);
+        let free = cap - self.used(v);
+        (off != 0 && cap - off + need <= free).then_some(Placement {
+            marker: Some(off),
+            record: 0,
+        })
+    }
+
     /// The tail after a record of `need` bytes placed at `at`.
     pub(crate) fn tail_after(&self, tail: Pos, at: &Placement, need: u64) -> Pos {
         Pos {

@@ -31,12 +31,12 @@ pub const IN_PLACE: &str = "ipc-queue in place";
 pub const COPYING: &str = "ipc-queue copying";
 
 /// The item sizes, each with a queue of its own.
-const SIZES: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
+pub(super) const SIZES: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
 /// The largest item.
 pub const MAX_ITEM: usize = 16 << 20;
 /// How many items of its size a queue's ring holds, and how many buffers
 /// the floor writes in turn: the same memory, as warm or as cold.
-const ITEMS_IN_FLIGHT: usize = 4;
+pub(super) const ITEMS_IN_FLIGHT: usize = 4;
 
 /// The ring of the queue for items of `size` bytes.
 fn capacity(size: usize) -> usize {
@@ -51,6 +51,12 @@ fn data_key(size: usize) -> String {
 /// Whether a contender of this module runs `bench`.
 pub fn large(bench: Benchmark) -> bool {
     matches!(bench.via, Via::Large | Via::Large2) && bench.kind == Kind::Throughput
+}
+
+/// Whether `bench` is a large-item benchmark between one producer and one
+/// consumer (for contenders that have no 2/2 setup).
+pub fn large_one_to_one(bench: Benchmark) -> bool {
+    large(bench) && bench.via == Via::Large
 }
 
 /// The registry entry of the floor.
@@ -99,7 +105,7 @@ pub fn copying_entry() -> Entry {
 }
 
 /// A payload of `len` bytes whose first and last 8 bytes are the stamp.
-fn stamped(len: usize) -> Vec<u8> {
+pub(super) fn stamped(len: usize) -> Vec<u8> {
     let mut payload = vec![0xa5u8; len];
     stamp(&mut payload);
     payload
@@ -107,7 +113,9 @@ fn stamped(len: usize) -> Vec<u8> {
 
 const STAMP: [u8; 8] = *b"in-place";
 
-fn stamp(payload: &mut [u8]) {
+/// Writes the stamp at both ends of `payload` (a producer reusing one
+/// buffer for every size restamps it for the size at hand).
+pub(super) fn stamp(payload: &mut [u8]) {
     if payload.len() >= 16 {
         let end = payload.len() - 8;
         payload[..8].copy_from_slice(&STAMP);
@@ -116,7 +124,7 @@ fn stamp(payload: &mut [u8]) {
 }
 
 /// The consumers' look at an item: its length, and the stamps at its ends.
-fn check(item: &[u8], size: usize) -> Result {
+pub(super) fn check(item: &[u8], size: usize) -> Result {
     check_len(item.len(), size)?;
     if item.len() >= 16 && (item[..8] != STAMP || item[item.len() - 8..] != STAMP) {
         return Err("an item without its stamps".into());

@@ -22,6 +22,8 @@
 
 pub mod async_io;
 pub mod broker;
+#[cfg(feature = "iceoryx2")]
+pub mod iceoryx2;
 pub mod in_place;
 pub mod ipc_channel;
 pub mod pickle_dict;
@@ -207,6 +209,11 @@ pub fn registry() -> Vec<Entry> {
         in_place::memcpy_entry(),
         in_place::in_place_entry(),
         in_place::copying_entry(),
+        python::large_entry(),
+        #[cfg(feature = "iceoryx2")]
+        iceoryx2::entry(),
+        #[cfg(not(feature = "iceoryx2"))]
+        iceoryx2_not_built(),
         wake::blocking_entry(),
         wake::awaited_entry(),
         start::exec_entry(),
@@ -216,6 +223,31 @@ pub fn registry() -> Vec<Entry> {
         pool::entry(),
         python::pool_entry(),
     ]
+}
+
+/// Name of the iceoryx2 contender (see `iceoryx2.rs`), listed whether or
+/// not this build has it.
+pub const ICEORYX2: &str = "iceoryx2 publish/subscribe";
+
+/// The registry entry of the iceoryx2 contender in a build without it (the
+/// `iceoryx2` feature off): it is listed, and skipped with a note where it
+/// would run.
+#[cfg(not(feature = "iceoryx2"))]
+fn iceoryx2_not_built() -> Entry {
+    Entry {
+        name: ICEORYX2,
+        about: "iceoryx2 publish/subscribe of large items; not in this build (ipc-bench's \
+                `iceoryx2` feature, which `cargo xtask bench` turns on)",
+        start: || {
+            eprintln!(
+                "{ICEORYX2}: ipc-bench was built without its `iceoryx2` feature \
+                 (`cargo xtask bench` turns it on); skipped"
+            );
+            Ok(None)
+        },
+        peer: None,
+        runs: in_place::large_one_to_one,
+    }
 }
 
 /// One end of a message channel, as the generic drivers use it.

@@ -10,6 +10,9 @@
 //!   two `multiprocessing.Semaphore`s;
 //! - `queue_bench.py`: `multiprocessing.Queue()` with `put` / `get` of
 //!   `bytes`;
+//! - `large_bench.py`: large items in a pool of 4
+//!   `multiprocessing.shared_memory.SharedMemory` blocks of each size,
+//!   whose indices travel on `multiprocessing.Queue()`s;
 //! - `start_bench.py`: `multiprocessing.get_context(method).Process`
 //!   started with each of `spawn`, `forkserver` and `fork`;
 //! - `pool_bench.py`: `multiprocessing.Pool(processes).map`;
@@ -24,6 +27,7 @@
 //! `sem WARMUP COUNT CPU OTHER_CPU` for shared memory and semaphores;
 //! `throughput SIZE COUNT PRODUCERS` and
 //! `pingpong SIZE WARMUP COUNT CPU OTHER_CPU` for the queue;
+//! `throughput SIZE COUNT PRODUCERS` for large items;
 //! `start METHOD WARMUP COUNT` for process starts; `map-square PROCESSES
 //! TASKS COUNT` and `map-busy PROCESSES TASKS MS COUNT` for the pool;
 //! `quit`; CPU is the one to pin both processes to, or -1) and answers
@@ -103,6 +107,22 @@ pub fn broker_entry() -> Entry {
         start: || start("broker_bench.py"),
         peer: None,
         runs: |b| matches!(b.via, Via::Broker | Via::BrokerTcp | Via::Broker4),
+    }
+}
+
+/// The registry entry of the large-item contender.
+pub fn large_entry() -> Entry {
+    Entry {
+        name: LARGE,
+        about: "CPython's idiom for large items: 4 `SharedMemory` blocks of the item size \
+                and two `multiprocessing.Queue()`s of block indices, `free` and `data`; the \
+                producer `free.get()`s an index, writes the payload with \
+                `shm.buf[:size] = payload` and `data.put`s the index; the consumer \
+                `data.get()`s it, checks the block's length and stamps through `shm.buf` \
+                and `free.put`s it back (2/2: two producer and two consumer processes)",
+        start: || start("large_bench.py"),
+        peer: None,
+        runs: super::in_place::large,
     }
 }
 
@@ -264,8 +284,12 @@ impl Contender for Python {
             (Via::AsyncWake, Kind::PingPong) => {
                 writeln!(self.stdin, "sem {warmup} {count} {cpu} {other}")?
             }
-            (Via::Queue | Via::Queue2 | Via::AsyncQueue, _) => {
-                let procs = if bench.via == Via::Queue2 { 2 } else { 1 };
+            (Via::Queue | Via::Queue2 | Via::AsyncQueue | Via::Large | Via::Large2, _) => {
+                let procs = if matches!(bench.via, Via::Queue2 | Via::Large2) {
+                    2
+                } else {
+                    1
+                };
                 writeln!(self.stdin, "throughput {size} {count} {procs}")?
             }
             (_, kind) => match kind {
