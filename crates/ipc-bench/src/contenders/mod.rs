@@ -95,8 +95,12 @@ pub fn comparisons(bench: &Benchmark) -> &'static [(&'static str, &'static str)]
     match bench.via {
         // The same messages over the same pipe, pickled or postcard.
         Via::Pipe => &[(pipe::PICKLE, pipe::TYPED)],
-        // What writing and reading in place saves over copying.
-        Via::Large | Via::Large2 => &[(in_place::IN_PLACE, in_place::COPYING)],
+        // What writing and reading in place saves over copying, and what
+        // the queue in place does beside iceoryx2's loans.
+        Via::Large | Via::Large2 => &[
+            (in_place::IN_PLACE, in_place::COPYING),
+            (in_place::IN_PLACE, ICEORYX2),
+        ],
         _ => &[],
     }
 }
