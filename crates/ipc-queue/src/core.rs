@@ -1021,17 +1021,35 @@ async fn wait_async<R>(
 /// nothing, as in the blocking waits, so no change is missed.
 #[cfg(feature = "tokio")]
 impl Core {
-    // Each returns `wait_async`'s future itself, not an `async fn` around
-    // it: every level of future is a poll more per item, measured on the
-    // async queue's throughput.
+    // The copying get and put have their own loops, the in-place forms
+    // share `wait_async`: the same steps, but through `wait_async` the
+    // async queue of 64 B items ran at 0.39-0.46x the blocking one against
+    // 0.72-0.74x with its own loops, measured in the same runs.
 
     /// [`get`](Self::get) without blocking a thread. Cancel safe: an item
     /// is taken only by a look that returns it.
-    pub(crate) fn get_async<'a>(
-        &'a self,
-        mut dest: Dest<'a>,
-    ) -> impl Future<Output = Result<usize>> + 'a {
-        self.getters_wait(move |seen| self.get_or(dest.reborrow(), Deadline::Now, lock_busy, seen))
+    pub(crate) async fn get_async(&self, mut dest: Dest<'_>) -> Result<usize> {
+        let getters = self.getters();
+        let mut spin = Some(Spin {
+            quiet: GET_QUIET,
+            want: 1,
+            pauses: 1,
+            spin_for: ASYNC_SPIN,
+        });
+        loop {
+            let mut seen = 0;
+            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy, &mut seen) {
+                Err(Error::Empty) => {
+                    if spin.take().is_some_and(|spin| spin.run(getters.seq, seen)) {
+                        continue;
+                    }
+                    getters.register(seen);
+                    ipc_shm::watch::changed(getters.seq, seen).await;
+                }
+                Err(Error::Timeout) => yield_now().await,
+                other => return other,
+            }
+        }
     }
 
     /// [`take`](Self::take) without blocking a thread. Cancel safe: the
@@ -1042,11 +1060,28 @@ impl Core {
 
     /// [`put`](Self::put) without blocking a thread. Cancel safe: the
     /// record is written whole by a look that finds room, or not at all.
-    pub(crate) fn put_async<'a>(
-        &'a self,
-        payload: &'a [u8],
-    ) -> impl Future<Output = Result<()>> + 'a {
-        self.putters_wait(move |seen| self.put_or(payload, Deadline::Now, lock_busy, seen))
+    pub(crate) async fn put_async(&self, payload: &[u8]) -> Result<()> {
+        let putters = self.putters();
+        let mut spin = Some(Spin {
+            quiet: Duration::ZERO,
+            want: PUT_BATCH,
+            pauses: PUT_PAUSES,
+            spin_for: ASYNC_SPIN,
+        });
+        loop {
+            let mut seen = 0;
+            match self.put_or(payload, Deadline::Now, lock_busy, &mut seen) {
+                Err(Error::Full) => {
+                    if spin.take().is_some_and(|spin| spin.run(putters.seq, seen)) {
+                        continue;
+                    }
+                    putters.register(seen);
+                    ipc_shm::watch::changed(putters.seq, seen).await;
+                }
+                Err(Error::Timeout) => yield_now().await,
+                other => return other,
+            }
+        }
     }
 
     /// [`reserve`](Self::reserve) without blocking a thread. Cancel safe:

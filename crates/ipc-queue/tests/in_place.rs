@@ -285,7 +285,10 @@ fn large_items_go_back_to_the_start_of_the_ring_and_arrive_whole() {
     // processes, in order, intact, whatever the mix of gets.
     const ITEMS: u64 = 60;
     let len = |i: u64| (1 << 20) + (i as usize * 104_729) % (1 << 20);
-    let q = Queue::<()>::builder().capacity(7 << 20).anonymous().unwrap();
+    let q = Queue::<()>::builder()
+        .capacity(7 << 20)
+        .anonymous()
+        .unwrap();
     let mut producer = Process::new()
         .allow_threads()
         .pass("q", &q)
