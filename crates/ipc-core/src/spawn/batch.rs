@@ -5,9 +5,9 @@
 //! call and no unwind guard of its own.
 //!
 //! Both runs are records, each a header and the bytes it announces: one
-//! byte for a record shorter than [`SHORT`] (its length), else [`LONG`] and
-//! a 4-byte little-endian length; an argument or a result is a postcard
-//! value ([`codec`]). An outcome that is a failure is [`FAILED`], a 4-byte
+//! byte for a record shorter than `0xFC` (its length), else `0xFE` and a
+//! 4-byte little-endian length; an argument or a result is a postcard
+//! value ([`codec`]). An outcome that is a failure is `0xFF`, a 4-byte
 //! length and the [`ChildFailure`]. A small task's record is then its
 //! value and one byte, where a fixed 4-byte length made every frame of a
 //! `map` of numbers half overhead. Each task has a record of its own, so
