@@ -17,10 +17,12 @@
 //! the other end's word (`seen_head`, `seen_tail`) and only reads the real
 //! one, a cache line the other side writes, when that look shows no room
 //! or no item. The one operation that needs both ends is moving an empty
-//! ring back to offset 0 when a record does not fit after the tail
-//! ([`Core::realign`]), done in steps that each leave a valid ring. Taking
-//! a mutex tries a few times before blocking in the kernel, as it is only
-//! ever held for a short copy.
+//! ring back to offset 0 ([`Core::realign`]), done in steps that each
+//! leave a valid ring: when a record does not fit after the tail, and for
+//! a record of [`WARM_RECORD`] bytes or more when the consumers' lock is
+//! free at once. Taking a mutex tries a few times before blocking in the
+//! kernel, as a put or get holds it only for a short copy (an in-place
+//! guard holds it for as long as its owner keeps it: see `in_place`).
 
 use std::cell::RefCell;
 #[cfg(feature = "tokio")]
@@ -77,15 +79,41 @@ const LOCK_TRIES: u32 = 64;
 /// How long a non-blocking put or get waits for the lock before calling
 /// the queue busy.
 const NOWAIT_LOCK_PATIENCE: Duration = Duration::from_millis(1);
-/// How long a call with this deadline waits for a lock. A non-blocking
-/// call waits out a holder that is running (the lock is held for well under
-/// a microsecond), but not one that is stopped or descheduled for long: it
-/// then reports the queue busy as `Full` or `Empty` rather than block. A
-/// dead holder is reported by the robust mutex at once either way.
-fn lock_deadline(deadline: Deadline) -> Deadline {
-    match deadline {
-        Deadline::Now => Deadline::after(NOWAIT_LOCK_PATIENCE),
-        other => other,
+/// Why a put (or get) that would wait is refused while this thread holds
+/// a borrowed item (or a reservation) of the same queue: it holds up the
+/// other consumers (producers), the only ones who could make the room (the
+/// item) it would wait for.
+const WAIT_FOR_SELF: &str = "a wait on a queue whose other end this thread holds in place \
+                             (release the item or commit the reservation first)";
+
+/// What a call that may not wait ([`Deadline::Now`]) does about an end's
+/// lock that is held: how long it waits for it, and what it reports if
+/// the holder keeps it longer.
+#[derive(Clone, Copy)]
+struct OnBusy {
+    error: fn() -> Error,
+    patience: Duration,
+}
+
+impl OnBusy {
+    /// A non-blocking put or get: it waits out a holder that is running (a
+    /// copy takes well under a microsecond), but not one that is stopped,
+    /// descheduled or holding an in-place guard for long, and then reports
+    /// the queue busy as `Full` or `Empty` rather than block. A dead holder
+    /// is reported by the robust mutex at once either way.
+    const fn blocking(busy: fn() -> Error) -> OnBusy {
+        OnBusy {
+            error: busy,
+            patience: NOWAIT_LOCK_PATIENCE,
+        }
+    }
+
+    /// How long a call with this deadline waits for the lock.
+    fn lock_deadline(self, deadline: Deadline) -> Deadline {
+        match deadline {
+            Deadline::Now => Deadline::after(self.patience),
+            other => other,
+        }
     }
 }
 
@@ -384,6 +412,12 @@ impl Core {
 
     /// Takes one end's lock, checking the queue first if its last holder
     /// died.
+    /// Whether this thread holds `end`'s lock (an in-place guard): then a
+    /// wait for the other end could only end by this thread's own doing.
+    fn holds(&self, end: End) -> bool {
+        sys::mutex(self.shm(), end).is_held_by_this_thread()
+    }
+
     /// Takes one end's lock if it is free now, checking the queue first if
     /// its last holder died.
     fn try_lock(&self, end: End) -> Result<Option<Locked<'_>>> {
@@ -399,6 +433,8 @@ impl Core {
         Ok(Some(locked))
     }
 
+    /// Takes one end's lock, waiting until `deadline` at most, checking
+    /// the queue first if its last holder died.
     fn lock(&self, end: End, deadline: Deadline) -> Result<Locked<'_>> {
         let mutex = sys::mutex(self.shm(), end);
         // The lock is held for a few hundred nanoseconds at a time: try a
@@ -416,7 +452,7 @@ impl Core {
         }
         let died = match died {
             Some(died) => died,
-            None => mutex.lock(lock_deadline(deadline))?,
+            None => mutex.lock(deadline)?,
         };
         let locked = Locked { mutex };
         if died {
@@ -469,10 +505,10 @@ impl Core {
     /// Puts one record. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` leave the queue unchanged.
     pub(crate) fn put(&self, payload: &[u8], deadline: Deadline) -> Result<()> {
-        self.put_or(payload, deadline, || Error::Full, &mut 0)
+        self.put_or(payload, deadline, OnBusy::blocking(|| Error::Full), &mut 0)
     }
 
-    /// [`put`](Self::put), giving `lock_busy()` when a call with
+    /// [`put`](Self::put), giving `on_busy`'s error when a call with
     /// [`Deadline::Now`] finds the lock held too long. A call that finds
     /// no room leaves in `seen` the putters' sequence read before its last
     /// look, for an async caller to wait on.
@@ -480,10 +516,10 @@ impl Core {
         &self,
         payload: &[u8],
         deadline: Deadline,
-        lock_busy: fn() -> Error,
+        on_busy: OnBusy,
         seen: &mut u32,
     ) -> Result<()> {
-        self.find_room(payload.len(), deadline, lock_busy, seen, |room| {
+        self.find_room(payload.len(), deadline, on_busy, seen, |room| {
             self.ring_write(room.payload_off(), payload)?;
             self.publish(room, payload.len())
         })
@@ -494,19 +530,19 @@ impl Core {
     /// dropped. `Full` (for [`Deadline::Now`]), `Timeout`, `Closed` or
     /// `TooLarge` reserve nothing.
     pub(crate) fn reserve(&self, len: usize, deadline: Deadline) -> Result<Reserved<'_>> {
-        self.reserve_or(len, deadline, || Error::Full, &mut 0)
+        self.reserve_or(len, deadline, OnBusy::blocking(|| Error::Full), &mut 0)
     }
 
     /// [`reserve`](Self::reserve), with [`put_or`](Self::put_or)'s
-    /// `lock_busy` and `seen`.
+    /// `on_busy` and `seen`.
     fn reserve_or(
         &self,
         len: usize,
         deadline: Deadline,
-        lock_busy: fn() -> Error,
+        on_busy: OnBusy,
         seen: &mut u32,
     ) -> Result<Reserved<'_>> {
-        self.find_room(len, deadline, lock_busy, seen, |room| {
+        self.find_room(len, deadline, on_busy, seen, |room| {
             Ok(Reserved { core: self, room })
         })
     }
@@ -547,7 +583,7 @@ impl Core {
         &'a self,
         len: usize,
         deadline: Deadline,
-        lock_busy: fn() -> Error,
+        on_busy: OnBusy,
         seen: &mut u32,
         then: impl FnOnce(Room<'a>) -> Result<R>,
     ) -> Result<R> {
@@ -557,8 +593,8 @@ impl Core {
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Tail, deadline)
-                .map_err(|e| gave_up(deadline, e, lock_busy()))?;
+                .lock(End::Tail, on_busy.lock_deadline(deadline))
+                .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
             if self.is_closed() {
                 return Err(Error::Closed);
             }
@@ -618,9 +654,12 @@ impl Core {
             }
             if v.items() == 0 {
                 // Empty, yet the record does not fit after the tail.
-                self.realign(tail, deadline)
-                    .map_err(|e| gave_up(deadline, e, lock_busy()))?;
+                self.realign(tail, on_busy.lock_deadline(deadline))
+                    .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
                 continue;
+            }
+            if deadline != Deadline::Now && self.holds(End::Head) {
+                return Err(Error::InvalidArgument(WAIT_FOR_SELF));
             }
             let waiting = Waiting {
                 waker: putters,
@@ -681,10 +720,10 @@ impl Core {
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
     pub(crate) fn get(&self, dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
-        self.get_or(dest, deadline, || Error::Empty, &mut 0)
+        self.get_or(dest, deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
     }
 
-    /// [`get`](Self::get), giving `lock_busy()` when a call with
+    /// [`get`](Self::get), giving `on_busy`'s error when a call with
     /// [`Deadline::Now`] finds the lock held too long. A call that finds
     /// nothing leaves in `seen` the getters' sequence read before its last
     /// look, for an async caller to wait on.
@@ -692,10 +731,10 @@ impl Core {
         &self,
         dest: Dest<'_>,
         deadline: Deadline,
-        lock_busy: fn() -> Error,
+        on_busy: OnBusy,
         seen: &mut u32,
     ) -> Result<usize> {
-        self.find_record(deadline, lock_busy, seen, |record| {
+        self.find_record(deadline, on_busy, seen, |record| {
             let len = record.len;
             let buf: &mut [u8] = match dest {
                 Dest::Slice(slice) => {
@@ -742,18 +781,13 @@ impl Core {
     /// (for [`Deadline::Now`]), `Timeout` and `Closed` (closed and drained)
     /// find nothing.
     pub(crate) fn take(&self, deadline: Deadline) -> Result<Taken<'_>> {
-        self.take_or(deadline, || Error::Empty, &mut 0)
+        self.take_or(deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
     }
 
-    /// [`take`](Self::take), with [`get_or`](Self::get_or)'s `lock_busy`
+    /// [`take`](Self::take), with [`get_or`](Self::get_or)'s `on_busy`
     /// and `seen`.
-    fn take_or(
-        &self,
-        deadline: Deadline,
-        lock_busy: fn() -> Error,
-        seen: &mut u32,
-    ) -> Result<Taken<'_>> {
-        self.find_record(deadline, lock_busy, seen, |record| {
+    fn take_or(&self, deadline: Deadline, on_busy: OnBusy, seen: &mut u32) -> Result<Taken<'_>> {
+        self.find_record(deadline, on_busy, seen, |record| {
             Ok(Taken { core: self, record })
         })
     }
@@ -765,7 +799,7 @@ impl Core {
     fn find_record<'a, R>(
         &'a self,
         deadline: Deadline,
-        lock_busy: fn() -> Error,
+        on_busy: OnBusy,
         seen: &mut u32,
         then: impl FnOnce(Record<'a>) -> Result<R>,
     ) -> Result<R> {
@@ -774,8 +808,8 @@ impl Core {
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Head, deadline)
-                .map_err(|e| gave_up(deadline, e, lock_busy()))?;
+                .lock(End::Head, on_busy.lock_deadline(deadline))
+                .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
             let mut v = View {
                 head: Pos::load(&c.head.pos, Ordering::Relaxed),
                 tail: Pos::load(&c.seen_tail, Ordering::Relaxed),
@@ -808,6 +842,9 @@ impl Core {
                     payload_off,
                     len,
                 });
+            }
+            if deadline != Deadline::Now && self.holds(End::Tail) {
+                return Err(Error::InvalidArgument(WAIT_FOR_SELF));
             }
             let waiting = Waiting {
                 waker: getters,
@@ -957,12 +994,15 @@ impl Core {
 #[cfg(feature = "tokio")]
 const ASYNC_SPIN: Duration = Duration::from_micros(20);
 
-/// What an async call reports for a lock held longer than a non-blocking
-/// call waits: not "empty" or "full", which it did not look at.
+/// An async look at a held lock: it only tries it, since the holder may
+/// keep it for long (an in-place guard) and the executor's thread must not
+/// block; it reports `Timeout`, not "empty" or "full", which it did not
+/// look at, and the caller yields and looks again.
 #[cfg(feature = "tokio")]
-fn lock_busy() -> Error {
-    Error::Timeout
-}
+const ASYNC_LOOK: OnBusy = OnBusy {
+    error: || Error::Timeout,
+    patience: Duration::ZERO,
+};
 
 /// Lets the executor run other tasks once, then goes on: for a lock held
 /// by a holder that is not running, which no futex word of ours announces.
@@ -1038,7 +1078,7 @@ impl Core {
         });
         loop {
             let mut seen = 0;
-            match self.get_or(dest.reborrow(), Deadline::Now, lock_busy, &mut seen) {
+            match self.get_or(dest.reborrow(), Deadline::Now, ASYNC_LOOK, &mut seen) {
                 Err(Error::Empty) => {
                     if spin.take().is_some_and(|spin| spin.run(getters.seq, seen)) {
                         continue;
@@ -1055,7 +1095,7 @@ impl Core {
     /// [`take`](Self::take) without blocking a thread. Cancel safe: the
     /// record is only found, never taken, until the caller releases it.
     pub(crate) fn take_async(&self) -> impl Future<Output = Result<Taken<'_>>> + '_ {
-        self.getters_wait(move |seen| self.take_or(Deadline::Now, lock_busy, seen))
+        self.getters_wait(move |seen| self.take_or(Deadline::Now, ASYNC_LOOK, seen))
     }
 
     /// [`put`](Self::put) without blocking a thread. Cancel safe: the
@@ -1070,7 +1110,7 @@ impl Core {
         });
         loop {
             let mut seen = 0;
-            match self.put_or(payload, Deadline::Now, lock_busy, &mut seen) {
+            match self.put_or(payload, Deadline::Now, ASYNC_LOOK, &mut seen) {
                 Err(Error::Full) => {
                     if spin.take().is_some_and(|spin| spin.run(putters.seq, seen)) {
                         continue;
@@ -1090,7 +1130,7 @@ impl Core {
         &self,
         len: usize,
     ) -> impl Future<Output = Result<Reserved<'_>>> + '_ {
-        self.putters_wait(move |seen| self.reserve_or(len, Deadline::Now, lock_busy, seen))
+        self.putters_wait(move |seen| self.reserve_or(len, Deadline::Now, ASYNC_LOOK, seen))
     }
 
     /// Runs `look` (a get or take with [`Deadline::Now`]) until it finds

@@ -7,11 +7,18 @@
 //! A reservation holds the producers' lock and a borrowed item the
 //! consumers' lock, from the call that makes them until they are committed,
 //! released or dropped. So while one is open, the other producers (or the
-//! other consumers) of the queue wait; producers and consumers never wait
-//! for each other. Both are tied to the thread that made them (they are
-//! not `Send`), as the lock is; a second put or get on the same queue from
-//! the same thread while one is open fails at once rather than wait for
-//! itself.
+//! other consumers) of the queue wait, and so does [`Queue::close`], which
+//! takes the producers' lock. Both are tied to the thread that made them
+//! (they are not `Send`), as the lock is, and to the process: a copy of
+//! one in a child forked while it was held refuses to be used there (a
+//! panic on reading or writing it, an error on commit). While this thread
+//! holds one, a put or get of its own on the same end fails at once, and
+//! so does a put or get on the other end that would have to wait (only
+//! this thread could end that wait). Across processes no such check is
+//! possible: a process that holds a reservation and waits in a get, while
+//! another holds an item and waits in a put on the same queue, waits for
+//! good; fill or read a guard, then let it go, before the next call on
+//! that queue.
 //!
 //! # When a process is killed
 //!
@@ -22,9 +29,16 @@
 //! the next get takes it: an in-place get delivers **at least once**,
 //! where a copying get, whose item is taken the moment it is copied,
 //! delivers at most once. A borrowed item dropped while its thread
-//! unwinds from a panic stays in the queue too. A `JoinableQueue`'s count
-//! of unfinished tasks counts puts and `task_done` calls only, so it stays
-//! right either way.
+//! unwinds from a panic stays in the queue too (so does one made and
+//! dropped inside a destructor that runs during unwinding). So an item
+//! that makes every consumer panic or crash is delivered again and again,
+//! holding up the items behind it: release an item (or copy what you need
+//! out of it) before processing it if the processing may fail. A
+//! `JoinableQueue`'s count of unfinished tasks counts puts and `task_done`
+//! calls only; call `task_done` after the item is released
+//! ([`JoinableQueue::task_done_with`](crate::JoinableQueue::task_done_with)
+//! does both, in that order), or a crash in between delivers an item whose
+//! task was already counted done.
 //!
 //! # What other processes can do to a borrowed item
 //!
@@ -33,14 +47,16 @@
 //! ring's words keep every byte between the head and the tail for the
 //! consumers and every byte past the tail for the one producer holding its
 //! lock. A process that maps the segment and writes anywhere it likes is
-//! outside that promise: the bytes of an item may then change while they
-//! are borrowed, as they may in any shared memory. The queue itself reads
-//! each record's length once, checks it against the ring, and never
-//! follows a length from inside an item, so such a writer cannot make the
-//! queue read or write outside the ring. Code that decodes an item in
-//! place (`&str`, `&[u8]` fields) trusts that nobody writes into it while
-//! it is borrowed; with peers that are not trusted, use the copying
-//! `get`, which decodes a private copy.
+//! outside that promise, and so is a second mapping of the segment in this
+//! process written through `ipc_shm`: the bytes of a borrowed item may then
+//! change while a `&[u8]` (or a `&str` decoded in place) refers to them,
+//! which Rust's rules do not allow, so that code's behaviour is no longer
+//! defined. The queue itself reads each record's length once, checks it
+//! against the ring, and keeps its own copies of the offsets it will
+//! store, so such a writer cannot make the queue read or write outside
+//! the ring. In-place access is for processes that trust each other; with
+//! peers that are not trusted, use the copying `get`, which decodes a
+//! private copy.
 //!
 //! # What the compiler holds you to
 //!
@@ -100,12 +116,13 @@ use crate::Queue;
 /// assert!(q.empty());
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[must_use = "a reservation dropped uncommitted makes no item"]
 pub struct Reservation<'q> {
     reserved: Reserved<'q>,
     /// The bytes that will be the item (at most the reserved ones).
     len: usize,
-    /// The producers' lock belongs to this thread.
-    _thread: PhantomData<*const ()>,
+    /// The process it was made in (see [`Guarded`]).
+    made_in: Guarded,
 }
 
 impl Reservation<'_> {
@@ -128,6 +145,9 @@ impl Reservation<'_> {
     /// ring's tail, so a process killed during the commit either made the
     /// item or left no trace.
     pub fn commit(self) -> Result<()> {
+        if !self.made_in.is_this_process() {
+            return Err(ipc_core::Error::InvalidArgument(FORKED));
+        }
         self.reserved.commit(self.len)
     }
 }
@@ -136,9 +156,11 @@ impl Deref for Reservation<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: `reserved` holds the producers' lock and these bytes lie
-        // in its reserved space past the tail, for as long as `self` is
-        // borrowed; the slice is no longer than the reservation.
+        self.made_in.assert_this_process();
+        // SAFETY: `reserved` holds the producers' lock (in this process,
+        // just checked) and these bytes lie in its reserved space past the
+        // tail, for as long as `self` is borrowed; the slice is no longer
+        // than the reservation.
         #[allow(unsafe_code)]
         unsafe {
             sys::ring_bytes(self.reserved.shm(), self.reserved.payload_off(), self.len)
@@ -148,6 +170,7 @@ impl Deref for Reservation<'_> {
 
 impl DerefMut for Reservation<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
+        self.made_in.assert_this_process();
         // SAFETY: as in `deref`; `&mut self` makes this the only slice of
         // the reservation in this process while it lives.
         #[allow(unsafe_code)]
@@ -188,11 +211,12 @@ impl std::fmt::Debug for Reservation<'_> {
 /// assert!(q.empty());
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+#[must_use = "an item borrowed and dropped at once is taken off the queue unread"]
 pub struct InPlace<'q> {
     /// `None` once released.
     taken: Option<Taken<'q>>,
-    /// The consumers' lock belongs to this thread.
-    _thread: PhantomData<*const ()>,
+    /// The process it was made in (see [`Guarded`]).
+    made_in: Guarded,
 }
 
 impl InPlace<'_> {
@@ -203,7 +227,13 @@ impl InPlace<'_> {
     }
 
     /// Takes the item off the queue (what dropping it does, said aloud).
+    ///
+    /// # Panics
+    ///
+    /// In a process forked while the item was borrowed: the borrow, and
+    /// the lock, stayed with the process that made it.
     pub fn release(mut self) {
+        self.made_in.assert_this_process();
         if let Some(taken) = self.taken.take() {
             taken.release();
         }
@@ -226,10 +256,11 @@ impl Deref for InPlace<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
+        self.made_in.assert_this_process();
         let taken = self.taken();
-        // SAFETY: `taken` holds the consumers' lock and the record lies
-        // between the head and the tail, checked against the ring, for as
-        // long as `self` is borrowed.
+        // SAFETY: `taken` holds the consumers' lock (in this process, just
+        // checked) and the record lies between the head and the tail,
+        // checked against the ring, for as long as `self` is borrowed.
         #[allow(unsafe_code)]
         unsafe {
             sys::ring_bytes(taken.shm(), taken.payload_off(), taken.len())
@@ -240,10 +271,45 @@ impl Deref for InPlace<'_> {
 impl Drop for InPlace<'_> {
     fn drop(&mut self) {
         if let Some(taken) = self.taken.take() {
-            if !std::thread::panicking() {
+            // Unwinding, or a copy in a forked child (whose lock stayed
+            // with the parent): the item stays for the next get.
+            if !std::thread::panicking() && self.made_in.is_this_process() {
                 taken.release();
             }
         }
+    }
+}
+
+/// Why a guard made before a fork cannot be used in the child.
+const FORKED: &str = "an in-place reservation or item belongs to the process that made it, \
+                      not to a child forked while it was held";
+
+/// The process a guard was made in. `Process::fork` takes any closure, so
+/// a guard can be copied into a child along with the rest of memory; the
+/// lock it stands for stays with the parent (which goes on and releases
+/// it), so in the child the guard must not touch the ring.
+#[derive(Clone, Copy, Debug)]
+struct Guarded {
+    forks: u64,
+    /// The lock belongs to this thread.
+    _thread: PhantomData<*const ()>,
+}
+
+impl Guarded {
+    fn here() -> Guarded {
+        Guarded {
+            forks: ipc_shm::raw::fork_generation(),
+            _thread: PhantomData,
+        }
+    }
+
+    fn is_this_process(&self) -> bool {
+        self.forks == ipc_shm::raw::fork_generation()
+    }
+
+    #[track_caller]
+    fn assert_this_process(&self) {
+        assert!(self.is_this_process(), "{FORKED}");
     }
 }
 
@@ -258,14 +324,14 @@ fn reserve(core: &Core, len: usize, deadline: Deadline) -> Result<Reservation<'_
     Ok(Reservation {
         reserved: core.reserve(len, deadline)?,
         len,
-        _thread: PhantomData,
+        made_in: Guarded::here(),
     })
 }
 
 fn get_in_place(core: &Core, deadline: Deadline) -> Result<InPlace<'_>> {
     Ok(InPlace {
         taken: Some(core.take(deadline)?),
-        _thread: PhantomData,
+        made_in: Guarded::here(),
     })
 }
 
@@ -339,7 +405,7 @@ impl<T> Queue<T> {
         Ok(Reservation {
             reserved: self.core.reserve_async(len).await?,
             len,
-            _thread: PhantomData,
+            made_in: Guarded::here(),
         })
     }
 
@@ -349,7 +415,7 @@ impl<T> Queue<T> {
     pub async fn get_in_place_async(&self) -> Result<InPlace<'_>> {
         Ok(InPlace {
             taken: Some(self.core.take_async().await?),
-            _thread: PhantomData,
+            made_in: Guarded::here(),
         })
     }
 }

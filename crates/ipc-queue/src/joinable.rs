@@ -133,9 +133,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 }
 
-/// The async forms of [`Queue`]'s, and [`join_async`](Self::join_async).
+/// The in-place async forms of [`Queue`]'s.
 #[cfg(feature = "tokio")]
-impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+impl<T> JoinableQueue<T> {
     /// [`Queue::reserve_async`].
     pub async fn reserve_async(&self, len: usize) -> Result<Reservation<'_>> {
         self.queue.reserve_async(len).await
@@ -145,7 +145,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub async fn get_in_place_async(&self) -> Result<InPlace<'_>> {
         self.queue.get_in_place_async().await
     }
+}
 
+/// The async forms of [`Queue`]'s, and [`join_async`](Self::join_async).
+#[cfg(feature = "tokio")]
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// [`Queue::put_async`].
     pub async fn put_async(&self, item: T) -> std::result::Result<(), PutError<T>> {
         self.queue.put_async(item).await
@@ -177,6 +181,25 @@ impl<T> JoinableQueue<T> {
     /// [`ipc_core::Error::InvalidArgument`] (Python's `ValueError`).
     pub fn task_done(&self) -> Result<()> {
         self.queue.core().task_done()
+    }
+
+    /// Takes an item borrowed in place off the queue, then marks its task
+    /// done: in that order, so that a process killed in between misses a
+    /// `task_done` (as with a copying get) rather than leaving the item to
+    /// be delivered, and counted, again.
+    ///
+    /// ```
+    /// let q = ipc_queue::JoinableQueue::<()>::new()?;
+    /// q.put_bytes(b"job")?;
+    /// let item = q.get_in_place()?;
+    /// assert_eq!(&item[..], b"job");
+    /// q.task_done_with(item)?;
+    /// q.join()?;
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn task_done_with(&self, item: InPlace<'_>) -> Result<()> {
+        item.release();
+        self.task_done()
     }
 
     /// Waits until every item put has been marked done.

@@ -61,9 +61,12 @@ pub(crate) fn mutex(shm: &SharedMemory, end: End) -> RobustMutexRef<'_> {
 /// # Safety
 ///
 /// For as long as the slice lives, the caller holds the lock of the end
-/// that owns these bytes: the consumers' lock, for the record at the head
-/// (no putter writes between head and tail, and no other getter takes the
-/// record while the lock is held).
+/// that owns these bytes, in this process: the consumers' lock, for the
+/// record at the head (no putter writes between head and tail, and no
+/// other getter takes the record while the lock is held), or the
+/// producers' lock, for space it reserved past the tail (no getter reads
+/// it and no other putter writes it before the tail moves), and makes no
+/// `&mut` slice of them meanwhile.
 ///
 /// # Panics
 ///

@@ -322,3 +322,73 @@ fn large_items_go_back_to_the_start_of_the_ring_and_arrive_whole() {
     join_ok(&mut producer);
     assert!(q.empty());
 }
+
+#[test]
+fn a_guard_copied_into_a_forked_child_does_not_touch_the_queue_there() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let mut room = q.reserve(100).unwrap();
+    room.fill(7);
+    // The closure, and the reservation in it, is copied into the child;
+    // the parent's copy is dropped when `fork` returns (no item).
+    let mut child = Process::new()
+        .allow_threads()
+        .fork(move || match room.commit() {
+            Err(Error::InvalidArgument(_)) => 0,
+            _ => 1,
+        })
+        .unwrap();
+    join_ok(&mut child);
+    q.put_bytes(b"parent").unwrap();
+    assert_eq!(q.get_bytes().unwrap(), b"parent");
+    assert!(q.empty(), "the child made no item");
+
+    q.put_bytes(b"borrowed").unwrap();
+    let item = q.get_in_place().unwrap();
+    let mut child = Process::new()
+        .allow_threads()
+        .fork(move || {
+            // Reading it in the child is refused: the parent goes on and
+            // may reuse the bytes.
+            let read = std::panic::catch_unwind(|| item.len());
+            std::mem::forget(item);
+            if read.is_err() {
+                0
+            } else {
+                1
+            }
+        })
+        .unwrap();
+    join_ok(&mut child);
+    assert!(
+        q.empty(),
+        "the parent's copy, dropped by fork, took the item"
+    );
+}
+
+#[test]
+fn a_wait_only_this_threads_own_guard_could_end_is_refused() {
+    // Holding the only item of a full queue and putting: no other consumer
+    // can make room while this thread holds the consumers' lock.
+    let q = Queue::<Vec<u8>>::with_maxsize(1).unwrap();
+    q.put_bytes(b"only").unwrap();
+    let item = q.get_in_place().unwrap();
+    let start = Instant::now();
+    assert!(matches!(
+        q.put_bytes_timeout(b"more", PATIENCE),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(q.put_bytes_nowait(b"more"), Err(Error::Full)));
+    item.release();
+    q.put_bytes(b"more").unwrap();
+    // Holding a reservation and getting from an empty queue: no other
+    // producer can put while this thread holds the producers' lock.
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let room = q.reserve(4).unwrap();
+    assert!(matches!(
+        q.get_bytes_timeout(PATIENCE),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+    drop(room);
+    assert!(start.elapsed() < PATIENCE / 2, "nothing waited for itself");
+}

@@ -94,6 +94,22 @@ pub fn init_robust_mutex(shm: &mut SharedMemory, offset: usize) -> Result<()> {
     Ok(shm.map.init_mutex(offset, MutexKind::ErrorCheck)?)
 }
 
+/// A number that changes in a forked child: a holder of a robust mutex that
+/// keeps it while the program goes on (a guard) records it when it locks,
+/// and finds out by comparing that it is now a copy in a child, where the
+/// mutex is not held (the kernel and this crate forget a parent's locks in
+/// a child). Counted from the first lock of any robust mutex in the
+/// process.
+///
+/// ```
+/// let before = ipc_shm::raw::fork_generation();
+/// assert_eq!(ipc_shm::raw::fork_generation(), before);
+/// ```
+#[inline]
+pub fn fork_generation() -> u64 {
+    crate::sys::robust::fork_generation()
+}
+
 /// A robust mutex inside a segment, locked and unlocked by hand.
 #[derive(Clone, Copy)]
 pub struct RobustMutexRef<'a> {
@@ -140,6 +156,13 @@ impl<'a> RobustMutexRef<'a> {
     #[inline]
     pub fn lock(&self, deadline: impl Into<Deadline>) -> Result<bool> {
         self.mutex.lock(deadline.into()).map_err(failure)
+    }
+
+    /// Whether the calling thread holds the mutex: for a caller about to
+    /// wait for something only another holder of it could bring.
+    #[inline]
+    pub fn is_held_by_this_thread(&self) -> bool {
+        self.mutex.held_by_me()
     }
 
     /// Locks if the mutex is free now; `Ok(None)` if it is held.

@@ -573,6 +573,14 @@ impl RobustMutex {
         }
     }
 
+    /// Whether the calling thread holds the mutex (by its own record, not
+    /// only the shared word; never in a forked child of the holder).
+    pub(crate) fn held_by_me(&self) -> bool {
+        robust::me_if_known().is_some_and(|me| {
+            self.word.load(Ordering::Relaxed) & TID_MASK == me.tid && robust::holds(self.entry())
+        })
+    }
+
     /// The thread id of the holder, if a thread holds the mutex.
     pub(crate) fn holder(&self) -> Option<u32> {
         Some(self.word.load(Ordering::Relaxed) & TID_MASK).filter(|&tid| tid != 0)

@@ -33,7 +33,7 @@
 use std::cell::Cell;
 use std::io;
 use std::ptr;
-use std::sync::atomic::{compiler_fence, fence, AtomicU8, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU64, AtomicU8, Ordering};
 use std::sync::Once;
 
 use rustix::thread::{gettid, membarrier, MembarrierCommand};
@@ -225,9 +225,23 @@ fn me_first() -> io::Result<Me> {
     Ok(Me { tid, head })
 }
 
+/// How many forks this process descends from since the first lock: the
+/// generation a lock was taken in, for holders that must know whether
+/// they are still in the process that took it.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// This process's generation: it changes in a forked child (once any
+/// thread of the parent has locked a robust mutex, which registers the
+/// handler that counts).
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
+
 /// In a forked child: the thread has a new id, and the process a new
 /// registration to make.
 extern "C" fn forget_after_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
     THREAD.with(|t| {
         t.tid.set(0);
         // glibc empties the child's robust list: it holds nothing.
