@@ -107,14 +107,6 @@ impl OnBusy {
             patience: NOWAIT_LOCK_PATIENCE,
         }
     }
-
-    /// How long a call with this deadline waits for the lock.
-    fn lock_deadline(self, deadline: Deadline) -> Deadline {
-        match deadline {
-            Deadline::Now => Deadline::after(self.patience),
-            other => other,
-        }
-    }
 }
 
 /// The error a call that gave up on the lock returns: `busy` (`Full` or
@@ -435,7 +427,10 @@ impl Core {
 
     /// Takes one end's lock, waiting until `deadline` at most, checking
     /// the queue first if its last holder died.
-    fn lock(&self, end: End, deadline: Deadline) -> Result<Locked<'_>> {
+    /// (`deadline` is the call's; `patience` how long one with
+    /// [`Deadline::Now`] waits, worked out only if the lock is held, so
+    /// that a free lock costs no clock read.)
+    fn lock(&self, end: End, deadline: Deadline, patience: Duration) -> Result<Locked<'_>> {
         let mutex = sys::mutex(self.shm(), end);
         // The lock is held for a few hundred nanoseconds at a time: try a
         // little before letting the mutex put this thread to sleep
@@ -452,7 +447,10 @@ impl Core {
         }
         let died = match died {
             Some(died) => died,
-            None => mutex.lock(deadline)?,
+            None => mutex.lock(match deadline {
+                Deadline::Now => Deadline::after(patience),
+                other => other,
+            })?,
         };
         let locked = Locked { mutex };
         if died {
@@ -593,7 +591,7 @@ impl Core {
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Tail, on_busy.lock_deadline(deadline))
+                .lock(End::Tail, deadline, on_busy.patience)
                 .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
             if self.is_closed() {
                 return Err(Error::Closed);
@@ -654,7 +652,7 @@ impl Core {
             }
             if v.items() == 0 {
                 // Empty, yet the record does not fit after the tail.
-                self.realign(tail, on_busy.lock_deadline(deadline))
+                self.realign(tail, deadline, on_busy.patience)
                     .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
                 continue;
             }
@@ -683,8 +681,8 @@ impl Core {
     /// ring: a wrap marker at the tail, published as if it preceded a
     /// record at 0 (a ring holding only a marker is empty), then the head
     /// moved past it, as a get would.
-    fn realign(&self, tail: Pos, deadline: Deadline) -> Result<()> {
-        let consumers = self.lock(End::Head, deadline)?;
+    fn realign(&self, tail: Pos, deadline: Deadline, patience: Duration) -> Result<()> {
+        let consumers = self.lock(End::Head, deadline, patience)?;
         self.realign_locked(tail, consumers)
     }
 
@@ -808,7 +806,7 @@ impl Core {
         let mut spun = false;
         loop {
             let locked = self
-                .lock(End::Head, on_busy.lock_deadline(deadline))
+                .lock(End::Head, deadline, on_busy.patience)
                 .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
             let mut v = View {
                 head: Pos::load(&c.head.pos, Ordering::Relaxed),
@@ -905,7 +903,7 @@ impl Core {
     /// Closes the queue and wakes every waiter. Taking the producers' lock
     /// orders the close after every put that returned before it.
     pub(crate) fn close(&self) -> Result<()> {
-        let locked = self.lock(End::Tail, Deadline::Never)?;
+        let locked = self.lock(End::Tail, Deadline::Never, Duration::ZERO)?;
         self.control().waits.closed.store(1, Ordering::Release);
         self.wake_all(End::Tail);
         drop(locked);
