@@ -14,6 +14,19 @@ use serde::{Deserialize, Serialize};
 /// How long a test waits for a child to reach the point it is killed at.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Forks a producer (or consumer) with `q`'s handle that runs `body`.
+fn fork_with<Q: ipc_core::process::Inheritable>(
+    q: &Q,
+    body: impl FnOnce() -> ipc_core::Result<()>,
+) -> Child {
+    Process::new()
+        .allow_threads()
+        .pass("q", q)
+        .unwrap()
+        .fork(body)
+        .unwrap()
+}
+
 /// Forks a child that runs `hold` (which makes a reservation or borrows
 /// an item), sets `holding` and then waits to be killed; kills it once it
 /// holds and reaps it.
@@ -125,32 +138,27 @@ fn items_written_and_read_in_place_cross_processes_around_the_ring() {
         .capacity(64 << 10)
         .anonymous()
         .unwrap();
-    let mut producer = Process::new()
-        .allow_threads()
-        .pass("q", &q)
-        .unwrap()
-        .fork({
-            let q = &q;
-            move || -> ipc_core::Result<()> {
-                for seq in 0..ITEMS {
-                    match seq % 3 {
-                        0 => q.put_in_place(&frame(seq))?,
-                        // Bytes written in place, as a typed getter reads them.
-                        1 => {
-                            let mut bytes = Vec::new();
-                            ipc_core::codec::encode_into(&frame(seq), &mut bytes)?;
-                            let mut room = q.reserve(bytes.len() + 100)?;
-                            room[..bytes.len()].copy_from_slice(&bytes);
-                            room.truncate(bytes.len());
-                            room.commit()?;
-                        }
-                        _ => q.put(frame(seq)).map_err(|e| e.error)?,
+    let mut producer = fork_with(&q, {
+        let q = &q;
+        move || -> ipc_core::Result<()> {
+            for seq in 0..ITEMS {
+                match seq % 3 {
+                    0 => q.put_in_place(&frame(seq))?,
+                    // Bytes written in place, as a typed getter reads them.
+                    1 => {
+                        let mut bytes = Vec::new();
+                        ipc_core::codec::encode_into(&frame(seq), &mut bytes)?;
+                        let mut room = q.reserve(bytes.len() + 100)?;
+                        room[..bytes.len()].copy_from_slice(&bytes);
+                        room.truncate(bytes.len());
+                        room.commit()?;
                     }
+                    _ => q.put(frame(seq)).map_err(|e| e.error)?,
                 }
-                Ok(())
             }
-        })
-        .unwrap();
+            Ok(())
+        }
+    });
     for seq in 0..ITEMS {
         let want = frame(seq);
         if seq % 2 == 0 {
@@ -289,27 +297,22 @@ fn large_items_go_back_to_the_start_of_the_ring_and_arrive_whole() {
         .capacity(7 << 20)
         .anonymous()
         .unwrap();
-    let mut producer = Process::new()
-        .allow_threads()
-        .pass("q", &q)
-        .unwrap()
-        .fork({
-            let q = &q;
-            move || -> ipc_core::Result<()> {
-                for i in 0..ITEMS {
-                    let item = pattern(i, len(i));
-                    if i % 2 == 0 {
-                        let mut room = q.reserve_timeout(item.len(), PATIENCE)?;
-                        room.copy_from_slice(&item);
-                        room.commit()?;
-                    } else {
-                        q.put_bytes_timeout(&item, PATIENCE)?;
-                    }
+    let mut producer = fork_with(&q, {
+        let q = &q;
+        move || -> ipc_core::Result<()> {
+            for i in 0..ITEMS {
+                let item = pattern(i, len(i));
+                if i % 2 == 0 {
+                    let mut room = q.reserve_timeout(item.len(), PATIENCE)?;
+                    room.copy_from_slice(&item);
+                    room.commit()?;
+                } else {
+                    q.put_bytes_timeout(&item, PATIENCE)?;
                 }
-                Ok(())
             }
-        })
-        .unwrap();
+            Ok(())
+        }
+    });
     for i in 0..ITEMS {
         let want = pattern(i, len(i));
         if i % 3 == 0 {
