@@ -339,6 +339,7 @@ impl Core {
             ring: Ring {
                 capacity: params.capacity as u64,
                 maxsize: params.maxsize,
+                warm_record: WARM_RECORD,
             },
         }
     }
@@ -608,9 +609,14 @@ impl Core {
                 v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
             }
-            if need >= WARM_RECORD && tail.offset != 0 {
-                let head = Pos::load(&c.head.pos, Ordering::Acquire);
-                if head.count == tail.count {
+            if need >= self.ring.warm_record {
+                // A large record looks at the real head (a cache miss is
+                // nothing beside its copy): where it goes depends on what
+                // is free now, not at the last look.
+                v.head = Pos::load(&c.head.pos, Ordering::Acquire);
+                v.head.store(&c.seen_head, Ordering::Relaxed);
+                self.check(&v)?;
+                if tail.offset != 0 && v.items() == 0 {
                     // A large record into an empty ring goes back to offset
                     // 0, where the one before it was written: memory still
                     // in the cache, where the next slot of a ring larger
@@ -632,7 +638,7 @@ impl Core {
                 self.check(&v)?;
                 placement = self.ring.place(&v, need);
             }
-            if need >= WARM_RECORD && placement.is_some_and(|at| at.record != 0) {
+            if need >= self.ring.warm_record && placement.is_some_and(|at| at.record != 0) {
                 // A large record starts the ring again whenever the start
                 // is free: of a ring larger than the cache, only the start
                 // stays in it, where the records before were written.
@@ -1336,6 +1342,77 @@ mod tests {
         );
         // The copy out, the head.
         assert_eq!(steps, 2);
+    }
+
+    /// A queue of capacity 256 whose records of 64 bytes or more count as
+    /// large ([`WARM_RECORD`] for the small rings of these tests).
+    fn warm_queue() -> Queue<Vec<u8>> {
+        let mut q = queue();
+        q.core_mut().ring.warm_record = 64;
+        q
+    }
+
+    #[test]
+    fn a_large_put_into_an_empty_ring_moves_it_back_at_any_step() {
+        let c = vec![4u8; 100];
+        let steps = at_every_step(
+            || {
+                // Empty, head and tail at 112: the record would fit after
+                // the tail, but a large one goes back to offset 0.
+                let q = warm_queue();
+                q.put_bytes(&[9u8; 100]).unwrap();
+                q.get_bytes().unwrap();
+                q
+            },
+            |q| {
+                q.put_bytes(&c).unwrap();
+                assert_eq!(
+                    Pos::load(&q.core().control().tail.pos, Ordering::Relaxed).offset,
+                    112
+                );
+            },
+            |k, got| {
+                assert!(
+                    got.is_empty() || got == [c.clone()],
+                    "crash point {k}: {got:?}"
+                );
+            },
+        );
+        // Realigning: the wrap marker, the tail, the head; then the put's
+        // own payload, header and tail.
+        assert_eq!(steps, 6);
+    }
+
+    #[test]
+    fn a_large_put_wraps_early_when_the_start_is_free_at_any_step() {
+        let c = vec![6u8; 100];
+        let steps = at_every_step(
+            || {
+                // "a" at 112, free before it; the tail at 128 has room after
+                // it, but a large record goes to offset 0.
+                let q = warm_queue();
+                q.put_bytes(&[9u8; 100]).unwrap();
+                q.put_bytes(b"a").unwrap();
+                q.get_bytes().unwrap();
+                q
+            },
+            |q| {
+                q.put_bytes(&c).unwrap();
+                assert_eq!(
+                    Pos::load(&q.core().control().tail.pos, Ordering::Relaxed).offset,
+                    112
+                );
+            },
+            |k, got| {
+                let a = b"a".to_vec();
+                assert!(
+                    got == [a.clone()] || got == [a, c.clone()],
+                    "crash point {k}: {got:?}"
+                );
+            },
+        );
+        // The wrap marker, the payload, the header, the tail.
+        assert_eq!(steps, 4);
     }
 
     #[test]

@@ -245,6 +245,11 @@ impl<T> Queue<T> {
         &self.core
     }
 
+    #[cfg(test)]
+    pub(crate) fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
     /// Another handle to the same queue (a fresh mapping of the same
     /// segment), for instance to give one to each of several owners in
     /// this process. The new handle never removes a named queue.

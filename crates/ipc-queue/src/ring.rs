@@ -96,6 +96,10 @@ impl Corruption {
 pub(crate) struct Ring {
     pub(crate) capacity: u64,
     pub(crate) maxsize: usize,
+    /// A record of at least this many bytes goes at the start of the ring
+    /// when it can (`core::WARM_RECORD`; smaller in tests, whose rings are
+    /// small).
+    pub(crate) warm_record: u64,
 }
 
 impl Ring {
