@@ -343,6 +343,15 @@ impl<T> Queue<T> {
     /// as long as it takes; fill it and [`commit`](Reservation::commit).
     /// [`Error::TooLarge`](ipc_core::Error) if even an empty ring could not
     /// hold it.
+    ///
+    /// ```
+    /// let q = ipc_queue::Queue::<()>::builder().capacity(4 << 20).anonymous()?;
+    /// let mut frame = q.reserve(1 << 20)?;
+    /// frame.fill(0x80); // written where getters will read it
+    /// frame.commit()?;
+    /// assert_eq!(q.get_in_place()?.len(), 1 << 20);
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
     pub fn reserve(&self, len: usize) -> Result<Reservation<'_>> {
         reserve(&self.core, len, Deadline::Never)
     }
@@ -361,6 +370,17 @@ impl<T> Queue<T> {
     /// Borrows the next item where it lies in the ring, waiting as long as
     /// it takes; [`Error::Closed`](ipc_core::Error) once the queue is
     /// closed and drained.
+    ///
+    /// ```
+    /// let q = ipc_queue::Queue::<String>::new()?;
+    /// q.put("hello".to_owned())?;
+    /// let item = q.get_in_place()?;
+    /// let text: &str = item.decode()?; // borrowed from the ring
+    /// assert_eq!(text, "hello");
+    /// drop(item); // taken off the queue
+    /// assert!(q.empty());
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
     pub fn get_in_place(&self) -> Result<InPlace<'_>> {
         get_in_place(&self.core, Deadline::Never)
     }
@@ -426,6 +446,13 @@ impl<T: Serialize> Queue<T> {
     /// The item is encoded twice, once to learn its size: worth it for a
     /// large item whose fields encode fast (`serde_bytes` byte fields,
     /// strings).
+    ///
+    /// ```
+    /// let q = ipc_queue::Queue::<(u32, String)>::new()?;
+    /// q.put_in_place(&(7, "seven".to_owned()))?;
+    /// assert_eq!(q.get()?, (7, "seven".to_owned()));
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
     pub fn put_in_place(&self, item: &T) -> Result<()> {
         let mut room = self.reserve(codec::encoded_size(item)?)?;
         let written = codec::encode_to_slice(item, &mut room)?;

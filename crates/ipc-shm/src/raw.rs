@@ -160,6 +160,19 @@ impl<'a> RobustMutexRef<'a> {
 
     /// Whether the calling thread holds the mutex: for a caller about to
     /// wait for something only another holder of it could bring.
+    ///
+    /// ```
+    /// use ipc_shm::{raw, SharedMemory};
+    /// let mut shm = SharedMemory::anonymous(4096)?;
+    /// raw::init_robust_mutex(&mut shm, 0)?;
+    /// // SAFETY: offset 0 holds the mutex initialised just above.
+    /// let mutex = unsafe { raw::RobustMutexRef::at(&shm, 0) };
+    /// assert!(!mutex.is_held_by_this_thread());
+    /// mutex.lock(ipc_core::Deadline::Never)?;
+    /// assert!(mutex.is_held_by_this_thread());
+    /// mutex.unlock()?;
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
     #[inline]
     pub fn is_held_by_this_thread(&self) -> bool {
         self.mutex.held_by_me()
