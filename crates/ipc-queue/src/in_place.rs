@@ -73,7 +73,8 @@
 //! ```
 //!
 //! nor can a reservation or an item move to another thread, since the
-//! lock it holds belongs to this one:
+//! lock it holds belongs to this one (other threads may read it through a
+//! shared reference, with scoped threads):
 //!
 //! ```compile_fail
 //! let q = ipc_queue::Queue::<()>::new()?;
@@ -291,8 +292,9 @@ const FORKED: &str = "an in-place reservation or item belongs to the process tha
 #[derive(Clone, Copy, Debug)]
 struct Guarded {
     forks: u64,
-    /// The lock belongs to this thread.
-    _thread: PhantomData<*const ()>,
+    /// The lock belongs to this thread: not `Send`, as a `MutexGuard` is
+    /// not; but `Sync`, so scoped threads may read one item together.
+    _thread: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Guarded {

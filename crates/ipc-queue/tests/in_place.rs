@@ -395,3 +395,21 @@ fn a_wait_only_this_threads_own_guard_could_end_is_refused() {
     drop(room);
     assert!(start.elapsed() < PATIENCE / 2, "nothing waited for itself");
 }
+
+#[test]
+fn scoped_threads_read_one_borrowed_item_together() {
+    let q = Queue::<()>::new().unwrap();
+    let item = pattern(3, 64 << 10);
+    q.put_bytes(&item).unwrap();
+    let borrowed = q.get_in_place().unwrap();
+    let halves: Vec<bool> = std::thread::scope(|s| {
+        let borrowed = &borrowed;
+        let (left, right) = item.split_at(item.len() / 2);
+        let a = s.spawn(move || borrowed[..left.len()] == *left);
+        let b = s.spawn(move || borrowed[left.len()..] == *right);
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(halves, [true, true]);
+    borrowed.release();
+    assert!(q.empty());
+}
