@@ -291,6 +291,11 @@ const SCENARIOS: &[(&str, &str, &str)] = &[
         "queue",
     ),
     (
+        "Queue: large frames written and read where they lie in the ring",
+        "ipc-shm-queue",
+        "large_frames",
+    ),
+    (
         "Shared memory: a Value and an Array updated by a child",
         "ipc-shm",
         "value_array",
