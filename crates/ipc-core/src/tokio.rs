@@ -223,6 +223,12 @@ pub struct AsyncConnection<S: Transport = FdStream> {
     /// `unsent_at` on.
     unsent: Vec<u8>,
     unsent_at: usize,
+    /// [`readable`](Self::readable) saw new bytes on the descriptor by
+    /// looking itself, before the reactor did: the next receive tries to
+    /// read before it waits for the reactor's word, which may not come
+    /// until the task yields (a receive polled once after `readable`
+    /// must still take what `readable` reported).
+    seen_arrive: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Transport> std::fmt::Debug for AsyncConnection<S> {
@@ -252,6 +258,7 @@ impl<S: Transport> AsyncConnection<S> {
             conn,
             unsent: Vec::new(),
             unsent_at: 0,
+            seen_arrive: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -335,16 +342,17 @@ impl<S: Transport> AsyncConnection<S> {
             return Err(Error::Unsupported("this end of the pipe cannot receive"));
         }
         let conn = &self.conn;
+        let seen_arrive = &self.seen_arrive;
         self.registered
             .until(Interest::READABLE, || {
-                let arrived = conn.holds_whole_message()
-                    || conn.get_ref().has_buffered_input()
-                    || crate::wait_fds(&[(conn.as_fd(), crate::Interest::Read)], Deadline::Now)?[0];
-                if arrived {
-                    Ok(())
-                } else {
-                    Err(Error::Timeout)
+                if conn.holds_whole_message() || conn.get_ref().has_buffered_input() {
+                    return Ok(());
                 }
+                if crate::wait_fds(&[(conn.as_fd(), crate::Interest::Read)], Deadline::Now)?[0] {
+                    seen_arrive.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(Error::Timeout)
             })
             .await
     }
@@ -360,7 +368,11 @@ impl<S: Transport> AsyncConnection<S> {
         // A try before the reactor's word finds what arrived before the
         // reactor ran (a receive polled once takes it), unless the last
         // read already found the stream empty and nothing waits here.
-        let try_first = !conn.get_ref().drained() || conn.holds_input();
+        let try_first = !conn.get_ref().drained()
+            || conn.holds_input()
+            || self
+                .seen_arrive
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
         let received = self
             .registered
             .until_drained(Interest::READABLE, try_first, || {

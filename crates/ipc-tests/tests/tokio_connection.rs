@@ -177,6 +177,29 @@ fn receives_dropped_part_way_lose_nothing() {
     assert_eq!(sums(&received), sums(&messages));
 }
 
+#[test]
+fn a_receive_polled_once_takes_what_readable_reported() {
+    // `readable` can see bytes arrive before the reactor has: a receive
+    // polled once right after it, with no yield to the runtime between,
+    // must still take them. (It waited for the reactor's word after a read
+    // that had emptied the socket, so a loop of `readable` and
+    // single polls took nothing more and the writer filled the socket.)
+    runtime().block_on(async {
+        let (ours, mut raw) = RawEnd::pair();
+        let mut ours = AsyncConnection::new(ours).unwrap();
+        for (i, size) in [5usize, 0, 40_000, 3].into_iter().enumerate() {
+            let message = pattern(i as u64, size);
+            raw.0
+                .write_all(Header::new(size as u64).as_bytes())
+                .unwrap();
+            raw.0.write_all(&message).unwrap();
+            ours.readable().await.unwrap();
+            let got = poll_once(ours.recv_bytes()).expect("the message readable saw");
+            assert_eq!(got.unwrap(), message, "message {i}");
+        }
+    });
+}
+
 fn sums(messages: &[Vec<u8>]) -> Vec<(usize, u64)> {
     messages.iter().map(|m| (m.len(), checksum(m))).collect()
 }
