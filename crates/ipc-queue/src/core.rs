@@ -1352,6 +1352,14 @@ mod tests {
         q
     }
 
+    /// Puts `item`, a record of 112 bytes, and checks that it went at the
+    /// start of the ring (the tail is right after it).
+    fn put_at_start(q: &Queue<Vec<u8>>, item: &[u8]) {
+        q.put_bytes(item).unwrap();
+        let tail = Pos::load(&q.core().control().tail.pos, Ordering::Relaxed);
+        assert_eq!(tail.offset, 112);
+    }
+
     #[test]
     fn a_large_put_into_an_empty_ring_moves_it_back_at_any_step() {
         let c = vec![4u8; 100];
@@ -1364,13 +1372,7 @@ mod tests {
                 q.get_bytes().unwrap();
                 q
             },
-            |q| {
-                q.put_bytes(&c).unwrap();
-                assert_eq!(
-                    Pos::load(&q.core().control().tail.pos, Ordering::Relaxed).offset,
-                    112
-                );
-            },
+            |q| put_at_start(q, &c),
             |k, got| {
                 assert!(
                     got.is_empty() || got == [c.clone()],
@@ -1396,13 +1398,7 @@ mod tests {
                 q.get_bytes().unwrap();
                 q
             },
-            |q| {
-                q.put_bytes(&c).unwrap();
-                assert_eq!(
-                    Pos::load(&q.core().control().tail.pos, Ordering::Relaxed).offset,
-                    112
-                );
-            },
+            |q| put_at_start(q, &c),
             |k, got| {
                 let a = b"a".to_vec();
                 assert!(

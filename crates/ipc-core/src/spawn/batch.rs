@@ -283,18 +283,6 @@ impl Default for Outcomes {
 }
 
 impl Outcomes {
-    /// Adds one task's outcome: `run` appends its encoded result to the
-    /// buffer, or says why there is none. Should `run` panic, the record it
-    /// began stays open until [`abandon`](Self::abandon).
-    pub fn push(
-        &mut self,
-        run: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), ChildFailure>,
-    ) {
-        let at = self.begin();
-        let written = run(&mut self.frame);
-        self.end(at, written);
-    }
-
     /// Opens the record of a task's outcome at the end of the frame.
     #[inline(always)]
     fn begin(&mut self) -> usize {
@@ -544,22 +532,33 @@ mod tests {
         assert!(reader.0.is_empty());
     }
 
+    /// Adds one task's outcome as `run_many` does: `run` appends its
+    /// result to the frame or says why there is none.
+    fn push(
+        out: &mut Outcomes,
+        run: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), ChildFailure>,
+    ) {
+        let at = out.begin();
+        let written = run(&mut out.frame);
+        out.end(at, written);
+    }
+
     #[test]
     fn outcomes_read_back_and_garbage_ends_them() {
         let mut out = Outcomes::default();
-        out.push(|frame| {
+        push(&mut out, |frame| {
             codec::encode_into(&9u64, frame).map_err(|e| ChildFailure::Codec(e.to_string()))
         });
-        out.push(|frame| {
+        push(&mut out, |frame| {
             frame.extend_from_slice(b"half a result");
             Err(ChildFailure::Panicked("no".into()))
         });
-        out.push(|frame| {
+        push(&mut out, |frame| {
             frame.extend_from_slice(b"left open");
             Ok(())
         });
         // A run that panics leaves its record open; abandon replaces it.
-        out.open = Some(out.frame.len());
+        out.begin();
         out.frame.extend_from_slice(b"open");
         assert!(out.abandon(&ChildFailure::Panicked("p".repeat(300))));
         assert!(!out.abandon(&ChildFailure::Panicked("twice".into())));
