@@ -239,10 +239,8 @@ impl Link {
             // An answer that did not come in time counts as a lost
             // connection: the command is sent again on a new one (every
             // command of this crate may be).
-            let dropped = e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.code() == Some("LOADING");
+            let dropped =
+                e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || loading(&e);
             if dropped {
                 // A reply may still be on its way: this connection's next
                 // reply would be the wrong one.
@@ -310,4 +308,14 @@ enum Failure {
 pub(crate) fn block_ms(deadline: Deadline, slice: Duration) -> Option<u64> {
     let wait = deadline.slice(slice)?;
     Some((wait.as_millis() as u64).max(1))
+}
+
+/// Whether the server answered LOADING (it is reading its data after a
+/// restart): to a command, or to every command of a transaction, which it
+/// then aborted.
+fn loading(e: &redis::RedisError) -> bool {
+    e.code() == Some("LOADING")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "LOADING"))
 }

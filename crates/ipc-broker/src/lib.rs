@@ -16,7 +16,7 @@
 //! What holds:
 //!
 //! - **A bound that is real.** `maxsize` is checked and the item added in
-//!   one Lua script on the server, so concurrent producers never pass it;
+//!   one transaction on the server, so concurrent producers never pass it;
 //!   nothing is ever trimmed away (`XADD … MAXLEN` would drop items).
 //! - **[`Queue`]: at most once.** An item is acknowledged and deleted in
 //!   the same step that takes it; a consumer that dies holding it loses it,

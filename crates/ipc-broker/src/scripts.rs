@@ -1,16 +1,20 @@
 //! The Lua scripts that make each queue operation one atomic step on the
 //! server. Every key of a queue shares one hash tag (`ipc:{name}:…`), so a
-//! script's keys live on one node of a Redis Cluster too.
+//! script's keys live on one node of a Redis Cluster too. Items' bytes
+//! never pass through Lua on a put or a `Queue`'s take: those steps are
+//! transactions (`MULTI` … `EXEC`) of plain commands that carry the bytes
+//! and scripts that carry only ids and counts (see [`GATE`]).
 //!
 //! A queue is five keys: `items`, the stream of items (each entry one field
 //! `d` holding the item's bytes), read through the consumer group `ipc`;
-//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed`, `last`: the id
-//! of the newest item, which a waiting get reads after, and `cursor`: where
-//! the next reclaim looks); `freed`, a short
+//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed` and `cursor`:
+//! where the next reclaim looks); `freed`, a short
 //! stream a take appends to when the queue is bounded, for a blocked put to
 //! wait on; `done`, a short stream `task_done` appends to, for `join`; and
 //! `producers`, a hash of each connection's last put sequence number, which
-//! makes a put sent twice count once.
+//! makes a put sent twice count once. A sixth, `held`, is `items` under
+//! another name for the length of one put's transaction, never seen outside
+//! it.
 //! Items taken for good are acknowledged and deleted at once, so the
 //! stream's length is what waits plus what is taken and not yet done.
 
@@ -46,68 +50,114 @@ return {2, '1', ARGV[2], ARGV[3]}
     )
 });
 
-/// Puts items, all or none, once: a put sent again (its answer was lost
-/// with the connection) finds its sequence number stored and adds nothing.
-/// KEYS: items, meta, freed, producers. ARGV: producer, sequence number,
-/// the items. Returns `{n}` (put, or put already), `{0, last freed id}` (no
-/// room: wait on `freed` after that id), -1 (closed), -2 (the queue is
-/// gone) or -4 (more items than the bound: they never fit).
-pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local n = #ARGV - 2
-local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0
-if tonumber(ARGV[2]) <= last then return {n} end
+/// The first step of a put's transaction (`MULTI`, this script, the
+/// items' `XADD … NOMKSTREAM`, [`RESTORE`], `EXEC`): decides whether the
+/// items go in, so that they travel as plain commands and never through
+/// Lua (whose string hash, in some builds, reads every byte of every
+/// argument). When they may not, it renames `items` to `held`, so that the
+/// `XADD`s after it find no stream and add nothing; [`RESTORE`] puts it
+/// back before the transaction ends, so no other client ever sees it
+/// moved. Any error on the way holds the items back too: an item goes in
+/// only when this script said so. A put sent again (its answer was lost
+/// with the connection) finds its sequence number stored and is held back.
+/// KEYS: items, meta, freed, producers, held. ARGV: producer, sequence
+/// number, how many items. Returns `{n}` (put, or put already), `{0, last
+/// freed id}` (no room: wait on `freed` after that id), -1 (closed), -2 (the
+/// queue is gone), -4 (more items than the bound: they never fit) or an
+/// error.
+///
+/// Sent with `EVAL`, not `EVALSHA`: inside a transaction a script the
+/// server does not know (after a restart) would fail alone while the
+/// `XADD`s after it ran unchecked.
+pub(crate) const GATE: &str = r"
+local function verdict()
+  local n = tonumber(ARGV[3])
+  local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0
+  if tonumber(ARGV[2]) <= last then return {n} end
+  local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
+  if not m[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+  if m[2] == '1' then return -1 end
+  local maxsize = tonumber(m[3]) or 0
+  if maxsize > 0 then
+    if n > maxsize then return -4 end
+    local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], 'ipc')[1]
+    if waiting + n > maxsize then
+      local freed = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+      return {0, freed and freed[1] or '0-0'}
+    end
+  end
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+  return 'go'
+end
+local ok, decided = pcall(verdict)
+if ok and decided == 'go' then return {tonumber(ARGV[3])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[5]) end
+if not ok then
+  return redis.error_reply('the put was held back: ' .. tostring(decided.err or decided))
+end
+return decided
+";
+
+/// The last step of a put's transaction: gives `items` back its name if
+/// [`GATE`] held the put back. KEYS: items, held.
+pub(crate) const RESTORE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('RENAMENX', KEYS[2], KEYS[1]) end
+return 0
+";
+
+/// The second step of a `Queue`'s take, after `XREADGROUP … >` in the same
+/// transaction (so the items' bytes come back as the plain command's
+/// answer, never through Lua): acknowledges and deletes what the read gave
+/// this consumer (at most once), and signals `freed` when the queue is
+/// bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta,
+/// freed. ARGV: consumer, how many at most. Returns how many it took, `{0,
+/// newest id}` (nothing now: wait for an entry after it), -1 (closed and
+/// drained) or -2 (gone).
+pub(crate) const TAKEN_ONCE: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if not m[1] then return -2 end
-if m[2] == '1' then return -1 end
-local maxsize = tonumber(m[3]) or 0
-if maxsize > 0 then
-  if n > maxsize then return -4 end
-  local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], 'ipc')[1]
-  if waiting + n > maxsize then
-    local freed = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-    return {0, freed and freed[1] or '0-0'}
+local mine = redis.call('XPENDING', KEYS[1], 'ipc', '-', '+', ARGV[2], ARGV[1])
+if #mine > 0 then
+  local ids = {}
+  for i, e in ipairs(mine) do ids[i] = e[1] end
+  for i = 1, #ids, 1000 do
+    local upto = math.min(i + 999, #ids)
+    redis.call('XACK', KEYS[1], 'ipc', unpack(ids, i, upto))
+    redis.call('XDEL', KEYS[1], unpack(ids, i, upto))
   end
+  if (tonumber(m[3]) or 0) > 0 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
+  end
+  return #mine
 end
-local id
-for i = 3, #ARGV do
-  id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
-end
-redis.call('HSET', KEYS[2], 'last', id)
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-return {n}
-",
-    )
-});
+if m[2] == '1' then return -1 end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+return {0, newest and newest[1] or '0-0'}
+";
 
-/// Takes up to ARGV[4] items without waiting. KEYS: items, meta, freed.
-/// ARGV: consumer; `once` (acknowledged and deleted now) or `least`
-/// (pending until done, first reclaiming items pending longer than the
-/// visibility timeout, from where the last reclaim stopped); the
-/// visibility timeout in ms; how many. Returns `{{id, fields,
-/// deliveries}, ...}`, `{0, last}` (nothing now: wait for an entry after
-/// id `last`), -1 (closed and drained: for `least`, nothing pending
-/// either) or -2 (gone).
+/// A `JoinableQueue`'s take of up to ARGV[3] items, without waiting:
+/// first items pending longer than the visibility timeout (from where the
+/// last reclaim stopped), then new ones; they stay pending until done.
+/// KEYS: items, meta, freed. ARGV: consumer; the visibility timeout in ms;
+/// how many. Returns `{{id, fields, deliveries}, ...}`, `{0, newest id}`
+/// (nothing now: wait for an entry after it), -1 (closed and drained:
+/// nothing pending either) or -2 (gone).
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'last', 'cursor')
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'cursor')
 if not m[1] then return -2 end
-local want = tonumber(ARGV[4])
+local want = tonumber(ARGV[3])
 local taken = {}
-if ARGV[2] == 'least' then
-  local cursor = m[5] or '0-0'
-  local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], cursor,
-                             'COUNT', want)
-  if #claimed[2] == 0 and cursor ~= '0-0' then
-    claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[3], '0-0', 'COUNT', want)
-  end
-  redis.call('HSET', KEYS[2], 'cursor', claimed[1])
-  for _, e in ipairs(claimed[2]) do
-    local deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
-    taken[#taken + 1] = {e[1], e[2], deliveries}
-  end
+local cursor = m[4] or '0-0'
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[2], cursor, 'COUNT', want)
+if #claimed[2] == 0 and cursor ~= '0-0' then
+  claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[2], '0-0', 'COUNT', want)
+end
+redis.call('HSET', KEYS[2], 'cursor', claimed[1])
+for _, e in ipairs(claimed[2]) do
+  local deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
+  taken[#taken + 1] = {e[1], e[2], deliveries}
 end
 if #taken < want then
   local read = redis.call('XREADGROUP', 'GROUP', 'ipc', ARGV[1], 'COUNT', want - #taken,
@@ -121,19 +171,10 @@ if #taken < want then
     end
   end
 end
-if #taken == 0 then
-  if m[2] == '1' and (ARGV[2] == 'once' or redis.call('XLEN', KEYS[1]) == 0) then
-    return -1
-  end
-  return {0, m[4] or '0-0'}
-end
-if ARGV[2] == 'once' then
-  for _, t in ipairs(taken) do
-    redis.call('XACK', KEYS[1], 'ipc', t[1])
-    redis.call('XDEL', KEYS[1], t[1])
-  end
-end
-return taken
+if #taken > 0 then return taken end
+if m[2] == '1' and redis.call('XLEN', KEYS[1]) == 0 then return -1 end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+return {0, newest and newest[1] or '0-0'}
 ",
     )
 });

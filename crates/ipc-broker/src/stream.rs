@@ -28,19 +28,19 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    fn mode(self) -> &'static str {
-        match self {
-            Delivery::AtMostOnce => "once",
-            Delivery::AtLeastOnce { .. } => "least",
-        }
-    }
-
     fn visibility_ms(self) -> u64 {
         match self {
             Delivery::AtMostOnce => 0,
             Delivery::AtLeastOnce { visibility } => visibility.as_millis() as u64,
         }
     }
+}
+
+/// What one look of a take found.
+enum Look {
+    Taken(Vec<Taken>),
+    /// Nothing now: wait for an entry after this id.
+    Nothing(String),
 }
 
 /// Whether [`Stream::open`] may create the queue, must, or must not.
@@ -65,6 +65,7 @@ struct Keys {
     freed: String,
     done: String,
     producers: String,
+    held: String,
 }
 
 impl Keys {
@@ -76,6 +77,7 @@ impl Keys {
             freed: key("freed"),
             done: key("done"),
             producers: key("producers"),
+            held: key("held"),
         }
     }
 }
@@ -240,18 +242,47 @@ impl Stream {
         loop {
             let producer = link.name().to_owned();
             let put: Value = link.run(Duration::ZERO, |conn| {
-                let mut call = scripts::PUT.prepare_invoke();
-                call.key(&self.keys.items)
-                    .key(&self.keys.meta)
-                    .key(&self.keys.freed)
-                    .key(&self.keys.producers)
+                // One transaction: the gate decides, the items go as plain
+                // commands (added only if the gate let them), the stream
+                // gets its name back if the gate held them.
+                let mut transaction = redis::pipe();
+                transaction.atomic().ignore_errors();
+                transaction
+                    .cmd("EVAL")
+                    .arg(scripts::GATE)
+                    .arg(5)
+                    .arg(&self.keys.items)
+                    .arg(&self.keys.meta)
+                    .arg(&self.keys.freed)
+                    .arg(&self.keys.producers)
+                    .arg(&self.keys.held)
                     .arg(&producer)
-                    .arg(seq);
+                    .arg(seq)
+                    .arg(items.len());
                 for item in items {
-                    call.arg(*item);
+                    transaction
+                        .cmd("XADD")
+                        .arg(&self.keys.items)
+                        .arg("NOMKSTREAM")
+                        .arg("*")
+                        .arg("d")
+                        .arg(*item)
+                        .ignore();
                 }
-                call.invoke(conn)
+                transaction
+                    .cmd("EVAL")
+                    .arg(scripts::RESTORE)
+                    .arg(2)
+                    .arg(&self.keys.items)
+                    .arg(&self.keys.held)
+                    .ignore();
+                transaction.query(conn)
             })?;
+            // The gate's answer, the only one kept.
+            let put = match put {
+                Value::Array(mut answers) if answers.len() == 1 => answers.remove(0),
+                other => return Err(unexpected(link.broker(), "a put", &other)),
+            };
             let freed_after = match &put {
                 Value::Array(reply) => match reply.as_slice() {
                     [Value::Int(n)] if *n > 0 => return Ok(()),
@@ -295,28 +326,15 @@ impl Stream {
         let most = most.max(1);
         let mut link = self.link();
         loop {
-            let consumer = link.name().to_owned();
-            let took: Value = link.run(Duration::ZERO, |conn| {
-                scripts::TAKE
-                    .key(&self.keys.items)
-                    .key(&self.keys.meta)
-                    .key(&self.keys.freed)
-                    .arg(&consumer)
-                    .arg(self.delivery.mode())
-                    .arg(self.delivery.visibility_ms())
-                    .arg(most)
-                    .invoke(conn)
-            })?;
-            let newest = match &took {
-                Value::Int(-1) => return Err(Error::Closed),
-                Value::Int(-2) => return Err(Error::NotFound(self.name.clone())),
-                Value::Array(reply) => match reply.as_slice() {
-                    [Value::Int(0), Value::BulkString(newest)] => {
-                        String::from_utf8_lossy(newest).into_owned()
-                    }
-                    entries => return self.items(&mut link, entries, &took),
+            let newest = match self.delivery {
+                Delivery::AtMostOnce => match self.take_once(&mut link, most)? {
+                    Look::Taken(items) => return Ok(items),
+                    Look::Nothing(newest) => newest,
                 },
-                other => return Err(unexpected(link.broker(), "a get", other)),
+                Delivery::AtLeastOnce { .. } => match self.take_least(&mut link, most)? {
+                    Look::Taken(items) => return Ok(items),
+                    Look::Nothing(newest) => newest,
+                },
             };
             let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
                 return Err(match deadline {
@@ -330,29 +348,134 @@ impl Stream {
         }
     }
 
-    /// The items of a `TAKE` reply, `{{id, fields, deliveries}, ...}`,
-    /// without the entries this crate did not write.
-    fn items(&self, link: &mut Link, entries: &[Value], whole: &Value) -> Result<Vec<Taken>> {
-        let mut items = Vec::with_capacity(entries.len());
+    /// One look of a `Queue`'s take: `XREADGROUP` and [`scripts::TAKEN_ONCE`]
+    /// in one transaction, so the items' bytes come back as the read's own
+    /// answer.
+    fn take_once(&self, link: &mut Link, most: usize) -> Result<Look> {
+        let consumer = link.name().to_owned();
+        let answers: Value = link.run(Duration::ZERO, |conn| {
+            redis::pipe()
+                .atomic()
+                .ignore_errors()
+                .cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("ipc")
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(most)
+                .arg("STREAMS")
+                .arg(&self.keys.items)
+                .arg(">")
+                .cmd("EVAL")
+                .arg(scripts::TAKEN_ONCE)
+                .arg(3)
+                .arg(&self.keys.items)
+                .arg(&self.keys.meta)
+                .arg(&self.keys.freed)
+                .arg(&consumer)
+                .arg(most)
+                .query(conn)
+        })?;
+        let (read, took) = match &answers {
+            Value::Array(list) => match list.as_slice() {
+                [read, took] => (read, took),
+                _ => return Err(unexpected(link.broker(), "a get", &answers)),
+            },
+            _ => return Err(unexpected(link.broker(), "a get", &answers)),
+        };
+        match took {
+            Value::Int(-1) => Err(Error::Closed),
+            Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
+            Value::Int(n) if *n > 0 => {
+                let entries = read_entries(read)
+                    .filter(|entries| entries.len() == *n as usize)
+                    .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
+                let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
+                self.items(link, entries).map(Look::Taken)
+            }
+            Value::Array(reply) => match reply.as_slice() {
+                [Value::Int(0), Value::BulkString(newest)] => {
+                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
+                }
+                _ => Err(unexpected(link.broker(), "a get", &answers)),
+            },
+            _ => Err(unexpected(link.broker(), "a get", &answers)),
+        }
+    }
+
+    /// One look of a `JoinableQueue`'s take, in [`scripts::TAKE`].
+    fn take_least(&self, link: &mut Link, most: usize) -> Result<Look> {
+        let consumer = link.name().to_owned();
+        let took: Value = link.run(Duration::ZERO, |conn| {
+            scripts::TAKE
+                .key(&self.keys.items)
+                .key(&self.keys.meta)
+                .key(&self.keys.freed)
+                .arg(&consumer)
+                .arg(self.delivery.visibility_ms())
+                .arg(most)
+                .invoke(conn)
+        })?;
+        match &took {
+            Value::Int(-1) => Err(Error::Closed),
+            Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
+            Value::Array(reply) => match reply.as_slice() {
+                [Value::Int(0), Value::BulkString(newest)] => {
+                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
+                }
+                entries => {
+                    let mut taken = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        match entry {
+                            Value::Array(entry) => match entry.as_slice() {
+                                [Value::BulkString(id), fields, Value::Int(deliveries)] => {
+                                    taken.push((id.as_slice(), fields, *deliveries))
+                                }
+                                _ => return Err(unexpected(link.broker(), "a get", &took)),
+                            },
+                            _ => return Err(unexpected(link.broker(), "a get", &took)),
+                        }
+                    }
+                    self.items(link, taken.into_iter()).map(Look::Taken)
+                }
+            },
+            other => Err(unexpected(link.broker(), "a get", other)),
+        }
+    }
+
+    /// The items among `entries` (id, fields, deliveries), without the
+    /// entries this crate did not write.
+    fn items<'v>(
+        &self,
+        link: &mut Link,
+        entries: impl Iterator<Item = (&'v [u8], &'v Value, i64)>,
+    ) -> Result<Vec<Taken>> {
+        let mut items = Vec::new();
         let mut foreign = None;
-        for entry in entries {
-            let Value::Array(entry) = entry else {
-                return Err(unexpected(link.broker(), "a get", whole));
-            };
-            let [Value::BulkString(id), Value::Array(fields), Value::Int(deliveries)] =
-                entry.as_slice()
-            else {
-                return Err(unexpected(link.broker(), "a get", whole));
-            };
+        for (id, fields, deliveries) in entries {
             let id = String::from_utf8_lossy(id).into_owned();
-            match fields.as_slice() {
-                [Value::BulkString(field), Value::BulkString(bytes)] if field == b"d" => items
-                    .push(Taken {
-                        id,
-                        bytes: bytes.clone(),
-                        deliveries: (*deliveries).max(1) as u64,
-                    }),
-                _ => {
+            let ours = match fields {
+                Value::Array(fields) => match fields.as_slice() {
+                    [Value::BulkString(field), Value::BulkString(bytes)] if field == b"d" => {
+                        Some(bytes)
+                    }
+                    _ => None,
+                },
+                Value::Map(fields) => match fields.as_slice() {
+                    [(Value::BulkString(field), Value::BulkString(bytes))] if field == b"d" => {
+                        Some(bytes)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            match ours {
+                Some(bytes) => items.push(Taken {
+                    id,
+                    bytes: bytes.clone(),
+                    deliveries: deliveries.max(1) as u64,
+                }),
+                None => {
                     // Not ours: done with, so that it is not delivered
                     // again (a `Queue`'s take deleted it already).
                     if matches!(self.delivery, Delivery::AtLeastOnce { .. }) {
@@ -520,4 +643,38 @@ fn unexpected(broker: &Broker, doing: &str, reply: &Value) -> Error {
         "redis at {}: unexpected reply to {doing}: {reply:?}",
         broker.address()
     ))
+}
+
+/// `(id, fields)` of each entry of an `XREADGROUP` answer for one stream
+/// (an array of `[stream, entries]` pairs, or a map in RESP3); `Some(vec![])`
+/// when it read nothing, `None` when it is not such an answer.
+fn read_entries(read: &Value) -> Option<Vec<(&[u8], &Value)>> {
+    let entries = match read {
+        Value::Nil => return Some(Vec::new()),
+        Value::Array(streams) => match streams.as_slice() {
+            [Value::Array(stream)] => match stream.as_slice() {
+                [_, entries] => entries,
+                _ => return None,
+            },
+            _ => return None,
+        },
+        Value::Map(streams) => match streams.as_slice() {
+            [(_, entries)] => entries,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    entries
+        .iter()
+        .map(|entry| match entry {
+            Value::Array(entry) => match entry.as_slice() {
+                [Value::BulkString(id), fields] => Some((id.as_slice(), fields)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }

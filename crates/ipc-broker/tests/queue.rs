@@ -484,6 +484,49 @@ fn foreign_entries_and_items_of_another_type_are_errors_for_that_item() {
 }
 
 #[test]
+fn a_put_held_back_adds_nothing_and_leaves_the_stream_where_it_was() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let exists = |admin: &mut redis::Connection, key: &str| -> bool {
+        redis::cmd("EXISTS").arg(key).query::<i64>(admin).unwrap() == 1
+    };
+    // Full: the third put is held back, the first two stay, in order.
+    let q = Queue::<u32>::builder()
+        .maxsize(2)
+        .create(&broker, "gated")
+        .unwrap();
+    q.put_many(&[1, 2]).unwrap();
+    assert!(matches!(q.put_nowait(3), Err(e) if matches!(e.error, Error::Full)));
+    assert!(matches!(
+        q.put_many(&[3, 4, 5]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(exists(&mut admin, "ipc:{gated}:items") && !exists(&mut admin, "ipc:{gated}:held"));
+    assert_eq!(q.qsize().unwrap(), 2);
+    assert_eq!(q.get_many(5, Some(PATIENCE)).unwrap(), [1, 2]);
+
+    // A server that forgot every script (as after a restart) still checks
+    // each put before its items go in: a closed queue takes nothing.
+    q.put(6).unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut admin).unwrap();
+    q.close().unwrap();
+    assert!(matches!(q.put(7), Err(e) if matches!(e.error, Error::Closed)));
+    assert!(exists(&mut admin, "ipc:{gated}:items") && !exists(&mut admin, "ipc:{gated}:held"));
+    assert_eq!(q.get().unwrap(), 6);
+    assert!(matches!(q.get_nowait(), Err(Error::Closed)));
+
+    // A queue that is gone is not made again by a put.
+    q.unlink().unwrap();
+    assert!(matches!(q.put(8), Err(e) if matches!(e.error, Error::NotFound(_))));
+    assert!(!exists(&mut admin, "ipc:{gated}:items") && !exists(&mut admin, "ipc:{gated}:held"));
+}
+
+#[test]
 fn a_server_that_is_down_is_an_error_naming_it_within_the_deadline() {
     let Some((mut server, _)) = server() else {
         return;
