@@ -467,11 +467,18 @@ impl<T> JoinableQueue<T> {
     }
 
     fn take(&self, deadline: Deadline) -> Result<Taken> {
-        let taken = self.queue.stream.take(deadline)?;
+        let mut taken = self.take_many(1, deadline)?;
+        // take_many gives at least one item, or an error.
+        taken.pop().ok_or(Error::Empty)
+    }
+
+    /// Takes between 1 and `most` items, each unfinished until done.
+    fn take_many(&self, most: usize, deadline: Deadline) -> Result<Vec<Taken>> {
+        let taken = self.queue.stream.take_many(most, deadline)?;
         self.taken
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push_back(taken.id.clone());
+            .extend(taken.iter().map(|t| t.id.clone()));
         Ok(taken)
     }
 
@@ -645,7 +652,37 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// `timeout` (`None`: for ever); mark it done with
     /// [`done`](Self::done) (or `task_done`).
     pub fn get_item(&self, timeout: Option<Duration>) -> Result<Item<T>> {
-        let taken = self.take(Deadline::from(timeout))?;
+        Item::decode(self.take(Deadline::from(timeout))?)
+    }
+
+    /// Takes up to `most` items in one step, waiting up to `timeout`
+    /// (`None`: for ever) for the first, each with its id and delivery
+    /// count: the batched form of [`get_item`](Self::get_item). Each stays
+    /// unfinished until marked done. An item among them that does not
+    /// decode as `T` fails the call (all of them are taken, and still to be
+    /// marked done with `task_done`).
+    ///
+    /// ```no_run
+    /// # fn main() -> ipc_core::Result<()> {
+    /// let broker = ipc_broker::Broker::new("redis+unix:///run/redis/redis.sock")?;
+    /// let jobs = ipc_broker::JoinableQueue::<u64>::builder().open(&broker, "jobs")?;
+    /// for item in jobs.get_items(64, None)? {
+    ///     println!("job {} (delivery {})", item.value, item.deliveries);
+    ///     jobs.done(&item.id)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_items(&self, most: usize, timeout: Option<Duration>) -> Result<Vec<Item<T>>> {
+        self.take_many(most, Deadline::from(timeout))?
+            .into_iter()
+            .map(Item::decode)
+            .collect()
+    }
+}
+
+impl<T: DeserializeOwned> Item<T> {
+    fn decode(taken: Taken) -> Result<Item<T>> {
         Ok(Item {
             value: ipc_core::codec::decode(&taken.bytes)?,
             id: taken.id,

@@ -1,14 +1,16 @@
 //! The Lua scripts that make each queue operation one atomic step on the
 //! server. Every key of a queue shares one hash tag (`ipc:{name}:…`), so a
 //! script's keys live on one node of a Redis Cluster too. Items' bytes
-//! never pass through Lua on a put or a `Queue`'s take: those steps are
+//! never pass through Lua on a put or a take (except a `JoinableQueue`'s
+//! take of items reclaimed from a consumer that went away): those steps are
 //! transactions (`MULTI` … `EXEC`) of plain commands that carry the bytes
 //! and scripts that carry only ids and counts (see [`GATE`]).
 //!
 //! A queue is five keys: `items`, the stream of items (each entry one field
 //! `d` holding the item's bytes), read through the consumer group `ipc`;
-//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed` and `cursor`:
-//! where the next reclaim looks); `freed`, a short
+//! `meta`, a hash (`layout`, `kind`, `maxsize`, `closed`, `cursor`:
+//! where the next reclaim looks, and `reading`, set only inside a take's
+//! transaction); `freed`, a short
 //! stream a take appends to when the queue is bounded, for a blocked put to
 //! wait on; `done`, a short stream `task_done` appends to, for `join`; and
 //! `producers`, a hash of each connection's last put sequence number, which
@@ -135,49 +137,87 @@ local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 return {0, newest and newest[1] or '0-0'}
 ";
 
-/// A `JoinableQueue`'s take of up to ARGV[3] items, without waiting:
-/// first items pending longer than the visibility timeout (from where the
-/// last reclaim stopped), then new ones; they stay pending until done.
-/// KEYS: items, meta, freed. ARGV: consumer; the visibility timeout in ms;
-/// how many. Returns `{{id, fields, deliveries}, ...}`, `{0, newest id}`
-/// (nothing now: wait for an entry after it), -1 (closed and drained:
-/// nothing pending either) or -2 (gone).
-pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// The last-delivered id of the group `ipc` of stream `KEYS[1]`, for
+/// [`RECLAIM`] and [`TAKEN_LEAST`]: what a read after it would be the first
+/// to deliver.
+macro_rules! last_delivered {
+    () => {
         r"
-local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'cursor')
-if not m[1] then return -2 end
+local function last_delivered()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == 'ipc' then return f['last-delivered-id'] end
+  end
+  return '0-0'
+end
+"
+    };
+}
+
+/// The first step of a `JoinableQueue`'s take (`MULTI`, this script,
+/// `XREADGROUP … >`, [`TAKEN_LEAST`], `EXEC`): reclaims up to ARGV[3] items
+/// pending longer than the visibility timeout, from where the last reclaim
+/// stopped. If it reclaimed any, they are this take's, and it holds the
+/// stream aside (as [`GATE`] does) so that the read after it delivers
+/// nothing; reclaims are rare, so only their bytes pass through Lua. It
+/// also notes the group's last-delivered id in `meta` (`reading`), for
+/// [`TAKEN_LEAST`] to see whether the read delivered anything. Sent with
+/// `EVAL`. KEYS: items, meta, held. ARGV: consumer; the visibility timeout
+/// in ms; how many. Returns `{{id, fields, deliveries}, ...}` (empty when
+/// it reclaimed nothing) or -2 (gone).
+pub(crate) const RECLAIM: &str = concat!(
+    last_delivered!(),
+    r"
+local m = redis.call('HMGET', KEYS[2], 'layout', 'cursor')
+if not m[1] or redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[3]) end
+  return -2
+end
 local want = tonumber(ARGV[3])
-local taken = {}
-local cursor = m[4] or '0-0'
+local cursor = m[2] or '0-0'
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[2], cursor, 'COUNT', want)
 if #claimed[2] == 0 and cursor ~= '0-0' then
   claimed = redis.call('XAUTOCLAIM', KEYS[1], 'ipc', ARGV[1], ARGV[2], '0-0', 'COUNT', want)
 end
-redis.call('HSET', KEYS[2], 'cursor', claimed[1])
+redis.call('HSET', KEYS[2], 'cursor', claimed[1], 'reading', last_delivered())
+local taken = {}
 for _, e in ipairs(claimed[2]) do
   local deliveries = redis.call('XPENDING', KEYS[1], 'ipc', e[1], e[1], 1)[1][4]
   taken[#taken + 1] = {e[1], e[2], deliveries}
 end
-if #taken < want then
-  local read = redis.call('XREADGROUP', 'GROUP', 'ipc', ARGV[1], 'COUNT', want - #taken,
-                          'STREAMS', KEYS[1], '>')
-  if read then
-    for _, e in ipairs(read[1][2]) do
-      taken[#taken + 1] = {e[1], e[2], 1}
-    end
-    if (tonumber(m[3]) or 0) > 0 then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
-    end
-  end
+if #taken > 0 then redis.call('RENAME', KEYS[1], KEYS[3]) end
+return taken
+"
+);
+
+/// The last step of a `JoinableQueue`'s take: gives `items` back its name
+/// if [`RECLAIM`] held it, and says what the take found. The items read
+/// stay pending until done. Sent with `EVAL`. KEYS: items, meta, freed,
+/// held. Returns `{1}` (the reclaimed items are the take's), `{2}` (the
+/// read's are), `{0, id}` (nothing now: wait for an entry after it), -1
+/// (closed and drained: nothing pending either) or -2 (gone).
+pub(crate) const TAKEN_LEAST: &str = concat!(
+    last_delivered!(),
+    r"
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAMENX', KEYS[4], KEYS[1])
+  return {1}
 end
-if #taken > 0 then return taken end
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'reading')
+if not m[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+redis.call('HDEL', KEYS[2], 'reading')
+local now = last_delivered()
+if now ~= m[4] then
+  if (tonumber(m[3]) or 0) > 0 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
+  end
+  return {2}
+end
 if m[2] == '1' and redis.call('XLEN', KEYS[1]) == 0 then return -1 end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-return {0, newest and newest[1] or '0-0'}
-",
-    )
-});
+return {0, now}
+"
+);
 
 /// Marks an item done. KEYS: items, done. ARGV: id. Returns 1 if this call
 /// acknowledged it, 0 if it was done already (a second delivery's).

@@ -403,43 +403,87 @@ impl Stream {
         }
     }
 
-    /// One look of a `JoinableQueue`'s take, in [`scripts::TAKE`].
+    /// One look of a `JoinableQueue`'s take: [`scripts::RECLAIM`],
+    /// `XREADGROUP` and [`scripts::TAKEN_LEAST`] in one transaction, so the
+    /// bytes of new items come back as the read's own answer.
     fn take_least(&self, link: &mut Link, most: usize) -> Result<Look> {
         let consumer = link.name().to_owned();
-        let took: Value = link.run(Duration::ZERO, |conn| {
-            scripts::TAKE
-                .key(&self.keys.items)
-                .key(&self.keys.meta)
-                .key(&self.keys.freed)
+        let answers: Value = link.run(Duration::ZERO, |conn| {
+            redis::pipe()
+                .atomic()
+                .ignore_errors()
+                .cmd("EVAL")
+                .arg(scripts::RECLAIM)
+                .arg(3)
+                .arg(&self.keys.items)
+                .arg(&self.keys.meta)
+                .arg(&self.keys.held)
                 .arg(&consumer)
                 .arg(self.delivery.visibility_ms())
                 .arg(most)
-                .invoke(conn)
+                .cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("ipc")
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(most)
+                .arg("STREAMS")
+                .arg(&self.keys.items)
+                .arg(">")
+                .cmd("EVAL")
+                .arg(scripts::TAKEN_LEAST)
+                .arg(4)
+                .arg(&self.keys.items)
+                .arg(&self.keys.meta)
+                .arg(&self.keys.freed)
+                .arg(&self.keys.held)
+                .query(conn)
         })?;
-        match &took {
+        let (reclaimed, read, took) = match &answers {
+            Value::Array(list) => match list.as_slice() {
+                [reclaimed, read, took] => (reclaimed, read, took),
+                _ => return Err(unexpected(link.broker(), "a get", &answers)),
+            },
+            _ => return Err(unexpected(link.broker(), "a get", &answers)),
+        };
+        if matches!(reclaimed, Value::Int(-2)) || matches!(took, Value::Int(-2)) {
+            return Err(Error::NotFound(self.name.clone()));
+        }
+        let Value::Array(reclaimed) = reclaimed else {
+            // Items the read gave stay pending, for a later reclaim.
+            return Err(unexpected(link.broker(), "a get", &answers));
+        };
+        match took {
             Value::Int(-1) => Err(Error::Closed),
-            Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
             Value::Array(reply) => match reply.as_slice() {
-                [Value::Int(0), Value::BulkString(newest)] => {
-                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
-                }
-                entries => {
-                    let mut taken = Vec::with_capacity(entries.len());
-                    for entry in entries {
+                [Value::Int(1)] => {
+                    let mut taken = Vec::with_capacity(reclaimed.len());
+                    for entry in reclaimed {
                         match entry {
                             Value::Array(entry) => match entry.as_slice() {
                                 [Value::BulkString(id), fields, Value::Int(deliveries)] => {
                                     taken.push((id.as_slice(), fields, *deliveries))
                                 }
-                                _ => return Err(unexpected(link.broker(), "a get", &took)),
+                                _ => return Err(unexpected(link.broker(), "a get", &answers)),
                             },
-                            _ => return Err(unexpected(link.broker(), "a get", &took)),
+                            _ => return Err(unexpected(link.broker(), "a get", &answers)),
                         }
                     }
                     self.items(link, taken.into_iter()).map(Look::Taken)
                 }
+                [Value::Int(2)] => {
+                    let entries = read_entries(read)
+                        .filter(|entries| !entries.is_empty())
+                        .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
+                    let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
+                    self.items(link, entries).map(Look::Taken)
+                }
+                [Value::Int(0), Value::BulkString(newest)] => {
+                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
+                }
+                _ => Err(unexpected(link.broker(), "a get", &answers)),
             },
-            other => Err(unexpected(link.broker(), "a get", other)),
+            _ => Err(unexpected(link.broker(), "a get", &answers)),
         }
     }
 

@@ -524,6 +524,26 @@ fn a_put_held_back_adds_nothing_and_leaves_the_stream_where_it_was() {
     q.unlink().unwrap();
     assert!(matches!(q.put(8), Err(e) if matches!(e.error, Error::NotFound(_))));
     assert!(!exists(&mut admin, "ipc:{gated}:items") && !exists(&mut admin, "ipc:{gated}:held"));
+
+    // A take that reclaims an item holds the read after it back: it gives
+    // the reclaimed item alone, and the stream is where it was.
+    let j = JoinableQueue::<u32>::builder()
+        .visibility_timeout(Duration::from_millis(1))
+        .create(&broker, "reclaimed")
+        .unwrap();
+    j.put_many(&[1, 2]).unwrap();
+    let both = j.get_items(5, Some(PATIENCE)).unwrap();
+    let firsts: Vec<(u32, u64)> = both.iter().map(|i| (i.value, i.deliveries)).collect();
+    assert_eq!(firsts, [(1, 1), (2, 1)]);
+    // Nothing new: the next take waits until 1 or 2 passes its visibility
+    // timeout, and reclaims it.
+    let again = j.get_item(Some(PATIENCE)).unwrap();
+    assert!(again.value <= 2 && again.deliveries == 2, "{again:?}");
+    assert!(
+        exists(&mut admin, "ipc:{reclaimed}:items") && !exists(&mut admin, "ipc:{reclaimed}:held")
+    );
+    j.put(3).unwrap();
+    while j.get_item(Some(PATIENCE)).unwrap().value != 3 {}
 }
 
 #[test]
