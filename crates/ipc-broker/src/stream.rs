@@ -354,18 +354,9 @@ impl Stream {
     fn take_once(&self, link: &mut Link, most: usize) -> Result<Look> {
         let consumer = link.name().to_owned();
         let answers: Value = link.run(Duration::ZERO, |conn| {
-            redis::pipe()
-                .atomic()
-                .ignore_errors()
-                .cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("ipc")
-                .arg(&consumer)
-                .arg("COUNT")
-                .arg(most)
-                .arg("STREAMS")
-                .arg(&self.keys.items)
-                .arg(">")
+            let mut transaction = redis::pipe();
+            transaction.atomic().ignore_errors();
+            self.read_new(&mut transaction, &consumer, most)
                 .cmd("EVAL")
                 .arg(scripts::TAKEN_ONCE)
                 .arg(3)
@@ -376,12 +367,8 @@ impl Stream {
                 .arg(most)
                 .query(conn)
         })?;
-        let (read, took) = match &answers {
-            Value::Array(list) => match list.as_slice() {
-                [read, took] => (read, took),
-                _ => return Err(unexpected(link.broker(), "a get", &answers)),
-            },
-            _ => return Err(unexpected(link.broker(), "a get", &answers)),
+        let Some([read, took]) = answers_of(&answers) else {
+            return Err(unexpected(link.broker(), "a get", &answers));
         };
         match took {
             Value::Int(-1) => Err(Error::Closed),
@@ -390,8 +377,7 @@ impl Stream {
                 let entries = read_entries(read)
                     .filter(|entries| entries.len() == *n as usize)
                     .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
-                let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
-                self.items(link, entries).map(Look::Taken)
+                self.first_deliveries(link, entries)
             }
             Value::Array(reply) => match reply.as_slice() {
                 [Value::Int(0), Value::BulkString(newest)] => {
@@ -409,7 +395,8 @@ impl Stream {
     fn take_least(&self, link: &mut Link, most: usize) -> Result<Look> {
         let consumer = link.name().to_owned();
         let answers: Value = link.run(Duration::ZERO, |conn| {
-            redis::pipe()
+            let mut transaction = redis::pipe();
+            transaction
                 .atomic()
                 .ignore_errors()
                 .cmd("EVAL")
@@ -420,16 +407,8 @@ impl Stream {
                 .arg(&self.keys.held)
                 .arg(&consumer)
                 .arg(self.delivery.visibility_ms())
-                .arg(most)
-                .cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("ipc")
-                .arg(&consumer)
-                .arg("COUNT")
-                .arg(most)
-                .arg("STREAMS")
-                .arg(&self.keys.items)
-                .arg(">")
+                .arg(most);
+            self.read_new(&mut transaction, &consumer, most)
                 .cmd("EVAL")
                 .arg(scripts::TAKEN_LEAST)
                 .arg(4)
@@ -439,12 +418,8 @@ impl Stream {
                 .arg(&self.keys.held)
                 .query(conn)
         })?;
-        let (reclaimed, read, took) = match &answers {
-            Value::Array(list) => match list.as_slice() {
-                [reclaimed, read, took] => (reclaimed, read, took),
-                _ => return Err(unexpected(link.broker(), "a get", &answers)),
-            },
-            _ => return Err(unexpected(link.broker(), "a get", &answers)),
+        let Some([reclaimed, read, took]) = answers_of(&answers) else {
+            return Err(unexpected(link.broker(), "a get", &answers));
         };
         if matches!(reclaimed, Value::Int(-2)) || matches!(took, Value::Int(-2)) {
             return Err(Error::NotFound(self.name.clone()));
@@ -457,26 +432,26 @@ impl Stream {
             Value::Int(-1) => Err(Error::Closed),
             Value::Array(reply) => match reply.as_slice() {
                 [Value::Int(1)] => {
-                    let mut taken = Vec::with_capacity(reclaimed.len());
-                    for entry in reclaimed {
-                        match entry {
+                    let taken = reclaimed
+                        .iter()
+                        .map(|entry| match entry {
                             Value::Array(entry) => match entry.as_slice() {
                                 [Value::BulkString(id), fields, Value::Int(deliveries)] => {
-                                    taken.push((id.as_slice(), fields, *deliveries))
+                                    Some((id.as_slice(), fields, *deliveries))
                                 }
-                                _ => return Err(unexpected(link.broker(), "a get", &answers)),
+                                _ => None,
                             },
-                            _ => return Err(unexpected(link.broker(), "a get", &answers)),
-                        }
-                    }
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
                     self.items(link, taken.into_iter()).map(Look::Taken)
                 }
                 [Value::Int(2)] => {
                     let entries = read_entries(read)
                         .filter(|entries| !entries.is_empty())
                         .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
-                    let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
-                    self.items(link, entries).map(Look::Taken)
+                    self.first_deliveries(link, entries)
                 }
                 [Value::Int(0), Value::BulkString(newest)] => {
                     Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
@@ -485,6 +460,33 @@ impl Stream {
             },
             _ => Err(unexpected(link.broker(), "a get", &answers)),
         }
+    }
+
+    /// Adds to `transaction` the read of up to `most` items no consumer
+    /// had yet, for `consumer`.
+    fn read_new<'p>(
+        &self,
+        transaction: &'p mut redis::Pipeline,
+        consumer: &str,
+        most: usize,
+    ) -> &'p mut redis::Pipeline {
+        transaction
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("ipc")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(most)
+            .arg("STREAMS")
+            .arg(&self.keys.items)
+            .arg(">")
+    }
+
+    /// The items of a read of new entries: each delivered for the first
+    /// time.
+    fn first_deliveries(&self, link: &mut Link, entries: Vec<(&[u8], &Value)>) -> Result<Look> {
+        let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
+        self.items(link, entries).map(Look::Taken)
     }
 
     /// The items among `entries` (id, fields, deliveries), without the
@@ -721,4 +723,12 @@ fn read_entries(read: &Value) -> Option<Vec<(&[u8], &Value)>> {
             _ => None,
         })
         .collect()
+}
+
+/// The `N` answers of a transaction of `N` commands.
+fn answers_of<const N: usize>(answers: &Value) -> Option<&[Value; N]> {
+    match answers {
+        Value::Array(list) => list.as_slice().try_into().ok(),
+        _ => None,
+    }
 }

@@ -21,6 +21,15 @@ fn server() -> Option<(RedisServer, Broker)> {
     Some((server, broker))
 }
 
+/// A plain connection to `server`, to look at or write keys the way
+/// another program would.
+fn admin(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 /// What a spawned producer or consumer is told: where the queue is.
 type Where = (String, String);
 
@@ -429,10 +438,7 @@ fn foreign_entries_and_items_of_another_type_are_errors_for_that_item() {
         return;
     };
     let q = Queue::<String>::builder().create(&broker, "mixed").unwrap();
-    let mut admin = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut admin = admin(&server);
     let _: String = redis::cmd("XADD")
         .arg("ipc:{mixed}:items")
         .arg("*")
@@ -488,10 +494,7 @@ fn a_put_held_back_adds_nothing_and_leaves_the_stream_where_it_was() {
     let Some((server, broker)) = server() else {
         return;
     };
-    let mut admin = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut admin = admin(&server);
     let exists = |admin: &mut redis::Connection, key: &str| -> bool {
         redis::cmd("EXISTS").arg(key).query::<i64>(admin).unwrap() == 1
     };
@@ -695,10 +698,7 @@ fn handles_that_go_away_leave_no_trace_on_the_server() {
     let Some((server, broker)) = server() else {
         return;
     };
-    let mut admin = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut admin = admin(&server);
     let mut count = |command: &str, key: &str| -> usize {
         let mut cmd = redis::cmd(command);
         match command {
