@@ -58,10 +58,12 @@ return {2, '1', ARGV[2], ARGV[3]}
 /// Lua (whose string hash, in some builds, reads every byte of every
 /// argument). When they may not, it renames `items` to `held`, so that the
 /// `XADD`s after it find no stream and add nothing; [`RESTORE`] puts it
-/// back before the transaction ends, so no other client ever sees it
-/// moved. Any error on the way holds the items back too: an item goes in
-/// only when this script said so. A put sent again (its answer was lost
-/// with the connection) finds its sequence number stored and is held back.
+/// back before the transaction ends, so no other command runs while it is
+/// moved (keyspace notifications and `MONITOR` do show the renames). An
+/// error in its checks holds the items back too. A put sent again (its
+/// answer was lost with the connection) finds its sequence number stored
+/// and is held back. `held` exists only inside a transaction; one found at
+/// the start was left by someone else, and is deleted.
 /// KEYS: items, meta, freed, producers, held. ARGV: producer, sequence
 /// number, how many items. Returns `{n}` (put, or put already), `{0, last
 /// freed id}` (no room: wait on `freed` after that id), -1 (closed), -2 (the
@@ -72,6 +74,7 @@ return {2, '1', ARGV[2], ARGV[3]}
 /// server does not know (after a restart) would fail alone while the
 /// `XADD`s after it ran unchecked.
 pub(crate) const GATE: &str = r"
+redis.call('DEL', KEYS[5])
 local function verdict()
   local n = tonumber(ARGV[3])
   local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0
@@ -95,7 +98,7 @@ local ok, decided = pcall(verdict)
 if ok and decided == 'go' then return {tonumber(ARGV[3])} end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[5]) end
 if not ok then
-  return redis.error_reply('the put was held back: ' .. tostring(decided.err or decided))
+  return redis.error_reply('ERR the put was held back: ' .. tostring(decided.err or decided))
 end
 return decided
 ";
@@ -109,16 +112,19 @@ return 0
 
 /// The second step of a `Queue`'s take, after `XREADGROUP … >` in the same
 /// transaction (so the items' bytes come back as the plain command's
-/// answer, never through Lua): acknowledges and deletes what the read gave
-/// this consumer (at most once), and signals `freed` when the queue is
-/// bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta,
+/// answer, never through Lua): first of all acknowledges and deletes what
+/// is pending with this consumer (what the read gave it, and anything a
+/// take that failed left: at most once), then signals `freed` when the
+/// queue is bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta,
 /// freed. ARGV: consumer, how many at most. Returns how many it took, `{0,
 /// newest id}` (nothing now: wait for an entry after it), -1 (closed and
 /// drained) or -2 (gone).
 pub(crate) const TAKEN_ONCE: &str = r"
+local mine = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  mine = redis.call('XPENDING', KEYS[1], 'ipc', '-', '+', ARGV[2], ARGV[1])
+end
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
-if not m[1] then return -2 end
-local mine = redis.call('XPENDING', KEYS[1], 'ipc', '-', '+', ARGV[2], ARGV[1])
 if #mine > 0 then
   local ids = {}
   for i, e in ipairs(mine) do ids[i] = e[1] end
@@ -132,6 +138,7 @@ if #mine > 0 then
   end
   return #mine
 end
+if not m[1] then return -2 end
 if m[2] == '1' then return -1 end
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 return {0, newest and newest[1] or '0-0'}
@@ -162,13 +169,15 @@ end
 /// stream aside (as [`GATE`] does) so that the read after it delivers
 /// nothing; reclaims are rare, so only their bytes pass through Lua. It
 /// also notes the group's last-delivered id in `meta` (`reading`), for
-/// [`TAKEN_LEAST`] to see whether the read delivered anything. Sent with
+/// [`TAKEN_LEAST`] to see whether the read delivered anything. A `held`
+/// found at the start was left by someone else, and is deleted. Sent with
 /// `EVAL`. KEYS: items, meta, held. ARGV: consumer; the visibility timeout
 /// in ms; how many. Returns `{{id, fields, deliveries}, ...}` (empty when
 /// it reclaimed nothing) or -2 (gone).
 pub(crate) const RECLAIM: &str = concat!(
     last_delivered!(),
     r"
+redis.call('DEL', KEYS[3])
 local m = redis.call('HMGET', KEYS[2], 'layout', 'cursor')
 if not m[1] or redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[3]) end
@@ -200,13 +209,13 @@ return taken
 pub(crate) const TAKEN_LEAST: &str = concat!(
     last_delivered!(),
     r"
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'reading')
+redis.call('HDEL', KEYS[2], 'reading')
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('RENAMENX', KEYS[4], KEYS[1])
   return {1}
 end
-local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize', 'reading')
 if not m[1] or redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-redis.call('HDEL', KEYS[2], 'reading')
 local now = last_delivered()
 if now ~= m[4] then
   if (tonumber(m[3]) or 0) > 0 then

@@ -186,6 +186,18 @@ impl Stream {
             }
             other => return Err(unexpected(broker, "opening the queue", &other)),
         };
+        // Every put and take is a transaction: a user the server does not
+        // let run one is refused here, rather than half-way through a put.
+        link.run(Duration::ZERO, |conn| {
+            redis::pipe().cmd("MULTI").cmd("DISCARD").query::<()>(conn)
+        })
+        .map_err(|e| match e {
+            Error::Authentication(why) => Error::Authentication(format!(
+                "{why} (a queue's puts and takes are transactions: its user needs MULTI, EXEC \
+                 and DISCARD)"
+            )),
+            other => other,
+        })?;
         Ok(Stream {
             broker: broker.clone(),
             idle: Mutex::new(vec![link]),
@@ -266,8 +278,7 @@ impl Stream {
                         .arg("NOMKSTREAM")
                         .arg("*")
                         .arg("d")
-                        .arg(*item)
-                        .ignore();
+                        .arg(*item);
                 }
                 transaction
                     .cmd("EVAL")
@@ -278,18 +289,20 @@ impl Stream {
                     .ignore();
                 transaction.query(conn)
             })?;
-            // The gate's answer, the only one kept.
-            let put = match put {
-                Value::Array(mut answers) if answers.len() == 1 => answers.remove(0),
-                other => return Err(unexpected(link.broker(), "a put", &other)),
+            // The gate's answer, then the `XADD`s'.
+            let Some((put, added)) = (match &put {
+                Value::Array(answers) => answers.split_first(),
+                _ => None,
+            }) else {
+                return Err(unexpected(link.broker(), "a put", &put));
             };
-            let freed_after = match &put {
+            let freed_after = match put {
                 Value::Array(reply) => match reply.as_slice() {
-                    [Value::Int(n)] if *n > 0 => return Ok(()),
+                    [Value::Int(n)] if *n > 0 => return self.check_added(&link, added),
                     [Value::Int(0), Value::BulkString(id)] => {
                         String::from_utf8_lossy(id).into_owned()
                     }
-                    _ => return Err(unexpected(link.broker(), "a put", &put)),
+                    _ => return Err(unexpected(link.broker(), "a put", put)),
                 },
                 Value::Int(-1) => return Err(Error::Closed),
                 Value::Int(-2) => return Err(Error::NotFound(self.name.clone())),
@@ -298,7 +311,7 @@ impl Stream {
                         "more items at once than the queue's maxsize",
                     ))
                 }
-                _ => return Err(unexpected(link.broker(), "a put", &put)),
+                _ => return Err(unexpected(link.broker(), "a put", put)),
             };
             let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
                 return Err(match deadline {
@@ -309,6 +322,33 @@ impl Stream {
             // Full: wait until a take frees a place (or the slice ends).
             wait_after(&mut link, &self.keys.freed, &freed_after, block)?;
         }
+    }
+
+    /// Checks the answers of a put's `XADD`s once the gate said the put is
+    /// in: every one an id (the items went in), or every one nothing (the
+    /// gate held back a put sent twice, which went in the first time).
+    /// Anything else means the server refused an item after the gate let
+    /// it through (a stream at its last possible id, say): an error, not
+    /// an acknowledged put.
+    fn check_added(&self, link: &Link, added: &[Value]) -> Result<()> {
+        let ids = added
+            .iter()
+            .filter(|a| matches!(a, Value::BulkString(_) | Value::SimpleString(_)))
+            .count();
+        let none = added.iter().filter(|a| matches!(a, Value::Nil)).count();
+        if ids == added.len() || none == added.len() {
+            return Ok(());
+        }
+        let refused = added
+            .iter()
+            .find(|a| !matches!(a, Value::BulkString(_) | Value::SimpleString(_)));
+        Err(Error::Broker(format!(
+            "redis at {}: {ids} of {} items of a put to `{}` went in, then the server refused              one: {}",
+            link.broker().address(),
+            added.len(),
+            self.name,
+            refused.map_or_else(String::new, |a| shortened(a))
+        )))
     }
 
     /// Takes one item, waiting until `deadline`.
@@ -374,9 +414,15 @@ impl Stream {
             Value::Int(-1) => Err(Error::Closed),
             Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
             Value::Int(n) if *n > 0 => {
+                // `n` also counts what a take that failed had left pending
+                // with this consumer: acknowledged now, and lost, as at
+                // most once allows.
                 let entries = read_entries(read)
-                    .filter(|entries| entries.len() == *n as usize)
+                    .filter(|entries| entries.len() <= *n as usize)
                     .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
+                if entries.is_empty() {
+                    return Ok(Look::Nothing("0-0".to_owned()));
+                }
                 self.first_deliveries(link, entries)
             }
             Value::Array(reply) => match reply.as_slice() {
@@ -431,7 +477,7 @@ impl Stream {
         match took {
             Value::Int(-1) => Err(Error::Closed),
             Value::Array(reply) => match reply.as_slice() {
-                [Value::Int(1)] => {
+                [Value::Int(1)] if !reclaimed.is_empty() => {
                     let taken = reclaimed
                         .iter()
                         .map(|entry| match entry {
@@ -641,6 +687,7 @@ impl Stream {
                 .arg(&self.keys.freed)
                 .arg(&self.keys.done)
                 .arg(&self.keys.producers)
+                .arg(&self.keys.held)
                 .exec(conn)
         })
     }
@@ -686,9 +733,26 @@ impl Drop for Stream {
 /// A reply this crate's scripts never give.
 fn unexpected(broker: &Broker, doing: &str, reply: &Value) -> Error {
     Error::Broker(format!(
-        "redis at {}: unexpected reply to {doing}: {reply:?}",
-        broker.address()
+        "redis at {}: unexpected reply to {doing}: {}",
+        broker.address(),
+        shortened(reply)
     ))
+}
+
+/// A reply as text for an error message: its first few hundred characters,
+/// since a reply may hold items of any size.
+fn shortened(reply: &Value) -> String {
+    const MOST: usize = 300;
+    let mut text = format!("{reply:?}");
+    if text.len() > MOST {
+        let mut end = MOST;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" …");
+    }
+    text
 }
 
 /// `(id, fields)` of each entry of an `XREADGROUP` answer for one stream

@@ -550,6 +550,71 @@ fn a_put_held_back_adds_nothing_and_leaves_the_stream_where_it_was() {
 }
 
 #[test]
+fn keys_written_by_others_never_let_a_put_half_in_or_strand_items() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = admin(&server);
+    let mut run = |args: &[&str]| -> redis::Value {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query(&mut admin).unwrap()
+    };
+    // A `held` key someone else left: takes still deliver every item.
+    let j = JoinableQueue::<u32>::builder()
+        .create(&broker, "j")
+        .unwrap();
+    j.put_many(&[1, 2, 3]).unwrap();
+    run(&["SET", "ipc:{j}:held", "x"]);
+    let values: Vec<u32> = j
+        .get_items(5, Some(PATIENCE))
+        .unwrap()
+        .iter()
+        .map(|i| i.value)
+        .collect();
+    assert_eq!(values, [1, 2, 3]);
+
+    // ... and a put to a queue that is gone does not bring it back.
+    let q = Queue::<u32>::builder().create(&broker, "r").unwrap();
+    q.put(1).unwrap();
+    run(&["COPY", "ipc:{r}:items", "ipc:{r}:held"]);
+    q.unlink().unwrap();
+    assert!(matches!(q.put(2), Err(e) if matches!(e.error, Error::NotFound(_))));
+    assert_eq!(
+        run(&["EXISTS", "ipc:{r}:items", "ipc:{r}:held"]),
+        redis::Value::Int(0)
+    );
+
+    // A stream that can take no more ids: the put is an error, not an
+    // acknowledged put that added nothing.
+    let q = Queue::<u32>::builder().create(&broker, "full-ids").unwrap();
+    let last = "18446744073709551615-18446744073709551615";
+    run(&["XADD", "ipc:{full-ids}:items", last, "x", "y"]);
+    run(&["XDEL", "ipc:{full-ids}:items", last]);
+    let refused = q.put(7).unwrap_err();
+    assert!(
+        matches!(&refused.error, Error::Broker(why) if why.contains("refused")),
+        "{refused:?}"
+    );
+
+    // A key of the wrong type where the gate looks: held back, and the
+    // stream is where it was.
+    let q = Queue::<u32>::builder().create(&broker, "g").unwrap();
+    q.put(1).unwrap();
+    run(&["SET", "ipc:{g}:producers", "x"]);
+    let refused = q.put(2).unwrap_err();
+    assert!(
+        matches!(&refused.error, Error::Broker(why) if why.contains("held back")),
+        "{refused:?}"
+    );
+    assert_eq!(run(&["XLEN", "ipc:{g}:items"]), redis::Value::Int(1));
+    assert_eq!(run(&["EXISTS", "ipc:{g}:held"]), redis::Value::Int(0));
+    assert_eq!(q.get().unwrap(), 1);
+}
+
+#[test]
 fn a_server_that_is_down_is_an_error_naming_it_within_the_deadline() {
     let Some((mut server, _)) = server() else {
         return;
@@ -609,6 +674,20 @@ fn an_acl_user_logs_in_by_url_and_a_wrong_password_is_refused() {
     assert!(
         !format!("{wrong:?}").contains("nope"),
         "the password stays out of Debug"
+    );
+
+    // A user who may not run transactions is refused when the queue is
+    // opened, before any put could go in half-checked.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("worker")
+        .arg("-@transaction")
+        .query(&mut admin(&server))
+        .unwrap();
+    let refused = Queue::<u8>::builder().open(&broker, "acl").unwrap_err();
+    assert!(
+        matches!(&refused, Error::Authentication(why) if why.contains("MULTI")),
+        "{refused}"
     );
 }
 
