@@ -347,7 +347,7 @@ impl Stream {
             link.broker().address(),
             added.len(),
             self.name,
-            refused.map_or_else(String::new, |a| shortened(a))
+            refused.map_or_else(String::new, shortened)
         )))
     }
 

@@ -723,8 +723,8 @@ impl Core {
     /// Takes one record into `dest` and returns its length. `Empty` (for
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
-    pub(crate) fn get(&self, dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
-        self.get_or(dest, deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
+    pub(crate) fn get(&self, mut dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
+        self.get_or(&mut dest, deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
     }
 
     /// [`get`](Self::get), giving `on_busy`'s error when a call with
@@ -733,7 +733,7 @@ impl Core {
     /// look, for an async caller to wait on.
     fn get_or(
         &self,
-        dest: Dest<'_>,
+        dest: &mut Dest<'_>,
         deadline: Deadline,
         on_busy: OnBusy,
         seen: &mut u32,
@@ -1082,7 +1082,7 @@ impl Core {
         });
         loop {
             let mut seen = 0;
-            match self.get_or(dest.reborrow(), Deadline::Now, ASYNC_LOOK, &mut seen) {
+            match self.get_or(&mut dest, Deadline::Now, ASYNC_LOOK, &mut seen) {
                 Err(Error::Empty) => {
                     if spin.take().is_some_and(|spin| spin.run(getters.seq, seen)) {
                         continue;
