@@ -126,17 +126,6 @@ pub(crate) enum Dest<'b> {
     Vec(&'b mut Vec<u8>),
 }
 
-impl Dest<'_> {
-    /// The same destination, for one more call.
-    #[cfg(feature = "tokio")]
-    fn reborrow(&mut self) -> Dest<'_> {
-        match self {
-            Dest::Slice(slice) => Dest::Slice(slice),
-            Dest::Vec(vec) => Dest::Vec(vec),
-        }
-    }
-}
-
 /// A mapped, validated queue segment.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -730,7 +719,9 @@ impl Core {
     /// [`get`](Self::get), giving `on_busy`'s error when a call with
     /// [`Deadline::Now`] finds the lock held too long. A call that finds
     /// nothing leaves in `seen` the getters' sequence read before its last
-    /// look, for an async caller to wait on.
+    /// look, for an async caller to wait on. (`dest` by reference: an async
+    /// caller's future holds it, and a copy of it read back at once from
+    /// the future's state stalled each get by a few nanoseconds.)
     fn get_or(
         &self,
         dest: &mut Dest<'_>,
