@@ -407,31 +407,24 @@ impl Stream {
                 .arg(most)
                 .query(conn)
         })?;
-        let Some([read, took]) = answers_of(&answers) else {
-            return Err(unexpected(link.broker(), "a get", &answers));
-        };
+        let [read, took] =
+            answers_of(answers).map_err(|other| unexpected(link.broker(), "a get", &other))?;
         match took {
             Value::Int(-1) => Err(Error::Closed),
             Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
-            Value::Int(n) if *n > 0 => {
+            Value::Int(n) if n > 0 => {
                 // `n` also counts what a take that failed had left pending
                 // with this consumer: acknowledged now, and lost, as at
                 // most once allows.
                 let entries = read_entries(read)
-                    .filter(|entries| entries.len() <= *n as usize)
-                    .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
+                    .filter(|entries| entries.len() <= n as usize)
+                    .ok_or_else(|| misread(link.broker()))?;
                 if entries.is_empty() {
                     return Ok(Look::Nothing("0-0".to_owned()));
                 }
                 self.first_deliveries(link, entries)
             }
-            Value::Array(reply) => match reply.as_slice() {
-                [Value::Int(0), Value::BulkString(newest)] => {
-                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
-                }
-                _ => Err(unexpected(link.broker(), "a get", &answers)),
-            },
-            _ => Err(unexpected(link.broker(), "a get", &answers)),
+            other => nothing_now(link.broker(), other),
         }
     }
 
@@ -464,47 +457,29 @@ impl Stream {
                 .arg(&self.keys.held)
                 .query(conn)
         })?;
-        let Some([reclaimed, read, took]) = answers_of(&answers) else {
-            return Err(unexpected(link.broker(), "a get", &answers));
-        };
+        let [reclaimed, read, took] =
+            answers_of(answers).map_err(|other| unexpected(link.broker(), "a get", &other))?;
         if matches!(reclaimed, Value::Int(-2)) || matches!(took, Value::Int(-2)) {
             return Err(Error::NotFound(self.name.clone()));
         }
         let Value::Array(reclaimed) = reclaimed else {
             // Items the read gave stay pending, for a later reclaim.
-            return Err(unexpected(link.broker(), "a get", &answers));
+            return Err(unexpected(link.broker(), "a get", &reclaimed));
         };
         match took {
-            Value::Int(-1) => Err(Error::Closed),
-            Value::Array(reply) => match reply.as_slice() {
-                [Value::Int(1)] if !reclaimed.is_empty() => {
-                    let taken = reclaimed
-                        .iter()
-                        .map(|entry| match entry {
-                            Value::Array(entry) => match entry.as_slice() {
-                                [Value::BulkString(id), fields, Value::Int(deliveries)] => {
-                                    Some((id.as_slice(), fields, *deliveries))
-                                }
-                                _ => None,
-                            },
-                            _ => None,
-                        })
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
-                    self.items(link, taken.into_iter()).map(Look::Taken)
-                }
-                [Value::Int(2)] => {
-                    let entries = read_entries(read)
-                        .filter(|entries| !entries.is_empty())
-                        .ok_or_else(|| unexpected(link.broker(), "a get", &answers))?;
-                    self.first_deliveries(link, entries)
-                }
-                [Value::Int(0), Value::BulkString(newest)] => {
-                    Ok(Look::Nothing(String::from_utf8_lossy(newest).into_owned()))
-                }
-                _ => Err(unexpected(link.broker(), "a get", &answers)),
-            },
-            _ => Err(unexpected(link.broker(), "a get", &answers)),
+            Value::Array(reply) if matches!(reply.as_slice(), [Value::Int(1)]) => {
+                let taken = reclaimed_entries(reclaimed)
+                    .filter(|taken| !taken.is_empty())
+                    .ok_or_else(|| misread(link.broker()))?;
+                self.items(link, taken.into_iter()).map(Look::Taken)
+            }
+            Value::Array(reply) if matches!(reply.as_slice(), [Value::Int(2)]) => {
+                let entries = read_entries(read)
+                    .filter(|entries| !entries.is_empty())
+                    .ok_or_else(|| misread(link.broker()))?;
+                self.first_deliveries(link, entries)
+            }
+            other => nothing_now(link.broker(), other),
         }
     }
 
@@ -530,31 +505,32 @@ impl Stream {
 
     /// The items of a read of new entries: each delivered for the first
     /// time.
-    fn first_deliveries(&self, link: &mut Link, entries: Vec<(&[u8], &Value)>) -> Result<Look> {
+    fn first_deliveries(&self, link: &mut Link, entries: Vec<(Vec<u8>, Value)>) -> Result<Look> {
         let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
         self.items(link, entries).map(Look::Taken)
     }
 
     /// The items among `entries` (id, fields, deliveries), without the
     /// entries this crate did not write.
-    fn items<'v>(
+    fn items(
         &self,
         link: &mut Link,
-        entries: impl Iterator<Item = (&'v [u8], &'v Value, i64)>,
+        entries: impl Iterator<Item = (Vec<u8>, Value, i64)>,
     ) -> Result<Vec<Taken>> {
         let mut items = Vec::new();
         let mut foreign = None;
         for (id, fields, deliveries) in entries {
-            let id = String::from_utf8_lossy(id).into_owned();
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // The bytes are moved out of the reply, not copied.
             let ours = match fields {
-                Value::Array(fields) => match fields.as_slice() {
-                    [Value::BulkString(field), Value::BulkString(bytes)] if field == b"d" => {
+                Value::Array(fields) => match <[Value; 2]>::try_from(fields) {
+                    Ok([Value::BulkString(field), Value::BulkString(bytes)]) if field == b"d" => {
                         Some(bytes)
                     }
                     _ => None,
                 },
-                Value::Map(fields) => match fields.as_slice() {
-                    [(Value::BulkString(field), Value::BulkString(bytes))] if field == b"d" => {
+                Value::Map(fields) => match <[(Value, Value); 1]>::try_from(fields) {
+                    Ok([(Value::BulkString(field), Value::BulkString(bytes))]) if field == b"d" => {
                         Some(bytes)
                     }
                     _ => None,
@@ -564,7 +540,7 @@ impl Stream {
             match ours {
                 Some(bytes) => items.push(Taken {
                     id,
-                    bytes: bytes.clone(),
+                    bytes,
                     deliveries: deliveries.max(1) as u64,
                 }),
                 None => {
@@ -756,32 +732,33 @@ fn shortened(reply: &Value) -> String {
 }
 
 /// `(id, fields)` of each entry of an `XREADGROUP` answer for one stream
-/// (an array of `[stream, entries]` pairs, or a map in RESP3); `Some(vec![])`
-/// when it read nothing, `None` when it is not such an answer.
-fn read_entries(read: &Value) -> Option<Vec<(&[u8], &Value)>> {
+/// (an array of `[stream, entries]` pairs, or a map in RESP3), taken apart
+/// so that the items' bytes move on without a copy; `Some(vec![])` when it
+/// read nothing, `None` when it is not such an answer.
+fn read_entries(read: Value) -> Option<Vec<(Vec<u8>, Value)>> {
     let entries = match read {
         Value::Nil => return Some(Vec::new()),
-        Value::Array(streams) => match streams.as_slice() {
-            [Value::Array(stream)] => match stream.as_slice() {
-                [_, entries] => entries,
-                _ => return None,
-            },
-            _ => return None,
-        },
-        Value::Map(streams) => match streams.as_slice() {
-            [(_, entries)] => entries,
-            _ => return None,
-        },
+        Value::Array(streams) => {
+            let [Value::Array(stream)] = <[Value; 1]>::try_from(streams).ok()? else {
+                return None;
+            };
+            let [_, entries] = <[Value; 2]>::try_from(stream).ok()?;
+            entries
+        }
+        Value::Map(streams) => {
+            let [(_, entries)] = <[(Value, Value); 1]>::try_from(streams).ok()?;
+            entries
+        }
         _ => return None,
     };
     let Value::Array(entries) = entries else {
         return None;
     };
     entries
-        .iter()
+        .into_iter()
         .map(|entry| match entry {
-            Value::Array(entry) => match entry.as_slice() {
-                [Value::BulkString(id), fields] => Some((id.as_slice(), fields)),
+            Value::Array(entry) => match <[Value; 2]>::try_from(entry).ok()? {
+                [Value::BulkString(id), fields] => Some((id, fields)),
                 _ => None,
             },
             _ => None,
@@ -789,10 +766,51 @@ fn read_entries(read: &Value) -> Option<Vec<(&[u8], &Value)>> {
         .collect()
 }
 
-/// The `N` answers of a transaction of `N` commands.
-fn answers_of<const N: usize>(answers: &Value) -> Option<&[Value; N]> {
+/// `(id, fields, deliveries)` of each entry [`scripts::RECLAIM`] gave.
+fn reclaimed_entries(reclaimed: Vec<Value>) -> Option<Vec<(Vec<u8>, Value, i64)>> {
+    reclaimed
+        .into_iter()
+        .map(|entry| match entry {
+            Value::Array(entry) => match <[Value; 3]>::try_from(entry).ok()? {
+                [Value::BulkString(id), fields, Value::Int(deliveries)] => {
+                    Some((id, fields, deliveries))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `N` answers of a transaction of `N` commands, or the reply itself
+/// if it is not that.
+fn answers_of<const N: usize>(answers: Value) -> std::result::Result<[Value; N], Value> {
     match answers {
-        Value::Array(list) => list.as_slice().try_into().ok(),
-        _ => None,
+        Value::Array(list) => <[Value; N]>::try_from(list).map_err(Value::Array),
+        other => Err(other),
     }
+}
+
+/// A take's last answer when it took nothing: closed (and drained), or
+/// the id to wait after.
+fn nothing_now(broker: &Broker, took: Value) -> Result<Look> {
+    match took {
+        Value::Int(-1) => Err(Error::Closed),
+        Value::Array(reply) => match <[Value; 2]>::try_from(reply) {
+            Ok([Value::Int(0), Value::BulkString(newest)]) => {
+                Ok(Look::Nothing(String::from_utf8_lossy(&newest).into_owned()))
+            }
+            Ok(other) => Err(unexpected(broker, "a get", &Value::Array(other.into()))),
+            Err(other) => Err(unexpected(broker, "a get", &Value::Array(other))),
+        },
+        other => Err(unexpected(broker, "a get", &other)),
+    }
+}
+
+/// The error of a read whose answer is not a list of entries.
+fn misread(broker: &Broker) -> Error {
+    Error::Broker(format!(
+        "redis at {}: a get's read answered with something other than stream entries",
+        broker.address()
+    ))
 }
