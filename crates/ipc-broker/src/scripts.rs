@@ -115,16 +115,15 @@ return 0
 /// answer, never through Lua): first of all acknowledges and deletes what
 /// is pending with this consumer (what the read gave it, and anything a
 /// take that failed left: at most once), then signals `freed` when the
-/// queue is bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta,
-/// freed. ARGV: consumer, how many at most. Returns how many it took, `{0,
-/// newest id}` (nothing now: wait for an entry after it), -1 (closed and
-/// drained) or -2 (gone).
+/// queue is bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS:
+/// items, meta, freed. ARGV: consumer, how many at most. Returns how many
+/// it took, `{0, newest id}` (nothing now: wait for an entry after it), -1
+/// (closed and drained) or -2 (gone).
 pub(crate) const TAKEN_ONCE: &str = r"
 local mine = {}
 if redis.call('EXISTS', KEYS[1]) == 1 then
   mine = redis.call('XPENDING', KEYS[1], 'ipc', '-', '+', ARGV[2], ARGV[1])
 end
-local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if #mine > 0 then
   local ids = {}
   for i, e in ipairs(mine) do ids[i] = e[1] end
@@ -133,11 +132,13 @@ if #mine > 0 then
     redis.call('XACK', KEYS[1], 'ipc', unpack(ids, i, upto))
     redis.call('XDEL', KEYS[1], unpack(ids, i, upto))
   end
-  if (tonumber(m[3]) or 0) > 0 then
+  local ok, maxsize = pcall(redis.call, 'HGET', KEYS[2], 'maxsize')
+  if ok and (tonumber(maxsize) or 0) > 0 then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'f', '1')
   end
   return #mine
 end
+local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if not m[1] then return -2 end
 if m[2] == '1' then return -1 end
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
