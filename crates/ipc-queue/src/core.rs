@@ -713,7 +713,12 @@ impl Core {
     /// [`Deadline::Now`]), `Timeout`, `Closed` (closed and drained) and
     /// `BufferTooShort` leave the queue unchanged.
     pub(crate) fn get(&self, mut dest: Dest<'_>, deadline: Deadline) -> Result<usize> {
-        self.get_or(&mut dest, deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
+        self.get_or(
+            &mut dest,
+            deadline,
+            OnBusy::blocking(|| Error::Empty),
+            &mut 0,
+        )
     }
 
     /// [`get`](Self::get), giving `on_busy`'s error when a call with
