@@ -4,27 +4,36 @@
 //! from a buffer of the producer's, nor out of it into one of the
 //! consumer's.
 //!
-//! A reservation holds the producers' lock and a borrowed item the
-//! consumers' lock, from the call that makes them until they are committed,
-//! released or dropped. So while one is open, the other producers (or the
-//! other consumers) of the queue wait, and so does [`Queue::close`], which
-//! takes the producers' lock. Both are tied to the thread that made them
-//! (they are not `Send`), as the lock is, and to the process: a copy of
-//! one in a child forked while it was held refuses to be used there (a
-//! panic on reading or writing it, an error on commit). While this thread
-//! holds one, a put or get of its own on the same end fails at once, and
-//! so does a put or get on the other end that would have to wait (only
-//! this thread could end that wait). Across processes no such check is
-//! possible: a process that holds a reservation and waits in a get, while
-//! another holds an item and waits in a put on the same queue, waits for
-//! good; fill or read a guard, then let it go, before the next call on
-//! that queue.
+//! A reservation is a *claim* on ring space past the tail: the producers'
+//! lock is held only while the space is found, and the other producers go
+//! on while it is written. Their items (and other reservations) go after
+//! it, and are published in claim order: a put that returns `Ok` behind an
+//! open reservation is in the queue, and getters see it once the
+//! reservation is committed or given up. Up to 16 claims can be open at
+//! once, counting the puts waiting behind them; past that, a put waits as
+//! for room. A borrowed item holds the consumers' lock, from the get that
+//! makes it until it is released or dropped, so while one is open the
+//! other consumers wait (producers do not). Both are tied to the thread
+//! that made them (they are not `Send`), as the claim's mutex and the lock
+//! are, and to the process: a copy of one in a child forked while it was
+//! held refuses to be used there (a panic on reading or writing it, an
+//! error on commit) and leaves the parent's alone. While this thread holds
+//! a borrowed item, another get of its own fails at once, and so does a put
+//! that would have to wait for room; while it holds a reservation, a get
+//! that would have to wait for an item fails at once (only this thread
+//! could end those waits). Across processes no such check is possible: a
+//! process that holds a reservation and waits in a get, while another
+//! holds an item and waits in a put on the same queue, waits for good;
+//! fill or read a guard, then let it go, before the next call on that
+//! queue.
 //!
 //! # When a process is killed
 //!
-//! A producer killed while it holds a reservation leaves no item and no
-//! space used: the tail never moved, and the next producer, told by the
-//! robust mutex that the holder died, writes over the space. A consumer
+//! A producer killed while it holds a reservation leaves no item, and its
+//! space is used only until the next producer (or a waiting consumer)
+//! finds it dead, told by the claim's robust mutex: the claim is then
+//! taken back, or, with items claimed after it, published as a void record
+//! that getters step over, so those items still arrive. A consumer
 //! killed while it holds a borrowed item leaves the item at the head, and
 //! the next get takes it: an in-place get delivers **at least once**,
 //! where a copying get, whose item is taken the moment it is copied,
@@ -43,10 +52,10 @@
 //! # What other processes can do to a borrowed item
 //!
 //! Processes that use the queue through this crate never write into a
-//! reservation or a borrowed item that is not theirs: the locks and the
-//! ring's words keep every byte between the head and the tail for the
-//! consumers and every byte past the tail for the one producer holding its
-//! lock. A process that maps the segment and writes anywhere it likes is
+//! reservation or a borrowed item that is not theirs: the locks, the
+//! claims and the ring's words keep every byte between the head and the
+//! tail for the consumers and the bytes of each claim past the tail for
+//! the producer that holds it. A process that maps the segment and writes anywhere it likes is
 //! outside that promise, and so is a second mapping of the segment in this
 //! process written through `ipc_shm`: the bytes of a borrowed item may then
 //! change while a `&[u8]` (or a `&str` decoded in place) refers to them,
@@ -73,7 +82,7 @@
 //! ```
 //!
 //! nor can a reservation or an item move to another thread, since the
-//! lock it holds belongs to this one (other threads may read it through a
+//! mutex or lock it holds belongs to this one (other threads may read it through a
 //! shared reference, with scoped threads):
 //!
 //! ```compile_fail
@@ -119,7 +128,8 @@ use crate::Queue;
 /// ```
 #[must_use = "a reservation dropped uncommitted makes no item"]
 pub struct Reservation<'q> {
-    reserved: Reserved<'q>,
+    /// Always `Some` but in `drop`.
+    reserved: Option<Reserved<'q>>,
     /// The bytes that will be the item (at most the reserved ones).
     len: usize,
     /// The process it was made in (see [`Guarded`]).
@@ -142,14 +152,32 @@ impl Reservation<'_> {
         self.len = self.len.min(len);
     }
 
-    /// Publishes the item: getters see it from now on. One store of the
-    /// ring's tail, so a process killed during the commit either made the
-    /// item or left no trace.
-    pub fn commit(self) -> Result<()> {
+    /// Commits the item: getters see it from now on, or once the
+    /// reservations made before it are committed or given up (items are
+    /// published in the order their room was claimed). A process killed
+    /// during the commit either made the item or left none.
+    pub fn commit(mut self) -> Result<()> {
         if !self.made_in.is_this_process() {
             return Err(ipc_core::Error::InvalidArgument(FORKED));
         }
-        self.reserved.commit(self.len)
+        let reserved = self.reserved.take().expect("Some until dropped");
+        reserved.commit(self.len)
+    }
+
+    fn reserved(&self) -> &Reserved<'_> {
+        self.reserved.as_ref().expect("Some until dropped")
+    }
+}
+
+/// Dropped uncommitted, a reservation gives its room up; a copy carried
+/// into a forked child leaves the parent's claim alone.
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(reserved) = self.reserved.take() {
+            if !self.made_in.is_this_process() {
+                reserved.forget();
+            }
+        }
     }
 }
 
@@ -158,13 +186,14 @@ impl Deref for Reservation<'_> {
 
     fn deref(&self) -> &[u8] {
         self.made_in.assert_this_process();
-        // SAFETY: `reserved` holds the producers' lock (in this process,
-        // just checked) and these bytes lie in its reserved space past the
-        // tail, for as long as `self` is borrowed; the slice is no longer
-        // than the reservation.
+        let reserved = self.reserved();
+        // SAFETY: `reserved` holds a claim on these bytes (its slot's
+        // mutex, in this process, just checked), past the tail, for as long
+        // as `self` is borrowed; the slice is no longer than the
+        // reservation.
         #[allow(unsafe_code)]
         unsafe {
-            sys::ring_bytes(self.reserved.shm(), self.reserved.payload_off(), self.len)
+            sys::ring_bytes(reserved.shm(), reserved.payload_off(), self.len)
         }
     }
 }
@@ -172,11 +201,12 @@ impl Deref for Reservation<'_> {
 impl DerefMut for Reservation<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         self.made_in.assert_this_process();
+        let reserved = self.reserved();
         // SAFETY: as in `deref`; `&mut self` makes this the only slice of
         // the reservation in this process while it lives.
         #[allow(unsafe_code)]
         unsafe {
-            sys::ring_bytes_mut(self.reserved.shm(), self.reserved.payload_off(), self.len)
+            sys::ring_bytes_mut(reserved.shm(), reserved.payload_off(), self.len)
         }
     }
 }
@@ -324,7 +354,7 @@ impl std::fmt::Debug for InPlace<'_> {
 
 fn reserve(core: &Core, len: usize, deadline: Deadline) -> Result<Reservation<'_>> {
     Ok(Reservation {
-        reserved: core.reserve(len, deadline)?,
+        reserved: Some(core.reserve(len, deadline)?),
         len,
         made_in: Guarded::here(),
     })
@@ -404,8 +434,9 @@ impl<T> Queue<T> {
 /// room or for an item are awaited as the async puts and gets await them
 /// ([`Queue::put_bytes_async`]); once the future returns, the reservation
 /// or the item is held exactly as the blocking forms hold it, so fill or
-/// read it without awaiting anything meanwhile (the lock it holds belongs
-/// to the thread, and the other producers or consumers wait for it).
+/// read it without awaiting anything meanwhile (the mutex or lock it holds
+/// belongs to the thread; the items put after a reservation, and the other
+/// consumers of a borrowed item, wait for it).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -425,7 +456,7 @@ impl<T> Queue<T> {
     /// reserved until the future returns the reservation.
     pub async fn reserve_async(&self, len: usize) -> Result<Reservation<'_>> {
         Ok(Reservation {
-            reserved: self.core.reserve_async(len).await?,
+            reserved: Some(self.core.reserve_async(len).await?),
             len,
             made_in: Guarded::here(),
         })

@@ -79,6 +79,58 @@ pub(crate) struct Join {
     pub(crate) maxsize: AtomicU64,
 }
 
+/// How many claims can be open at once: reservations written in place
+/// without the producers' lock, and puts waiting behind them to be
+/// published in order.
+pub(crate) const CLAIM_SLOTS: usize = 16;
+
+/// What a claim slot holds.
+pub(crate) mod slot {
+    /// No claim.
+    pub(crate) const FREE: u32 = 0;
+    /// A claimant is writing its record (holding the slot's mutex).
+    pub(crate) const WRITING: u32 = 1;
+    /// The record is written, to be published when the claims before it
+    /// are.
+    pub(crate) const DONE: u32 = 2;
+    /// Given up (dropped, or its claimant died): its space is published as
+    /// a void record, which getters skip.
+    pub(crate) const VOID: u32 = 3;
+}
+
+/// One open claim: ring space past the tail that a producer fills without
+/// the producers' lock (see `core`'s module docs). Its fields are written
+/// under the producers' lock, `state` last.
+#[repr(C)]
+pub(crate) struct Slot {
+    /// Held by the claimant while it writes, so that a claimant that died
+    /// is told apart from one still writing.
+    mutex: MutexBytes,
+    /// One of [`slot`]'s values.
+    pub(crate) state: AtomicU32,
+    /// The ring offset where the claim starts (its wrap marker, or its
+    /// record): the tail's, when it is the oldest claim.
+    pub(crate) from: AtomicU64,
+    /// The ring offset of its record.
+    pub(crate) record: AtomicU64,
+    /// The bytes its record takes (the next claim starts after them).
+    pub(crate) size: AtomicU64,
+}
+
+/// The producers' claims beyond the tail, written under the producers'
+/// lock (and worked out again from the slots by the next holder when a
+/// holder dies).
+#[repr(C)]
+pub(crate) struct Claims {
+    /// How many slots are not free: 0 on the fast path, where the tail is
+    /// the frontier and `next` means nothing.
+    pub(crate) open: AtomicU32,
+    /// The claim frontier (`ring::Pos`) while claims are open: the offset
+    /// where the next record goes, with the put count the tail will have
+    /// once every open claim is published (a void one counts none).
+    pub(crate) next: AtomicU64,
+}
+
 /// The queue's control block, right after the object header.
 #[repr(C)]
 pub(crate) struct Control {
@@ -94,10 +146,29 @@ pub(crate) struct Control {
     pub(crate) seen_tail: Line<AtomicU64>,
     pub(crate) waits: Line<Waits>,
     pub(crate) join: Line<Join>,
+    pub(crate) claims: Line<Claims>,
+    pub(crate) slots: [Line<Slot>; CLAIM_SLOTS],
 }
 
 pub(crate) const PRODUCER_MUTEX: usize = HEADER_SIZE + offset_of!(Control, producer_mutex);
 pub(crate) const CONSUMER_MUTEX: usize = HEADER_SIZE + offset_of!(Control, consumer_mutex);
+
+/// The offset of claim slot `i`'s mutex.
+pub(crate) const fn slot_mutex(i: usize) -> usize {
+    HEADER_SIZE + offset_of!(Control, slots) + i * size_of::<Line<Slot>>() + offset_of!(Slot, mutex)
+}
+
+/// Every robust mutex of a queue, for the object model to initialise.
+static MUTEXES: [usize; 2 + CLAIM_SLOTS] = {
+    let mut all = [PRODUCER_MUTEX; 2 + CLAIM_SLOTS];
+    all[1] = CONSUMER_MUTEX;
+    let mut i = 0;
+    while i < CLAIM_SLOTS {
+        all[2 + i] = slot_mutex(i);
+        i += 1;
+    }
+    all
+};
 /// Where the ring starts.
 pub(crate) const RING_OFFSET: usize = HEADER_SIZE + size_of::<Control>();
 
@@ -127,7 +198,7 @@ impl Spec {
             1,
             8,
             RING_OFFSET - HEADER_SIZE,
-            &[PRODUCER_MUTEX, CONSUMER_MUTEX],
+            &MUTEXES,
         )
     }
 }

@@ -4,9 +4,13 @@
 //!
 //! # Records
 //!
-//! A record is `[len: u32][0: u32][payload][padding to 8]`. A record that
-//! does not fit before the end of the ring is preceded by a wrap marker
-//! (`len == u32::MAX`) and starts at offset 0.
+//! A record is `[len: u32][span: u32][payload][padding to 8]`. A record
+//! that does not fit before the end of the ring is preceded by a wrap
+//! marker (`len == u32::MAX`) and starts at offset 0. `span` is 0 for a
+//! record that takes its header and its padded payload, or the bytes it
+//! takes if more: a claim committed with fewer bytes than it reserved. A
+//! void record (`len == VOID`) is `span` bytes of a claim given up: it
+//! holds no item, counts as none, and getters step over it.
 //!
 //! # Two ends, one word each
 //!
@@ -23,6 +27,8 @@ use crate::layout::RING_OFFSET;
 
 /// The length that marks "the next record starts at offset 0".
 pub(crate) const WRAP: u32 = u32::MAX;
+/// The length that marks a void record: `span` bytes with no item.
+pub(crate) const VOID: u32 = u32::MAX - 1;
 /// Bytes in front of every payload.
 pub(crate) const RECORD_HEADER: u64 = 8;
 
@@ -125,12 +131,9 @@ impl Ring {
         let cap = self.capacity;
         let items = u64::from(v.items());
         let offset_ok = |p: Pos| u64::from(p.offset) < cap && p.offset % 8 == 0;
-        let ok = offset_ok(v.head)
-            && offset_ok(v.tail)
-            && items * RECORD_HEADER <= self.used(v)
-            // Nothing but a wrap marker between head and tail: it runs to
-            // the end of the ring, so the tail is at 0.
-            && (items != 0 || v.head.offset == v.tail.offset || v.tail.offset == 0);
+        // (With no item between head and tail there may still be wrap
+        // markers and void records.)
+        let ok = offset_ok(v.head) && offset_ok(v.tail) && items * RECORD_HEADER <= self.used(v);
         if ok {
             Ok(())
         } else {
@@ -147,7 +150,7 @@ impl Ring {
     pub(crate) fn record_size(&self, len: usize) -> Result<u64> {
         let limit = self.capacity - RECORD_HEADER;
         let len64 = len as u64;
-        if len64 > limit || len64 >= u64::from(WRAP) {
+        if len64 > limit || len64 >= u64::from(VOID) {
             return Err(Error::TooLarge { size: len64, limit });
         }
         Ok(RECORD_HEADER + len64.next_multiple_of(8))
@@ -198,44 +201,62 @@ impl Ring {
         }
     }
 
-    /// Finds the record at the head of a non-empty, checked view: the head
-    /// after taking it, the ring offset of its payload and its length. A
-    /// length that does not fit the ring is reported, never followed.
+    /// Finds the record at the head of a non-empty, checked view, past
+    /// any wrap marker and void record in front of it: the head after
+    /// taking it, the ring offset of its payload and its length. A length
+    /// or a span that does not fit the ring is reported, never followed.
     pub(crate) fn locate(&self, shm: &SharedMemory, v: &View) -> Result<(Pos, u64, usize)> {
         let cap = self.capacity;
         let mut avail = self.used(v);
         let mut off = u64::from(v.head.offset);
-        let mut len = read_len(shm, off)?;
-        if len == WRAP {
-            let skip = cap - off;
-            if off == 0 || skip >= avail {
-                return Err(Corruption(
-                    Property::Record,
-                    "a record after a wrap marker".to_owned(),
-                    format!("a wrap marker at ring offset {off} with nothing behind it"),
-                )
-                .error(shm));
+        let corrupt = |expected: String, found: String| {
+            Corruption(Property::Record, expected, found).error(shm)
+        };
+        loop {
+            let (len, span) = read_header(shm, off)?;
+            let span = u64::from(span);
+            if len == WRAP {
+                let skip = cap - off;
+                if off == 0 || skip >= avail {
+                    return Err(corrupt(
+                        "a record after a wrap marker".to_owned(),
+                        format!("a wrap marker at ring offset {off} with nothing behind it"),
+                    ));
+                }
+                avail -= skip;
+                off = 0;
+                continue;
             }
-            avail -= skip;
-            off = 0;
-            len = read_len(shm, 0)?;
+            if len == VOID {
+                // Something must follow it: the view holds an item.
+                if span < RECORD_HEADER || span % 8 != 0 || span > cap - off || span >= avail {
+                    return Err(corrupt(
+                        format!("a void record followed by a record within {avail} bytes"),
+                        format!("a void record of {span} bytes at ring offset {off}"),
+                    ));
+                }
+                avail -= span;
+                off = (off + span) % cap;
+                continue;
+            }
+            let least = RECORD_HEADER + u64::from(len).next_multiple_of(8);
+            let need = match span {
+                0 => least,
+                span if span >= least && span % 8 == 0 => span,
+                _ => 0,
+            };
+            if need == 0 || need > cap - off || need > avail {
+                return Err(corrupt(
+                    format!("a record within the {avail} bytes in use and the ring's {cap}"),
+                    format!("a record of {len} bytes spanning {span} at ring offset {off}"),
+                ));
+            }
+            let head = Pos {
+                count: v.head.count.wrapping_add(1),
+                offset: ((off + need) % cap) as u32,
+            };
+            return Ok((head, off + RECORD_HEADER, len as usize));
         }
-        let need = (len != WRAP)
-            .then(|| RECORD_HEADER + u64::from(len).next_multiple_of(8))
-            .filter(|&need| need <= cap - off && need <= avail);
-        let Some(need) = need else {
-            return Err(Corruption(
-                Property::Record,
-                format!("a record within the {avail} bytes in use and the ring's {cap}"),
-                format!("a record of {len} bytes at ring offset {off}"),
-            )
-            .error(shm));
-        };
-        let head = Pos {
-            count: v.head.count.wrapping_add(1),
-            offset: ((off + need) % cap) as u32,
-        };
-        Ok((head, off + RECORD_HEADER, len as usize))
     }
 }
 
@@ -251,9 +272,25 @@ pub(crate) fn read(shm: &SharedMemory, off: u64, buf: &mut [u8]) -> Result<()> {
     shm.read_at(RING_OFFSET + off as usize, buf)
 }
 
-/// The length word of the record (or wrap marker) at `off`.
-fn read_len(shm: &SharedMemory, off: u64) -> Result<u32> {
-    let mut b = [0u8; 4];
-    read(shm, off, &mut b)?;
-    Ok(u32::from_ne_bytes(b))
+/// The length and span words of the record (or wrap marker, whose second
+/// word means nothing) at `off`.
+fn read_header(shm: &SharedMemory, off: u64) -> Result<(u32, u32)> {
+    let mut len = [0u8; 4];
+    read(shm, off, &mut len)?;
+    let len = u32::from_ne_bytes(len);
+    if len == WRAP {
+        return Ok((len, 0));
+    }
+    let mut span = [0u8; 4];
+    read(shm, off + 4, &mut span)?;
+    Ok((len, u32::from_ne_bytes(span)))
+}
+
+/// The header of a record of `len` payload bytes that takes `span` bytes
+/// (0: just its header and padded payload).
+pub(crate) fn header(len: u32, span: u32) -> [u8; RECORD_HEADER as usize] {
+    let mut header = [0u8; RECORD_HEADER as usize];
+    header[..4].copy_from_slice(&len.to_ne_bytes());
+    header[4..].copy_from_slice(&span.to_ne_bytes());
+    header
 }

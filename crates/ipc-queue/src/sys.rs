@@ -4,7 +4,7 @@
 use ipc_shm::raw::{RobustMutexRef, HEADER_SIZE};
 use ipc_shm::SharedMemory;
 
-use crate::layout::{Control, CONSUMER_MUTEX, PRODUCER_MUTEX, RING_OFFSET};
+use crate::layout::{self, Control, CLAIM_SLOTS, CONSUMER_MUTEX, PRODUCER_MUTEX, RING_OFFSET};
 
 /// Which of the queue's two robust mutexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,17 +56,31 @@ pub(crate) fn mutex(shm: &SharedMemory, end: End) -> RobustMutexRef<'_> {
     unsafe { RobustMutexRef::at(shm, offset) }
 }
 
+/// The robust mutex of claim slot `i`, which a claimant holds while it
+/// writes its record.
+///
+/// # Panics
+///
+/// If `i` is not a slot's index.
+#[allow(unsafe_code)]
+pub(crate) fn slot_mutex(shm: &SharedMemory, i: usize) -> RobustMutexRef<'_> {
+    assert!(i < CLAIM_SLOTS, "claim slot {i} of {CLAIM_SLOTS}");
+    // SAFETY: as for `mutex`: the object model initialises every mutex the
+    // queue's spec lists, and it lists each slot's (`layout::slot_mutex`).
+    unsafe { RobustMutexRef::at(shm, layout::slot_mutex(i)) }
+}
+
 /// The `len` ring bytes at ring offset `off`, read in place.
 ///
 /// # Safety
 ///
-/// For as long as the slice lives, the caller holds the lock of the end
-/// that owns these bytes, in this process: the consumers' lock, for the
-/// record at the head (no putter writes between head and tail, and no
-/// other getter takes the record while the lock is held), or the
-/// producers' lock, for space it reserved past the tail (no getter reads
-/// it and no other putter writes it before the tail moves), and makes no
-/// `&mut` slice of them meanwhile.
+/// For as long as the slice lives, the caller owns these bytes, in this
+/// process: it holds the consumers' lock, for the record at the head (no
+/// putter writes between head and tail, and no other getter takes the
+/// record while the lock is held), or a claim on space past the tail (its
+/// slot's mutex: no getter reads the space before the tail passes it,
+/// which waits for the claim, and no other putter writes it, since claims
+/// never overlap), and makes no `&mut` slice of them meanwhile.
 ///
 /// # Panics
 ///
@@ -86,10 +100,9 @@ pub(crate) unsafe fn ring_bytes(shm: &SharedMemory, off: u64, len: usize) -> &[u
 ///
 /// # Safety
 ///
-/// For as long as the slice lives, the caller holds the producers' lock
-/// and the bytes are reserved space after the tail (no getter reads it and
-/// no other putter writes it before the tail moves past it), and makes no
-/// other slice of them.
+/// For as long as the slice lives, the caller holds a claim on these
+/// bytes, past the tail (see [`ring_bytes`]), and makes no other slice of
+/// them.
 ///
 /// # Panics
 ///

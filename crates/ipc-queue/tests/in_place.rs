@@ -199,28 +199,128 @@ fn an_abandoned_reservation_and_a_restored_item_leave_the_queue_as_it_was() {
 }
 
 #[test]
-fn a_put_while_this_thread_holds_a_reservation_fails_at_once() {
+fn puts_behind_this_threads_reservation_go_in_and_come_after_it() {
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let room = q.reserve(16).unwrap();
+    let mut room = q.reserve(16).unwrap();
+    // Other producers (here, this thread) go on: their items wait behind
+    // the reservation, published once it is.
+    q.put_bytes_nowait(b"x").unwrap();
+    q.put_bytes(b"y").unwrap();
+    assert_eq!(q.qsize(), 0, "nothing is published before the reservation");
+    // A get that only this thread's reservation could end fails at once.
     let start = Instant::now();
-    for put in [
-        q.put_bytes_nowait(b"x"),
-        q.put_bytes_timeout(b"x", PATIENCE),
-        q.put_bytes(b"x"),
-    ] {
-        assert!(matches!(put, Err(Error::InvalidArgument(_))), "{put:?}");
-    }
-    assert!(start.elapsed() < PATIENCE / 2, "it did not wait for itself");
-    let item = {
-        drop(room);
-        q.put_bytes(b"y").unwrap();
-        q.get_in_place().unwrap()
-    };
     assert!(matches!(
         q.get_bytes_timeout(PATIENCE),
         Err(Error::InvalidArgument(_))
     ));
-    assert_eq!(&item[..], b"y");
+    assert!(start.elapsed() < PATIENCE / 2, "it did not wait for itself");
+    room[..5].copy_from_slice(b"first");
+    room.truncate(5);
+    room.commit().unwrap();
+    for expected in [&b"first"[..], b"x", b"y"] {
+        assert_eq!(q.get_bytes_nowait().unwrap(), expected);
+    }
+    // Given up with items behind it, a reservation leaves a void the gets
+    // step over; given up as the newest, it leaves nothing.
+    let room = q.reserve(100).unwrap();
+    q.put_bytes(b"after").unwrap();
+    drop(room);
+    drop(q.reserve(100).unwrap());
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(q.get_bytes_nowait().unwrap(), b"after");
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+    assert_eq!(q.used_bytes(), 0);
+}
+
+#[test]
+fn reservations_committed_out_of_order_publish_in_order() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let (reserved, committed) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut first = q.reserve(8).unwrap();
+    let mut other = Process::new()
+        .allow_threads()
+        .pass("q", &q)
+        .unwrap()
+        .pass("reserved", &reserved)
+        .unwrap()
+        .pass("committed", &committed)
+        .unwrap()
+        .fork({
+            let (q, reserved, committed) = (&q, &reserved, &committed);
+            move || -> ipc_core::Result<()> {
+                // A second reservation while the first is open, committed
+                // first.
+                let mut second = q.reserve_nowait(6)?;
+                reserved.set();
+                second.copy_from_slice(b"second");
+                second.commit()?;
+                committed.set();
+                Ok(())
+            }
+        })
+        .unwrap();
+    assert!(reserved.wait_timeout(PATIENCE), "no second reservation");
+    assert!(
+        committed.wait_timeout(PATIENCE),
+        "the second never committed"
+    );
+    join_ok(&mut other);
+    assert!(
+        matches!(q.get_bytes_nowait(), Err(Error::Empty)),
+        "in order"
+    );
+    first.copy_from_slice(b"first...");
+    first.commit().unwrap();
+    assert_eq!(q.get_bytes_nowait().unwrap(), b"first...");
+    assert_eq!(q.get_bytes_nowait().unwrap(), b"second");
+}
+
+#[test]
+fn items_behind_a_producer_killed_holding_a_reservation_still_arrive() {
+    let q = JoinableQueue::<Vec<u8>>::builder()
+        .capacity(64 << 10)
+        .anonymous()
+        .unwrap();
+    let holding = Event::new().unwrap();
+    let mut holder = Process::new()
+        .allow_threads()
+        .pass("q", &q)
+        .unwrap()
+        .pass("holding", &holding)
+        .unwrap()
+        .fork({
+            let (q, holding) = (&q, &holding);
+            move || -> () {
+                let mut room = q.reserve(20 << 10).unwrap();
+                room[..10 << 10].fill(0xAB);
+                holding.set();
+                // Killed here; the parent waits on the event.
+                loop {
+                    std::thread::park();
+                }
+            }
+        })
+        .unwrap();
+    assert!(holding.wait_timeout(PATIENCE), "no reservation");
+    // An item put behind the reservation, then no producer any more: the
+    // waiting consumer itself finds the claimant gone.
+    q.put_bytes(b"after").unwrap();
+    let got = std::thread::scope(|scope| {
+        let consumer = scope.spawn(|| q.get_bytes_timeout(PATIENCE));
+        holder.kill().unwrap();
+        assert!(!join(&mut holder).success());
+        consumer.join().unwrap()
+    });
+    assert_eq!(got.unwrap(), b"after");
+    assert!(q.recoveries() >= 1, "the claimant's death was seen");
+    // The void counts as no put: one item, one task_done, and join ends.
+    assert_eq!(q.unfinished_tasks(), 1);
+    q.task_done().unwrap();
+    q.join_timeout(PATIENCE).unwrap();
+    // The ring is whole again.
+    let big = pattern(7, (64 << 10) - 64);
+    q.put_bytes_nowait(&big).unwrap();
+    assert_eq!(q.get_bytes_nowait().unwrap(), big);
 }
 
 #[test]
@@ -246,7 +346,7 @@ fn sizes_past_the_ring_and_commits_past_the_reservation_are_refused() {
 }
 
 #[test]
-fn an_open_reservation_holds_up_other_producers_not_consumers() {
+fn an_open_reservation_holds_up_neither_producers_nor_consumers() {
     let q = Queue::<Vec<u8>>::new().unwrap();
     q.put_bytes(b"queued").unwrap();
     let (reserved, checked) = (Event::new().unwrap(), Event::new().unwrap());
@@ -262,14 +362,16 @@ fn an_open_reservation_holds_up_other_producers_not_consumers() {
             let (q, reserved, checked) = (&q, &reserved, &checked);
             move || -> ipc_core::Result<()> {
                 assert!(reserved.wait_timeout(PATIENCE));
-                // A consumer goes on while a producer holds its reservation.
+                // A consumer goes on while a producer holds its reservation,
+                let start = Instant::now();
                 assert_eq!(q.get_bytes_nowait()?, b"queued");
-                // Another producer waits for it: a put that may not wait
-                // finds the queue busy.
-                assert!(matches!(q.put_bytes_nowait(b"other"), Err(Error::Full)));
+                // and so does another producer, whose item comes after the
+                // reservation's.
+                q.put_bytes_nowait(b"other")?;
+                assert!(start.elapsed() < PATIENCE / 2);
+                assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
                 checked.set();
-                // And goes in once the reservation is committed.
-                q.put_bytes_timeout(b"other", PATIENCE)
+                Ok(())
             }
         })
         .unwrap();
@@ -279,9 +381,9 @@ fn an_open_reservation_holds_up_other_producers_not_consumers() {
         checked.wait_timeout(PATIENCE),
         "the other process never checked"
     );
+    join_ok(&mut other);
     room.copy_from_slice(b"first");
     room.commit().unwrap();
-    join_ok(&mut other);
     assert_eq!(q.get_bytes().unwrap(), b"first");
     assert_eq!(q.get_bytes().unwrap(), b"other");
 }
