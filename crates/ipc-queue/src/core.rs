@@ -8,8 +8,9 @@
 //! single atomic store: a process killed at any instruction leaves either
 //! the old word (its put never returned, its get took nothing) or the new
 //! one, and the next process to take that end's mutex, told by it that the
-//! owner died, only checks the words and wakes everyone ([`Core::recover`]);
-//! there is nothing to repair. The number of items is `tail.count -
+//! owner died, checks the words, works the open claims out again from
+//! their slots (below) and wakes everyone ([`Core::recover`]); there is
+//! nothing else to repair. The number of items is `tail.count -
 //! head.count`; JoinableQueue's unfinished tasks are the put count (with
 //! the puts behind open claims) minus `done`.
 //!
@@ -703,6 +704,7 @@ impl Core {
         let c = self.control();
         let putters = self.putters();
         let mut spun = false;
+        let mut reaped = false;
         loop {
             let locked = self
                 .lock(End::Tail, deadline, on_busy.patience)
@@ -712,6 +714,12 @@ impl Core {
             }
             // The frontier: the tail, unless claims are open.
             let open = c.claims.open.load(Ordering::Relaxed);
+            if open as usize > CLAIM_SLOTS {
+                return Err(self.broken_claims(&format!("{open} claims open")));
+            }
+            // A claim, or a record behind claims, leaves a gap (see
+            // `Ring::place`).
+            let gap = if claim || open != 0 { RECORD_HEADER } else { 0 };
             let tail = if open == 0 {
                 Pos::load(&c.tail.pos, Ordering::Relaxed)
             } else {
@@ -748,20 +756,25 @@ impl Core {
                     }
                 }
             }
-            let mut placement = self.ring.place(&v, need);
+            let mut placement = self.ring.place(&v, need, gap);
             if placement.is_none() {
                 // The last look at the head shows no room: look again.
                 *seen = putters.seen();
                 v.head = Pos::load(&c.head.pos, Ordering::Acquire);
                 v.head.store(&c.seen_head, Ordering::Relaxed);
                 self.check(&v)?;
-                placement = self.ring.place(&v, need);
+                placement = self.ring.place(&v, need, gap);
             }
             if need >= self.ring.warm_record && placement.is_some_and(|at| at.record != 0) {
                 // A large record starts the ring again whenever the start
                 // is free: of a ring larger than the cache, only the start
                 // stays in it, where the records before were written.
-                placement = self.ring.place_at_start(&v, need).or(placement);
+                placement = self.ring.place_at_start(&v, need, gap).or(placement);
+            }
+            if let Some(marker) = placement.and_then(|at| at.marker) {
+                // Past the frontier, where no getter reads: harmless if the
+                // room is not taken after all.
+                self.ring_write(marker, &WRAP.to_ne_bytes())?;
             }
             let slot = match placement {
                 Some(_) if claim || open != 0 => {
@@ -776,10 +789,6 @@ impl Core {
                 _ => None,
             };
             if let Some(at) = placement.filter(|_| slot.is_some() || !(claim || open != 0)) {
-                // Past the frontier: no getter reads it before the commit.
-                if let Some(marker) = at.marker {
-                    self.ring_write(marker, &WRAP.to_ne_bytes())?;
-                }
                 return then(Room {
                     locked,
                     front: tail,
@@ -790,9 +799,11 @@ impl Core {
                     slot,
                 });
             }
-            if open != 0 && (placement.is_none() || slot.is_none()) {
+            if open != 0 && !reaped && (placement.is_none() || slot.is_none()) {
                 // The room or the slot may be a claim whose producer is
-                // gone: find out, and look again if anything changed.
+                // gone: find out, and look again (once a call) if anything
+                // changed.
+                reaped = true;
                 if self.advance()? {
                     self.wake_getters(locked);
                     continue;
@@ -807,7 +818,9 @@ impl Core {
                     .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
                 continue;
             }
-            if deadline != Deadline::Now && self.holds(End::Head) {
+            if deadline != Deadline::Now
+                && (self.holds(End::Head) || (open != 0 && self.holds_claim()))
+            {
                 return Err(Error::InvalidArgument(WAIT_FOR_SELF));
             }
             let waiting = Waiting {
@@ -863,7 +876,7 @@ impl Core {
         s.size.store(room.need, Ordering::Relaxed);
         s.state.store(state, Ordering::Release);
         crash_point();
-        c.claims.open.store(room.open + 1, Ordering::Relaxed);
+        c.claims.open.store(room.open + 1, Ordering::Release);
         self.ring
             .tail_after(room.front, &room.at, room.need)
             .store(&c.claims.next, Ordering::Release);
@@ -910,7 +923,7 @@ impl Core {
         let c = self.control();
         let s = &c.slots[i];
         let next = Pos::load(&c.claims.next, Ordering::Relaxed);
-        let end = ((record + need) % self.ring.capacity) as u32;
+        let end = (record.wrapping_add(need) % self.ring.capacity) as u32;
         let fewer = Pos {
             count: next.count.wrapping_sub(1),
             ..next
@@ -927,8 +940,14 @@ impl Core {
             let open = c.claims.open.load(Ordering::Relaxed);
             c.claims
                 .open
-                .store(open.saturating_sub(1), Ordering::Relaxed);
+                .store(open.saturating_sub(1), Ordering::Release);
             crash_point();
+            // Room (and a slot) came free without the tail moving: wake the
+            // putters waiting for it. Their word is the consumers' to bump,
+            // so one about to sleep on it can miss this and look again only
+            // after `SAFETY_NET`: a rare case (a reservation given up while a
+            // put waits for its room).
+            self.putters().wake();
         } else {
             self.ring_write(record, &ring::header(VOID, need as u32))?;
             s.state.store(slot::VOID, Ordering::Release);
@@ -972,7 +991,8 @@ impl Core {
                 s.record.load(Ordering::Relaxed),
                 s.size.load(Ordering::Relaxed),
             );
-            if record % 8 != 0 || need < RECORD_HEADER || need % 8 != 0 || record + need > cap {
+            let fits = record.checked_add(need).is_some_and(|end| end <= cap);
+            if record % 8 != 0 || need < RECORD_HEADER || need % 8 != 0 || !fits {
                 return Err(self.broken_claims(&format!("a claim of {need} bytes at {record}")));
             }
             let count = match s.state.load(Ordering::Acquire) {
@@ -994,7 +1014,7 @@ impl Core {
             .store(&c.tail.pos, Ordering::Release);
             crash_point();
             s.state.store(slot::FREE, Ordering::Release);
-            c.claims.open.store(open - 1, Ordering::Relaxed);
+            c.claims.open.store(open - 1, Ordering::Release);
             crash_point();
             moved = true;
         }
@@ -1092,7 +1112,7 @@ impl Core {
             }
         }
         front.store(&c.claims.next, Ordering::Release);
-        c.claims.open.store(open, Ordering::Relaxed);
+        c.claims.open.store(open, Ordering::Release);
     }
 
     /// Moves an empty ring whose tail is at `tail` back to offset 0, so
@@ -1232,6 +1252,7 @@ impl Core {
         let c = self.control();
         let getters = self.getters();
         let mut spun = false;
+        let mut nudged = false;
         loop {
             if spun {
                 // Items may wait behind a claim whose producer is gone,
@@ -1252,9 +1273,12 @@ impl Core {
                 v.tail.store(&c.seen_tail, Ordering::Relaxed);
                 if v.items() == 0 && self.is_closed() {
                     // Puts before the close are visible after it, or wait
-                    // behind claims still open.
+                    // behind claims still open. The claim count first: a
+                    // count of none that a publish left was stored after
+                    // its tail, which the load after it then sees.
+                    let open = c.claims.open.load(Ordering::Acquire);
                     v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
-                    if v.items() == 0 && c.claims.open.load(Ordering::Acquire) == 0 {
+                    if v.items() == 0 && open == 0 {
                         return Err(Error::Closed);
                     }
                 }
@@ -1274,6 +1298,14 @@ impl Core {
                     payload_off,
                     len,
                 });
+            }
+            if deadline == Deadline::Now && !nudged && c.claims.open.load(Ordering::Relaxed) != 0 {
+                // A get that may not wait looks behind open claims once
+                // (see above) before it says `Empty`.
+                nudged = true;
+                drop(locked);
+                self.nudge_claims()?;
+                continue;
             }
             // (Only once the spin found nothing: looking costs a line per
             // claim slot, and the spin mostly ends the wait.)
@@ -1417,6 +1449,8 @@ impl Core {
             if self.unfinished() == 0 {
                 return Ok(());
             }
+            // A claim whose producer is gone counts until it is found.
+            self.nudge_claims()?;
             let Some(sleep) = deadline.slice(SAFETY_NET) else {
                 return Err(Error::Timeout);
             };
@@ -1617,6 +1651,7 @@ impl Core {
             if self.unfinished() == 0 {
                 return Ok(());
             }
+            self.nudge_claims()?;
             joiners.register(seen);
             ipc_shm::watch::changed(joiners.seq, seen).await;
         }
@@ -1917,6 +1952,63 @@ mod tests {
             }
             k += 1;
         }
+    }
+
+    #[test]
+    fn claims_never_fill_the_ring_and_a_full_one_is_whole_at_any_step() {
+        // Records of 64 bytes in a ring of 256: with a claim open, three
+        // fit and the fourth would fill the ring, which claims never do.
+        let item = |b: u8| vec![b; 56];
+        let mut k = 1;
+        loop {
+            let q = queue();
+            let crashed = crash_at(&q, k, |q| {
+                let mut room = q.reserve(56).unwrap();
+                q.put_bytes(&item(2)).unwrap();
+                q.put_bytes(&item(3)).unwrap();
+                assert!(matches!(q.put_bytes_nowait(&item(4)), Err(Error::Full)));
+                room.copy_from_slice(&item(1));
+                room.commit().unwrap();
+            });
+            q.put_bytes(b"after").unwrap();
+            let got = drain(&q);
+            let after = b"after".to_vec();
+            let whole = [
+                vec![after.clone()],
+                vec![item(2), after.clone()],
+                vec![item(2), item(3), after.clone()],
+                vec![item(1), item(2), item(3), after.clone()],
+            ]
+            .contains(&got);
+            assert!(whole, "crash point {k}: {got:?}");
+            assert_eq!(q.used_bytes(), 0, "crash point {k}");
+            q.core().check(&q.core().view()).unwrap();
+            if !crashed {
+                return;
+            }
+            k += 1;
+        }
+    }
+
+    #[test]
+    fn hostile_claim_words_are_errors_not_panics() {
+        let q = queue();
+        let c = q.core().control();
+        c.claims.open.store(u32::MAX, Ordering::Relaxed);
+        assert!(matches!(q.put_bytes(b"x"), Err(Error::Corrupt(_))));
+        c.claims.open.store(1, Ordering::Relaxed);
+        let s = &c.slots[0];
+        s.state.store(slot::WRITING, Ordering::Relaxed);
+        s.from.store(0, Ordering::Relaxed);
+        s.record.store(u64::MAX - 7, Ordering::Relaxed);
+        s.size.store(64, Ordering::Relaxed);
+        // A get that finds nothing looks behind the claim, and finds it
+        // broken.
+        assert!(matches!(q.get_bytes_nowait(), Err(Error::Corrupt(_))));
+        s.state.store(slot::FREE, Ordering::Relaxed);
+        c.claims.open.store(0, Ordering::Relaxed);
+        q.put_bytes(b"y").unwrap();
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"y");
     }
 
     #[test]

@@ -43,8 +43,8 @@
 //! that makes every consumer panic or crash is delivered again and again,
 //! holding up the items behind it: release an item (or copy what you need
 //! out of it) before processing it if the processing may fail. A
-//! `JoinableQueue`'s count of unfinished tasks counts puts and `task_done`
-//! calls only; call `task_done` after the item is released
+//! `JoinableQueue`'s count of unfinished tasks counts puts (and the
+//! reservations being written) and `task_done` calls only; call `task_done` after the item is released
 //! ([`JoinableQueue::task_done_with`](crate::JoinableQueue::task_done_with)
 //! does both, in that order), or a crash in between delivers an item whose
 //! task was already counted done.
@@ -107,8 +107,8 @@ use crate::Queue;
 
 /// Room for one item in the queue's ring, written in place: a slice of
 /// the ring (`&mut [u8]` through [`DerefMut`]) that becomes an item when
-/// it is [committed](Self::commit). Dropped uncommitted, it leaves the
-/// queue as it was. Made by [`Queue::reserve`].
+/// it is [committed](Self::commit). Dropped uncommitted, it makes no
+/// item. Made by [`Queue::reserve`].
 ///
 /// ```
 /// let q = ipc_queue::Queue::<Vec<u8>>::new()?;

@@ -158,7 +158,12 @@ impl Ring {
 
     /// Where a record of `need` bytes goes after `v.tail`, if there is room
     /// for it (and for one more item).
-    pub(crate) fn place(&self, v: &View, need: u64) -> Option<Placement> {
+    /// With `gap`, the record must leave that many bytes free after it: a
+    /// claim never fills the ring, so the claims' frontier never comes
+    /// round to the head, and a claim that was published before its slot
+    /// was freed (a producer killed in between) can never be taken for
+    /// the one at the tail.
+    pub(crate) fn place(&self, v: &View, need: u64, gap: u64) -> Option<Placement> {
         if self.maxsize != 0 && v.items() as usize >= self.maxsize {
             return None;
         }
@@ -166,12 +171,12 @@ impl Ring {
         let free = cap - self.used(v);
         let off = u64::from(v.tail.offset);
         if need <= cap - off {
-            (need <= free).then_some(Placement {
+            (need + gap <= free).then_some(Placement {
                 marker: None,
                 record: off,
             })
         } else {
-            (cap - off + need <= free).then_some(Placement {
+            (cap - off + need + gap <= free).then_some(Placement {
                 marker: Some(off),
                 record: 0,
             })
@@ -180,14 +185,14 @@ impl Ring {
 
     /// Where a record of `need` bytes goes if it starts the ring again at
     /// offset 0 (a wrap marker at the tail), if there is room for that.
-    pub(crate) fn place_at_start(&self, v: &View, need: u64) -> Option<Placement> {
+    pub(crate) fn place_at_start(&self, v: &View, need: u64, gap: u64) -> Option<Placement> {
         if self.maxsize != 0 && v.items() as usize >= self.maxsize {
             return None;
         }
         let cap = self.capacity;
         let off = u64::from(v.tail.offset);
         let free = cap - self.used(v);
-        (off != 0 && cap - off + need <= free).then_some(Placement {
+        (off != 0 && cap - off + need + gap <= free).then_some(Placement {
             marker: Some(off),
             record: 0,
         })

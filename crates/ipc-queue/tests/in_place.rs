@@ -324,6 +324,60 @@ fn items_behind_a_producer_killed_holding_a_reservation_still_arrive() {
 }
 
 #[test]
+fn a_claimant_that_died_holds_up_neither_join_nor_a_get_that_may_not_wait() {
+    let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+    kill_while_holding(&q, || std::mem::forget(q.reserve(100).unwrap()));
+    // Found by join: the claim counted as unfinished until then.
+    q.join_timeout(PATIENCE).unwrap();
+    kill_while_holding(&q, || std::mem::forget(q.reserve(100).unwrap()));
+    q.put_bytes(b"behind").unwrap();
+    // Found by a get that may not wait, which then takes the item.
+    assert_eq!(q.get_bytes_nowait().unwrap(), b"behind");
+    q.task_done().unwrap();
+    q.join_timeout(PATIENCE).unwrap();
+    assert!(q.recoveries() >= 2);
+}
+
+#[test]
+fn a_put_that_only_this_threads_reservation_could_let_in_fails_at_once() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let _room = q.reserve(8).unwrap();
+    // Every claim slot taken: the reservation and 15 puts behind it.
+    for _ in 0..15 {
+        q.put_bytes(b"x").unwrap();
+    }
+    let start = Instant::now();
+    assert!(matches!(
+        q.put_bytes_timeout(b"x", PATIENCE),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(start.elapsed() < PATIENCE / 2, "it did not wait for itself");
+}
+
+#[test]
+fn a_closed_queue_is_drained_of_an_item_being_published() {
+    // A getter that polls a closed queue while a reservation is committed
+    // sees the item or an empty queue, never `Closed` before the item.
+    for _ in 0..5000 {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let mut room = q.reserve(4).unwrap();
+        room.copy_from_slice(b"last");
+        q.close().unwrap();
+        std::thread::scope(|scope| {
+            let getter = scope.spawn(|| loop {
+                match q.get_bytes_nowait() {
+                    Err(Error::Empty) => continue,
+                    other => return other,
+                }
+            });
+            room.commit().unwrap();
+            assert_eq!(getter.join().unwrap().unwrap(), b"last");
+        });
+        assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+    }
+}
+
+#[test]
 fn sizes_past_the_ring_and_commits_past_the_reservation_are_refused() {
     let q = Queue::<Vec<u8>>::builder()
         .capacity(4096)
