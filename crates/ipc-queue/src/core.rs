@@ -1281,6 +1281,9 @@ impl Core {
                     if v.items() == 0 && open == 0 {
                         return Err(Error::Closed);
                     }
+                    // An item published since the look above is taken
+                    // below: the cached tail must not stay behind it.
+                    v.tail.store(&c.seen_tail, Ordering::Relaxed);
                 }
             }
             if self.ring.check(&v).is_err() {
