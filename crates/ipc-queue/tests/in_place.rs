@@ -19,12 +19,20 @@ fn fork_with<Q: ipc_core::process::Inheritable>(
     q: &Q,
     body: impl FnOnce() -> ipc_core::Result<()>,
 ) -> Child {
-    Process::new()
-        .allow_threads()
-        .pass("q", q)
-        .unwrap()
-        .fork(body)
-        .unwrap()
+    fork_with_events(q, &[], body)
+}
+
+/// [`fork_with`], passing `events` to the child too.
+fn fork_with_events<Q: ipc_core::process::Inheritable>(
+    q: &Q,
+    events: &[&Event],
+    body: impl FnOnce() -> ipc_core::Result<()>,
+) -> Child {
+    let mut process = Process::new().allow_threads().pass("q", q).unwrap();
+    for (i, event) in events.iter().enumerate() {
+        process = process.pass(&format!("event-{i}"), *event).unwrap();
+    }
+    process.fork(body).unwrap()
 }
 
 /// Forks a child that runs `hold` (which makes a reservation or borrows
@@ -237,28 +245,19 @@ fn reservations_committed_out_of_order_publish_in_order() {
     let q = Queue::<Vec<u8>>::new().unwrap();
     let (reserved, committed) = (Event::new().unwrap(), Event::new().unwrap());
     let mut first = q.reserve(8).unwrap();
-    let mut other = Process::new()
-        .allow_threads()
-        .pass("q", &q)
-        .unwrap()
-        .pass("reserved", &reserved)
-        .unwrap()
-        .pass("committed", &committed)
-        .unwrap()
-        .fork({
-            let (q, reserved, committed) = (&q, &reserved, &committed);
-            move || -> ipc_core::Result<()> {
-                // A second reservation while the first is open, committed
-                // first.
-                let mut second = q.reserve_nowait(6)?;
-                reserved.set();
-                second.copy_from_slice(b"second");
-                second.commit()?;
-                committed.set();
-                Ok(())
-            }
-        })
-        .unwrap();
+    let mut other = fork_with_events(&q, &[&reserved, &committed], {
+        let (q, reserved, committed) = (&q, &reserved, &committed);
+        move || -> ipc_core::Result<()> {
+            // A second reservation while the first is open, committed
+            // first.
+            let mut second = q.reserve_nowait(6)?;
+            reserved.set();
+            second.copy_from_slice(b"second");
+            second.commit()?;
+            committed.set();
+            Ok(())
+        }
+    });
     assert!(reserved.wait_timeout(PATIENCE), "no second reservation");
     assert!(
         committed.wait_timeout(PATIENCE),
@@ -404,31 +403,22 @@ fn an_open_reservation_holds_up_neither_producers_nor_consumers() {
     let q = Queue::<Vec<u8>>::new().unwrap();
     q.put_bytes(b"queued").unwrap();
     let (reserved, checked) = (Event::new().unwrap(), Event::new().unwrap());
-    let mut other = Process::new()
-        .allow_threads()
-        .pass("q", &q)
-        .unwrap()
-        .pass("reserved", &reserved)
-        .unwrap()
-        .pass("checked", &checked)
-        .unwrap()
-        .fork({
-            let (q, reserved, checked) = (&q, &reserved, &checked);
-            move || -> ipc_core::Result<()> {
-                assert!(reserved.wait_timeout(PATIENCE));
-                // A consumer goes on while a producer holds its reservation,
-                let start = Instant::now();
-                assert_eq!(q.get_bytes_nowait()?, b"queued");
-                // and so does another producer, whose item comes after the
-                // reservation's.
-                q.put_bytes_nowait(b"other")?;
-                assert!(start.elapsed() < PATIENCE / 2);
-                assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
-                checked.set();
-                Ok(())
-            }
-        })
-        .unwrap();
+    let mut other = fork_with_events(&q, &[&reserved, &checked], {
+        let (q, reserved, checked) = (&q, &reserved, &checked);
+        move || -> ipc_core::Result<()> {
+            assert!(reserved.wait_timeout(PATIENCE));
+            // A consumer goes on while a producer holds its reservation,
+            let start = Instant::now();
+            assert_eq!(q.get_bytes_nowait()?, b"queued");
+            // and so does another producer, whose item comes after the
+            // reservation's.
+            q.put_bytes_nowait(b"other")?;
+            assert!(start.elapsed() < PATIENCE / 2);
+            assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+            checked.set();
+            Ok(())
+        }
+    });
     let mut room = q.reserve(5).unwrap();
     reserved.set();
     assert!(
