@@ -459,6 +459,18 @@ impl Core {
         sys::mutex(self.shm(), end).is_held_by_this_thread()
     }
 
+    /// Where the next record goes, with the put count once every open
+    /// claim is published: the tail when `open` (the claim count read by
+    /// the caller) is 0, else the claim frontier.
+    fn frontier(&self, open: u32, order: Ordering) -> Pos {
+        let c = self.control();
+        if open == 0 {
+            Pos::load(&c.tail.pos, order)
+        } else {
+            Pos::load(&c.claims.next, order)
+        }
+    }
+
     /// Whether this thread holds a claim (a reservation): the items after
     /// it wait for it.
     fn holds_claim(&self) -> bool {
@@ -720,11 +732,7 @@ impl Core {
             // A claim, or a record behind claims, leaves a gap (see
             // `Ring::place`).
             let gap = if claim || open != 0 { RECORD_HEADER } else { 0 };
-            let tail = if open == 0 {
-                Pos::load(&c.tail.pos, Ordering::Relaxed)
-            } else {
-                Pos::load(&c.claims.next, Ordering::Relaxed)
-            };
+            let tail = self.frontier(open, Ordering::Relaxed);
             let mut v = View {
                 head: Pos::load(&c.seen_head, Ordering::Relaxed),
                 tail,
@@ -955,10 +963,7 @@ impl Core {
             fewer.store(&c.claims.next, Ordering::Release);
             crash_point();
         }
-        let joiners = self.joiners();
-        joiners.seq.fetch_add(1, Ordering::Release);
-        fence(Ordering::SeqCst);
-        joiners.wake();
+        self.wake_joiners();
         Ok(())
     }
 
@@ -1398,11 +1403,8 @@ impl Core {
         let c = self.control();
         let done = c.join.done.load(Ordering::Acquire);
         // Puts behind open claims count, and reservations being written.
-        let puts = if c.claims.open.load(Ordering::Acquire) == 0 {
-            Pos::load(&c.tail.pos, Ordering::Acquire)
-        } else {
-            Pos::load(&c.claims.next, Ordering::Acquire)
-        };
+        let open = c.claims.open.load(Ordering::Acquire);
+        let puts = self.frontier(open, Ordering::Acquire);
         puts.count.wrapping_sub(done) as usize
     }
 
@@ -1435,13 +1437,19 @@ impl Core {
                 Err(now) => seen = now,
             }
         }
+        self.wake_joiners();
+        Ok(())
+    }
+
+    /// Tells joiners the unfinished count changed (it is only ever read,
+    /// never written, so any process may bump their word, atomically).
+    fn wake_joiners(&self) {
         let joiners = self.joiners();
         let now = joiners.seq.fetch_add(1, Ordering::Release).wrapping_add(1);
         fence(Ordering::SeqCst);
         if joiners.take(now) {
             joiners.wake();
         }
-        Ok(())
     }
 
     /// Waits until every item put has been marked done.
@@ -1766,8 +1774,7 @@ mod tests {
         op: impl Fn(&Queue<Vec<u8>>),
         check: impl Fn(u32, Vec<Vec<u8>>),
     ) -> u32 {
-        let mut k = 1;
-        loop {
+        every_crash_point(|k| {
             let q = setup();
             let crashed = crash_at(&q, k, &op);
             check(k, drain(&q));
@@ -1776,11 +1783,18 @@ mod tests {
             // One lock recovered, or both for a put that died realigning.
             assert_eq!(q.recoveries() != 0, crashed, "crash point {k}");
             q.core().check(&q.core().view()).unwrap();
-            if !crashed {
-                return k - 1;
-            }
+            crashed
+        })
+    }
+
+    /// Runs `round` for crash points 1, 2, ... until it says its child did
+    /// not crash (it finished); returns how many crash points there were.
+    fn every_crash_point(mut round: impl FnMut(u32) -> bool) -> u32 {
+        let mut k = 1;
+        while round(k) {
             k += 1;
         }
+        k - 1
     }
 
     #[test]
@@ -1872,8 +1886,7 @@ mod tests {
     /// in claim order, and nothing of a child that gave up.
     fn claim_behind_another_at_every_step(give_up: bool) -> u32 {
         let (a, first, second) = (b"a".to_vec(), b"first...".to_vec(), b"second..".to_vec());
-        let mut k = 1;
-        loop {
+        every_crash_point(|k| {
             let q = queue();
             q.put_bytes(&a).unwrap();
             let mut open = q.reserve(8).unwrap();
@@ -1895,13 +1908,15 @@ mod tests {
             assert!(!crashed || q.recoveries() != 0, "crash point {k}");
             q.put_bytes(b"after").unwrap();
             assert_eq!(q.get_bytes_nowait().unwrap(), b"after", "crash point {k}");
-            assert_eq!(q.used_bytes(), 0, "crash point {k}");
-            q.core().check(&q.core().view()).unwrap();
-            if !crashed {
-                return k - 1;
-            }
-            k += 1;
-        }
+            drained_and_whole(&q, k);
+            crashed
+        })
+    }
+
+    /// Checks that `q`, drained, uses no space and has valid words.
+    fn drained_and_whole(q: &Queue<Vec<u8>>, k: u32) {
+        assert_eq!(q.used_bytes(), 0, "crash point {k}");
+        q.core().check(&q.core().view()).unwrap();
     }
 
     #[test]
@@ -1922,8 +1937,7 @@ mod tests {
     fn a_put_behind_a_claim_and_the_commit_that_publishes_both_are_whole_at_any_step() {
         let (a, r, b) = (b"a".to_vec(), b"reserved".to_vec(), b"b".to_vec());
         let after = b"after".to_vec();
-        let mut k = 1;
-        loop {
+        let steps = every_crash_point(|k| {
             let q = queue();
             q.put_bytes(&a).unwrap();
             let crashed = crash_at(&q, k, |q| {
@@ -1943,18 +1957,13 @@ mod tests {
             .contains(&got);
             assert!(whole, "crash point {k}: {got:?}");
             assert!(!crashed || q.recoveries() != 0, "crash point {k}");
-            assert_eq!(q.used_bytes(), 0, "crash point {k}");
-            q.core().check(&q.core().view()).unwrap();
-            if !crashed {
-                // The claim (slot, frontier); the put's payload, header
-                // and claim (slot, frontier); the commit's header and
-                // state; the two records published (each a tail and a
-                // freed slot).
-                assert_eq!(k - 1, 12);
-                return;
-            }
-            k += 1;
-        }
+            drained_and_whole(&q, k);
+            crashed
+        });
+        // The claim (slot, frontier); the put's payload, header and claim
+        // (slot, frontier); the commit's header and state; the two records
+        // published (each a tail and a freed slot).
+        assert_eq!(steps, 12);
     }
 
     #[test]
@@ -1962,8 +1971,7 @@ mod tests {
         // Records of 64 bytes in a ring of 256: with a claim open, three
         // fit and the fourth would fill the ring, which claims never do.
         let item = |b: u8| vec![b; 56];
-        let mut k = 1;
-        loop {
+        every_crash_point(|k| {
             let q = queue();
             let crashed = crash_at(&q, k, |q| {
                 let mut room = q.reserve(56).unwrap();
@@ -1984,13 +1992,9 @@ mod tests {
             ]
             .contains(&got);
             assert!(whole, "crash point {k}: {got:?}");
-            assert_eq!(q.used_bytes(), 0, "crash point {k}");
-            q.core().check(&q.core().view()).unwrap();
-            if !crashed {
-                return;
-            }
-            k += 1;
-        }
+            drained_and_whole(&q, k);
+            crashed
+        });
     }
 
     #[test]
