@@ -49,7 +49,7 @@
 use std::cell::RefCell;
 #[cfg(feature = "tokio")]
 use std::future::Future;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ipc_core::process::Inherited;
@@ -58,7 +58,8 @@ use ipc_shm::raw::{Object, Place, RobustMutexRef, SAFETY_NET};
 use ipc_shm::SharedMemory;
 
 use crate::layout::{
-    slot, Control, Params, Spec, CLAIM_SLOTS, MAX_CAPACITY, MIN_CAPACITY, TOO_LARGE,
+    slot, Chain, Control, Line, Params, Slot, Spec, BORROW_SLOTS, CLAIM_SLOTS, MAX_CAPACITY,
+    MIN_CAPACITY, TOO_LARGE,
 };
 use crate::ring::{self, Corruption, Pos, Ring, View, RECORD_HEADER, VOID, WRAP};
 use crate::sys::{self, End};
@@ -221,18 +222,25 @@ impl Room<'_> {
     }
 }
 
-/// The record at the head, found by a consumer that holds the consumers'
-/// lock: no other getter takes it and no putter writes over it until
-/// [`Core::consume`] takes it. Dropped unconsumed, it stays at the head
-/// for the next get.
+/// The next record for a getter, found by a consumer that holds the
+/// consumers' lock, at the consumers' frontier (the head, when no borrow
+/// is open): no other getter takes it and no putter writes over it until
+/// [`Core::consume`] takes it or a borrow is opened on it. Dropped
+/// unconsumed, it stays for the next get.
 pub(crate) struct Record<'a> {
     locked: Locked<'a>,
-    /// The head once the record is taken.
-    head: Pos,
-    /// The ring offset of the payload.
-    payload_off: u64,
-    /// The payload's length, checked against the ring.
-    len: usize,
+    /// Where it is, and the frontier once it is taken.
+    at: ring::Located,
+    /// The frontier it was found at, and how many borrows were open (0:
+    /// the frontier is the head).
+    front: Pos,
+    open: u32,
+    /// A borrow slot, when the record needs one (it is borrowed, or taken
+    /// behind open borrows): its index, and its mutex if this thread took
+    /// it (a borrow, or an item taken over from a borrower that is gone).
+    slot: Option<(usize, Option<RobustMutexRef<'a>>)>,
+    /// Whether the slot was open already: an item given back, taken again.
+    again: bool,
 }
 
 /// A reservation in the ring, for an in-place put: an open claim, whose
@@ -291,10 +299,16 @@ impl Drop for Reserved<'_> {
     }
 }
 
-/// The record at the head, borrowed for an in-place get.
+/// A record borrowed for an in-place get: an open borrow, whose slot's
+/// mutex this thread holds until the borrow is settled (released, or given
+/// back when it is dropped unreleased).
 pub(crate) struct Taken<'a> {
     core: &'a Core,
-    record: Record<'a>,
+    slot: usize,
+    mutex: RobustMutexRef<'a>,
+    payload_off: u64,
+    len: usize,
+    settled: bool,
 }
 
 impl Taken<'_> {
@@ -305,17 +319,36 @@ impl Taken<'_> {
 
     /// The ring offset of the payload.
     pub(crate) fn payload_off(&self) -> u64 {
-        self.record.payload_off
+        self.payload_off
     }
 
     /// The payload's length.
     pub(crate) fn len(&self) -> usize {
-        self.record.len
+        self.len
     }
 
-    /// Takes the record off the queue.
-    pub(crate) fn release(self) {
-        self.core.consume(self.record);
+    /// Takes the record off the queue, as soon as the borrows before it
+    /// are settled.
+    pub(crate) fn release(mut self) -> Result<()> {
+        self.settled = true;
+        self.core.settle_borrow(self.slot, &self.mutex, true)
+    }
+
+    /// Leaves the borrow as it is, for the process that made it: a copy
+    /// carried into a forked child, where its mutex is not held.
+    pub(crate) fn forget(mut self) {
+        self.settled = true;
+    }
+}
+
+/// Dropped unreleased, a borrow gives its item back: the next get takes it.
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            // An error here leaves the borrow to be found given up (its
+            // mutex free, its state still "held") by the next getter.
+            let _ = self.core.settle_borrow(self.slot, &self.mutex, false);
+        }
     }
 }
 
@@ -451,31 +484,51 @@ impl Core {
         }
     }
 
-    /// Takes one end's lock, checking the queue first if its last holder
-    /// died.
-    /// Whether this thread holds `end`'s lock (an in-place guard): then a
-    /// wait for the other end could only end by this thread's own doing.
-    fn holds(&self, end: End) -> bool {
-        sys::mutex(self.shm(), end).is_held_by_this_thread()
-    }
-
-    /// Where the next record goes, with the put count once every open
-    /// claim is published: the tail when `open` (the claim count read by
-    /// the caller) is 0, else the claim frontier.
-    fn frontier(&self, open: u32, order: Ordering) -> Pos {
+    /// The claims (`Tail`) or the borrows (`Head`).
+    fn chain(&self, end: End) -> &Chain {
         let c = self.control();
-        if open == 0 {
-            Pos::load(&c.tail.pos, order)
-        } else {
-            Pos::load(&c.claims.next, order)
+        match end {
+            End::Tail => &c.claims,
+            End::Head => &c.borrows,
         }
     }
 
-    /// Whether this thread holds a claim (a reservation): the items after
-    /// it wait for it.
-    fn holds_claim(&self) -> bool {
-        self.control().claims.open.load(Ordering::Relaxed) != 0
-            && (0..CLAIM_SLOTS).any(|i| sys::slot_mutex(self.shm(), i).is_held_by_this_thread())
+    /// The slots of the claims (`Tail`) or of the borrows (`Head`).
+    fn slots(&self, end: End) -> &[Line<Slot>] {
+        let c = self.control();
+        match end {
+            End::Tail => &c.claim_slots,
+            End::Head => &c.borrow_slots,
+        }
+    }
+
+    /// `end`'s commit word: the tail or the head.
+    fn word(&self, end: End) -> &AtomicU64 {
+        let c = self.control();
+        match end {
+            End::Tail => &c.tail.pos,
+            End::Head => &c.head.pos,
+        }
+    }
+
+    /// Where `end` goes on from, with its count once every open slot is
+    /// settled: the end's word when `open` (the slot count read by the
+    /// caller) is 0, else the chain's frontier. For producers, where the
+    /// next record goes; for consumers, where the next one to take lies.
+    fn frontier(&self, end: End, open: u32, order: Ordering) -> Pos {
+        if open == 0 {
+            Pos::load(self.word(end), order)
+        } else {
+            Pos::load(&self.chain(end).next, order)
+        }
+    }
+
+    /// Whether this thread holds a slot of `end`'s chain (a reservation, a
+    /// borrowed item): what comes after it at that end waits for it.
+    fn holds_slot(&self, end: End) -> bool {
+        let slots = self.slots(end).len();
+        self.chain(end).open.load(Ordering::Relaxed) != 0
+            && (0..slots).any(|i| sys::slot_mutex(self.shm(), end, i).is_held_by_this_thread())
     }
 
     /// For a getter about to wait while claims are open: publishes what is
@@ -547,17 +600,20 @@ impl Core {
     /// wakes every waiter (the dead process may have owed one a wake-up).
     /// Every change is one store, so there is nothing to finish or undo.
     fn recover(&self, end: End) -> Result<()> {
-        if end == End::Tail {
-            self.recover_claims();
-        }
+        self.recover_chain(end);
         self.check(&self.view())?;
         self.control()
             .waits
             .recoveries
             .fetch_add(1, Ordering::Relaxed);
-        if end == End::Tail {
-            // What the dead holder settled and did not publish.
-            self.advance()?;
+        // What the dead holder settled and did not publish (or take off).
+        match end {
+            End::Tail => {
+                self.advance()?;
+            }
+            End::Head => {
+                self.advance_borrows_locked(BORROW_SLOTS)?;
+            }
         }
         self.wake_all(end);
         Ok(())
@@ -640,7 +696,7 @@ impl Core {
         let Some((slot, Some(mutex))) = room.slot else {
             return Err(Error::InvalidArgument("a claim without a slot"));
         };
-        self.open_claim(slot, &room, slot::WRITING);
+        self.open_claim(slot, &room, slot::HELD);
         Ok(Reserved {
             core: self,
             slot,
@@ -727,12 +783,12 @@ impl Core {
             // The frontier: the tail, unless claims are open.
             let open = c.claims.open.load(Ordering::Relaxed);
             if open as usize > CLAIM_SLOTS {
-                return Err(self.broken_claims(&format!("{open} claims open")));
+                return Err(self.broken_chain(End::Tail, &format!("{open} claims open")));
             }
             // A claim, or a record behind claims, leaves a gap (see
             // `Ring::place`).
             let gap = if claim || open != 0 { RECORD_HEADER } else { 0 };
-            let tail = self.frontier(open, Ordering::Relaxed);
+            let tail = self.frontier(End::Tail, open, Ordering::Relaxed);
             let mut v = View {
                 head: Pos::load(&c.seen_head, Ordering::Relaxed),
                 tail,
@@ -786,7 +842,7 @@ impl Core {
             }
             let slot = match placement {
                 Some(_) if claim || open != 0 => {
-                    let slot = self.free_slot(claim)?;
+                    let slot = self.free_slot(End::Tail, claim)?;
                     if slot.is_none() {
                         // Every slot holds a claim: wait for the tail to
                         // pass some (`advance` wakes this end's sleepers).
@@ -827,7 +883,7 @@ impl Core {
                 continue;
             }
             if deadline != Deadline::Now
-                && (self.holds(End::Head) || (open != 0 && self.holds_claim()))
+                && (self.holds_slot(End::Head) || (open != 0 && self.holds_slot(End::Tail)))
             {
                 return Err(Error::InvalidArgument(WAIT_FOR_SELF));
             }
@@ -846,22 +902,25 @@ impl Core {
         }
     }
 
-    /// A free claim slot, called holding the producers' lock; with `lock`,
-    /// one whose mutex this thread could take (a claimant that settled
-    /// lets its mutex go just after its slot is freed), taken.
-    fn free_slot(&self, lock: bool) -> Result<Option<(usize, Option<RobustMutexRef<'_>>)>> {
-        let c = self.control();
-        for i in 0..CLAIM_SLOTS {
-            if c.slots[i].state.load(Ordering::Acquire) != slot::FREE {
+    /// A free slot of `end`'s chain, called holding that end's lock; with
+    /// `lock`, one whose mutex this thread could take (a holder that
+    /// settled lets its mutex go just after its slot is freed), taken.
+    fn free_slot(
+        &self,
+        end: End,
+        lock: bool,
+    ) -> Result<Option<(usize, Option<RobustMutexRef<'_>>)>> {
+        for (i, s) in self.slots(end).iter().enumerate() {
+            if s.state.load(Ordering::Acquire) != slot::FREE {
                 continue;
             }
             if !lock {
                 return Ok(Some((i, None)));
             }
-            let mutex = sys::slot_mutex(self.shm(), i);
+            let mutex = sys::slot_mutex(self.shm(), end, i);
             if let Some(died) = mutex.try_lock()? {
                 if died {
-                    // A claimant that died after its claim was settled.
+                    // A holder that died after its slot was settled.
                     mutex.mark_consistent();
                 }
                 return Ok(Some((i, Some(mutex))));
@@ -876,18 +935,29 @@ impl Core {
     /// a holder that dies leaves a slot that is free or whole, and the next
     /// holder works the frontier out from the slots (`recover_claims`).
     fn open_claim(&self, i: usize, room: &Room<'_>, state: u32) {
-        let c = self.control();
-        let s = &c.slots[i];
-        s.from
-            .store(u64::from(room.front.offset), Ordering::Relaxed);
-        s.record.store(room.at.record, Ordering::Relaxed);
-        s.size.store(room.need, Ordering::Relaxed);
+        let next = self.ring.tail_after(room.front, &room.at, room.need);
+        self.open_slot(End::Tail, i, room.front, room.at.record, room.need, state);
+        self.finish_opening(End::Tail, room.open, next);
+    }
+
+    /// Fills in slot `i` of `end`'s chain: its part of the ring starts at
+    /// `front` (the frontier), its record at `record` and takes `need`
+    /// bytes; its state last.
+    fn open_slot(&self, end: End, i: usize, front: Pos, record: u64, need: u64, state: u32) {
+        let s = &self.slots(end)[i];
+        s.from.store(u64::from(front.offset), Ordering::Relaxed);
+        s.record.store(record, Ordering::Relaxed);
+        s.size.store(need, Ordering::Relaxed);
         s.state.store(state, Ordering::Release);
         crash_point();
-        c.claims.open.store(room.open + 1, Ordering::Release);
-        self.ring
-            .tail_after(room.front, &room.at, room.need)
-            .store(&c.claims.next, Ordering::Release);
+    }
+
+    /// Counts a slot just opened in `end`'s chain (which had `open`) and
+    /// moves the frontier to `next`, after it.
+    fn finish_opening(&self, end: End, open: u32, next: Pos) {
+        let chain = self.chain(end);
+        chain.open.store(open + 1, Ordering::Release);
+        next.store(&chain.next, Ordering::Release);
         crash_point();
     }
 
@@ -897,7 +967,7 @@ impl Core {
     /// getters step over. Then publishes what is ready from the tail on.
     fn settle(&self, r: &Reserved<'_>, commit: Option<usize>) -> Result<()> {
         let c = self.control();
-        let s = &c.slots[r.slot];
+        let s = &c.claim_slots[r.slot];
         if let Some(len) = commit {
             // The claim's own space: no lock needed to write it.
             self.ring_write(r.record, &ring::header(len as u32, r.need as u32))?;
@@ -929,7 +999,7 @@ impl Core {
     /// look again.
     fn give_up(&self, i: usize, record: u64, need: u64) -> Result<()> {
         let c = self.control();
-        let s = &c.slots[i];
+        let s = &c.claim_slots[i];
         let next = Pos::load(&c.claims.next, Ordering::Relaxed);
         let end = (record.wrapping_add(need) % self.ring.capacity) as u32;
         let fewer = Pos {
@@ -988,23 +1058,16 @@ impl Core {
                 break;
             }
             let tail = Pos::load(&c.tail.pos, Ordering::Relaxed);
-            let Some(i) = self.claim_at(u64::from(tail.offset), hint) else {
-                return Err(self.broken_claims(&format!("none at the tail {tail:?}")));
+            let Some(i) = self.slot_at(End::Tail, u64::from(tail.offset), hint) else {
+                return Err(self.broken_chain(End::Tail, &format!("none at the tail {tail:?}")));
             };
-            let s = &c.slots[i];
-            let (record, need) = (
-                s.record.load(Ordering::Relaxed),
-                s.size.load(Ordering::Relaxed),
-            );
-            let fits = record.checked_add(need).is_some_and(|end| end <= cap);
-            if record % 8 != 0 || need < RECORD_HEADER || need % 8 != 0 || !fits {
-                return Err(self.broken_claims(&format!("a claim of {need} bytes at {record}")));
-            }
+            let s = &c.claim_slots[i];
+            let (record, need) = self.slot_record(End::Tail, s)?;
             let count = match s.state.load(Ordering::Acquire) {
                 slot::DONE => tail.count.wrapping_add(1),
                 slot::VOID => tail.count,
                 _ => {
-                    if !self.claimant_gone(i)? {
+                    if !self.holder_gone(End::Tail, i)? {
                         break;
                     }
                     self.give_up(i, record, need)?;
@@ -1031,27 +1094,44 @@ impl Core {
         Ok(moved)
     }
 
-    /// The open claim that starts at ring offset `from`, looking at slot
-    /// `hint` first (a settling claimant's own: most often the one at the
-    /// tail), so that a lone claim costs one slot's line, not sixteen.
-    fn claim_at(&self, from: u64, hint: usize) -> Option<usize> {
-        let c = self.control();
+    /// The open slot of `end`'s chain whose part of the ring starts at
+    /// offset `from`, looking at slot `hint` first (a settling holder's
+    /// own: most often the oldest), so that a lone claim or borrow costs
+    /// one slot's line, not sixteen.
+    fn slot_at(&self, end: End, from: u64, hint: usize) -> Option<usize> {
+        let slots = self.slots(end);
         let at = |i: usize| {
-            let s = &c.slots[i];
+            let s = &slots[i];
             s.state.load(Ordering::Acquire) != slot::FREE && s.from.load(Ordering::Relaxed) == from
         };
-        if hint < CLAIM_SLOTS && at(hint) {
+        if hint < slots.len() && at(hint) {
             return Some(hint);
         }
-        (0..CLAIM_SLOTS).find(|&i| at(i))
+        (0..slots.len()).find(|&i| at(i))
     }
 
-    /// Whether the claimant of slot `i`, whose state says it is still
-    /// writing, is gone: it died (its mutex says so), or let its mutex go
-    /// without settling. A claimant settles under the producers' lock,
+    /// The record of slot `s` of `end`'s chain: its offset and the bytes it
+    /// takes, checked against the ring (the words are the segment's).
+    fn slot_record(&self, end: End, s: &Slot) -> Result<(u64, u64)> {
+        let (record, need) = (
+            s.record.load(Ordering::Relaxed),
+            s.size.load(Ordering::Relaxed),
+        );
+        let fits = record
+            .checked_add(need)
+            .is_some_and(|end| end <= self.ring.capacity);
+        if record % 8 != 0 || need < RECORD_HEADER || need % 8 != 0 || !fits {
+            return Err(self.broken_chain(end, &format!("a slot of {need} bytes at {record}")));
+        }
+        Ok((record, need))
+    }
+
+    /// Whether the holder of slot `i` of `end`'s chain, whose state says it
+    /// still holds it, is gone: it died (its mutex says so), or let its
+    /// mutex go without settling. A holder settles under its end's lock,
     /// which the caller holds, before it lets the mutex go.
-    fn claimant_gone(&self, i: usize) -> Result<bool> {
-        let mutex = sys::slot_mutex(self.shm(), i);
+    fn holder_gone(&self, end: End, i: usize) -> Result<bool> {
+        let mutex = sys::slot_mutex(self.shm(), end, i);
         if mutex.is_held_by_this_thread() {
             return Ok(false);
         }
@@ -1059,11 +1139,7 @@ impl Core {
             None => Ok(false),
             Some(died) => {
                 if died {
-                    mutex.mark_consistent();
-                    self.control()
-                        .waits
-                        .recoveries
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.count_dead_holder(&mutex);
                 }
                 let _ = mutex.unlock();
                 Ok(true)
@@ -1071,53 +1147,65 @@ impl Core {
         }
     }
 
-    /// The error of claim slots no sequence of operations leaves.
-    fn broken_claims(&self, found: &str) -> Error {
-        Corruption(
-            Property::ControlWord,
-            "a chain of claims from the tail".to_owned(),
-            found.to_owned(),
-        )
-        .error(self.shm())
+    /// A slot's mutex whose holder died, taken: consistent again, and
+    /// counted as a recovery.
+    fn count_dead_holder(&self, mutex: &RobustMutexRef<'_>) {
+        mutex.mark_consistent();
+        self.control()
+            .waits
+            .recoveries
+            .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// After a producer died holding the producers' lock: works the open
-    /// claims and the frontier out from the slots again (the slots are the
-    /// truth; `open` and `next` are written after them), freeing any slot
-    /// the tail has already passed.
-    fn recover_claims(&self) {
-        let c = self.control();
+    /// The error of slots no sequence of operations leaves.
+    fn broken_chain(&self, end: End, found: &str) -> Error {
+        let expected = match end {
+            End::Tail => "a chain of claims from the tail",
+            End::Head => "a chain of borrows from the head",
+        };
+        Corruption(Property::ControlWord, expected.to_owned(), found.to_owned()).error(self.shm())
+    }
+
+    /// After a holder of `end`'s lock died: works the open slots and the
+    /// frontier out from the slots again (the slots are the truth; `open`
+    /// and `next` are written after them), freeing any slot the end's word
+    /// has already passed. Every open borrow may have been let go: the
+    /// next get looks.
+    fn recover_chain(&self, end: End) {
+        let chain = self.chain(end);
+        let slots = self.slots(end);
         let cap = self.ring.capacity;
-        let tail = Pos::load(&c.tail.pos, Ordering::Relaxed);
-        let mut chain = [false; CLAIM_SLOTS];
-        let mut front = tail;
+        let mut in_chain = [false; CLAIM_SLOTS];
+        let mut front = Pos::load(self.word(end), Ordering::Relaxed);
         let mut open = 0;
-        while let Some(i) = (0..CLAIM_SLOTS).find(|&i| {
-            !chain[i]
-                && c.slots[i].state.load(Ordering::Acquire) != slot::FREE
-                && c.slots[i].from.load(Ordering::Relaxed) == u64::from(front.offset)
+        while let Some(i) = (0..slots.len()).find(|&i| {
+            !in_chain[i]
+                && slots[i].state.load(Ordering::Acquire) != slot::FREE
+                && slots[i].from.load(Ordering::Relaxed) == u64::from(front.offset)
         }) {
-            let s = &c.slots[i];
+            let s = &slots[i];
             let end = s
                 .record
                 .load(Ordering::Relaxed)
                 .wrapping_add(s.size.load(Ordering::Relaxed))
                 % cap.max(1);
-            chain[i] = true;
+            in_chain[i] = true;
             open += 1;
+            // A void claim is no put.
             let counts = s.state.load(Ordering::Acquire) != slot::VOID;
             front = Pos {
                 count: front.count.wrapping_add(u32::from(counts)),
                 offset: end as u32,
             };
         }
-        for (i, in_chain) in chain.iter().enumerate() {
+        for (s, in_chain) in slots.iter().zip(in_chain) {
             if !in_chain {
-                c.slots[i].state.store(slot::FREE, Ordering::Release);
+                s.state.store(slot::FREE, Ordering::Release);
             }
         }
-        front.store(&c.claims.next, Ordering::Release);
-        c.claims.open.store(open, Ordering::Release);
+        front.store(&chain.next, Ordering::Release);
+        chain.open.store(open, Ordering::Release);
+        chain.given_back.store(open, Ordering::Relaxed);
     }
 
     /// Moves an empty ring whose tail is at `tail` back to offset 0, so
@@ -1185,8 +1273,8 @@ impl Core {
         on_busy: OnBusy,
         seen: &mut u32,
     ) -> Result<usize> {
-        self.find_record(deadline, on_busy, seen, |record| {
-            let len = record.len;
+        self.find_record(deadline, on_busy, false, seen, |record| {
+            let len = record.at.len;
             let buf: &mut [u8] = match dest {
                 Dest::Slice(slice) => {
                     if slice.len() < len {
@@ -1200,37 +1288,84 @@ impl Core {
                     &mut vec[..]
                 }
             };
-            ring::read(self.shm(), record.payload_off, buf)?;
+            ring::read(self.shm(), record.at.payload_off(), buf)?;
             crash_point();
-            self.consume(record);
+            self.consume(record)?;
             Ok(len)
         })
     }
 
     /// Takes `record` off the queue: one store of the head, after which
     /// its space is free for putters; then wakes a sleeping putter and
-    /// releases the consumers' lock.
+    /// releases the consumers' lock. Behind open borrows, it is taken off
+    /// when they are.
     #[inline(always)]
-    fn consume(&self, record: Record<'_>) {
+    fn consume(&self, record: Record<'_>) -> Result<()> {
+        if record.slot.is_some() {
+            return self.consume_behind_borrows(record);
+        }
         // The commit: the record is taken and its space free.
         record
+            .at
             .head
             .store(&self.control().head.pos, Ordering::Release);
         crash_point();
+        self.wake_putters(record.locked);
+        Ok(())
+    }
+
+    /// Wakes a sleeping putter after the head moved, releasing the
+    /// consumers' lock (`locked`) first.
+    #[inline(always)]
+    fn wake_putters(&self, locked: Locked<'_>) {
         let putters = self.putters();
         let now = putters.bump();
         fence(Ordering::SeqCst);
         let wake = putters.take(now);
-        drop(record.locked);
+        drop(locked);
         if wake {
             putters.wake();
         }
     }
 
-    /// Finds the record at the head, holding the consumers' lock until it
-    /// is released (taken) or dropped (left for the next get). `Empty`
-    /// (for [`Deadline::Now`]), `Timeout` and `Closed` (closed and drained)
-    /// find nothing.
+    /// [`consume`](Self::consume) for a record with a borrow slot (taken
+    /// while borrows are open, or an item given back): the slot is marked
+    /// read, and the record taken off when the borrows before it are.
+    #[inline(never)]
+    fn consume_behind_borrows(&self, record: Record<'_>) -> Result<()> {
+        let Some((i, mutex)) = record.slot else {
+            return Err(Error::InvalidArgument(
+                "a get behind borrows without a slot",
+            ));
+        };
+        if record.again {
+            self.slots(End::Head)[i]
+                .state
+                .store(slot::DONE, Ordering::Release);
+            crash_point();
+        } else {
+            self.open_slot(
+                End::Head,
+                i,
+                record.front,
+                record.at.record,
+                record.at.need,
+                slot::DONE,
+            );
+            self.finish_opening(End::Head, record.open, record.at.head);
+        }
+        let result = self.advance_borrows(record.locked, i);
+        if let Some(mutex) = mutex {
+            let _ = mutex.unlock();
+        }
+        result
+    }
+
+    /// Finds the next record and borrows it for an in-place get: a borrow
+    /// slot records it, and the consumers' lock is let go, so the other
+    /// consumers go on past it while it is read. `Empty` (for
+    /// [`Deadline::Now`]), `Timeout` and `Closed` (closed and drained)
+    /// borrow nothing.
     pub(crate) fn take(&self, deadline: Deadline) -> Result<Taken<'_>> {
         self.take_or(deadline, OnBusy::blocking(|| Error::Empty), &mut 0)
     }
@@ -1238,19 +1373,210 @@ impl Core {
     /// [`take`](Self::take), with [`get_or`](Self::get_or)'s `on_busy`
     /// and `seen`.
     fn take_or(&self, deadline: Deadline, on_busy: OnBusy, seen: &mut u32) -> Result<Taken<'_>> {
-        self.find_record(deadline, on_busy, seen, |record| {
-            Ok(Taken { core: self, record })
+        self.find_record(deadline, on_busy, true, seen, |record| {
+            let Record {
+                locked,
+                at,
+                front,
+                open,
+                slot,
+                again,
+            } = record;
+            let Some((i, Some(mutex))) = slot else {
+                return Err(Error::InvalidArgument("a borrow without a slot"));
+            };
+            if !again {
+                self.open_slot(End::Head, i, front, at.record, at.need, slot::HELD);
+                self.finish_opening(End::Head, open, at.head);
+            }
+            drop(locked);
+            Ok(Taken {
+                core: self,
+                slot: i,
+                mutex,
+                payload_off: at.payload_off(),
+                len: at.len,
+                settled: false,
+            })
         })
     }
 
-    /// Waits for a record at the head and hands it to `then`, holding the
+    /// Settles the borrow in slot `i` (whose mutex, `mutex`, this thread
+    /// holds): released, it is taken off the queue as soon as the borrows
+    /// before it are; else it is given back, and the next get takes it.
+    fn settle_borrow(&self, i: usize, mutex: &RobustMutexRef<'_>, release: bool) -> Result<()> {
+        let mut holding = true;
+        let result = self
+            .lock(End::Head, Deadline::Never, Duration::ZERO)
+            .and_then(|locked| {
+                let b = &self.control().borrows;
+                if release {
+                    self.slots(End::Head)[i]
+                        .state
+                        .store(slot::DONE, Ordering::Release);
+                    crash_point();
+                    return self.advance_borrows(locked, i);
+                }
+                // A free mutex on a held slot is what a getter takes over.
+                let _ = mutex.unlock();
+                holding = false;
+                let given_back = b.given_back.load(Ordering::Relaxed);
+                b.given_back
+                    .store(given_back.saturating_add(1), Ordering::Relaxed);
+                drop(locked);
+                self.tell_getters()
+            });
+        if holding {
+            // Only now: a slot still "held" with a free mutex is one given
+            // back.
+            let _ = mutex.unlock();
+        }
+        result
+    }
+
+    /// [`advance_borrows_locked`](Self::advance_borrows_locked), then the
+    /// wake-ups: putters if the head moved (releasing the consumers' lock,
+    /// `locked`, first), getters if an item was given back or a slot came
+    /// free that they may wait for (every slot was open, or the queue is
+    /// closed and getters wait for the last borrows).
+    fn advance_borrows(&self, locked: Locked<'_>, hint: usize) -> Result<()> {
+        let was_full = self.control().borrows.open.load(Ordering::Relaxed) as usize >= BORROW_SLOTS;
+        let (moved, gave_back) = self.advance_borrows_locked(hint)?;
+        if moved {
+            self.wake_putters(locked);
+        } else {
+            drop(locked);
+        }
+        if gave_back || (moved && (was_full || self.is_closed())) {
+            self.tell_getters()?;
+        }
+        Ok(())
+    }
+
+    /// Takes off the queue, from the head on and in order, every borrowed
+    /// record that is read (released, or taken behind the borrows by a
+    /// copying get), one head store each; stops at one still borrowed,
+    /// marking it given back if its borrower is gone. Called holding the
+    /// consumers' lock; whether the head moved, and whether an item was
+    /// found given back.
+    fn advance_borrows_locked(&self, hint: usize) -> Result<(bool, bool)> {
+        let c = self.control();
+        let b = &c.borrows;
+        let cap = self.ring.capacity;
+        let (mut moved, mut gave_back) = (false, false);
+        loop {
+            let open = b.open.load(Ordering::Relaxed);
+            if open == 0 {
+                break;
+            }
+            let head = Pos::load(&c.head.pos, Ordering::Relaxed);
+            let Some(i) = self.slot_at(End::Head, u64::from(head.offset), hint) else {
+                return Err(self.broken_chain(End::Head, &format!("none at the head {head:?}")));
+            };
+            let s = &c.borrow_slots[i];
+            let (record, need) = self.slot_record(End::Head, s)?;
+            match s.state.load(Ordering::Acquire) {
+                slot::DONE => {}
+                slot::HELD => {
+                    if self.holder_gone(End::Head, i)? {
+                        let given_back = b.given_back.load(Ordering::Relaxed);
+                        b.given_back
+                            .store(given_back.saturating_add(1), Ordering::Relaxed);
+                        gave_back = true;
+                    }
+                    break;
+                }
+                state => {
+                    return Err(self.broken_chain(End::Head, &format!("a borrow in state {state}")))
+                }
+            }
+            // The commit: the record is taken and its space free.
+            Pos {
+                count: head.count.wrapping_add(1),
+                offset: ((record + need) % cap) as u32,
+            }
+            .store(&c.head.pos, Ordering::Release);
+            crash_point();
+            s.state.store(slot::FREE, Ordering::Release);
+            b.open.store(open - 1, Ordering::Release);
+            crash_point();
+            moved = true;
+        }
+        Ok((moved, gave_back))
+    }
+
+    /// Wakes the getters from the consumers' side (an item given back, a
+    /// borrow slot come free, the last borrows of a closed queue settled).
+    /// Their word is the producers' to bump, so this takes the producers'
+    /// lock to bump it; called holding no lock of this queue (the
+    /// producers' lock is always taken first).
+    fn tell_getters(&self) -> Result<()> {
+        let locked = self.lock(End::Tail, Deadline::Never, Duration::ZERO)?;
+        self.wake_getters(locked);
+        Ok(())
+    }
+
+    /// Takes over, for this getter, an item whose borrower is gone (it gave
+    /// the item back, or died): the oldest borrow (the one at the head) if
+    /// `oldest`, else the first open borrow whose mutex this thread can
+    /// take, its record checked again. Called holding the consumers' lock;
+    /// a look at every borrow that finds none clears the given-back hint.
+    fn take_back(
+        &self,
+        oldest: bool,
+    ) -> Result<Option<(usize, RobustMutexRef<'_>, ring::Located)>> {
+        let c = self.control();
+        let b = &c.borrows;
+        let head = Pos::load(&c.head.pos, Ordering::Relaxed);
+        let at_head = self.slot_at(End::Head, u64::from(head.offset), BORROW_SLOTS);
+        for (i, s) in self.slots(End::Head).iter().enumerate() {
+            if (oldest && Some(i) != at_head) || s.state.load(Ordering::Acquire) != slot::HELD {
+                continue;
+            }
+            let mutex = sys::slot_mutex(self.shm(), End::Head, i);
+            if mutex.is_held_by_this_thread() {
+                continue;
+            }
+            let Some(died) = mutex.try_lock()? else {
+                continue;
+            };
+            if died {
+                self.count_dead_holder(&mutex);
+            }
+            let found = self.slot_record(End::Head, s).and_then(|(record, need)| {
+                self.ring.record_at(self.shm(), head.count, record, need)
+            });
+            let at = match found {
+                Ok(at) => at,
+                Err(e) => {
+                    let _ = mutex.unlock();
+                    return Err(e);
+                }
+            };
+            let given_back = b.given_back.load(Ordering::Relaxed);
+            b.given_back
+                .store(given_back.saturating_sub(1), Ordering::Relaxed);
+            return Ok(Some((i, mutex, at)));
+        }
+        if !oldest {
+            b.given_back.store(0, Ordering::Relaxed);
+        }
+        Ok(None)
+    }
+
+    /// Waits for the next record and hands it to `then`, holding the
     /// consumers' lock (a continuation, as in
-    /// [`find_room`](Self::find_room)).
+    /// [`find_room`](Self::find_room)). The next record is an item given
+    /// back by a borrower, if any, else the one at the consumers' frontier.
+    /// `borrow`: for a borrow, which takes a borrow slot and its mutex. A
+    /// copying get needs a slot too while borrows are open (it is taken
+    /// off after them); with every slot open, it waits as for an item.
     #[inline(always)]
     fn find_record<'a, R>(
         &'a self,
         deadline: Deadline,
         on_busy: OnBusy,
+        borrow: bool,
         seen: &mut u32,
         then: impl FnOnce(Record<'a>) -> Result<R>,
     ) -> Result<R> {
@@ -1267,8 +1593,31 @@ impl Core {
             let locked = self
                 .lock(End::Head, deadline, on_busy.patience)
                 .map_err(|e| gave_up(deadline, e, (on_busy.error)()))?;
+            // The frontier: the head, unless borrows are open.
+            let open = c.borrows.open.load(Ordering::Relaxed);
+            if open != 0 {
+                if open as usize > BORROW_SLOTS {
+                    return Err(self.broken_chain(End::Head, &format!("{open} borrows open")));
+                }
+                // An item given back comes first, and so does the oldest
+                // borrowed one if its borrower died: the head waits for it.
+                let oldest = c.borrows.given_back.load(Ordering::Relaxed) == 0;
+                {
+                    if let Some((i, mutex, at)) = self.take_back(oldest)? {
+                        return then(Record {
+                            locked,
+                            at,
+                            front: at.head,
+                            open,
+                            slot: Some((i, Some(mutex))),
+                            again: true,
+                        });
+                    }
+                }
+            }
+            let front = self.frontier(End::Head, open, Ordering::Relaxed);
             let mut v = View {
-                head: Pos::load(&c.head.pos, Ordering::Relaxed),
+                head: front,
                 tail: Pos::load(&c.seen_tail, Ordering::Relaxed),
             };
             if v.items() == 0 {
@@ -1276,20 +1625,6 @@ impl Core {
                 *seen = getters.seen();
                 v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
                 v.tail.store(&c.seen_tail, Ordering::Relaxed);
-                if v.items() == 0 && self.is_closed() {
-                    // Puts before the close are visible after it, or wait
-                    // behind claims still open. The claim count first: a
-                    // count of none that a publish left was stored after
-                    // its tail, which the load after it then sees.
-                    let open = c.claims.open.load(Ordering::Acquire);
-                    v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
-                    if v.items() == 0 && open == 0 {
-                        return Err(Error::Closed);
-                    }
-                    // An item published since the look above is taken
-                    // below: the cached tail must not stay behind it.
-                    v.tail.store(&c.seen_tail, Ordering::Relaxed);
-                }
             }
             if self.ring.check(&v).is_err() {
                 // A cache word no get writes: repair it from the real tail.
@@ -1299,13 +1634,58 @@ impl Core {
                 self.check(&v)?;
             }
             if v.items() != 0 {
-                let (head, payload_off, len) = self.ring.locate(self.shm(), &v)?;
-                return then(Record {
-                    locked,
-                    head,
-                    payload_off,
-                    len,
-                });
+                let at = self.ring.locate(self.shm(), &v)?;
+                let slot = if borrow || open != 0 {
+                    self.free_slot(End::Head, borrow)?
+                } else {
+                    None
+                };
+                if slot.is_some() || !(borrow || open != 0) {
+                    return then(Record {
+                        locked,
+                        at,
+                        front,
+                        open,
+                        slot,
+                        again: false,
+                    });
+                }
+                // Every borrow slot is open: wait for one to come free
+                // (`advance_borrows` tells the getters), unless a borrower
+                // is gone.
+                *seen = getters.seen();
+            }
+            if open != 0 {
+                // A borrower that is gone: its item, rather than a wait.
+                if let Some((i, mutex, at)) = self.take_back(false)? {
+                    return then(Record {
+                        locked,
+                        at,
+                        front: at.head,
+                        open,
+                        slot: Some((i, Some(mutex))),
+                        again: true,
+                    });
+                }
+            }
+            if v.items() == 0 && self.is_closed() {
+                // Puts before the close are visible after it, or wait
+                // behind claims still open. The claim count first: a count
+                // of none that a publish left was stored after its tail,
+                // which the load after it then sees.
+                let claims = c.claims.open.load(Ordering::Acquire);
+                v.tail = Pos::load(&c.tail.pos, Ordering::Acquire);
+                if v.items() != 0 {
+                    // Published since the look above: the cached tail must
+                    // not stay behind it. Take it.
+                    v.tail.store(&c.seen_tail, Ordering::Relaxed);
+                    continue;
+                }
+                // Borrowed items may still be given back, but not while
+                // this thread holds one: it would wait for itself.
+                if claims == 0 && (open == 0 || self.holds_slot(End::Head)) {
+                    return Err(Error::Closed);
+                }
             }
             if deadline == Deadline::Now && !nudged && c.claims.open.load(Ordering::Relaxed) != 0 {
                 // A get that may not wait looks behind open claims once
@@ -1315,10 +1695,14 @@ impl Core {
                 self.nudge_claims()?;
                 continue;
             }
-            // (Only once the spin found nothing: looking costs a line per
-            // claim slot, and the spin mostly ends the wait.)
-            if deadline != Deadline::Now && spun && self.holds_claim() {
-                return Err(Error::InvalidArgument(WAIT_FOR_SELF));
+            if deadline != Deadline::Now {
+                // (The claims only once the spin found nothing: looking
+                // costs a line per slot, and the spin mostly ends the wait.)
+                let for_self = (spun && self.holds_slot(End::Tail))
+                    || (v.items() != 0 && self.holds_slot(End::Head));
+                if for_self {
+                    return Err(Error::InvalidArgument(WAIT_FOR_SELF));
+                }
             }
             let waiting = Waiting {
                 waker: getters,
@@ -1389,12 +1773,23 @@ impl Core {
     /// The number of items (a snapshot), never more than a checked ring
     /// can hold: a hostile segment's words give a wrong count, not an
     /// impossible one.
+    ///
+    /// Records taken behind open borrows are no longer items, though the
+    /// head has not passed them yet.
     pub(crate) fn items(&self) -> usize {
         let v = self.view();
         if self.ring.check(&v).is_err() {
             return 0;
         }
-        v.items() as usize
+        let taken = if self.chain(End::Head).open.load(Ordering::Relaxed) == 0 {
+            0
+        } else {
+            let slots = self.slots(End::Head).iter();
+            slots
+                .filter(|s| s.state.load(Ordering::Relaxed) == slot::DONE)
+                .count() as u32
+        };
+        v.items().saturating_sub(taken) as usize
     }
 
     /// The number of items put and not yet marked done (a snapshot). `done`
@@ -1404,7 +1799,7 @@ impl Core {
         let done = c.join.done.load(Ordering::Acquire);
         // Puts behind open claims count, and reservations being written.
         let open = c.claims.open.load(Ordering::Acquire);
-        let puts = self.frontier(open, Ordering::Acquire);
+        let puts = self.frontier(End::Tail, open, Ordering::Acquire);
         puts.count.wrapping_sub(done) as usize
     }
 
@@ -1933,6 +2328,72 @@ mod tests {
         assert_eq!(claim_behind_another_at_every_step(true), 4);
     }
 
+    /// How a get behind a borrow ends, in [`get_behind_a_borrow_at_every_step`].
+    #[derive(Clone, Copy, PartialEq)]
+    enum Behind {
+        Released,
+        GivenBack,
+        Copied,
+    }
+
+    /// A get behind this thread's borrow, crashed at each step in turn;
+    /// then the borrow is released and the queue drained. Gives how many
+    /// steps there were.
+    fn get_behind_a_borrow_at_every_step(how: Behind) -> u32 {
+        let items = [b"first...".to_vec(), b"second..".to_vec(), b"third...".to_vec()];
+        every_crash_point(|k| {
+            let q = queue();
+            for item in &items {
+                q.put_bytes(item).unwrap();
+            }
+            let held = q.get_in_place().unwrap();
+            let crashed = crash_at(&q, k, |q| match how {
+                Behind::Copied => assert_eq!(q.get_bytes().unwrap(), b"second.."),
+                _ => {
+                    let item = q.get_in_place().unwrap();
+                    assert_eq!(&item[..], b"second..");
+                    if how == Behind::Released {
+                        item.release().unwrap();
+                    } else {
+                        item.restore();
+                    }
+                }
+            });
+            assert_eq!(&held[..], b"first...");
+            held.release().unwrap();
+            let got = drain(&q);
+            // Taken once, or (killed before it was) delivered again; given
+            // back, always again.
+            let again = got == items[1..];
+            assert!(
+                again || (how != Behind::GivenBack && got == items[2..]),
+                "crash point {k}: {got:?}"
+            );
+            assert!(!crashed || q.recoveries() != 0, "crash point {k}");
+            drained_and_whole(&q, k);
+            crashed
+        })
+    }
+
+    #[test]
+    fn a_borrow_released_behind_another_is_taken_once_or_again_at_any_step() {
+        // The borrow's slot, its frontier; the release's state.
+        assert_eq!(get_behind_a_borrow_at_every_step(Behind::Released), 3);
+    }
+
+    #[test]
+    fn a_borrow_given_back_behind_another_comes_again_at_any_step() {
+        // The borrow's slot and frontier; the give-back has no store a
+        // crash could cut (its mutex let go is the given-back mark).
+        assert_eq!(get_behind_a_borrow_at_every_step(Behind::GivenBack), 2);
+    }
+
+    #[test]
+    fn a_copying_get_behind_a_borrow_takes_its_item_or_nothing_at_any_step() {
+        // The copy; the slot, marked read; the frontier.
+        assert_eq!(get_behind_a_borrow_at_every_step(Behind::Copied), 3);
+    }
+
     #[test]
     fn a_put_behind_a_claim_and_the_commit_that_publishes_both_are_whole_at_any_step() {
         let (a, r, b) = (b"a".to_vec(), b"reserved".to_vec(), b"b".to_vec());
@@ -2004,8 +2465,8 @@ mod tests {
         c.claims.open.store(u32::MAX, Ordering::Relaxed);
         assert!(matches!(q.put_bytes(b"x"), Err(Error::Corrupt(_))));
         c.claims.open.store(1, Ordering::Relaxed);
-        let s = &c.slots[0];
-        s.state.store(slot::WRITING, Ordering::Relaxed);
+        let s = &c.claim_slots[0];
+        s.state.store(slot::HELD, Ordering::Relaxed);
         s.from.store(0, Ordering::Relaxed);
         s.record.store(u64::MAX - 7, Ordering::Relaxed);
         s.size.store(64, Ordering::Relaxed);

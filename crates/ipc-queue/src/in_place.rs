@@ -219,10 +219,11 @@ impl std::fmt::Debug for Reservation<'_> {
     }
 }
 
-/// The item at the head of the queue, borrowed where it lies in the ring
-/// (`&[u8]` through [`Deref`]). [Releasing](Self::release) it, or dropping
-/// it, takes it off the queue; dropped while its thread unwinds from a
-/// panic, it stays for the next get. Made by [`Queue::get_in_place`].
+/// The next item of the queue, borrowed where it lies in the ring (`&[u8]`
+/// through [`Deref`]). [Releasing](Self::release) it, or dropping it,
+/// takes it off the queue; [restored](Self::restore), or dropped while its
+/// thread unwinds from a panic, it is given back, and the next get takes
+/// it. Made by [`Queue::get_in_place`].
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -238,7 +239,7 @@ impl std::fmt::Debug for Reservation<'_> {
 /// let item = q.get_in_place()?;
 /// let frame: FrameRef<'_> = item.decode()?;
 /// assert_eq!((frame.name, frame.pixels), ("first", &[1u8, 2, 3][..]));
-/// item.release();
+/// item.release()?;
 /// assert!(q.empty());
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
@@ -257,22 +258,35 @@ impl InPlace<'_> {
         codec::decode_borrowed(self)
     }
 
-    /// Takes the item off the queue (what dropping it does, said aloud).
+    /// Takes the item off the queue (what dropping it does, said aloud,
+    /// with the error a drop cannot report: the queue's words found
+    /// corrupt).
     ///
     /// # Panics
     ///
     /// In a process forked while the item was borrowed: the borrow, and
-    /// the lock, stayed with the process that made it.
-    pub fn release(mut self) {
+    /// its mutex, stayed with the process that made it.
+    pub fn release(mut self) -> Result<()> {
         self.made_in.assert_this_process();
-        if let Some(taken) = self.taken.take() {
-            taken.release();
+        match self.taken.take() {
+            Some(taken) => taken.release(),
+            None => Ok(()),
         }
     }
 
-    /// Leaves the item at the head of the queue for the next get.
+    /// Gives the item back: the next get (in any process) takes it before
+    /// the items after it.
+    ///
+    /// ```
+    /// let q = ipc_queue::Queue::<()>::new()?;
+    /// q.put_bytes(b"first")?;
+    /// q.put_bytes(b"second")?;
+    /// q.get_in_place()?.restore();
+    /// assert_eq!(q.get_bytes()?, b"first");
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
     pub fn restore(mut self) {
-        // Dropping the record unreleased leaves the head where it is.
+        // A borrow dropped unreleased is given back.
         drop(self.taken.take());
     }
 
@@ -289,9 +303,11 @@ impl Deref for InPlace<'_> {
     fn deref(&self) -> &[u8] {
         self.made_in.assert_this_process();
         let taken = self.taken();
-        // SAFETY: `taken` holds the consumers' lock (in this process, just
-        // checked) and the record lies between the head and the tail,
-        // checked against the ring, for as long as `self` is borrowed.
+        // SAFETY: `taken` holds an open borrow of the record (in this
+        // process, just checked: its slot's mutex is this thread's), which
+        // lies between the head and the tail, checked against the ring: no
+        // putter writes over it and no getter takes it until the borrow is
+        // settled, which needs `self` (by value, or its drop).
         #[allow(unsafe_code)]
         unsafe {
             sys::ring_bytes(taken.shm(), taken.payload_off(), taken.len())
@@ -302,11 +318,14 @@ impl Deref for InPlace<'_> {
 impl Drop for InPlace<'_> {
     fn drop(&mut self) {
         if let Some(taken) = self.taken.take() {
-            // Unwinding, or a copy in a forked child (whose lock stayed
-            // with the parent): the item stays for the next get.
-            if !std::thread::panicking() && self.made_in.is_this_process() {
-                taken.release();
+            if !self.made_in.is_this_process() {
+                // A copy in a forked child: the borrow stayed with the
+                // parent.
+                taken.forget();
+            } else if !std::thread::panicking() {
+                let _ = taken.release();
             }
+            // Unwinding: dropped unreleased, the item is given back.
         }
     }
 }

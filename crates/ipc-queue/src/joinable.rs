@@ -198,7 +198,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), ipc_core::Error>(())
     /// ```
     pub fn task_done_with(&self, item: InPlace<'_>) -> Result<()> {
-        item.release();
+        item.release()?;
         self.task_done()
     }
 

@@ -84,50 +84,63 @@ pub(crate) struct Join {
 /// published in order.
 pub(crate) const CLAIM_SLOTS: usize = 16;
 
-/// What a claim slot holds.
+/// How many borrows can be open at once: items read in place without the
+/// consumers' lock, and gets waiting behind them to be taken in order.
+pub(crate) const BORROW_SLOTS: usize = 16;
+
+/// What a claim or borrow slot holds.
 pub(crate) mod slot {
-    /// No claim.
+    /// Nothing.
     pub(crate) const FREE: u32 = 0;
-    /// A claimant is writing its record (holding the slot's mutex).
-    pub(crate) const WRITING: u32 = 1;
-    /// The record is written, to be published when the claims before it
-    /// are.
+    /// Its holder is writing the record (a claim) or reading it (a
+    /// borrow), holding the slot's mutex. With the mutex free, the holder
+    /// is gone: it died, or let the slot go unsettled.
+    pub(crate) const HELD: u32 = 1;
+    /// The record is written (a claim: to be published when the claims
+    /// before it are) or read (a borrow: to be taken off the queue when
+    /// the borrows before it are).
     pub(crate) const DONE: u32 = 2;
-    /// Given up (dropped, or its claimant died): its space is published as
-    /// a void record, which getters skip.
+    /// A claim given up (dropped, or its claimant died): its space is
+    /// published as a void record, which getters skip.
     pub(crate) const VOID: u32 = 3;
 }
 
-/// One open claim: ring space past the tail that a producer fills without
-/// the producers' lock (see `core`'s module docs). Its fields are written
-/// under the producers' lock, `state` last.
+/// One open claim (ring space past the tail that a producer fills without
+/// the producers' lock) or borrow (a record past the head that a consumer
+/// reads without the consumers' lock); see `core`'s module docs. Its
+/// fields are written under that end's lock, `state` last.
 #[repr(C)]
 pub(crate) struct Slot {
-    /// Held by the claimant while it writes, so that a claimant that died
-    /// is told apart from one still writing.
+    /// Held by the holder while it writes or reads, so that a holder that
+    /// died is told apart from one still at work.
     mutex: MutexBytes,
     /// One of [`slot`]'s values.
     pub(crate) state: AtomicU32,
-    /// The ring offset where the claim starts (its wrap marker, or its
-    /// record): the tail's, when it is the oldest claim.
+    /// The ring offset where its part of the ring starts (a wrap marker,
+    /// void records, or its record): the end's word, when it is the oldest.
     pub(crate) from: AtomicU64,
     /// The ring offset of its record.
     pub(crate) record: AtomicU64,
-    /// The bytes its record takes (the next claim starts after them).
+    /// The bytes its record takes (the next one starts after them).
     pub(crate) size: AtomicU64,
 }
 
-/// The producers' claims beyond the tail, written under the producers'
-/// lock (and worked out again from the slots by the next holder when a
-/// holder dies).
+/// The open claims past the tail, or the open borrows past the head,
+/// written under that end's lock (and worked out again from the slots by
+/// the next holder when a holder dies).
 #[repr(C)]
-pub(crate) struct Claims {
-    /// How many slots are not free: 0 on the fast path, where the tail is
-    /// the frontier and `next` means nothing.
+pub(crate) struct Chain {
+    /// How many slots are not free: 0 on the fast path, where the end's
+    /// word is the frontier and `next` means nothing.
     pub(crate) open: AtomicU32,
-    /// The claim frontier (`ring::Pos`) while claims are open: the offset
-    /// where the next record goes, with the put count the tail will have
-    /// once every open claim is published (a void one counts none).
+    /// Borrows only: how many held slots were let go by their holders
+    /// (an item given back, or found with its borrower dead), for the
+    /// next get to take first. A hint: a get that finds none resets it.
+    pub(crate) given_back: AtomicU32,
+    /// The frontier (`ring::Pos`) while slots are open: the offset of the
+    /// next record to claim (or to borrow), with the count the end's word
+    /// will have once every open slot is settled (a void claim counts
+    /// none).
     pub(crate) next: AtomicU64,
 }
 
@@ -146,25 +159,43 @@ pub(crate) struct Control {
     pub(crate) seen_tail: Line<AtomicU64>,
     pub(crate) waits: Line<Waits>,
     pub(crate) join: Line<Join>,
-    pub(crate) claims: Line<Claims>,
-    pub(crate) slots: [Line<Slot>; CLAIM_SLOTS],
+    pub(crate) claims: Line<Chain>,
+    pub(crate) claim_slots: [Line<Slot>; CLAIM_SLOTS],
+    pub(crate) borrows: Line<Chain>,
+    pub(crate) borrow_slots: [Line<Slot>; BORROW_SLOTS],
 }
 
 pub(crate) const PRODUCER_MUTEX: usize = HEADER_SIZE + offset_of!(Control, producer_mutex);
 pub(crate) const CONSUMER_MUTEX: usize = HEADER_SIZE + offset_of!(Control, consumer_mutex);
 
 /// The offset of claim slot `i`'s mutex.
-pub(crate) const fn slot_mutex(i: usize) -> usize {
-    HEADER_SIZE + offset_of!(Control, slots) + i * size_of::<Line<Slot>>() + offset_of!(Slot, mutex)
+pub(crate) const fn claim_mutex(i: usize) -> usize {
+    HEADER_SIZE
+        + offset_of!(Control, claim_slots)
+        + i * size_of::<Line<Slot>>()
+        + offset_of!(Slot, mutex)
+}
+
+/// The offset of borrow slot `i`'s mutex.
+pub(crate) const fn borrow_mutex(i: usize) -> usize {
+    HEADER_SIZE
+        + offset_of!(Control, borrow_slots)
+        + i * size_of::<Line<Slot>>()
+        + offset_of!(Slot, mutex)
 }
 
 /// Every robust mutex of a queue, for the object model to initialise.
-static MUTEXES: [usize; 2 + CLAIM_SLOTS] = {
-    let mut all = [PRODUCER_MUTEX; 2 + CLAIM_SLOTS];
+static MUTEXES: [usize; 2 + CLAIM_SLOTS + BORROW_SLOTS] = {
+    let mut all = [PRODUCER_MUTEX; 2 + CLAIM_SLOTS + BORROW_SLOTS];
     all[1] = CONSUMER_MUTEX;
     let mut i = 0;
     while i < CLAIM_SLOTS {
-        all[2 + i] = slot_mutex(i);
+        all[2 + i] = claim_mutex(i);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < BORROW_SLOTS {
+        all[2 + CLAIM_SLOTS + i] = borrow_mutex(i);
         i += 1;
     }
     all
@@ -221,3 +252,5 @@ pub(crate) fn round_capacity(capacity: usize) -> Result<usize> {
         .filter(|&c| c <= MAX_CAPACITY)
         .ok_or(Error::InvalidArgument(TOO_LARGE))
 }
+// A chain's recovery walks either kind of slot with one array.
+const _: () = assert!(BORROW_SLOTS == CLAIM_SLOTS);

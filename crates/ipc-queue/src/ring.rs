@@ -207,10 +207,9 @@ impl Ring {
     }
 
     /// Finds the record at the head of a non-empty, checked view, past
-    /// any wrap marker and void record in front of it: the head after
-    /// taking it, the ring offset of its payload and its length. A length
-    /// or a span that does not fit the ring is reported, never followed.
-    pub(crate) fn locate(&self, shm: &SharedMemory, v: &View) -> Result<(Pos, u64, usize)> {
+    /// any wrap marker and void record in front of it. A length or a span
+    /// that does not fit the ring is reported, never followed.
+    pub(crate) fn locate(&self, shm: &SharedMemory, v: &View) -> Result<Located> {
         let cap = self.capacity;
         let mut avail = self.used(v);
         let mut off = u64::from(v.head.offset);
@@ -218,8 +217,8 @@ impl Ring {
             Corruption(Property::Record, expected, found).error(shm)
         };
         loop {
-            let (len, span) = read_header(shm, off)?;
-            let span = u64::from(span);
+            let (len, span32) = read_header(shm, off)?;
+            let span = u64::from(span32);
             if len == WRAP {
                 let skip = cap - off;
                 if off == 0 || skip >= avail {
@@ -244,24 +243,91 @@ impl Ring {
                 off = (off + span) % cap;
                 continue;
             }
-            let least = RECORD_HEADER + u64::from(len).next_multiple_of(8);
-            let need = match span {
-                0 => least,
-                span if span >= least && span % 8 == 0 => span,
-                _ => 0,
-            };
+            let need = record_need(len, span32).unwrap_or(0);
             if need == 0 || need > cap - off || need > avail {
                 return Err(corrupt(
                     format!("a record within the {avail} bytes in use and the ring's {cap}"),
                     format!("a record of {len} bytes spanning {span} at ring offset {off}"),
                 ));
             }
-            let head = Pos {
-                count: v.head.count.wrapping_add(1),
-                offset: ((off + need) % cap) as u32,
-            };
-            return Ok((head, off + RECORD_HEADER, len as usize));
+            return Ok(Located {
+                head: Pos {
+                    count: v.head.count.wrapping_add(1),
+                    offset: ((off + need) % cap) as u32,
+                },
+                record: off,
+                need,
+                len: len as usize,
+            });
         }
+    }
+
+    /// The record at `record` that takes `need` bytes, as an open borrow
+    /// slot describes it, checked again against the ring and its own
+    /// header: the slot's words and the header are the segment's, so
+    /// either may have been written by anyone.
+    pub(crate) fn record_at(
+        &self,
+        shm: &SharedMemory,
+        count: u32,
+        record: u64,
+        need: u64,
+    ) -> Result<Located> {
+        let cap = self.capacity;
+        let fits = record.checked_add(need).is_some_and(|end| end <= cap);
+        let (len, span) = if fits && record % 8 == 0 {
+            read_header(shm, record)?
+        } else {
+            (WRAP, 0)
+        };
+        if len == WRAP || len == VOID || record_need(len, span) != Some(need) {
+            return Err(Corruption(
+                Property::Record,
+                format!("a borrowed record of {need} bytes at ring offset {record}"),
+                format!("a record of {len} bytes spanning {span}"),
+            )
+            .error(shm));
+        }
+        Ok(Located {
+            head: Pos {
+                count,
+                offset: ((record + need) % cap) as u32,
+            },
+            record,
+            need,
+            len: len as usize,
+        })
+    }
+}
+
+/// The bytes a record of `len` payload bytes whose span word is `span`
+/// takes, or `None` if the two do not go together.
+fn record_need(len: u32, span: u32) -> Option<u64> {
+    let least = RECORD_HEADER + u64::from(len).next_multiple_of(8);
+    match u64::from(span) {
+        0 => Some(least),
+        span if span >= least && span % 8 == 0 => Some(span),
+        _ => None,
+    }
+}
+
+/// A record found in the ring.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Located {
+    /// The head (or the consumers' frontier) once it is taken.
+    pub(crate) head: Pos,
+    /// Where it starts, and the bytes it takes.
+    pub(crate) record: u64,
+    pub(crate) need: u64,
+    /// Its payload's length, checked against the ring.
+    pub(crate) len: usize,
+}
+
+impl Located {
+    /// The ring offset of its payload.
+    #[inline]
+    pub(crate) fn payload_off(&self) -> u64 {
+        self.record + RECORD_HEADER
     }
 }
 

@@ -4,7 +4,9 @@
 use ipc_shm::raw::{RobustMutexRef, HEADER_SIZE};
 use ipc_shm::SharedMemory;
 
-use crate::layout::{self, Control, CLAIM_SLOTS, CONSUMER_MUTEX, PRODUCER_MUTEX, RING_OFFSET};
+use crate::layout::{
+    self, Control, BORROW_SLOTS, CLAIM_SLOTS, CONSUMER_MUTEX, PRODUCER_MUTEX, RING_OFFSET,
+};
 
 /// Which of the queue's two robust mutexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,18 +58,29 @@ pub(crate) fn mutex(shm: &SharedMemory, end: End) -> RobustMutexRef<'_> {
     unsafe { RobustMutexRef::at(shm, offset) }
 }
 
-/// The robust mutex of claim slot `i`, which a claimant holds while it
-/// writes its record.
+/// The robust mutex of slot `i` of `end`'s chain (claims at the tail,
+/// borrows at the head), which the slot's holder keeps while it writes or
+/// reads its record.
 ///
 /// # Panics
 ///
 /// If `i` is not a slot's index.
 #[allow(unsafe_code)]
-pub(crate) fn slot_mutex(shm: &SharedMemory, i: usize) -> RobustMutexRef<'_> {
-    assert!(i < CLAIM_SLOTS, "claim slot {i} of {CLAIM_SLOTS}");
+pub(crate) fn slot_mutex(shm: &SharedMemory, end: End, i: usize) -> RobustMutexRef<'_> {
+    let offset = match end {
+        End::Tail => {
+            assert!(i < CLAIM_SLOTS, "claim slot {i} of {CLAIM_SLOTS}");
+            layout::claim_mutex(i)
+        }
+        End::Head => {
+            assert!(i < BORROW_SLOTS, "borrow slot {i} of {BORROW_SLOTS}");
+            layout::borrow_mutex(i)
+        }
+    };
     // SAFETY: as for `mutex`: the object model initialises every mutex the
-    // queue's spec lists, and it lists each slot's (`layout::slot_mutex`).
-    unsafe { RobustMutexRef::at(shm, layout::slot_mutex(i)) }
+    // queue's spec lists, and it lists each slot's (`layout::claim_mutex`,
+    // `layout::borrow_mutex`).
+    unsafe { RobustMutexRef::at(shm, offset) }
 }
 
 /// The `len` ring bytes at ring offset `off`, read in place.

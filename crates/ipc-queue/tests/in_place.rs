@@ -105,7 +105,7 @@ fn a_consumer_killed_holding_a_borrowed_item_leaves_it_for_the_next_get() {
     // Delivered again: at least once for borrowed gets.
     let again = q.get_in_place_timeout(PATIENCE).unwrap();
     assert_eq!(&again[..], &first[..]);
-    again.release();
+    again.release().unwrap();
     assert_eq!(q.get_bytes().unwrap(), b"second");
     assert_eq!(q.unfinished_tasks(), 2, "gets leave the count alone");
     q.task_done().unwrap();
@@ -517,7 +517,7 @@ fn a_guard_copied_into_a_forked_child_does_not_touch_the_queue_there() {
 #[test]
 fn a_wait_only_this_threads_own_guard_could_end_is_refused() {
     // Holding the only item of a full queue and putting: no other consumer
-    // can make room while this thread holds the consumers' lock.
+    // can make room while this thread holds the item at the head.
     let q = Queue::<Vec<u8>>::with_maxsize(1).unwrap();
     q.put_bytes(b"only").unwrap();
     let item = q.get_in_place().unwrap();
@@ -527,10 +527,10 @@ fn a_wait_only_this_threads_own_guard_could_end_is_refused() {
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(q.put_bytes_nowait(b"more"), Err(Error::Full)));
-    item.release();
+    item.release().unwrap();
     q.put_bytes(b"more").unwrap();
-    // Holding a reservation and getting from an empty queue: no other
-    // producer can put while this thread holds the producers' lock.
+    // Holding a reservation and getting from an empty queue: whatever
+    // other producers put waits behind this thread's claim.
     let q = Queue::<Vec<u8>>::new().unwrap();
     let room = q.reserve(4).unwrap();
     assert!(matches!(
@@ -556,6 +556,155 @@ fn scoped_threads_read_one_borrowed_item_together() {
         vec![a.join().unwrap(), b.join().unwrap()]
     });
     assert_eq!(halves, [true, true]);
-    borrowed.release();
+    borrowed.release().unwrap();
     assert!(q.empty());
+}
+
+#[test]
+fn an_open_borrow_holds_up_neither_consumers_nor_producers() {
+    let q = Queue::<Vec<u8>>::builder()
+        .capacity(64 << 10)
+        .anonymous()
+        .unwrap();
+    for k in 0..3 {
+        q.put_bytes(&pattern(k, 1000)).unwrap();
+    }
+    let first = q.get_in_place().unwrap();
+    let checked = Event::new().unwrap();
+    let mut other = fork_with_events(&q, &[&checked], {
+        let (q, checked) = (&q, &checked);
+        move || -> ipc_core::Result<()> {
+            // Other consumers go on past a borrowed item, in place and
+            // copying, and so do producers.
+            let second = q.get_in_place_nowait()?;
+            assert_eq!(&second[..], &pattern(1, 1000)[..]);
+            second.release()?;
+            assert_eq!(q.get_bytes_nowait()?, pattern(2, 1000));
+            q.put_bytes_nowait(b"later")?;
+            assert_eq!(q.get_bytes_nowait()?, b"later");
+            assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+            checked.set();
+            Ok(())
+        }
+    });
+    assert!(
+        checked.wait_timeout(PATIENCE),
+        "the other process never checked"
+    );
+    join_ok(&mut other);
+    // The items after the borrowed one are gone, but their space comes
+    // back only with it: the head moves in order.
+    assert_eq!(q.qsize(), 1);
+    assert_eq!(&first[..], &pattern(0, 1000)[..]);
+    first.release().unwrap();
+    assert_eq!((q.qsize(), q.used_bytes()), (0, 0));
+}
+
+#[test]
+fn borrows_released_out_of_order_free_the_ring_in_order() {
+    let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+    for k in 0..3 {
+        q.put_bytes(&pattern(k, 500)).unwrap();
+    }
+    let used = q.used_bytes();
+    let (a, b) = (q.get_in_place().unwrap(), q.get_in_place().unwrap());
+    assert_eq!(&b[..], &pattern(1, 500)[..]);
+    b.release().unwrap();
+    assert_eq!(q.used_bytes(), used, "the first is still borrowed");
+    // Given back, the first comes before the third.
+    a.restore();
+    assert_eq!(q.get_bytes().unwrap(), pattern(0, 500));
+    assert_eq!(q.get_bytes().unwrap(), pattern(2, 500));
+    assert_eq!((q.qsize(), q.used_bytes()), (0, 0));
+    assert_eq!(q.unfinished_tasks(), 3);
+}
+
+#[test]
+fn a_killed_borrower_behind_a_live_one_has_its_item_delivered_again() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    for k in 0..3 {
+        q.put_bytes(&pattern(k, 800)).unwrap();
+    }
+    let first = q.get_in_place().unwrap();
+    kill_while_holding(&q, || {
+        let second = q.get_in_place().unwrap();
+        assert_eq!(&second[..], &pattern(1, 800)[..]);
+        std::mem::forget(second);
+    });
+    // Releasing the first finds the second's borrower dead: the next get
+    // takes the second again, then the third.
+    first.release().unwrap();
+    assert_eq!(q.get_bytes_nowait().unwrap(), pattern(1, 800));
+    assert_eq!(q.get_bytes_nowait().unwrap(), pattern(2, 800));
+    assert_eq!((q.qsize(), q.used_bytes()), (0, 0));
+    assert!(q.recoveries() >= 1, "the getter saw the borrower die");
+}
+
+#[test]
+fn a_getter_of_a_closed_queue_waits_for_the_borrows_and_then_is_told() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    q.put_bytes(b"only").unwrap();
+    q.close().unwrap();
+    let item = q.get_in_place().unwrap();
+    let waiting = Event::new().unwrap();
+    let mut other = fork_with_events(&q, &[&waiting], {
+        let (q, waiting) = (&q, &waiting);
+        move || -> ipc_core::Result<()> {
+            // A borrowed item may still come back: not `Closed` yet.
+            assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+            waiting.set();
+            let start = Instant::now();
+            // Given back by the other consumer, it comes here; then the
+            // queue is drained. Woken by the give-back, not by a timer.
+            assert_eq!(q.get_bytes_timeout(PATIENCE)?, b"only");
+            assert!(start.elapsed() < ipc_shm::raw::SAFETY_NET, "woken");
+            assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+            Ok(())
+        }
+    });
+    assert!(waiting.wait_timeout(PATIENCE), "the other never waited");
+    item.restore();
+    join_ok(&mut other);
+    // This thread holds none now: drained.
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+}
+
+#[test]
+fn two_consumers_reading_in_place_take_every_item_once() {
+    const ITEMS: u32 = 2000;
+    let q = JoinableQueue::<Vec<u8>>::builder()
+        .capacity(256 << 10)
+        .anonymous()
+        .unwrap();
+    fn consume(q: &JoinableQueue<Vec<u8>>) -> impl FnOnce() -> ipc_core::Result<()> + '_ {
+        move || loop {
+            match q.get_in_place() {
+                Ok(item) => {
+                    let k = u32::from_le_bytes(item[..4].try_into().unwrap());
+                    let len = 4 + (k as usize * 37) % 9000;
+                    assert_eq!(item.len(), len);
+                    assert_eq!(&item[4..], &pattern(u64::from(k), len - 4)[..]);
+                    q.task_done_with(item)?;
+                }
+                Err(Error::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut consumers = [fork_with(&q, consume(&q)), fork_with(&q, consume(&q))];
+    for k in 0..ITEMS {
+        let len = 4 + (k as usize * 37) % 9000;
+        let mut room = q.reserve(len).unwrap();
+        room[..4].copy_from_slice(&k.to_le_bytes());
+        room[4..].copy_from_slice(&pattern(u64::from(k), len - 4));
+        room.commit().unwrap();
+    }
+    // Every item taken once: a second delivery would be a task done more
+    // times than there were items.
+    q.join_timeout(PATIENCE).unwrap();
+    q.close().unwrap();
+    for consumer in &mut consumers {
+        join_ok(consumer);
+    }
+    assert_eq!((q.qsize(), q.used_bytes(), q.unfinished_tasks()), (0, 0, 0));
 }
