@@ -33,6 +33,27 @@
 //! no claim open (`claims.open == 0`) a put is the single-store protocol
 //! above, and costs one more load.
 //!
+//! # Borrows
+//!
+//! A borrowed item (an in-place get) is the consumers' mirror of a claim:
+//! the getter records it in a borrow slot, moves the consumers' frontier
+//! (`borrows.next`) past it and lets the consumers' lock go, and other
+//! getters take the records after the frontier meanwhile (a copying get
+//! behind open borrows takes a slot too, marked read). The head moves in
+//! order: whoever settles a borrow takes off every read record from the
+//! head on ([`Core::advance_borrows`]), one head store each, so no putter
+//! writes over a record still borrowed. A borrow is given back by letting
+//! its slot's mutex go with the slot still held (`restore`, a panic), and
+//! one whose borrower died looks the same once its mutex is taken; the
+//! next get takes such an item over (`take_back`): at once if it was given
+//! back (the `given_back` hint says so) or is the oldest, else when the
+//! head reaches it or the getter finds nothing else. A getter that waits
+//! for borrows (every slot open, or a closed queue whose last items are
+//! borrowed) waits on the getters' word like any getter, and the consumer
+//! that frees a slot, gives an item back or settles a borrow of a closed
+//! queue bumps it ([`Core::tell_getters`], under the producers' lock,
+//! which owns that word). With no borrow open a get costs one more load.
+//!
 //! Producers and consumers never take each other's mutex, so one producer
 //! and one consumer run at the same time. Each end keeps its last look at
 //! the other end's word (`seen_head`, `seen_tail`) and only reads the real
@@ -41,10 +62,10 @@
 //! ring back to offset 0 ([`Core::realign`]), done in steps that each
 //! leave a valid ring: when a record does not fit after the tail, and for
 //! a record of [`WARM_RECORD`] bytes or more when the consumers' lock is
-//! free at once (never while claims are open). Taking a mutex tries a few
-//! times before blocking in the kernel, as a put or get holds it only for a
-//! short copy (a borrowed item holds the consumers' lock for as long as its
-//! owner keeps it: see `in_place`).
+//! free at once (never while claims are open; an open borrow is an item,
+//! so the ring is not empty). Taking a mutex tries a few times before
+//! blocking in the kernel, as a put or get holds it only for a short copy
+//! (neither a reservation nor a borrowed item keeps it: see `in_place`).
 
 use std::cell::RefCell;
 #[cfg(feature = "tokio")]
@@ -2340,7 +2361,11 @@ mod tests {
     /// then the borrow is released and the queue drained. Gives how many
     /// steps there were.
     fn get_behind_a_borrow_at_every_step(how: Behind) -> u32 {
-        let items = [b"first...".to_vec(), b"second..".to_vec(), b"third...".to_vec()];
+        let items = [
+            b"first...".to_vec(),
+            b"second..".to_vec(),
+            b"third...".to_vec(),
+        ];
         every_crash_point(|k| {
             let q = queue();
             for item in &items {

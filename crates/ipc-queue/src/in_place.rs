@@ -9,23 +9,28 @@
 //! on while it is written. Their items (and other reservations) go after
 //! it, and are published in claim order: a put that returns `Ok` behind an
 //! open reservation is in the queue, and getters see it once the
-//! reservation is committed or given up. Up to 16 claims can be open at
-//! once, counting the puts waiting behind them; past that, a put waits as
-//! for room. A borrowed item holds the consumers' lock, from the get that
-//! makes it until it is released or dropped, so while one is open the
-//! other consumers wait (producers do not). Both are tied to the thread
-//! that made them (they are not `Send`), as the claim's mutex and the lock
-//! are, and to the process: a copy of one in a child forked while it was
-//! held refuses to be used there (a panic on reading or writing it, an
-//! error on commit) and leaves the parent's alone. While this thread holds
-//! a borrowed item, another get of its own fails at once, and so does a put
-//! that would have to wait for room; while it holds a reservation, a get
-//! that would have to wait for an item fails at once (only this thread
-//! could end those waits). Across processes no such check is possible: a
-//! process that holds a reservation and waits in a get, while another
-//! holds an item and waits in a put on the same queue, waits for good;
-//! fill or read a guard, then let it go, before the next call on that
-//! queue.
+//! reservation is committed or given up. A borrowed item is the same on
+//! the consumers' side, a *borrow*: the consumers' lock is held only while
+//! the item is found, and the other consumers take the items after it
+//! while it is read (in place or copying); the ring's space comes back in
+//! order, when the items before it are released too. Up to 16 claims and
+//! 16 borrows can be open at once, counting the puts and copying gets
+//! behind them; past that, a put waits as for room and a get as for an
+//! item. Both are tied to the thread that made them (they are not `Send`),
+//! as the slot's mutex is, and to the process: a copy of one in a child
+//! forked while it was held refuses to be used there (a panic on reading
+//! or writing it, an error on commit) and leaves the parent's alone. While
+//! this thread holds a borrowed item, a put that would have to wait for
+//! room fails at once, and so does a get that would have to wait for a
+//! borrow slot; while it holds a reservation, a get that would have to
+//! wait for an item fails at once (only this thread could end those
+//! waits). A get of a closed queue with nothing left waits for items
+//! borrowed by others, which may still be given back, and says `Closed`
+//! once none is borrowed, or at once if this thread holds one. Across
+//! processes no such check is possible: a process that holds a
+//! reservation and waits in a get, while another holds an item and waits
+//! in a put on the same queue, waits for good; fill or read a guard, then
+//! let it go, before the next call on that queue.
 //!
 //! # When a process is killed
 //!
@@ -34,15 +39,19 @@
 //! finds it dead, told by the claim's robust mutex: the claim is then
 //! taken back, or, with items claimed after it, published as a void record
 //! that getters step over, so those items still arrive. A consumer
-//! killed while it holds a borrowed item leaves the item at the head, and
-//! the next get takes it: an in-place get delivers **at least once**,
-//! where a copying get, whose item is taken the moment it is copied,
-//! delivers at most once. A borrowed item dropped while its thread
-//! unwinds from a panic stays in the queue too (so does one made and
-//! dropped inside a destructor that runs during unwinding). So an item
-//! that makes every consumer panic or crash is delivered again and again,
-//! holding up the items behind it: release an item (or copy what you need
-//! out of it) before processing it if the processing may fail. A
+//! killed while it holds a borrowed item leaves the item in the queue, and
+//! another get takes it again, told by the borrow's robust mutex: the next
+//! get at once if the item is the oldest one borrowed, else the first get
+//! once the items before it are released (or that finds nothing else to
+//! take). So an in-place get delivers **at least once**, where a copying
+//! get, whose item is taken the moment it is copied, delivers at most
+//! once; an item taken again may come after items put after it. A
+//! borrowed item [restored](InPlace::restore), or dropped while its thread
+//! unwinds from a panic, is given back the same way, and the next get
+//! takes it first (so is one made and dropped inside a destructor that
+//! runs during unwinding). So an item that makes every consumer panic or
+//! crash is delivered again and again: release an item (or copy what you
+//! need out of it) before processing it if the processing may fail. A
 //! `JoinableQueue`'s count of unfinished tasks counts puts (and the
 //! reservations being written) and `task_done` calls only; call `task_done` after the item is released
 //! ([`JoinableQueue::task_done_with`](crate::JoinableQueue::task_done_with)
@@ -53,9 +62,10 @@
 //!
 //! Processes that use the queue through this crate never write into a
 //! reservation or a borrowed item that is not theirs: the locks, the
-//! claims and the ring's words keep every byte between the head and the
-//! tail for the consumers and the bytes of each claim past the tail for
-//! the producer that holds it. A process that maps the segment and writes anywhere it likes is
+//! claims, the borrows and the ring's words keep every byte between the
+//! head and the tail for the consumers (each borrowed record for its
+//! borrower) and the bytes of each claim past the tail for the producer
+//! that holds it. A process that maps the segment and writes anywhere it likes is
 //! outside that promise, and so is a second mapping of the segment in this
 //! process written through `ipc_shm`: the bytes of a borrowed item may then
 //! change while a `&[u8]` (or a `&str` decoded in place) refers to them,
@@ -82,7 +92,7 @@
 //! ```
 //!
 //! nor can a reservation or an item move to another thread, since the
-//! mutex or lock it holds belongs to this one (other threads may read it through a
+//! mutex it holds belongs to this one (other threads may read it through a
 //! shared reference, with scoped threads):
 //!
 //! ```compile_fail
@@ -336,12 +346,12 @@ const FORKED: &str = "an in-place reservation or item belongs to the process tha
 
 /// The process a guard was made in. `Process::fork` takes any closure, so
 /// a guard can be copied into a child along with the rest of memory; the
-/// lock it stands for stays with the parent (which goes on and releases
+/// mutex it holds stays with the parent (which goes on and releases
 /// it), so in the child the guard must not touch the ring.
 #[derive(Clone, Copy, Debug)]
 struct Guarded {
     forks: u64,
-    /// The lock belongs to this thread: not `Send`, as a `MutexGuard` is
+    /// The mutex belongs to this thread: not `Send`, as a `MutexGuard` is
     /// not; but `Sync`, so scoped threads may read one item together.
     _thread: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
@@ -453,9 +463,9 @@ impl<T> Queue<T> {
 /// room or for an item are awaited as the async puts and gets await them
 /// ([`Queue::put_bytes_async`]); once the future returns, the reservation
 /// or the item is held exactly as the blocking forms hold it, so fill or
-/// read it without awaiting anything meanwhile (the mutex or lock it holds
-/// belongs to the thread; the items put after a reservation, and the other
-/// consumers of a borrowed item, wait for it).
+/// read it without awaiting anything meanwhile (the mutex it holds belongs
+/// to the thread; the items put after a reservation wait for it, and so
+/// does the ring space of the items got after a borrowed one).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

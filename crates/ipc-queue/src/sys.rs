@@ -88,9 +88,10 @@ pub(crate) fn slot_mutex(shm: &SharedMemory, end: End, i: usize) -> RobustMutexR
 /// # Safety
 ///
 /// For as long as the slice lives, the caller owns these bytes, in this
-/// process: it holds the consumers' lock, for the record at the head (no
-/// putter writes between head and tail, and no other getter takes the
-/// record while the lock is held), or a claim on space past the tail (its
+/// process: it holds a borrow of a record between the head and the tail
+/// (its slot's mutex: no putter writes before the head, which waits for
+/// the borrow, and no other getter takes the record, which lies before the
+/// consumers' frontier), or a claim on space past the tail (its
 /// slot's mutex: no getter reads the space before the tail passes it,
 /// which waits for the claim, and no other putter writes it, since claims
 /// never overlap), and makes no `&mut` slice of them meanwhile.
