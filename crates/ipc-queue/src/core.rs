@@ -544,6 +544,14 @@ impl Core {
         }
     }
 
+    /// Whether every open borrow still borrowed is this thread's.
+    fn borrowed_here_only(&self) -> bool {
+        self.slots(End::Head).iter().enumerate().all(|(i, s)| {
+            s.state.load(Ordering::Acquire) != slot::HELD
+                || sys::slot_mutex(self.shm(), End::Head, i).is_held_by_this_thread()
+        })
+    }
+
     /// Whether this thread holds a slot of `end`'s chain (a reservation, a
     /// borrowed item): what comes after it at that end waits for it.
     fn holds_slot(&self, end: End) -> bool {
@@ -993,6 +1001,7 @@ impl Core {
             // The claim's own space: no lock needed to write it.
             self.ring_write(r.record, &ring::header(len as u32, r.need as u32))?;
         }
+        let mut holding = true;
         let locked = self.lock(End::Tail, Deadline::Never, Duration::ZERO);
         let result = locked.and_then(|locked| {
             if commit.is_some() {
@@ -1001,6 +1010,11 @@ impl Core {
             } else {
                 self.give_up(r.slot, r.record, r.need)?;
             }
+            // Settled: the mutex goes before the advance frees the slot, so
+            // a putter that finds the slot free can take it (and is woken
+            // by the advance, not after).
+            let _ = r.mutex.unlock();
+            holding = false;
             // A claim given up may have been all a getter of a closed queue
             // waited for: it looks again either way.
             if self.advance_from(r.slot)? || commit.is_none() {
@@ -1008,9 +1022,11 @@ impl Core {
             }
             Ok(())
         });
-        // Only now: a claim still "being written" with a free mutex is
-        // one given up.
-        let _ = r.mutex.unlock();
+        if holding {
+            // Unsettled: a claim still "held" with a free mutex is one
+            // given up.
+            let _ = r.mutex.unlock();
+        }
         result
     }
 
@@ -1198,11 +1214,22 @@ impl Core {
         let cap = self.ring.capacity;
         let mut in_chain = [false; CLAIM_SLOTS];
         let mut front = Pos::load(self.word(end), Ordering::Relaxed);
+        // Borrows lie between the head and the tail, and records may fill
+        // the ring, where the walk would come round to a slot the head has
+        // passed (one whose taker died before freeing it): never more.
+        let most = match end {
+            End::Tail => u32::MAX,
+            End::Head => Pos::load(&self.control().tail.pos, Ordering::Acquire)
+                .count
+                .wrapping_sub(front.count),
+        };
         let mut open = 0;
-        while let Some(i) = (0..slots.len()).find(|&i| {
-            !in_chain[i]
-                && slots[i].state.load(Ordering::Acquire) != slot::FREE
-                && slots[i].from.load(Ordering::Relaxed) == u64::from(front.offset)
+        while let Some(i) = (open < most).then_some(()).and_then(|()| {
+            (0..slots.len()).find(|&i| {
+                !in_chain[i]
+                    && slots[i].state.load(Ordering::Acquire) != slot::FREE
+                    && slots[i].from.load(Ordering::Relaxed) == u64::from(front.offset)
+            })
         }) {
             let s = &slots[i];
             let end = s
@@ -1297,23 +1324,40 @@ impl Core {
         self.find_record(deadline, on_busy, false, seen, |record| {
             let len = record.at.len;
             let buf: &mut [u8] = match dest {
-                Dest::Slice(slice) => {
-                    if slice.len() < len {
-                        return Err(Error::BufferTooShort { needed: len });
-                    }
-                    &mut slice[..len]
+                Dest::Slice(slice) if slice.len() < len => {
+                    return self.leave(record, Error::BufferTooShort { needed: len });
                 }
+                Dest::Slice(slice) => &mut slice[..len],
                 Dest::Vec(vec) => {
                     vec.clear();
                     vec.resize(len, 0);
                     &mut vec[..]
                 }
             };
-            ring::read(self.shm(), record.at.payload_off(), buf)?;
+            if let Err(e) = ring::read(self.shm(), record.at.payload_off(), buf) {
+                return self.leave(record, e);
+            }
             crash_point();
             self.consume(record)?;
             Ok(len)
         })
+    }
+
+    /// Leaves `record` for the next get and returns `error`: as it was,
+    /// unless it is an item this getter took over from a borrower that is
+    /// gone, which it gives back again.
+    #[cold]
+    fn leave<R>(&self, record: Record<'_>, error: Error) -> Result<R> {
+        if let Some((_, Some(mutex))) = record.slot.filter(|_| record.again) {
+            let _ = mutex.unlock();
+            let b = &self.control().borrows;
+            let given_back = b.given_back.load(Ordering::Relaxed);
+            b.given_back
+                .store(given_back.saturating_add(1), Ordering::Relaxed);
+            drop(record.locked);
+            self.tell_getters()?;
+        }
+        Err(error)
     }
 
     /// Takes `record` off the queue: one store of the head, after which
@@ -1375,11 +1419,11 @@ impl Core {
             );
             self.finish_opening(End::Head, record.open, record.at.head);
         }
-        let result = self.advance_borrows(record.locked, i);
         if let Some(mutex) = mutex {
+            // Read: as in `settle_borrow`.
             let _ = mutex.unlock();
         }
-        result
+        self.advance_borrows(record.locked, i)
     }
 
     /// Finds the next record and borrows it for an in-place get: a borrow
@@ -1436,6 +1480,10 @@ impl Core {
                         .state
                         .store(slot::DONE, Ordering::Release);
                     crash_point();
+                    // Read: the mutex goes before the advance frees the
+                    // slot, so a getter that finds it free can take it.
+                    let _ = mutex.unlock();
+                    holding = false;
                     return self.advance_borrows(locked, i);
                 }
                 // A free mutex on a held slot is what a getter takes over.
@@ -1457,9 +1505,9 @@ impl Core {
 
     /// [`advance_borrows_locked`](Self::advance_borrows_locked), then the
     /// wake-ups: putters if the head moved (releasing the consumers' lock,
-    /// `locked`, first), getters if an item was given back or a slot came
-    /// free that they may wait for (every slot was open, or the queue is
-    /// closed and getters wait for the last borrows).
+    /// `locked`, first), getters if an item was given back, a slot came
+    /// free that they may wait for (every slot was open), or the queue is
+    /// closed (getters wait for the last borrows).
     fn advance_borrows(&self, locked: Locked<'_>, hint: usize) -> Result<()> {
         let was_full = self.control().borrows.open.load(Ordering::Relaxed) as usize >= BORROW_SLOTS;
         let (moved, gave_back) = self.advance_borrows_locked(hint)?;
@@ -1468,7 +1516,7 @@ impl Core {
         } else {
             drop(locked);
         }
-        if gave_back || (moved && (was_full || self.is_closed())) {
+        if gave_back || (moved && was_full) || self.is_closed() {
             self.tell_getters()?;
         }
         Ok(())
@@ -1491,6 +1539,11 @@ impl Core {
                 break;
             }
             let head = Pos::load(&c.head.pos, Ordering::Relaxed);
+            let tail = Pos::load(&c.tail.pos, Ordering::Acquire);
+            if head.count == tail.count {
+                // Borrows lie between the head and the tail.
+                return Err(self.broken_chain(End::Head, &format!("{open} past the tail {tail:?}")));
+            }
             let Some(i) = self.slot_at(End::Head, u64::from(head.offset), hint) else {
                 return Err(self.broken_chain(End::Head, &format!("none at the head {head:?}")));
             };
@@ -1702,9 +1755,9 @@ impl Core {
                     v.tail.store(&c.seen_tail, Ordering::Relaxed);
                     continue;
                 }
-                // Borrowed items may still be given back, but not while
-                // this thread holds one: it would wait for itself.
-                if claims == 0 && (open == 0 || self.holds_slot(End::Head)) {
+                // Items borrowed by others may still be given back; those
+                // of this thread would be waited for by itself.
+                if claims == 0 && (open == 0 || self.borrowed_here_only()) {
                     return Err(Error::Closed);
                 }
             }
@@ -2417,6 +2470,47 @@ mod tests {
     fn a_copying_get_behind_a_borrow_takes_its_item_or_nothing_at_any_step() {
         // The copy; the slot, marked read; the frontier.
         assert_eq!(get_behind_a_borrow_at_every_step(Behind::Copied), 3);
+    }
+
+    #[test]
+    fn a_borrow_that_fills_the_ring_released_at_any_step_leaves_it_whole() {
+        // One record takes the whole ring: a recovery's walk from the head
+        // comes round to where it began, past the slot the head passed.
+        let full = vec![7u8; 248];
+        let steps = every_crash_point(|k| {
+            let q = queue();
+            q.put_bytes(&full).unwrap();
+            let crashed = crash_at(&q, k, |q| {
+                let item = q.get_in_place().unwrap();
+                item.release().unwrap();
+            });
+            let got = drain(&q);
+            assert!(got.is_empty() || got == [full.clone()], "crash point {k}");
+            q.put_bytes(b"after").unwrap();
+            assert_eq!(q.get_bytes_nowait().unwrap(), b"after", "crash point {k}");
+            drained_and_whole(&q, k);
+            crashed
+        });
+        // The slot, the frontier; the state; the head, the slot freed.
+        assert_eq!(steps, 5);
+    }
+
+    #[test]
+    fn an_item_given_back_that_a_get_cannot_take_stays_given_back() {
+        let q = queue();
+        q.put_bytes(b"0123456789").unwrap();
+        q.put_bytes(b"x").unwrap();
+        q.get_in_place().unwrap().restore();
+        let mut short = [0u8; 2];
+        assert!(matches!(
+            q.get_bytes_into_nowait(&mut short),
+            Err(Error::BufferTooShort { .. })
+        ));
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"0123456789");
+        assert_eq!(q.get_bytes_nowait().unwrap(), b"x");
+        q.close().unwrap();
+        assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+        drained_and_whole(&q, 0);
     }
 
     #[test]

@@ -708,3 +708,34 @@ fn two_consumers_reading_in_place_take_every_item_once() {
     }
     assert_eq!((q.qsize(), q.used_bytes(), q.unfinished_tasks()), (0, 0, 0));
 }
+
+#[test]
+fn closed_is_not_said_while_another_process_holds_an_item_that_may_come_back() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    q.put_bytes(b"mine").unwrap();
+    q.put_bytes(b"theirs").unwrap();
+    let mine = q.get_in_place().unwrap();
+    let (holding, give_back) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut other = fork_with_events(&q, &[&holding, &give_back], {
+        let (q, holding, give_back) = (&q, &holding, &give_back);
+        move || -> ipc_core::Result<()> {
+            let theirs = q.get_in_place()?;
+            assert_eq!(&theirs[..], b"theirs");
+            holding.set();
+            assert!(give_back.wait_timeout(PATIENCE));
+            theirs.restore();
+            Ok(())
+        }
+    });
+    assert!(holding.wait_timeout(PATIENCE), "the other never borrowed");
+    q.close().unwrap();
+    // This thread holds an item, but so does the other process.
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Empty)));
+    give_back.set();
+    assert_eq!(q.get_bytes_timeout(PATIENCE).unwrap(), b"theirs");
+    join_ok(&mut other);
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+    mine.release().unwrap();
+    assert!(matches!(q.get_bytes_nowait(), Err(Error::Closed)));
+    assert_eq!(q.used_bytes(), 0);
+}
