@@ -320,6 +320,25 @@ impl Drop for Reserved<'_> {
     }
 }
 
+impl<'a> Record<'a> {
+    /// An item taken over from a borrower that is gone (`take_back`'s slot,
+    /// its mutex and the record), with `open` borrows open.
+    fn again(
+        locked: Locked<'a>,
+        open: u32,
+        (i, mutex, at): (usize, RobustMutexRef<'a>, ring::Located),
+    ) -> Record<'a> {
+        Record {
+            locked,
+            at,
+            front: at.head,
+            open,
+            slot: Some((i, Some(mutex))),
+            again: true,
+        }
+    }
+}
+
 /// A record borrowed for an in-place get: an open borrow, whose slot's
 /// mutex this thread holds until the borrow is settled (released, or given
 /// back when it is dropped unreleased).
@@ -1676,17 +1695,8 @@ impl Core {
                 // An item given back comes first, and so does the oldest
                 // borrowed one if its borrower died: the head waits for it.
                 let oldest = c.borrows.given_back.load(Ordering::Relaxed) == 0;
-                {
-                    if let Some((i, mutex, at)) = self.take_back(oldest)? {
-                        return then(Record {
-                            locked,
-                            at,
-                            front: at.head,
-                            open,
-                            slot: Some((i, Some(mutex))),
-                            again: true,
-                        });
-                    }
+                if let Some(back) = self.take_back(oldest)? {
+                    return then(Record::again(locked, open, back));
                 }
             }
             let front = self.frontier(End::Head, open, Ordering::Relaxed);
@@ -1731,15 +1741,8 @@ impl Core {
             }
             if open != 0 {
                 // A borrower that is gone: its item, rather than a wait.
-                if let Some((i, mutex, at)) = self.take_back(false)? {
-                    return then(Record {
-                        locked,
-                        at,
-                        front: at.head,
-                        open,
-                        slot: Some((i, Some(mutex))),
-                        again: true,
-                    });
+                if let Some(back) = self.take_back(false)? {
+                    return then(Record::again(locked, open, back));
                 }
             }
             if v.items() == 0 && self.is_closed() {
