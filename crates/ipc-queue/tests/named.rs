@@ -10,7 +10,7 @@ use ipc_core::process::Process;
 use ipc_core::{Error, Property};
 use ipc_queue::{JoinableQueue, Queue, SimpleQueue};
 use ipc_shm::SharedMemory;
-use ipc_testkit::{assert_no_leftovers, leftovers, name, PATIENCE};
+use ipc_testkit::{assert_no_leftovers, name, own_leftovers, PATIENCE};
 
 /// The error of a call that must fail.
 fn refused<T: std::fmt::Debug>(result: ipc_core::Result<T>) -> Error {
@@ -49,7 +49,7 @@ fn create_open_and_owner_removal() {
         drop(other);
         drop(third);
         assert_eq!(
-            leftovers(),
+            own_leftovers(),
             std::slice::from_ref(&n),
             "only the owner removes it"
         );

@@ -238,7 +238,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A fresh segment name for this test process, `ipct_<pid>_<n>`: the names
+thread_local! {
+    /// The names [`name`] made on this thread: a test's, since the test
+    /// harness runs each test on a thread of its own (and the tests of one
+    /// binary at the same time, so a process-wide look would see the
+    /// segments of the tests beside it).
+    static NAMED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A fresh segment name for this test, `ipct_<pid>_<n>`: the names
 /// [`leftovers`] looks for.
 ///
 /// ```
@@ -247,7 +255,9 @@ pub fn unique(prefix: &str) -> String {
 /// assert_ne!(a, ipc_testkit::name());
 /// ```
 pub fn name() -> String {
-    unique("ipct")
+    let name = unique("ipct");
+    NAMED.with(|named| named.borrow_mut().push(name.clone()));
+    name
 }
 
 /// A path in the temporary directory that no other process or call uses:
@@ -262,31 +272,61 @@ pub fn temp_path(prefix: &str) -> PathBuf {
 }
 
 /// The `/dev/shm` entries named by [`name`] in this process that are still
-/// there (`ipct_<pid>_…`), sorted.
+/// there (`ipct_<pid>_…`), sorted: every test's of this process, including
+/// those running beside this one.
 ///
 /// ```
 /// assert!(ipc_testkit::leftovers().is_empty());
 /// ```
 pub fn leftovers() -> Vec<String> {
     let prefix = format!("ipct_{}_", std::process::id());
+    shm_entries(|entry| entry.starts_with(&prefix))
+}
+
+/// The `/dev/shm` entries named by [`name`] on this thread (this test) that
+/// are still there, or named after one of them (`ipct_<pid>_<n>…`), sorted.
+///
+/// ```
+/// let name = ipc_testkit::name();
+/// assert!(ipc_testkit::own_leftovers().is_empty());
+/// ```
+pub fn own_leftovers() -> Vec<String> {
+    let named = NAMED.with(|named| named.borrow().clone());
+    // `ipct_7_1` names `ipct_7_1_a` but not `ipct_7_12`.
+    let after = |entry: &str, name: &str| {
+        entry
+            .strip_prefix(name)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    shm_entries(|entry| named.iter().any(|name| after(entry, name)))
+}
+
+/// The `/dev/shm` entries `wanted` picks, sorted.
+fn shm_entries(wanted: impl Fn(&str) -> bool) -> Vec<String> {
     let mut left: Vec<String> = std::fs::read_dir("/dev/shm")
         .expect("/dev/shm is readable")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&prefix))
+        .filter(|entry| wanted(entry))
         .collect();
     left.sort();
     left
 }
 
-/// Fails the test if this process left segments in `/dev/shm` (see
-/// [`leftovers`]).
+/// Fails the test if it left segments in `/dev/shm`: any of this process
+/// ([`leftovers`]) under nextest, which runs each test in a process of its
+/// own, else those named on this thread ([`own_leftovers`]), since the
+/// tests running beside it in the same process are theirs to check.
 ///
 /// ```
 /// ipc_testkit::assert_no_leftovers();
 /// ```
 pub fn assert_no_leftovers() {
-    let left = leftovers();
+    let left = if std::env::var_os("NEXTEST").is_some() {
+        leftovers()
+    } else {
+        own_leftovers()
+    };
     assert!(left.is_empty(), "segments left in /dev/shm: {left:?}");
 }
 
