@@ -33,8 +33,7 @@
 use std::cell::Cell;
 use std::io;
 use std::ptr;
-use std::sync::atomic::{compiler_fence, fence, AtomicU64, AtomicU8, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{compiler_fence, fence, AtomicI32, AtomicU64, AtomicU8, Ordering};
 
 use rustix::thread::{gettid, membarrier, MembarrierCommand};
 
@@ -151,7 +150,14 @@ const MODE_PLAIN: u8 = 1;
 /// No membarrier: an atomic swap, a full barrier by itself.
 const MODE_FENCED: u8 = 2;
 
-static AT_FORK: Once = Once::new();
+/// Whether this process registered [`forget_after_fork`]: [`UNREGISTERED`],
+/// [`REGISTERED`], or `pid << 1 | 1` while process `pid` registers it (see
+/// [`register_at_fork`]).
+static AT_FORK: AtomicU64 = AtomicU64::new(UNREGISTERED);
+/// What `pthread_atfork` returned, once [`AT_FORK`] says it was called.
+static AT_FORK_RC: AtomicI32 = AtomicI32::new(0);
+const UNREGISTERED: u64 = 0;
+const REGISTERED: u64 = 2;
 
 /// The calling thread's id and robust list, set up on its first call.
 #[inline]
@@ -169,12 +175,11 @@ pub(crate) fn me_if_known() -> Option<Me> {
 
 #[cold]
 fn me_first() -> io::Result<Me> {
-    let mut at_fork = 0;
-    AT_FORK.call_once(|| {
+    let at_fork = register_at_fork(&AT_FORK, &AT_FORK_RC, std::process::id(), || {
         // SAFETY: `forget_after_fork` is an `extern "C" fn()` that only
-        // touches a const thread-local and an atomic, both fine in a freshly
+        // touches a const thread-local and atomics, all fine in a freshly
         // forked child.
-        at_fork = unsafe { libc::pthread_atfork(None, None, Some(forget_after_fork)) };
+        unsafe { libc::pthread_atfork(None, None, Some(forget_after_fork)) }
     });
     if at_fork != 0 {
         // Without the handler a forked child would lock with its parent's
@@ -236,6 +241,46 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub(crate) fn fork_generation() -> u64 {
     FORKS.load(Ordering::Relaxed)
+}
+
+/// Calls `register` once per process (`pid`), recording in `state` and
+/// `rc` that it did and what it returned; gives that. Not a `Once`: a
+/// thread that forks while another thread of its process is inside
+/// `register` leaves the child a `Once` marked running by a thread the
+/// child does not have, and the child's first lock waited for it forever
+/// (seen as a rare hang of a test that forks from a multi-threaded test
+/// harness). A registration marked with another process's id is such a
+/// leftover, and this process makes its own (`pthread_atfork` twice is
+/// harmless: the handler only resets what a child must not inherit).
+fn register_at_fork(
+    state: &AtomicU64,
+    rc: &AtomicI32,
+    pid: u32,
+    register: impl FnOnce() -> libc::c_int,
+) -> libc::c_int {
+    let mine = u64::from(pid) << 1 | 1;
+    let mut register = Some(register);
+    loop {
+        let seen = state.load(Ordering::Acquire);
+        if seen == REGISTERED {
+            return rc.load(Ordering::Relaxed);
+        }
+        let stale = seen == UNREGISTERED || (seen != mine && seen & 1 == 1);
+        if !stale {
+            // Another thread of this process is registering: it is quick.
+            std::thread::yield_now();
+            continue;
+        }
+        if state
+            .compare_exchange(seen, mine, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let done = register.take().map_or(0, |register| register());
+            rc.store(done, Ordering::Relaxed);
+            state.store(REGISTERED, Ordering::Release);
+            return done;
+        }
+    }
 }
 
 /// In a forked child: the thread has a new id, and the process a new
@@ -351,4 +396,42 @@ pub(crate) fn thread_of_this_process(tid: u32) -> bool {
     // SAFETY: signal 0 is delivered to nobody; the call only checks that
     // the thread exists in our thread group.
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fork_handler_is_registered_once_and_a_registration_left_by_a_parent_is_redone() {
+        let (state, rc) = (AtomicU64::new(UNREGISTERED), AtomicI32::new(0));
+        let mut calls = 0;
+        assert_eq!(
+            register_at_fork(&state, &rc, 7, || {
+                calls += 1;
+                0
+            }),
+            0
+        );
+        assert_eq!(
+            register_at_fork(&state, &rc, 7, || {
+                calls += 1;
+                0
+            }),
+            0
+        );
+        assert_eq!((calls, state.load(Ordering::Relaxed)), (1, REGISTERED));
+        // A child forked while its parent (pid 7) was registering: the
+        // parent's thread is not there to finish, so the child registers.
+        state.store(7 << 1 | 1, Ordering::Relaxed);
+        assert_eq!(
+            register_at_fork(&state, &rc, 8, || {
+                calls += 1;
+                22
+            }),
+            22
+        );
+        assert_eq!(register_at_fork(&state, &rc, 8, || unreachable!()), 22);
+        assert_eq!(calls, 2);
+    }
 }
