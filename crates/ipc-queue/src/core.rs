@@ -988,7 +988,7 @@ impl Core {
     /// written), and moves the frontier past it; called holding the
     /// producers' lock. The slot's fields go first and its state last, so
     /// a holder that dies leaves a slot that is free or whole, and the next
-    /// holder works the frontier out from the slots (`recover_claims`).
+    /// holder works the frontier out from the slots (`recover_chain`).
     fn open_claim(&self, i: usize, room: &Room<'_>, state: u32) {
         let next = self.ring.tail_after(room.front, &room.at, room.need);
         self.open_slot(End::Tail, i, room.front, room.at.record, room.need, state);
@@ -1375,15 +1375,28 @@ impl Core {
     #[cold]
     fn leave<R>(&self, record: Record<'_>, error: Error) -> Result<R> {
         if let Some((_, Some(mutex))) = record.slot.filter(|_| record.again) {
-            let _ = mutex.unlock();
-            let b = &self.control().borrows;
-            let given_back = b.given_back.load(Ordering::Relaxed);
-            b.given_back
-                .store(given_back.saturating_add(1), Ordering::Relaxed);
-            drop(record.locked);
-            self.tell_getters()?;
+            self.give_back(&mutex, record.locked)?;
         }
         Err(error)
+    }
+
+    /// Gives back the borrowed item whose slot's mutex (`mutex`) this
+    /// thread holds, called holding the consumers' lock (`locked`, let go
+    /// here): a free mutex on a held slot is what the next get takes over.
+    fn give_back(&self, mutex: &RobustMutexRef<'_>, locked: Locked<'_>) -> Result<()> {
+        let _ = mutex.unlock();
+        self.note_given_back();
+        drop(locked);
+        self.tell_getters()
+    }
+
+    /// Counts one more item given back in the `given_back` hint; called
+    /// holding the consumers' lock.
+    fn note_given_back(&self) {
+        let b = &self.control().borrows;
+        let given_back = b.given_back.load(Ordering::Relaxed);
+        b.given_back
+            .store(given_back.saturating_add(1), Ordering::Relaxed);
     }
 
     /// Takes `record` off the queue: one store of the head, after which
@@ -1500,7 +1513,6 @@ impl Core {
         let result = self
             .lock(End::Head, Deadline::Never, Duration::ZERO)
             .and_then(|locked| {
-                let b = &self.control().borrows;
                 if release {
                     self.slots(End::Head)[i]
                         .state
@@ -1512,14 +1524,8 @@ impl Core {
                     holding = false;
                     return self.advance_borrows(locked, i);
                 }
-                // A free mutex on a held slot is what a getter takes over.
-                let _ = mutex.unlock();
                 holding = false;
-                let given_back = b.given_back.load(Ordering::Relaxed);
-                b.given_back
-                    .store(given_back.saturating_add(1), Ordering::Relaxed);
-                drop(locked);
-                self.tell_getters()
+                self.give_back(mutex, locked)
             });
         if holding {
             // Only now: a slot still "held" with a free mutex is one given
@@ -1579,9 +1585,7 @@ impl Core {
                 slot::DONE => {}
                 slot::HELD => {
                     if self.holder_gone(End::Head, i)? {
-                        let given_back = b.given_back.load(Ordering::Relaxed);
-                        b.given_back
-                            .store(given_back.saturating_add(1), Ordering::Relaxed);
+                        self.note_given_back();
                         gave_back = true;
                     }
                     break;

@@ -287,7 +287,7 @@ pub fn leftovers() -> Vec<String> {
 /// are still there, or named after one of them (`ipct_<pid>_<n>…`), sorted.
 ///
 /// ```
-/// let name = ipc_testkit::name();
+/// let _ = ipc_testkit::name();
 /// assert!(ipc_testkit::own_leftovers().is_empty());
 /// ```
 pub fn own_leftovers() -> Vec<String> {
