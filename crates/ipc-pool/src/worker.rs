@@ -20,7 +20,7 @@ const TASKS: &str = "ipc-pool-tasks";
 const PROGRESS: &str = "ipc-pool-progress";
 
 /// The progress word's value while a worker has not started its chunk.
-pub(crate) const NOT_STARTED: u64 = u64::MAX;
+const NOT_STARTED: u64 = u64::MAX;
 
 /// What a worker is started with.
 #[derive(Clone, Serialize, Deserialize)]
@@ -32,9 +32,9 @@ pub(crate) struct Setup {
 
 /// The loop a worker runs: a chunk in, its outcomes out (in one frame, or
 /// several for a chunk with large results), until the pool closes the
-/// socket. Before each task it writes the task's place in the chunk to its
-/// progress word, so that if it dies the pool knows which task it was
-/// running.
+/// socket. Before each task it writes the chunk's number and the task's
+/// place in it to its progress word, so that if it dies the pool knows
+/// which task it was running, even with its next chunk already sent.
 pub(crate) fn serve(setup: Setup) {
     let (Ok(mut tasks), Ok(progress)) = (
         inherited::<Connection<FdStream>>(TASKS),
@@ -53,17 +53,22 @@ pub(crate) fn serve(setup: Setup) {
     }
     let progress = progress_word(&progress);
     let mut outcomes = Outcomes::default();
+    // Chunks are numbered in the order they come, as the pool numbers them
+    // when it sends them (see [`progress`](Worker::progress)).
+    let mut number = 0u32;
     while let Ok(frame) = tasks.recv_bytes() {
         let Ok(chunk) = Chunk::read(&frame) else {
             return;
         };
+        let mut chunk_tasks = chunk.tasks().numbered(number);
+        number = number.wrapping_add(1);
         outcomes.clear();
         let send = |outcomes: &mut Outcomes| tasks.send_bytes(outcomes.frame()).is_ok();
         // The entry runs the whole chunk in its own code: one call and
         // one unwind guard for many tasks.
         let sent = match Runner::find(chunk.entry) {
-            Ok(runner) => runner.run_tasks(&mut chunk.tasks(), &mut outcomes, progress, send),
-            Err(unknown) => batch::fail_tasks(&mut chunk.tasks(), &unknown, &mut outcomes, send),
+            Ok(runner) => runner.run_tasks(&mut chunk_tasks, &mut outcomes, progress, send),
+            Err(unknown) => batch::fail_tasks(&mut chunk_tasks, &unknown, &mut outcomes, send),
         };
         if !sent {
             return;
@@ -94,6 +99,8 @@ pub(crate) struct Worker {
     progress: SharedMemory,
     /// Tasks it has finished (for `max_tasks_per_child`).
     pub finished: usize,
+    /// How many chunks it was sent: the next chunk's number.
+    pub sent: u32,
 }
 
 impl Worker {
@@ -116,19 +123,18 @@ impl Worker {
             tasks,
             progress,
             finished: 0,
+            sent: 0,
         })
     }
 
-    /// Which task of its chunk the worker is running or ran last, or
-    /// [`NOT_STARTED`]. A worker may write anything there: the value
-    /// is a hint, checked against the chunk before it is used.
-    pub fn progress(&self) -> u64 {
-        progress_word(&self.progress).load(Ordering::Relaxed)
-    }
-
-    /// Marks the worker as not started on its new chunk.
-    pub fn reset_progress(&self) {
-        progress_word(&self.progress).store(NOT_STARTED, Ordering::Relaxed);
+    /// Which task the worker is running or ran last: the number of its
+    /// chunk (the worker's chunks are numbered from 0 in the order they
+    /// were sent, wrapping) and its place in that chunk; `None` before its
+    /// first task. A worker may write anything there: the value is a
+    /// hint, checked against the chunks sent before it is used.
+    pub fn progress(&self) -> Option<(u32, usize)> {
+        let word = progress_word(&self.progress).load(Ordering::Relaxed);
+        (word != NOT_STARTED).then_some(((word >> 32) as u32, (word & 0xffff_ffff) as usize))
     }
 
     /// Why this worker is gone: it closed its socket, so it is exiting or

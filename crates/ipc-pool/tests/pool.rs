@@ -87,9 +87,32 @@ fn a_pool_on_fork_must_accept_the_threads_hazard() {
 }
 
 fn a_worker_killed_mid_task_fails_that_task_alone_on(pool: Pool) {
-    let results = pool
-        .map_each(ipc_core::entry!(square_or_die), 0..40u64)
-        .unwrap();
+    // Python's chunks (5 tasks), then one task a chunk: quick chunks are
+    // sent to a worker before it ends the one it runs, so the dying worker
+    // holds the next chunk too, which must run elsewhere, not fail.
+    for chunksize in [None, Some(1)] {
+        let results = match chunksize {
+            None => pool.map_each(ipc_core::entry!(square_or_die), 0..40u64),
+            Some(size) => pool
+                .chunksize(size)
+                .map_each(ipc_core::entry!(square_or_die), 0..40u64),
+        };
+        check_only_the_dying_tasks_failed(&results.unwrap());
+    }
+    // Replacements took the dead workers' places.
+    assert_eq!(pool.processes(), 2);
+    assert_eq!(pool.map(ipc_core::entry!(square), 0..10u64).unwrap()[9], 81);
+    // `map` reports the first failure in item order.
+    assert!(matches!(
+        pool.map(ipc_core::entry!(square_or_die), 10..15u64),
+        Err(Error::Child(_))
+    ));
+}
+
+/// Checks the outcomes of `square_or_die` over `0..n`: 13 and 14 failed
+/// with the signals that ended their workers, every other task has its
+/// square.
+fn check_only_the_dying_tasks_failed(results: &[ipc_core::Result<u64>]) {
     for (x, result) in results.iter().enumerate() {
         let x = x as u64;
         match (x, result) {
@@ -117,14 +140,6 @@ fn a_worker_killed_mid_task_fails_that_task_alone_on(pool: Pool) {
             (_, other) => panic!("task {x}: {other:?}"),
         }
     }
-    // Replacements took the dead workers' places.
-    assert_eq!(pool.processes(), 2);
-    assert_eq!(pool.map(ipc_core::entry!(square), 0..10u64).unwrap()[9], 81);
-    // `map` reports the first failure in item order.
-    assert!(matches!(
-        pool.map(ipc_core::entry!(square_or_die), 10..15u64),
-        Err(Error::Child(_))
-    ));
 }
 
 #[test]
