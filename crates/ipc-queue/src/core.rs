@@ -1085,10 +1085,14 @@ impl Core {
             crash_point();
             // Room (and a slot) came free without the tail moving: wake the
             // putters waiting for it. Their word is the consumers' to bump,
-            // so one about to sleep on it can miss this and look again only
-            // after `SAFETY_NET`: a rare case (a reservation given up while a
-            // put waits for its room).
-            self.putters().wake();
+            // so this takes the consumers' lock to bump it (the producers'
+            // lock, held here, is always taken first): a putter about to
+            // sleep then sees the word move, where a bare wake would find
+            // it not yet asleep and leave it to sleep until `SAFETY_NET`.
+            match self.lock(End::Head, Deadline::Never, Duration::ZERO) {
+                Ok(locked) => self.wake_putters(locked),
+                Err(_) => self.putters().wake(),
+            }
         } else {
             self.ring_write(record, &ring::header(VOID, need as u32))?;
             s.state.store(slot::VOID, Ordering::Release);
