@@ -1902,6 +1902,19 @@ impl Core {
         v.items().saturating_sub(taken) as usize
     }
 
+    /// Whether the queue holds `maxsize` records (a snapshot): the count a
+    /// put checks, so that a put finds no room exactly when this says so.
+    /// Records taken behind open borrows still count until the borrows
+    /// before them end, since until then they hold their place in the
+    /// ring; [`items`](Self::items) leaves them out.
+    pub(crate) fn at_maxsize(&self) -> bool {
+        if self.ring.maxsize == 0 {
+            return false;
+        }
+        let v = self.view();
+        self.ring.check(&v).is_ok() && v.items() as usize >= self.ring.maxsize
+    }
+
     /// The number of items put and not yet marked done (a snapshot). `done`
     /// is read first, as it never passes the put count.
     pub(crate) fn unfinished(&self) -> usize {

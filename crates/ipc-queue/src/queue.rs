@@ -365,11 +365,15 @@ impl<T> Queue<T> {
         self.qsize() == 0
     }
 
-    /// Whether the queue holds `maxsize` items (a snapshot); always
-    /// `false` without a maxsize. A put can still find no room when the
-    /// ring's bytes run out first.
+    /// Whether the queue holds `maxsize` items (a snapshot), so that a
+    /// put would wait; always `false` without a maxsize. A put can still
+    /// find no room when the ring's bytes run out first. Items taken while
+    /// an item before them is still borrowed in place
+    /// ([`get_in_place`](Self::get_in_place)) keep counting here until that
+    /// borrow ends, as their records keep their place in the ring; they no
+    /// longer count in [`qsize`](Self::qsize).
     pub fn full(&self) -> bool {
-        self.core.ring.maxsize != 0 && self.qsize() >= self.core.ring.maxsize
+        self.core.at_maxsize()
     }
 
     /// The bound in items (0: none).

@@ -185,6 +185,29 @@ fn items_written_and_read_in_place_cross_processes_around_the_ring() {
 }
 
 #[test]
+fn full_agrees_with_a_put_while_items_are_taken_behind_a_borrow() {
+    let q = Queue::<u64>::builder()
+        .maxsize(2)
+        .capacity(4096)
+        .anonymous()
+        .unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.full());
+    let first = q.get_in_place().unwrap();
+    // Taken behind the borrow: no longer an item, but its record keeps its
+    // place in the ring until the borrow before it ends.
+    assert_eq!(q.get_nowait().unwrap(), 2);
+    assert!(q.qsize() < q.maxsize());
+    assert!(q.full());
+    assert!(matches!(q.put_nowait(3), Err(e) if matches!(e.error, Error::Full)));
+    first.release().unwrap();
+    assert!(!q.full());
+    q.put_nowait(3).unwrap();
+    assert_eq!(q.get().unwrap(), 3);
+}
+
+#[test]
 fn an_abandoned_reservation_and_a_restored_item_leave_the_queue_as_it_was() {
     let q = Queue::<u32>::new().unwrap();
     q.put(1).unwrap();
