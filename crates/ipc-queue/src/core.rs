@@ -1903,15 +1903,22 @@ impl Core {
     }
 
     /// Whether the queue holds `maxsize` records (a snapshot): the count a
-    /// put checks, so that a put finds no room exactly when this says so.
-    /// Records taken behind open borrows still count until the borrows
-    /// before them end, since until then they hold their place in the
-    /// ring; [`items`](Self::items) leaves them out.
+    /// put checks, from the head to the claims' frontier, so that a put
+    /// finds no room by count exactly when this says so. Reservations being
+    /// written count, and so do records taken behind open borrows until the
+    /// borrows before them end, since until then they hold their place in
+    /// the ring; [`items`](Self::items) leaves both out.
     pub(crate) fn at_maxsize(&self) -> bool {
         if self.ring.maxsize == 0 {
             return false;
         }
-        let v = self.view();
+        let c = self.control();
+        let head = Pos::load(&c.head.pos, Ordering::Acquire);
+        let open = c.claims.open.load(Ordering::Acquire);
+        let v = View {
+            head,
+            tail: self.frontier(End::Tail, open, Ordering::Acquire),
+        };
         self.ring.check(&v).is_ok() && v.items() as usize >= self.ring.maxsize
     }
 

@@ -367,11 +367,12 @@ impl<T> Queue<T> {
 
     /// Whether the queue holds `maxsize` items (a snapshot), so that a
     /// put would wait; always `false` without a maxsize. A put can still
-    /// find no room when the ring's bytes run out first. Items taken while
-    /// an item before them is still borrowed in place
-    /// ([`get_in_place`](Self::get_in_place)) keep counting here until that
-    /// borrow ends, as their records keep their place in the ring; they no
-    /// longer count in [`qsize`](Self::qsize).
+    /// find no room when the ring's bytes run out first. Reservations
+    /// being written ([`reserve`](Self::reserve)) count here, and so do
+    /// items taken while an item before them is still borrowed in place
+    /// ([`get_in_place`](Self::get_in_place)), until that borrow ends, as
+    /// their records keep their place in the ring; neither counts in
+    /// [`qsize`](Self::qsize).
     pub fn full(&self) -> bool {
         self.core.at_maxsize()
     }

@@ -208,6 +208,21 @@ fn full_agrees_with_a_put_while_items_are_taken_behind_a_borrow() {
 }
 
 #[test]
+fn full_agrees_with_a_put_while_a_reservation_is_open() {
+    let q = Queue::<u64>::builder()
+        .maxsize(1)
+        .capacity(4096)
+        .anonymous()
+        .unwrap();
+    let reservation = q.reserve(8).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.put_nowait(3), Err(e) if matches!(e.error, Error::Full)));
+    drop(reservation);
+    assert!(!q.full());
+    q.put_nowait(3).unwrap();
+}
+
+#[test]
 fn an_abandoned_reservation_and_a_restored_item_leave_the_queue_as_it_was() {
     let q = Queue::<u32>::new().unwrap();
     q.put(1).unwrap();
