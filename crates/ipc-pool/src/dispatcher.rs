@@ -231,6 +231,12 @@ const QUICK: Duration = Duration::from_micros(500);
 /// waiting for the dispatcher to read its outcomes).
 const AHEAD_BYTES: usize = 64 << 10;
 
+/// Pieces are sent ahead only to a worker whose socket takes this much
+/// before a send waits: two frames of [`AHEAD_BYTES`] and the kernel's
+/// overhead. Linux gives 208 KiB (`net.core.wmem_default`) unless told
+/// otherwise.
+const AHEAD_BUFFER: usize = 3 * AHEAD_BYTES;
+
 /// Why a worker is being replaced.
 enum Cause {
     /// Its socket ended or its process exited.
@@ -355,8 +361,10 @@ impl Dispatcher {
     }
 
     /// Hands queued pieces to idle workers, then a second one to each
-    /// quick worker (see [`QUICK`]).
+    /// quick worker (see [`QUICK`]); with none queued, hands an idle worker
+    /// a piece sent ahead to another that has not started it.
     fn assign(&mut self) {
+        self.take_over_ahead();
         for ahead in [false, true] {
             for i in 0..self.slots.len() {
                 if self.queue.is_empty() {
@@ -371,12 +379,48 @@ impl Dispatcher {
                             && slot.quick
                             && self.max_tasks.is_none()
                             && slot.running[0].piece.frame.len() <= AHEAD_BYTES
+                            && slot
+                                .worker
+                                .as_ref()
+                                .is_some_and(|w| w.send_buffer >= AHEAD_BUFFER)
                     }
                     _ => false,
                 };
                 if takes {
                     self.assign_to(i, ahead);
                 }
+            }
+        }
+    }
+
+    /// With nothing queued, takes back each piece sent ahead to a worker
+    /// that has not started it (it may be running a long task) for a
+    /// worker that has nothing to run, which [`assign`](Self::assign) then
+    /// hands it: a piece waits behind another only while no worker is
+    /// free, as it would with every piece sent on demand. (A task that
+    /// waits for another task's effect is not stuck behind it.)
+    fn take_over_ahead(&mut self) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        let idle = self
+            .slots
+            .iter()
+            .filter(|s| s.worker.is_some() && s.running.is_empty())
+            .count();
+        for _ in 0..idle {
+            let taken = self.slots.iter_mut().find_map(|slot| {
+                let (Some(worker), Some(ahead)) = (&slot.worker, slot.running.get(1)) else {
+                    return None;
+                };
+                if !worker.take_back(ahead.number) {
+                    return None;
+                }
+                slot.running.pop_back().map(|ahead| ahead.piece)
+            });
+            match taken {
+                Some(piece) => self.queue.push_back(piece),
+                None => return,
             }
         }
     }

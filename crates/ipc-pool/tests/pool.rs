@@ -206,6 +206,55 @@ fn imap_yields_in_order_and_imap_unordered_as_ready() {
     assert_eq!(results[3].as_ref().unwrap(), &36);
 }
 
+fn noop(x: u64) -> u64 {
+    x
+}
+
+/// Waits, at most 20 s, for the event `name` to be set; whether it was.
+fn wait_for_event(name: String) -> bool {
+    ipc_shm::Event::open(&name).is_ok_and(|event| event.wait_timeout(Duration::from_secs(20)))
+}
+
+fn set_event(name: String) -> bool {
+    ipc_shm::Event::open(&name).map(|event| event.set()).is_ok()
+}
+
+/// A task that takes `ms` milliseconds of the worker's time.
+fn take_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_task_another_waits_for_is_not_held_up_behind_it() {
+    let pool = Pool::new(2).unwrap();
+    // Quick pieces first: each worker is then sent its next piece while it
+    // runs one.
+    for _ in 0..5 {
+        pool.chunksize(1)
+            .map(ipc_core::entry!(noop), 0..50u64)
+            .unwrap();
+    }
+    let name = ipc_testkit::name();
+    let event = ipc_shm::Event::create(&name).unwrap();
+    let waiter = pool
+        .apply_async(ipc_core::entry!(wait_for_event), &name)
+        .unwrap();
+    let busy = pool.apply_async(ipc_core::entry!(take_ms), &200).unwrap();
+    // Sent ahead to the waiting worker, it must still run on the other
+    // one once that is free, and end the wait.
+    let setter = pool
+        .apply_async(ipc_core::entry!(set_event), &name)
+        .unwrap();
+    assert!(setter.get().unwrap());
+    assert!(
+        waiter.get().unwrap(),
+        "the waiter's event was set while it waited"
+    );
+    assert!(event.is_set());
+    assert_eq!(busy.get().unwrap(), 200);
+}
+
 #[test]
 fn apply_async_is_ready_when_its_task_is_done() {
     let pool = Pool::new(2).unwrap();
