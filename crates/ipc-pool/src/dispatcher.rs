@@ -16,13 +16,13 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc_core::spawn::ChildFailure;
 use ipc_core::{wait, Error, Result, Waitable};
 
 use crate::wire::{self, Chunk};
-use crate::worker::{Recipe, Worker, REAP};
+use crate::worker::{Recipe, Worker, NOT_STARTED, REAP};
 
 /// One caller's batch of tasks (a `map`, an `imap`, an `apply_async`):
 /// where its outcomes go, and whether the caller still wants them.
@@ -144,8 +144,7 @@ impl Dispatch {
                 .into_iter()
                 .map(|worker| Slot {
                     worker: Some(worker),
-                    running: VecDeque::new(),
-                    quick: false,
+                    running: None,
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -199,43 +198,14 @@ impl Drop for Dispatch {
 struct Slot {
     /// `None` while a replacement could not be started.
     worker: Option<Worker>,
-    /// The pieces sent to the worker, in the order it runs them: it is
-    /// running the first, and has the next one waiting, if any.
-    running: VecDeque<Running>,
-    /// Whether the worker's last piece took less than [`QUICK`]: then it
-    /// is sent its next piece before it ends this one.
-    quick: bool,
+    running: Option<Running>,
 }
 
-/// A piece sent to a worker, and how many of its tasks it answered.
+/// The piece a worker is running and how many of its tasks it answered.
 struct Running {
     piece: Piece,
     answered: usize,
-    /// The piece's number among those sent to the worker.
-    number: u32,
-    /// When the worker could start it: when it was sent, or when the
-    /// piece before it ended.
-    since: Instant,
 }
-
-/// A worker whose pieces take less than this is sent its next piece while
-/// it runs the current one, so that it does not wait for the dispatcher
-/// between them: that round trip (two wake-ups) costs tens of
-/// microseconds, which a piece this short feels. Longer pieces wait to be
-/// sent, so that a worker that frees up first takes them.
-const QUICK: Duration = Duration::from_micros(500);
-
-/// A waiting piece is sent ahead only if its frame and the running one's
-/// each take at most this, so that both fit in the socket's buffer and the
-/// send never waits for a worker that is busy running (and may itself be
-/// waiting for the dispatcher to read its outcomes).
-const AHEAD_BYTES: usize = 64 << 10;
-
-/// Pieces are sent ahead only to a worker whose socket takes this much
-/// before a send waits: two frames of [`AHEAD_BYTES`] and the kernel's
-/// overhead. Linux gives 208 KiB (`net.core.wmem_default`) unless told
-/// otherwise.
-const AHEAD_BUFFER: usize = 3 * AHEAD_BYTES;
 
 /// Why a worker is being replaced.
 enum Cause {
@@ -275,7 +245,7 @@ impl Dispatcher {
             self.assign();
             if self.closing
                 && self.queue.is_empty()
-                && self.slots.iter().all(|s| s.running.is_empty())
+                && self.slots.iter().all(|s| s.running.is_none())
             {
                 self.exit_workers();
                 return;
@@ -360,114 +330,47 @@ impl Dispatcher {
         }
     }
 
-    /// Hands queued pieces to idle workers, then a second one to each
-    /// quick worker (see [`QUICK`]); with none queued, hands an idle worker
-    /// a piece sent ahead to another that has not started it.
+    /// Hands queued pieces to idle workers.
     fn assign(&mut self) {
-        self.take_over_ahead();
-        for ahead in [false, true] {
-            for i in 0..self.slots.len() {
-                if self.queue.is_empty() {
-                    return;
-                }
-                let slot = &self.slots[i];
-                let takes = match slot.running.len() {
-                    0 => !ahead,
-                    // `max_tasks_per_child` counts tasks a piece at a time.
-                    1 => {
-                        ahead
-                            && slot.quick
-                            && self.max_tasks.is_none()
-                            && slot.running[0].piece.frame.len() <= AHEAD_BYTES
-                            && slot
-                                .worker
-                                .as_ref()
-                                .is_some_and(|w| w.send_buffer >= AHEAD_BUFFER)
-                    }
-                    _ => false,
-                };
-                if takes {
-                    self.assign_to(i, ahead);
-                }
-            }
-        }
-    }
-
-    /// With nothing queued, takes back each piece sent ahead to a worker
-    /// that has not started it (it may be running a long task) for a
-    /// worker that has nothing to run, which [`assign`](Self::assign) then
-    /// hands it: a piece waits behind another only while no worker is
-    /// free, as it would with every piece sent on demand. (A task that
-    /// waits for another task's effect is not stuck behind it.)
-    fn take_over_ahead(&mut self) {
-        if !self.queue.is_empty() {
-            return;
-        }
-        let idle = self
-            .slots
-            .iter()
-            .filter(|s| s.worker.is_some() && s.running.is_empty())
-            .count();
-        for _ in 0..idle {
-            let taken = self.slots.iter_mut().find_map(|slot| {
-                let (Some(worker), Some(ahead)) = (&slot.worker, slot.running.get(1)) else {
-                    return None;
-                };
-                if !worker.take_back(ahead.number) {
-                    return None;
-                }
-                slot.running.pop_back().map(|ahead| ahead.piece)
-            });
-            match taken {
-                Some(piece) => self.queue.push_back(piece),
-                None => return,
-            }
-        }
-    }
-
-    /// Sends worker `i` the next queued piece, starting the worker first if
-    /// it is not running; `ahead` of the piece it runs only if it is small
-    /// (see [`AHEAD_BYTES`]).
-    fn assign_to(&mut self, i: usize, ahead: bool) {
-        if self.slots[i].worker.is_none() {
-            if let Err(e) = self.restart(i) {
-                if self.slots.iter().all(|s| s.worker.is_none()) {
-                    self.fail_queue(&e.to_string());
-                }
+        for i in 0..self.slots.len() {
+            if self.queue.is_empty() {
                 return;
             }
-        }
-        let Some(mut piece) = self.next_piece() else {
-            return;
-        };
-        if ahead && piece.frame.len() > AHEAD_BYTES {
-            return self.queue.push_front(piece);
-        }
-        let worker = self.slots[i].worker.as_mut().expect("started above");
-        if let Some(max) = self.max_tasks {
-            let allowance = max.saturating_sub(worker.finished).max(1);
-            if piece.count > allowance {
-                match split(piece, allowance) {
-                    Ok((head, tail)) => {
-                        self.queue.push_front(tail);
-                        piece = head;
+            if self.slots[i].running.is_some() {
+                continue;
+            }
+            if self.slots[i].worker.is_none() {
+                if let Err(e) = self.restart(i) {
+                    if self.slots.iter().all(|s| s.worker.is_none()) {
+                        self.fail_queue(&e.to_string());
                     }
-                    Err(piece) => {
-                        return reply(&piece, 0, piece.count, Body::Failed(piece_error()));
+                    continue;
+                }
+            }
+            let Some(mut piece) = self.next_piece() else {
+                return;
+            };
+            let worker = self.slots[i].worker.as_mut().expect("started above");
+            if let Some(max) = self.max_tasks {
+                let allowance = max.saturating_sub(worker.finished).max(1);
+                if piece.count > allowance {
+                    match split(piece, allowance) {
+                        Ok((head, tail)) => {
+                            self.queue.push_front(tail);
+                            piece = head;
+                        }
+                        Err(piece) => {
+                            reply(&piece, 0, piece.count, Body::Failed(piece_error()));
+                            continue;
+                        }
                     }
                 }
             }
+            worker.reset_progress();
+            // A worker that died is found by the wait.
+            let _ = worker.tasks.send_bytes(&piece.frame);
+            self.slots[i].running = Some(Running { piece, answered: 0 });
         }
-        // A worker that died is found by the wait.
-        let _ = worker.tasks.send_bytes(&piece.frame);
-        let number = worker.sent;
-        worker.sent = worker.sent.wrapping_add(1);
-        self.slots[i].running.push_back(Running {
-            piece,
-            answered: 0,
-            number,
-            since: Instant::now(),
-        });
     }
 
     /// The first queued piece whose caller still wants it.
@@ -504,7 +407,7 @@ impl Dispatcher {
             // Over the size limit, or a socket error: it cannot be trusted.
             Err(e) => return self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string()))),
         };
-        let Some(running) = slot.running.front_mut() else {
+        let Some(running) = slot.running.as_mut() else {
             let why = ChildFailure::Codec("a worker sent outcomes while it had no tasks".into());
             return self.replace(i, Cause::Broken(why));
         };
@@ -526,19 +429,14 @@ impl Dispatcher {
         running.answered += answered;
         worker.finished += answered;
         if running.answered == running.piece.count {
-            let now = Instant::now();
-            slot.quick = now.duration_since(running.since) < QUICK;
-            slot.running.pop_front();
-            if let Some(next) = slot.running.front_mut() {
-                next.since = next.since.max(now);
-            }
+            slot.running = None;
             if self.max_tasks.is_some_and(|max| worker.finished >= max) {
                 self.replace(i, Cause::Retired);
             }
         }
     }
 
-    /// Replaces worker `i`. The tasks of its pieces it had not answered go
+    /// Replaces worker `i`. The tasks of its piece it had not answered go
     /// back to the front of the queue, except the one it was running when
     /// it died (or the first one, if it sent garbage), which fails.
     fn replace(&mut self, i: usize, cause: Cause) {
@@ -546,9 +444,8 @@ impl Dispatcher {
         let Some(worker) = slot.worker.take() else {
             return;
         };
-        let running = std::mem::take(&mut slot.running);
-        slot.quick = false;
-        let progress = worker.progress();
+        let running = slot.running.take();
+        let place = worker.progress();
         let failure = match cause {
             Cause::Died => worker.death(),
             Cause::Broken(failure) => Ok(failure),
@@ -558,39 +455,8 @@ impl Dispatcher {
                 Ok(ChildFailure::Exited(0))
             }
         };
-        // The piece the worker was in and its task there, if it had started
-        // one of those it was sent; the first piece otherwise.
-        let (in_piece, place) = progress
-            .and_then(|(number, place)| {
-                let k = running.iter().position(|r| r.number == number)?;
-                Some((k, Some(place)))
-            })
-            .unwrap_or((0, None));
-        // The last first, each before those after it, to keep their order.
-        for (
-            k,
-            Running {
-                piece, answered, ..
-            },
-        ) in running.into_iter().enumerate().rev()
-        {
-            match k.cmp(&in_piece) {
-                // Sent ahead, never started.
-                std::cmp::Ordering::Greater => self.queue.push_front(piece),
-                std::cmp::Ordering::Equal => {
-                    self.fail_or_requeue(piece, answered, place, failure.clone())
-                }
-                // A worker of ours sends every outcome of a piece before it
-                // starts the next, and they are read before it is replaced:
-                // one that did not is broken, and the tasks it did not
-                // answer fail with it.
-                std::cmp::Ordering::Less => {
-                    let body = match &failure {
-                        Ok(failure) | Err(failure) => Body::Failed(failure.clone()),
-                    };
-                    reply(&piece, answered, piece.count - answered, body);
-                }
-            }
+        if let Some(Running { piece, answered }) = running {
+            self.fail_or_requeue(piece, answered, place, failure);
         }
         if !(self.closing && self.queue.is_empty()) {
             // If it cannot start, `assign` tries again when there is work.
@@ -602,7 +468,7 @@ impl Dispatcher {
         &mut self,
         piece: Piece,
         answered: usize,
-        place: Option<usize>,
+        place: u64,
         failure: std::result::Result<ChildFailure, ChildFailure>,
     ) {
         let rest = if answered == 0 {
@@ -626,8 +492,9 @@ impl Dispatcher {
             Err(own) => return reply(&rest, 0, rest.count, Body::Failed(own)),
             Ok(failure) => failure,
         };
-        let running = place
-            .filter(|&p| p >= answered)
+        let running = usize::try_from(place)
+            .ok()
+            .filter(|&p| place != NOT_STARTED && p >= answered)
             .map(|p| (p - answered).min(rest.count - 1));
         let Some(running) = running else {
             // It died before it started any of them.
@@ -664,11 +531,7 @@ impl Dispatcher {
         for piece in self.queue.drain(..) {
             reply(&piece, 0, piece.count, Body::Terminated);
         }
-        for running in self
-            .slots
-            .iter_mut()
-            .flat_map(|s| std::mem::take(&mut s.running))
-        {
+        for running in self.slots.iter_mut().filter_map(|s| s.running.take()) {
             let left = running.piece.count - running.answered;
             reply(&running.piece, running.answered, left, Body::Terminated);
         }

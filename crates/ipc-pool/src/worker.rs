@@ -20,11 +20,7 @@ const TASKS: &str = "ipc-pool-tasks";
 const PROGRESS: &str = "ipc-pool-progress";
 
 /// The progress word's value while a worker has not started its chunk.
-const NOT_STARTED: u64 = u64::MAX;
-
-/// Set, beside a chunk's number, in a worker's start word by the pool when
-/// it takes that chunk back before the worker started it.
-const TAKEN_BACK: u64 = 1 << 32;
+pub(crate) const NOT_STARTED: u64 = u64::MAX;
 
 /// What a worker is started with.
 #[derive(Clone, Serialize, Deserialize)]
@@ -36,12 +32,9 @@ pub(crate) struct Setup {
 
 /// The loop a worker runs: a chunk in, its outcomes out (in one frame, or
 /// several for a chunk with large results), until the pool closes the
-/// socket. Before each task it writes the chunk's number and the task's
-/// place in it to its progress word, so that if it dies the pool knows
-/// which task it was running, even with its next chunk already sent.
-/// Before each chunk it marks the chunk started in its start word, unless
-/// the pool took it back first (see [`Worker::take_back`]): then it skips
-/// it.
+/// socket. Before each task it writes the task's place in the chunk to its
+/// progress word, so that if it dies the pool knows which task it was
+/// running.
 pub(crate) fn serve(setup: Setup) {
     let (Ok(mut tasks), Ok(progress)) = (
         inherited::<Connection<FdStream>>(TASKS),
@@ -58,29 +51,19 @@ pub(crate) fn serve(setup: Setup) {
             panic!("the pool's initializer failed: {failure}");
         }
     }
-    let start = start_word(&progress);
     let progress = progress_word(&progress);
     let mut outcomes = Outcomes::default();
-    // Chunks are numbered in the order they come, as the pool numbers them
-    // when it sends them (see [`progress`](Worker::progress)).
-    let mut number = 0u32;
     while let Ok(frame) = tasks.recv_bytes() {
         let Ok(chunk) = Chunk::read(&frame) else {
             return;
         };
-        let mut chunk_tasks = chunk.tasks().numbered(number);
-        let this = number;
-        number = number.wrapping_add(1);
-        if !begin(start, this) {
-            continue;
-        }
         outcomes.clear();
         let send = |outcomes: &mut Outcomes| tasks.send_bytes(outcomes.frame()).is_ok();
         // The entry runs the whole chunk in its own code: one call and
         // one unwind guard for many tasks.
         let sent = match Runner::find(chunk.entry) {
-            Ok(runner) => runner.run_tasks(&mut chunk_tasks, &mut outcomes, progress, send),
-            Err(unknown) => batch::fail_tasks(&mut chunk_tasks, &unknown, &mut outcomes, send),
+            Ok(runner) => runner.run_tasks(&mut chunk.tasks(), &mut outcomes, progress, send),
+            Err(unknown) => batch::fail_tasks(&mut chunk.tasks(), &unknown, &mut outcomes, send),
         };
         if !sent {
             return;
@@ -88,32 +71,9 @@ pub(crate) fn serve(setup: Setup) {
     }
 }
 
-/// The word of a worker's progress segment that says which task it runs.
+/// The word of a worker's progress segment.
 fn progress_word(progress: &SharedMemory) -> &AtomicU64 {
     ipc_shm::raw::atomic_u64(progress, 0)
-}
-
-/// The word of a worker's progress segment that says which chunk it
-/// started last (its number, wrapping), or, with [`TAKEN_BACK`], which
-/// chunk the pool took back before it started it.
-fn start_word(progress: &SharedMemory) -> &AtomicU64 {
-    ipc_shm::raw::atomic_u64(progress, 8)
-}
-
-/// Marks chunk `number` started, the one after the last started; `false`
-/// if the pool took it back first, which the worker then skips.
-fn begin(start: &AtomicU64, number: u32) -> bool {
-    let before = u64::from(number.wrapping_sub(1));
-    let mine = u64::from(number);
-    match start.compare_exchange(before, mine, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => true,
-        Err(now) => {
-            // Taken back, or a word this worker cannot explain: it starts
-            // counting from this chunk either way.
-            start.store(mine, Ordering::Release);
-            now != TAKEN_BACK | mine
-        }
-    }
 }
 
 /// How the pool starts each worker.
@@ -134,24 +94,15 @@ pub(crate) struct Worker {
     progress: SharedMemory,
     /// Tasks it has finished (for `max_tasks_per_child`).
     pub finished: usize,
-    /// How many chunks it was sent: the next chunk's number.
-    pub sent: u32,
-    /// How many bytes its task socket holds before a send waits (the
-    /// kernel's `SO_SNDBUF`, which counts some overhead too).
-    pub send_buffer: usize,
 }
 
 impl Worker {
     pub fn start(recipe: &Recipe) -> Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
-        let send_buffer =
-            rustix::net::sockopt::socket_send_buffer_size(&ours).map_err(std::io::Error::from)?;
         let tasks = Connection::new(FdStream::new(ours.into())?);
         let theirs = Connection::new(FdStream::new(theirs.into())?);
-        let progress = SharedMemory::anonymous(16)?;
+        let progress = SharedMemory::anonymous(8)?;
         progress_word(&progress).store(NOT_STARTED, Ordering::Relaxed);
-        // No chunk started: the one before chunk 0.
-        start_word(&progress).store(u64::from(u32::MAX), Ordering::Relaxed);
         let process = match recipe.method {
             StartMethod::Fork if recipe.allow_threads => Process::new().allow_threads(),
             _ => Process::new(),
@@ -165,32 +116,19 @@ impl Worker {
             tasks,
             progress,
             finished: 0,
-            sent: 0,
-            send_buffer,
         })
     }
 
-    /// Which task the worker is running or ran last: the number of its
-    /// chunk (the worker's chunks are numbered from 0 in the order they
-    /// were sent, wrapping) and its place in that chunk; `None` before its
-    /// first task. A worker may write anything there: the value is a
-    /// hint, checked against the chunks sent before it is used.
-    pub fn progress(&self) -> Option<(u32, usize)> {
-        let word = progress_word(&self.progress).load(Ordering::Relaxed);
-        (word != NOT_STARTED).then_some(((word >> 32) as u32, (word & 0xffff_ffff) as usize))
+    /// Which task of its chunk the worker is running or ran last, or
+    /// [`NOT_STARTED`]. A worker may write anything there: the value
+    /// is a hint, checked against the chunk before it is used.
+    pub fn progress(&self) -> u64 {
+        progress_word(&self.progress).load(Ordering::Relaxed)
     }
 
-    /// Takes back chunk `number`, sent to the worker ahead of the one it
-    /// runs, if the worker has not started it: `true` then, and the worker
-    /// will skip it. The worker starts chunks in order, each only if the
-    /// word still names the chunk before it, so exactly one of the two
-    /// changes the word.
-    pub fn take_back(&self, number: u32) -> bool {
-        let before = u64::from(number.wrapping_sub(1));
-        let taken_back = TAKEN_BACK | u64::from(number);
-        start_word(&self.progress)
-            .compare_exchange(before, taken_back, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Marks the worker as not started on its new chunk.
+    pub fn reset_progress(&self) {
+        progress_word(&self.progress).store(NOT_STARTED, Ordering::Relaxed);
     }
 
     /// Why this worker is gone: it closed its socket, so it is exiting or

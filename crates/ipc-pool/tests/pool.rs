@@ -87,9 +87,9 @@ fn a_pool_on_fork_must_accept_the_threads_hazard() {
 }
 
 fn a_worker_killed_mid_task_fails_that_task_alone_on(pool: Pool) {
-    // Python's chunks (5 tasks), then one task a chunk: quick chunks are
-    // sent to a worker before it ends the one it runs, so the dying worker
-    // holds the next chunk too, which must run elsewhere, not fail.
+    // Python's chunks (5 tasks), then one task a chunk, where the task
+    // after the dying one is a chunk of its own, which must run elsewhere,
+    // not fail.
     for chunksize in [None, Some(1)] {
         let results = match chunksize {
             None => pool.map_each(ipc_core::entry!(square_or_die), 0..40u64),
@@ -228,8 +228,8 @@ fn take_ms(ms: u64) -> u64 {
 #[test]
 fn a_task_another_waits_for_is_not_held_up_behind_it() {
     let pool = Pool::new(2).unwrap();
-    // Quick pieces first: each worker is then sent its next piece while it
-    // runs one.
+    // Quick maps first, as a busy pool would have run: a pool that sent
+    // such workers their next task early would have to take it back here.
     for _ in 0..5 {
         pool.chunksize(1)
             .map(ipc_core::entry!(noop), 0..50u64)
@@ -241,8 +241,8 @@ fn a_task_another_waits_for_is_not_held_up_behind_it() {
         .apply_async(ipc_core::entry!(wait_for_event), &name)
         .unwrap();
     let busy = pool.apply_async(ipc_core::entry!(take_ms), &200).unwrap();
-    // Sent ahead to the waiting worker, it must still run on the other
-    // one once that is free, and end the wait.
+    // Whichever worker it was meant for, it must run on the other one
+    // once that is free, and end the wait.
     let setter = pool
         .apply_async(ipc_core::entry!(set_event), &name)
         .unwrap();

@@ -237,8 +237,6 @@ pub struct Tasks<'a> {
     arguments: Reader<'a>,
     count: usize,
     place: usize,
-    /// What the progress word holds above the place: the run's number.
-    number: u64,
 }
 
 impl<'a> Tasks<'a> {
@@ -248,17 +246,7 @@ impl<'a> Tasks<'a> {
             arguments,
             count,
             place: 0,
-            number: 0,
         }
-    }
-
-    /// The same tasks as run number `number`: the progress word then says
-    /// which run a task is in (its high 32 bits) beside the task's place
-    /// (its low 32 bits), for a watcher that sends a process its next run
-    /// before this one ends.
-    pub fn numbered(mut self, number: u32) -> Tasks<'a> {
-        self.number = u64::from(number) << 32;
-        self
     }
 
     /// Whether every task has its outcome.
@@ -428,7 +416,7 @@ pub fn run_many<A: DeserializeOwned, R: Serialize>(
     // Written out, with no closure: each closure is a function the
     // compiler may keep out of line, and in a large program it does.
     while tasks.place < tasks.count && out.bytes() < FLUSH_BYTES {
-        progress.store(tasks.number | tasks.place as u64, Ordering::Relaxed);
+        progress.store(tasks.place as u64, Ordering::Relaxed);
         let argument = tasks.arguments.record();
         let at = out.begin();
         let written = match argument.and_then(codec::decode::<A>) {
@@ -442,9 +430,8 @@ pub fn run_many<A: DeserializeOwned, R: Serialize>(
 
 impl Runner {
     /// Runs every task of `tasks` with this entry, writing each task's
-    /// place (beside the run's number, see [`Tasks::numbered`]) to
-    /// `progress` before it starts (so that whoever watches knows which
-    /// task a process that died was running), and hands `flush` the
+    /// place to `progress` before it starts (so that whoever watches knows
+    /// which task a process that died was running), and hands `flush` the
     /// outcomes whenever they pass [`FLUSH_BYTES`] and at the end, after
     /// which they start again empty. A task that panics fails alone with
     /// the panic message; the unwind guard is set once for many tasks,
