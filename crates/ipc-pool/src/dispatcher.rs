@@ -437,8 +437,9 @@ impl Dispatcher {
     }
 
     /// Replaces worker `i`. The tasks of its piece it had not answered go
-    /// back to the front of the queue, except the one it was running when
-    /// it died (or the first one, if it sent garbage), which fails.
+    /// back to the front of the queue, except the one its progress word
+    /// names (the one it was running when it died, or when its garbage was
+    /// read), which fails.
     fn replace(&mut self, i: usize, cause: Cause) {
         let slot = &mut self.slots[i];
         let Some(worker) = slot.worker.take() else {
