@@ -170,18 +170,18 @@ pub(crate) const CONSUMER_MUTEX: usize = HEADER_SIZE + offset_of!(Control, consu
 
 /// The offset of claim slot `i`'s mutex.
 pub(crate) const fn claim_mutex(i: usize) -> usize {
-    HEADER_SIZE
-        + offset_of!(Control, claim_slots)
-        + i * size_of::<Line<Slot>>()
-        + offset_of!(Slot, mutex)
+    slot_mutex(offset_of!(Control, claim_slots), i)
 }
 
 /// The offset of borrow slot `i`'s mutex.
 pub(crate) const fn borrow_mutex(i: usize) -> usize {
-    HEADER_SIZE
-        + offset_of!(Control, borrow_slots)
-        + i * size_of::<Line<Slot>>()
-        + offset_of!(Slot, mutex)
+    slot_mutex(offset_of!(Control, borrow_slots), i)
+}
+
+/// The offset of the mutex of slot `i` of the slots at `slots` in the
+/// control block.
+const fn slot_mutex(slots: usize, i: usize) -> usize {
+    HEADER_SIZE + slots + i * size_of::<Line<Slot>>() + offset_of!(Slot, mutex)
 }
 
 /// Every robust mutex of a queue, for the object model to initialise.
