@@ -5,7 +5,7 @@ indices travel on multiprocessing.Queue()s (pickling a 16 MiB bytes object
 through a Queue is what this idiom avoids).
 
 Each item size has a ring of its own: IN_FLIGHT blocks of that size (as
-ipc-bench's queue of large items holds 4 items), a `free` queue holding the
+ipc-bench's queue of large items holds 16 items), a `free` queue holding the
 indices of the blocks nobody uses, and a `data` queue. A producer gets a free
 index, writes the payload into that block (`buf[:size] = payload`, from a
 bytes object made beforehand whose first and last 8 bytes are STAMP) and puts
@@ -52,7 +52,7 @@ from pipe_bench import Workers, serve_commands, throughput_sample
 # The item sizes of ipc-bench's large-item benchmarks (contenders/in_place.rs).
 SIZES = (64 << 10, 1 << 20, 16 << 20)
 # Blocks per ring: the items ipc-bench's queue of large items holds.
-IN_FLIGHT = 4
+IN_FLIGHT = 16
 # What a producer writes at both ends of an item, as in_place.rs does.
 STAMP = b"in-place"
 # What a producer puts on `data` when it is done, in place of an index.

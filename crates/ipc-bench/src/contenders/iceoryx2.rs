@@ -11,8 +11,8 @@
 //! publish/subscribe service of `[u8]` slices with one publisher; the peer
 //! (`ipc-bench --peer`) opens the same services with one subscriber each and
 //! says it is ready on the control connection before the first run. Each
-//! service holds 4 items in flight, like the queue's ring: a subscriber
-//! buffer of 4 samples, one borrowed sample, no history, and a publisher
+//! service holds 16 items in flight, like the queue's ring: a subscriber
+//! buffer of 16 samples, one borrowed sample, no history, and a publisher
 //! that loans one sample at a time from a data segment sized for items of
 //! that size.
 //!

@@ -34,9 +34,18 @@ pub const COPYING: &str = "ipc-queue copying";
 pub(super) const SIZES: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
 /// The largest item.
 pub const MAX_ITEM: usize = 16 << 20;
-/// How many items of its size a queue's ring holds, and how many buffers
-/// the floor writes in turn: the same memory, as warm or as cold.
-pub(super) const ITEMS_IN_FLIGHT: usize = 4;
+/// How many items of its size a queue's ring holds (and iceoryx2's
+/// subscriber buffer, and Python's ring of blocks). Deep enough that two
+/// producers are not held up behind a consumer the scheduler set aside
+/// while it holds an item: with 4, 2 / 2 at 1 MiB ran 0.88x the floor in
+/// place, with 16 1.08x (medians of seven runs alternating the two;
+/// BENCHMARKS.md).
+pub(super) const ITEMS_IN_FLIGHT: usize = 16;
+/// How many buffers the floor writes in turn. Fewer than a ring holds, so
+/// the floor's memory is the warmer: 16 buffers of 1 MiB took the floor
+/// from about 32 k to 17-21 k copies a second, and the floor is not to
+/// fall with the contenders' depth.
+const FLOOR_BUFFERS: usize = 4;
 
 /// The ring of the queue for items of `size` bytes.
 fn capacity(size: usize) -> usize {
@@ -65,11 +74,11 @@ pub fn memcpy_entry() -> Entry {
         name: MEMCPY,
         about: "the floor, in one process: the producer writing each item once, a \
                 `copy_from_slice` of the payload into one of 4 buffers of its size in \
-                turn (the memory of a ring of 4 items)",
+                turn (warmer memory than a ring of 16 items)",
         start: || {
             Ok(Some(Box::new(Memcpy {
                 src: stamped(MAX_ITEM),
-                dst: (0..ITEMS_IN_FLIGHT).map(|_| vec![1; MAX_ITEM]).collect(),
+                dst: (0..FLOOR_BUFFERS).map(|_| vec![1; MAX_ITEM]).collect(),
             })))
         },
         peer: None,
@@ -81,7 +90,7 @@ pub fn memcpy_entry() -> Entry {
 pub fn in_place_entry() -> Entry {
     Entry {
         name: IN_PLACE,
-        about: "`ipc_queue::Queue` (a ring of 4 items): the producer `reserve`s each item, \
+        about: "`ipc_queue::Queue` (a ring of 16 items): the producer `reserve`s each item, \
                 `copy_from_slice`s the payload into it and `commit`s; the consumer \
                 `get_in_place`s it, checks its length and stamps where it lies and \
                 releases it",
@@ -95,7 +104,7 @@ pub fn in_place_entry() -> Entry {
 pub fn copying_entry() -> Entry {
     Entry {
         name: COPYING,
-        about: "`ipc_queue::Queue` (a ring of 4 items): `put_bytes` of the producer's buffer, \
+        about: "`ipc_queue::Queue` (a ring of 16 items): `put_bytes` of the producer's buffer, \
                 `get_bytes_into` the consumer's (a copy into the ring and one out of \
                 it), the same checks",
         start: || start(COPYING),
@@ -144,7 +153,7 @@ impl Contender for Memcpy {
         stamp(&mut self.src[..size]);
         let start = Instant::now();
         for k in 0..count {
-            let dst = &mut self.dst[k % ITEMS_IN_FLIGHT];
+            let dst = &mut self.dst[k % FLOOR_BUFFERS];
             dst[..size].copy_from_slice(&self.src[..size]);
             std::hint::black_box(dst);
         }
