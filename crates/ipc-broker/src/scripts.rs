@@ -110,15 +110,14 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('RENAMENX', KEYS[2]
 return 0
 ";
 
-/// The second step of a `Queue`'s take, after `XREADGROUP … >` in the same
-/// transaction (so the items' bytes come back as the plain command's
-/// answer, never through Lua): first of all acknowledges and deletes what
-/// is pending with this consumer (what the read gave it, and anything a
-/// take that failed left: at most once), then signals `freed` when the
-/// queue is bounded. Sent with `EVAL`, for the reason [`GATE`] is. KEYS:
-/// items, meta, freed. ARGV: consumer, how many at most. Returns how many
-/// it took, `{0, newest id}` (nothing now: wait for an entry after it), -1
-/// (closed and drained) or -2 (gone).
+/// The second step of a `Queue`'s take, after `XREADGROUP … >` (so the
+/// items' bytes come back as the plain command's answer, never through
+/// Lua): first of all acknowledges and deletes what is pending with this
+/// consumer (what the read gave it, and anything a take that failed left:
+/// at most once), then signals `freed` when the queue is bounded. Sent
+/// with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta, freed.
+/// ARGV: consumer, how many at most. Returns how many it took, 0 (nothing
+/// now), -1 (closed and drained) or -2 (gone).
 pub(crate) const TAKEN_ONCE: &str = r"
 local mine = {}
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -141,8 +140,7 @@ end
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
 if not m[1] then return -2 end
 if m[2] == '1' then return -1 end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-return {0, newest and newest[1] or '0-0'}
+return 0
 ";
 
 /// The last-delivered id of the group `ipc` of stream `KEYS[1]`, for

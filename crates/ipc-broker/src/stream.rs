@@ -365,38 +365,63 @@ impl Stream {
     pub(crate) fn take_many(&self, most: usize, deadline: Deadline) -> Result<Vec<Taken>> {
         let most = most.max(1);
         let mut link = self.link();
+        // A `Queue`'s first look does not block, so that a closed and
+        // drained queue says so at once; the looks after it wait on the
+        // server and take in the same round trip.
+        let mut block = None;
         loop {
             let newest = match self.delivery {
-                Delivery::AtMostOnce => match self.take_once(&mut link, most)? {
-                    Look::Taken(items) => return Ok(items),
-                    Look::Nothing(newest) => newest,
+                Delivery::AtMostOnce => match self.take_once(&mut link, most, block)? {
+                    Some(items) => return Ok(items),
+                    None => None,
                 },
                 Delivery::AtLeastOnce { .. } => match self.take_least(&mut link, most)? {
                     Look::Taken(items) => return Ok(items),
-                    Look::Nothing(newest) => newest,
+                    Look::Nothing(newest) => Some(newest),
                 },
             };
-            let Some(block) = block_ms(deadline, BLOCK_SLICE) else {
+            block = block_ms(deadline, BLOCK_SLICE);
+            let Some(block) = block else {
                 return Err(match deadline {
                     Deadline::Now => Error::Empty,
                     _ => Error::Timeout,
                 });
             };
-            // Nothing now: wait for an entry newer than the newest there
-            // was (without taking it: the next look takes, in one step).
-            wait_after(&mut link, &self.keys.items, &newest, block)?;
+            if let Some(newest) = newest {
+                // A `JoinableQueue` had nothing now: wait for an entry
+                // newer than the newest there was (without taking it: the
+                // next look takes, in one step, after reclaiming what is
+                // due).
+                wait_after(&mut link, &self.keys.items, &newest, block)?;
+            }
         }
     }
 
-    /// One look of a `Queue`'s take: `XREADGROUP` and [`scripts::TAKEN_ONCE`]
-    /// in one transaction, so the items' bytes come back as the read's own
-    /// answer.
-    fn take_once(&self, link: &mut Link, most: usize) -> Result<Look> {
+    /// One look of a `Queue`'s take: `XREADGROUP` and [`scripts::TAKEN_ONCE`],
+    /// so the items' bytes come back as the read's own answer.
+    ///
+    /// Without `block`, the two are one transaction. With it, the read
+    /// waits on the server for up to `block` ms and the script follows it
+    /// in the same pipeline, run once the read has answered: the script
+    /// takes whatever is pending with this consumer, which no other
+    /// consumer can take in between, so the pair needs no transaction
+    /// (a blocking command in one does not block).
+    /// `None` when it took nothing.
+    fn take_once(
+        &self,
+        link: &mut Link,
+        most: usize,
+        block: Option<u64>,
+    ) -> Result<Option<Vec<Taken>>> {
         let consumer = link.name().to_owned();
-        let answers: Value = link.run(Duration::ZERO, |conn| {
-            let mut transaction = redis::pipe();
-            transaction.atomic().ignore_errors();
-            self.read_new(&mut transaction, &consumer, most)
+        let wait = Duration::from_millis(block.unwrap_or(0));
+        let answers: Value = link.run(wait, |conn| {
+            let mut pipeline = redis::pipe();
+            if block.is_none() {
+                pipeline.atomic();
+            }
+            pipeline.ignore_errors();
+            self.read_new(&mut pipeline, &consumer, most, block)
                 .cmd("EVAL")
                 .arg(scripts::TAKEN_ONCE)
                 .arg(3)
@@ -409,6 +434,13 @@ impl Stream {
         })?;
         let [read, took] =
             answers_of(answers).map_err(|other| unexpected(link.broker(), "a get", &other))?;
+        // A blocked read that the server ended with an error (as it does
+        // when the stream goes away under it) read nothing; the script
+        // says what became of the queue.
+        let read = match read {
+            Value::ServerError(_) if block.is_some() => Value::Nil,
+            read => read,
+        };
         match took {
             Value::Int(-1) => Err(Error::Closed),
             Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
@@ -420,11 +452,12 @@ impl Stream {
                     .filter(|entries| entries.len() <= n as usize)
                     .ok_or_else(|| misread(link.broker()))?;
                 if entries.is_empty() {
-                    return Ok(Look::Nothing("0-0".to_owned()));
+                    return Ok(None);
                 }
-                self.first_deliveries(link, entries)
+                self.first_deliveries(link, entries).map(Some)
             }
-            other => nothing_now(link.broker(), other),
+            Value::Int(0) => Ok(None),
+            other => Err(unexpected(link.broker(), "a get", &other)),
         }
     }
 
@@ -447,7 +480,7 @@ impl Stream {
                 .arg(&consumer)
                 .arg(self.delivery.visibility_ms())
                 .arg(most);
-            self.read_new(&mut transaction, &consumer, most)
+            self.read_new(&mut transaction, &consumer, most, None)
                 .cmd("EVAL")
                 .arg(scripts::TAKEN_LEAST)
                 .arg(4)
@@ -477,37 +510,43 @@ impl Stream {
                 let entries = read_entries(read)
                     .filter(|entries| !entries.is_empty())
                     .ok_or_else(|| misread(link.broker()))?;
-                self.first_deliveries(link, entries)
+                self.first_deliveries(link, entries).map(Look::Taken)
             }
             other => nothing_now(link.broker(), other),
         }
     }
 
-    /// Adds to `transaction` the read of up to `most` items no consumer
-    /// had yet, for `consumer`.
+    /// Adds to `pipeline` the read of up to `most` items no consumer had
+    /// yet, for `consumer`, waiting up to `block` ms for the first.
     fn read_new<'p>(
         &self,
-        transaction: &'p mut redis::Pipeline,
+        pipeline: &'p mut redis::Pipeline,
         consumer: &str,
         most: usize,
+        block: Option<u64>,
     ) -> &'p mut redis::Pipeline {
-        transaction
+        let read = pipeline
             .cmd("XREADGROUP")
             .arg("GROUP")
             .arg("ipc")
             .arg(consumer)
             .arg("COUNT")
-            .arg(most)
-            .arg("STREAMS")
-            .arg(&self.keys.items)
-            .arg(">")
+            .arg(most);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block);
+        }
+        read.arg("STREAMS").arg(&self.keys.items).arg(">")
     }
 
     /// The items of a read of new entries: each delivered for the first
     /// time.
-    fn first_deliveries(&self, link: &mut Link, entries: Vec<(Vec<u8>, Value)>) -> Result<Look> {
+    fn first_deliveries(
+        &self,
+        link: &mut Link,
+        entries: Vec<(Vec<u8>, Value)>,
+    ) -> Result<Vec<Taken>> {
         let entries = entries.into_iter().map(|(id, fields)| (id, fields, 1));
-        self.items(link, entries).map(Look::Taken)
+        self.items(link, entries)
     }
 
     /// The items among `entries` (id, fields, deliveries), without the

@@ -843,3 +843,59 @@ fn a_waiting_get_takes_a_new_item_over_resp3_too() {
     assert_eq!(getter.join().unwrap().unwrap(), 3);
     assert_eq!(q.qsize().unwrap(), 0);
 }
+
+/// Waits until the server lists a client blocked in `command` (lower
+/// case, as `CLIENT LIST` names it), for at most [`PATIENCE`].
+fn wait_until_blocked_in(admin: &mut redis::Connection, command: &str) {
+    let start = Instant::now();
+    loop {
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query(admin).unwrap();
+        let blocked = clients.lines().any(|client| {
+            let field = |name: &str| {
+                client
+                    .split(' ')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            field("cmd") == Some(command) && field("flags").is_some_and(|f| f.contains('b'))
+        });
+        if blocked {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "no client blocked in {command}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_get_waiting_on_the_server_takes_a_put_and_sees_a_close() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = admin(&server);
+    let q = Queue::<u32>::builder().create(&broker, "waiting").unwrap();
+
+    // A get that waits on the server takes the item put while it waits.
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
+    wait_until_blocked_in(&mut admin, "xreadgroup");
+    q.put(5).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap(), 5);
+    assert_eq!(q.qsize().unwrap(), 0);
+
+    // Closed while a get waits, then a put held back (the stream is moved
+    // aside and back under the waiting read): the get says `Closed`.
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
+    wait_until_blocked_in(&mut admin, "xreadgroup");
+    q.close().unwrap();
+    assert!(matches!(q.put(6), Err(e) if matches!(e.error, Error::Closed)));
+    assert!(matches!(getter.join().unwrap(), Err(Error::Closed)));
+
+    // Deleted while a get waits: the get says so.
+    let q = Queue::<u32>::builder().create(&broker, "deleted").unwrap();
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
+    wait_until_blocked_in(&mut admin, "xreadgroup");
+    q.unlink().unwrap();
+    assert!(matches!(getter.join().unwrap(), Err(Error::NotFound(_))));
+}
