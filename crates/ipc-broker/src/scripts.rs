@@ -117,10 +117,12 @@ return 0
 /// at most once), then signals `freed` when the queue is bounded. Sent
 /// with `EVAL`, for the reason [`GATE`] is. KEYS: items, meta, freed.
 /// ARGV: consumer, how many at most. Returns how many it took, 0 (nothing
-/// now), -1 (closed and drained) or -2 (gone).
+/// now), -1 (closed and drained) or -2 (gone: the queue, or its stream
+/// alone, deleted or evicted).
 pub(crate) const TAKEN_ONCE: &str = r"
 local mine = {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local stream = redis.call('EXISTS', KEYS[1]) == 1
+if stream then
   mine = redis.call('XPENDING', KEYS[1], 'ipc', '-', '+', ARGV[2], ARGV[1])
 end
 if #mine > 0 then
@@ -138,7 +140,7 @@ if #mine > 0 then
   return #mine
 end
 local m = redis.call('HMGET', KEYS[2], 'layout', 'closed', 'maxsize')
-if not m[1] then return -2 end
+if not m[1] or not stream then return -2 end
 if m[2] == '1' then return -1 end
 return 0
 ";

@@ -404,8 +404,9 @@ impl Stream {
     /// waits on the server for up to `block` ms and the script follows it
     /// in the same pipeline, run once the read has answered: the script
     /// takes whatever is pending with this consumer, which no other
-    /// consumer can take in between, so the pair needs no transaction
-    /// (a blocking command in one does not block).
+    /// consumer can take in between (other commands may run there, a
+    /// close or a delete, and the script sees them), so the pair needs no
+    /// transaction (a blocking command in one does not block).
     /// `None` when it took nothing.
     fn take_once(
         &self,
@@ -431,16 +432,10 @@ impl Stream {
                 .arg(&consumer)
                 .arg(most)
                 .query(conn)
+                .and_then(refused_read)
         })?;
         let [read, took] =
             answers_of(answers).map_err(|other| unexpected(link.broker(), "a get", &other))?;
-        // A blocked read that the server ended with an error (as it does
-        // when the stream goes away under it) read nothing; the script
-        // says what became of the queue.
-        let read = match read {
-            Value::ServerError(_) if block.is_some() => Value::Nil,
-            read => read,
-        };
         match took {
             Value::Int(-1) => Err(Error::Closed),
             Value::Int(-2) => Err(Error::NotFound(self.name.clone())),
@@ -819,6 +814,26 @@ fn reclaimed_entries(reclaimed: Vec<Value>) -> Option<Vec<(Vec<u8>, Value, i64)>
             _ => None,
         })
         .collect()
+}
+
+/// The answers of a take's read and script, or the read's refusal as an
+/// error for [`Link::run`] to judge: a server still loading its data is
+/// waited for, a read-only or failing one is an error for the get. In a
+/// pipeline (and in a transaction, for an error found only as the read
+/// runs) a refused command is one answer among the others, which would
+/// otherwise read as nothing taken and have the get look again at once,
+/// over and over. A read ended because its stream went away
+/// (`UNBLOCKED`), or beside a script that says the queue is closed or
+/// gone, is left to the script's answer.
+fn refused_read(answers: Value) -> redis::RedisResult<Value> {
+    if let Value::Array(list) = &answers {
+        if let [Value::ServerError(refusal), took] = list.as_slice() {
+            if refusal.code() != "UNBLOCKED" && !matches!(took, Value::Int(-1 | -2)) {
+                return Err(refusal.clone().into());
+            }
+        }
+    }
+    Ok(answers)
 }
 
 /// The `N` answers of a transaction of `N` commands, or the reply itself

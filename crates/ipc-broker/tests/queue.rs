@@ -899,3 +899,111 @@ fn a_get_waiting_on_the_server_takes_a_put_and_sees_a_close() {
     q.unlink().unwrap();
     assert!(matches!(getter.join().unwrap(), Err(Error::NotFound(_))));
 }
+
+#[test]
+fn a_get_waiting_through_a_restart_waits_while_the_server_loads() {
+    let Some(mut server) = RedisServer::start_with_aof() else {
+        return;
+    };
+    let broker = Broker::new(&server.url()).unwrap();
+    let mut admin = admin(&server);
+    // Enough keys that the restarted server answers LOADING for a while
+    // (fsync left to the system: a restart by signal keeps what was
+    // written).
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("no")
+        .arg("auto-aof-rewrite-percentage")
+        .arg("0")
+        .exec(&mut admin)
+        .unwrap();
+    for chunk in 0..5 {
+        redis::cmd("EVAL")
+            .arg("for i = 1, 200000 do redis.call('SET', 'pad:' .. ARGV[1] .. ':' .. i, 'x') end")
+            .arg(0)
+            .arg(chunk)
+            .exec(&mut admin)
+            .unwrap();
+    }
+    let q = Queue::<u32>::builder().create(&broker, "reloaded").unwrap();
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(LONG));
+    wait_until_blocked_in(&mut admin, "xreadgroup");
+    server.restart();
+    q.put(7).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap(), 7);
+}
+
+/// How many times `INFO commandstats` says `command` was called, refused
+/// or failed.
+fn times_sent(admin: &mut redis::Connection, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(admin).unwrap();
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = stats.lines().find_map(|l| l.strip_prefix(prefix.as_str())) else {
+        return 0;
+    };
+    let count = |name: &str| -> u64 {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    count("calls") + count("rejected_calls") + count("failed_calls")
+}
+
+#[test]
+fn a_get_waiting_when_its_server_turns_read_only_fails_at_once() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = admin(&server);
+    let q = Queue::<u32>::builder().create(&broker, "demoted").unwrap();
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(LONG));
+    wait_until_blocked_in(&mut admin, "xreadgroup");
+    // A master that nothing listens on: the server keeps its data and
+    // serves it read-only, as an old master does after a failover.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .exec(&mut admin)
+        .unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .exec(&mut admin)
+        .unwrap();
+    let got = getter.join().unwrap();
+    let reads = times_sent(&mut admin, "xreadgroup");
+    redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .exec(&mut admin)
+        .unwrap();
+    // Refused, said once: not a look again at once, until the deadline.
+    assert!(
+        matches!(&got, Err(Error::Broker(e)) if e.contains("read only")),
+        "{got:?}"
+    );
+    assert!(reads < 5, "{reads} reads");
+}
+
+#[test]
+fn a_get_of_a_queue_whose_stream_went_away_says_it_is_gone() {
+    let Some((server, broker)) = server() else {
+        return;
+    };
+    let mut admin = admin(&server);
+    let q = Queue::<u32>::builder().create(&broker, "evicted").unwrap();
+    // The stream alone goes away (evicted, or deleted by hand); `meta`
+    // stays.
+    redis::cmd("DEL")
+        .arg("ipc:{evicted}:items")
+        .exec(&mut admin)
+        .unwrap();
+    assert!(matches!(q.get_timeout(PATIENCE), Err(Error::NotFound(_))));
+}
