@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -119,11 +119,25 @@ pub(crate) enum Command {
     Terminate,
 }
 
+/// What the dispatcher is to be woken for, in its `sleeping` word.
+mod sleeping {
+    /// It is not waiting: it will look at the commands.
+    pub const AWAKE: u8 = 0;
+    /// It waits, and any command wakes it.
+    pub const FOR_ANY: u8 = 1;
+    /// It waits with every worker running a piece: a new piece could only
+    /// be queued, which the next outcome's wake-up does, so only a close
+    /// or a terminate wakes it. This spares a `map` sending its chunks a
+    /// wake-up of the dispatcher (and a hand of the CPU to it) for each
+    /// chunk after the first few.
+    pub const FOR_CONTROL: u8 = 2;
+}
+
 /// The callers' side of the dispatcher.
 pub(crate) struct Dispatch {
     commands: Sender<Command>,
     wake: UnixStream,
-    sleeping: Arc<AtomicBool>,
+    sleeping: Arc<AtomicU8>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -138,7 +152,7 @@ impl Dispatch {
         let (wake, woken) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         woken.set_nonblocking(true)?;
-        let sleeping = Arc::new(AtomicBool::new(false));
+        let sleeping = Arc::new(AtomicU8::new(sleeping::AWAKE));
         let mut dispatcher = Dispatcher {
             slots: workers
                 .into_iter()
@@ -166,13 +180,22 @@ impl Dispatch {
         })
     }
 
-    /// Hands a command to the dispatcher, waking it if it waits.
+    /// Hands a command to the dispatcher, waking it if it waits for such
+    /// a command.
     pub fn send(&self, command: Command) -> Result<()> {
+        let wakes = match command {
+            Command::Run(_) => sleeping::FOR_ANY,
+            Command::Close | Command::Terminate => sleeping::FOR_CONTROL,
+        };
         self.commands.send(command).map_err(|_| Error::Closed)?;
-        // The dispatcher sets the flag, looks at the commands once more and
+        // The dispatcher sets the word, looks at the commands once more and
         // only then waits: either it sees this command, or this sees the
-        // flag.
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // word.
+        let state = self.sleeping.load(Ordering::SeqCst);
+        if state != sleeping::AWAKE
+            && state <= wakes
+            && self.sleeping.swap(sleeping::AWAKE, Ordering::SeqCst) != sleeping::AWAKE
+        {
             // A full wake socket already holds a wake-up.
             let _ = (&self.wake).write(&[1]);
         }
@@ -224,7 +247,7 @@ struct Dispatcher {
     max_tasks: Option<usize>,
     commands: Receiver<Command>,
     woken: UnixStream,
-    sleeping: Arc<AtomicBool>,
+    sleeping: Arc<AtomicU8>,
     closing: bool,
 }
 
@@ -250,17 +273,29 @@ impl Dispatcher {
                 self.exit_workers();
                 return;
             }
-            self.sleeping.store(true, Ordering::SeqCst);
-            let before = self.queue.len();
+            let busy = self
+                .slots
+                .iter()
+                .all(|s| s.worker.is_some() && s.running.is_some());
+            let wake_for = if busy {
+                sleeping::FOR_CONTROL
+            } else {
+                sleeping::FOR_ANY
+            };
+            self.sleeping.store(wake_for, Ordering::SeqCst);
+            let (queued, closing) = (self.queue.len(), self.closing);
             if !self.take_commands() {
                 return self.terminate();
             }
-            if self.queue.len() != before || self.closing {
-                self.sleeping.store(false, Ordering::SeqCst);
-                self.assign();
+            if self.queue.len() != queued || self.closing != closing {
+                // A command came as the word was set: its sender may have
+                // seen the word before it was set and not woken us, so
+                // begin again rather than wait with the word cleared.
+                self.sleeping.store(sleeping::AWAKE, Ordering::SeqCst);
+                continue;
             }
             let ready = self.wait();
-            self.sleeping.store(false, Ordering::SeqCst);
+            self.sleeping.store(sleeping::AWAKE, Ordering::SeqCst);
             for ready in ready {
                 match ready {
                     Ready::Commands => {
