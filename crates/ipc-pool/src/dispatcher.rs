@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -125,17 +125,26 @@ mod sleeping {
     pub const AWAKE: u8 = 0;
     /// It waits, and any command wakes it.
     pub const FOR_ANY: u8 = 1;
-    /// It waits with every worker running a piece: a new piece could only
-    /// be queued, which the next outcome's wake-up does, so only a close
-    /// or a terminate wakes it. This spares a `map` sending its chunks a
-    /// wake-up of the dispatcher (and a hand of the CPU to it) for each
-    /// chunk after the first few.
+    /// It waits with every slot's worker running a piece: a new piece
+    /// could only be queued, so only a close or a terminate wakes it. This
+    /// spares a `map` sending its chunks a wake-up of the dispatcher (and
+    /// a hand of the CPU to it) for each chunk after the first few.
+    ///
+    /// Sound because each of those workers has tasks unanswered, and its
+    /// socket and its exit are in the dispatcher's wait: one of them will
+    /// send outcomes or end, and after any wake-up the loop reads the
+    /// channel first. A change that leaves a slot with a piece out of the
+    /// wait, or counts an idle worker as running, must not set this.
     pub const FOR_CONTROL: u8 = 2;
 }
 
 /// The callers' side of the dispatcher.
 pub(crate) struct Dispatch {
     commands: Sender<Command>,
+    /// Whether the dispatcher still takes commands; held across a send,
+    /// so that once the dispatcher has closed it, every command sent is
+    /// already in the channel for its last look.
+    taking: Arc<Mutex<bool>>,
     wake: UnixStream,
     sleeping: Arc<AtomicU8>,
     thread: Option<JoinHandle<()>>,
@@ -153,6 +162,7 @@ impl Dispatch {
         wake.set_nonblocking(true)?;
         woken.set_nonblocking(true)?;
         let sleeping = Arc::new(AtomicU8::new(sleeping::AWAKE));
+        let taking = Arc::new(Mutex::new(true));
         let mut dispatcher = Dispatcher {
             slots: workers
                 .into_iter()
@@ -165,6 +175,7 @@ impl Dispatch {
             recipe,
             max_tasks,
             commands: received,
+            taking: taking.clone(),
             woken,
             sleeping: sleeping.clone(),
             closing: false,
@@ -174,6 +185,7 @@ impl Dispatch {
             .spawn(move || dispatcher.run())?;
         Ok(Dispatch {
             commands,
+            taking,
             wake,
             sleeping,
             thread: Some(thread),
@@ -187,17 +199,33 @@ impl Dispatch {
             Command::Run(_) => sleeping::FOR_ANY,
             Command::Close | Command::Terminate => sleeping::FOR_CONTROL,
         };
+        let taking = self.taking.lock().unwrap_or_else(|e| e.into_inner());
+        if !*taking {
+            return Err(Error::Closed);
+        }
         self.commands.send(command).map_err(|_| Error::Closed)?;
+        drop(taking);
         // The dispatcher sets the word, looks at the commands once more and
-        // only then waits: either it sees this command, or this sees the
-        // word.
-        let state = self.sleeping.load(Ordering::SeqCst);
-        if state != sleeping::AWAKE
-            && state <= wakes
-            && self.sleeping.swap(sleeping::AWAKE, Ordering::SeqCst) != sleeping::AWAKE
-        {
-            // A full wake socket already holds a wake-up.
-            let _ = (&self.wake).write(&[1]);
+        // only then waits; this sends, then reads the word. The fences on
+        // both sides make it a handshake whatever the channel does inside:
+        // either the dispatcher sees this command, or this sees the word.
+        // A piece that finds `FOR_CONTROL` does not wake it: see there.
+        fence(Ordering::SeqCst);
+        let mut state = self.sleeping.load(Ordering::SeqCst);
+        while state != sleeping::AWAKE && state <= wakes {
+            match self.sleeping.compare_exchange(
+                state,
+                sleeping::AWAKE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    // A full wake socket already holds a wake-up.
+                    let _ = (&self.wake).write(&[1]);
+                    break;
+                }
+                Err(now) => state = now,
+            }
         }
         Ok(())
     }
@@ -246,6 +274,7 @@ struct Dispatcher {
     recipe: Recipe,
     max_tasks: Option<usize>,
     commands: Receiver<Command>,
+    taking: Arc<Mutex<bool>>,
     woken: UnixStream,
     sleeping: Arc<AtomicU8>,
     closing: bool,
@@ -283,6 +312,8 @@ impl Dispatcher {
                 sleeping::FOR_ANY
             };
             self.sleeping.store(wake_for, Ordering::SeqCst);
+            // The other half of the handshake in `Dispatch::send`.
+            fence(Ordering::SeqCst);
             let (queued, closing) = (self.queue.len(), self.closing);
             if !self.take_commands() {
                 return self.terminate();
@@ -564,6 +595,7 @@ impl Dispatcher {
     /// Fails every task not yet answered, so that no caller waits for it;
     /// the workers are killed as they are dropped.
     fn terminate(&mut self) {
+        self.stop_taking();
         for piece in self.queue.drain(..) {
             reply(&piece, 0, piece.count, Body::Terminated);
         }
@@ -573,8 +605,21 @@ impl Dispatcher {
         }
     }
 
+    /// Takes no more commands: a piece sent after the last look would
+    /// never be answered, and its caller would wait for ever. Pieces
+    /// still in the channel are answered as terminated (`Closed`).
+    fn stop_taking(&mut self) {
+        *self.taking.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Run(piece) = command {
+                reply(&piece, 0, piece.count, Body::Terminated);
+            }
+        }
+    }
+
     /// Lets every worker finish and exit (after `close`).
     fn exit_workers(&mut self) {
+        self.stop_taking();
         for slot in &mut self.slots {
             if let Some(worker) = slot.worker.take() {
                 drop(worker.tasks);

@@ -450,6 +450,11 @@ impl Pool {
     /// Takes no more tasks (Python's `close()`); what was submitted still
     /// runs. Then [`join`](Self::join) waits for it and for the workers to
     /// exit.
+    ///
+    /// An [`imap`](Self::imap) begun before the close sends its tasks as
+    /// its results are taken (Python's sends them all at once): those it
+    /// sends once the pool has run everything and is letting its workers
+    /// go are answered [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
         if !self.closed.swap(true, Ordering::SeqCst) {
             self.dispatch.send(Command::Close)?;

@@ -3,14 +3,17 @@
 //! killed in the middle of a task (that task alone fails, with the worker
 //! and the signal; every other task completes and the pool keeps working),
 //! one killed while idle, one that sends garbage, a task that panics,
-//! terminate, and a parent with other threads.
+//! terminate, and a parent with other threads; pieces sent while every
+//! worker is busy (the dispatcher asleep for closes only), and pieces sent
+//! as the dispatcher closes.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipc_core::spawn::{ChildFailure, StartMethod};
 use ipc_core::Error;
 use ipc_pool::Pool;
+use ipc_testkit::PATIENCE;
 
 ipc_core::spawn_harness!();
 
@@ -342,15 +345,19 @@ fn a_worker_retires_after_its_task_limit() {
     ));
 }
 
-#[test]
-fn an_idle_worker_killed_is_replaced() {
-    let pool = Pool::new(1).unwrap();
-    let pid = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+fn kill(pid: u32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+}
+
+#[test]
+fn an_idle_worker_killed_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+    kill(pid);
     let next = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
     assert_ne!(next, pid);
 }
@@ -452,12 +459,244 @@ fn map_and_apply_async_are_awaited_without_a_blocked_thread() {
         assert!(ipc_testkit::poll_once(dropped.as_mut()).is_none());
         drop(dropped);
         release.set();
-        let timed = tokio::time::timeout(
-            ipc_testkit::PATIENCE,
-            pool.map_async(ipc_core::entry!(square), 0..10u64),
-        )
-        .await
-        .expect("a map after a dropped one");
+        let timed =
+            tokio::time::timeout(PATIENCE, pool.map_async(ipc_core::entry!(square), 0..10u64))
+                .await
+                .expect("a map after a dropped one");
         assert_eq!(timed.unwrap()[9], 81);
     });
+}
+
+/// A task held in a worker: it says it started, then waits to be released.
+struct Hold {
+    started: ipc_shm::Event,
+    release: ipc_shm::Event,
+    names: (String, String),
+}
+
+impl Hold {
+    fn new() -> Hold {
+        let names = (ipc_testkit::name(), ipc_testkit::name());
+        Hold {
+            started: ipc_shm::Event::create(&names.0).unwrap(),
+            release: ipc_shm::Event::create(&names.1).unwrap(),
+            names,
+        }
+    }
+
+    /// The argument of [`held_started`] for a task that gives `x`.
+    fn task(&self, x: u64) -> (u64, String, String) {
+        (x, self.names.0.clone(), self.names.1.clone())
+    }
+
+    fn wait_started(&self) {
+        assert!(
+            self.started.wait_timeout(PATIENCE),
+            "the task never started"
+        );
+    }
+}
+
+/// Sets the event `task.1`, then is [`held`] until `task.2` is set.
+fn held_started(task: (u64, String, String)) -> u64 {
+    ipc_shm::Event::open(&task.1).unwrap().set();
+    held((task.0, task.2))
+}
+
+/// [`held_started`], then [`babble`].
+fn held_babbling(task: (u64, String, String)) -> u64 {
+    babble(held_started(task))
+}
+
+/// Waits (bounded) until the dispatcher thread (named `ipc-pool`) sleeps:
+/// with every worker running a piece, it sleeps for closes only. If the
+/// kernel does not say where it sleeps, a sleep anywhere will do.
+fn wait_dispatcher_asleep() {
+    let task = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "ipc-pool")
+        })
+        .expect("a dispatcher thread");
+    let start = Instant::now();
+    loop {
+        let wchan = std::fs::read_to_string(task.join("wchan")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        let in_poll = wchan.contains("poll") || wchan.is_empty() || wchan == "0";
+        if state == Some('S') && in_poll {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "the dispatcher never slept");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_piece_sent_while_every_worker_is_busy_runs_after_the_next_worker_event() {
+    // The worker dies.
+    let pool = Pool::new(1).unwrap();
+    let pid = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+    let hold = Hold::new();
+    let mut victim = pool
+        .apply_async(ipc_core::entry!(held_started), &hold.task(1))
+        .unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
+    kill(pid);
+    assert!(matches!(
+        victim.get_timeout(PATIENCE),
+        Err(Error::Child(f)) if matches!(*f, ChildFailure::WorkerDied { .. })
+    ));
+    assert_eq!(after.get_timeout(PATIENCE).unwrap(), 9);
+
+    // The worker retires after its task limit.
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let hold = Hold::new();
+    let mut first = pool
+        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
+        .unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
+    // One that was cancelled does not hold up the next.
+    drop(pool.apply_async(ipc_core::entry!(square), &2).unwrap());
+    let mut last = pool.apply_async(ipc_core::entry!(square), &4).unwrap();
+    hold.release.set();
+    assert_eq!(first.get_timeout(PATIENCE).unwrap(), 5);
+    assert_eq!(after.get_timeout(PATIENCE).unwrap(), 9);
+    assert_eq!(last.get_timeout(PATIENCE).unwrap(), 16);
+
+    // The worker sends garbage.
+    let pool = Pool::new(1).unwrap();
+    let hold = Hold::new();
+    let mut first = pool
+        .apply_async(ipc_core::entry!(held_babbling), &hold.task(5))
+        .unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
+    hold.release.set();
+    assert!(matches!(first.get_timeout(PATIENCE), Err(Error::Child(_))));
+    assert_eq!(after.get_timeout(PATIENCE).unwrap(), 9);
+}
+
+/// Runs `f` on a thread and waits for it, bounded.
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || tx.send(f()).unwrap());
+    let value = rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("{what} never ended"));
+    thread.join().unwrap();
+    value
+}
+
+#[test]
+fn pieces_waiting_while_every_worker_is_busy_run_before_a_close_and_fail_on_terminate() {
+    let pool = Pool::new(1).unwrap();
+    let hold = Hold::new();
+    let mut first = pool
+        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
+        .unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    let mut after: Vec<_> = (0..3)
+        .map(|x| pool.apply_async(ipc_core::entry!(square), &x).unwrap())
+        .collect();
+    pool.close().unwrap();
+    hold.release.set();
+    bounded("join", move || pool.join()).unwrap();
+    assert_eq!(first.get_timeout(PATIENCE).unwrap(), 5);
+    for (x, result) in (0u64..).zip(&mut after) {
+        assert_eq!(result.get_timeout(PATIENCE).unwrap(), x * x);
+    }
+
+    let pool = Pool::new(1).unwrap();
+    let hold = Hold::new();
+    let mut first = pool
+        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
+        .unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
+    bounded("terminate", move || pool.terminate());
+    assert!(matches!(first.get_timeout(PATIENCE), Err(Error::Closed)));
+    assert!(matches!(after.get_timeout(PATIENCE), Err(Error::Closed)));
+}
+
+#[test]
+fn a_close_as_the_dispatcher_first_sleeps_then_join_ends() {
+    for _ in 0..100 {
+        let pool = Pool::new(1).unwrap();
+        pool.close().unwrap();
+        bounded("join", move || pool.join()).unwrap();
+    }
+}
+
+static EXIT_EVENTS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// At the worker's exit: sets the first event of [`EXIT_EVENTS`], then
+/// waits (bounded) for the second.
+extern "C" fn hold_exit() {
+    let (exiting, release) = EXIT_EVENTS.get().unwrap();
+    ipc_shm::Event::open(exiting).unwrap().set();
+    let _ = ipc_shm::Event::open(release)
+        .unwrap()
+        .wait_timeout(Duration::from_secs(20));
+}
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+}
+
+/// In a worker: holds its exit (see [`hold_exit`]) on events `names`.
+fn hold_my_exit(names: (String, String)) -> bool {
+    EXIT_EVENTS.set(names).unwrap();
+    // SAFETY: registers a plain `extern "C"` function with no arguments,
+    // which atexit calls once as the process exits.
+    unsafe { atexit(hold_exit) == 0 }
+}
+
+#[test]
+fn an_imap_piece_sent_while_the_dispatcher_exits_is_answered() {
+    let pool = Pool::new(1).unwrap();
+    let names = (ipc_testkit::name(), ipc_testkit::name());
+    let exiting = ipc_shm::Event::create(&names.0).unwrap();
+    let release = ipc_shm::Event::create(&names.1).unwrap();
+    assert!(pool.apply(ipc_core::entry!(hold_my_exit), &names).unwrap());
+    // An imap sends its pieces as its results are taken, so one begun
+    // before a close goes on sending after it.
+    let mut squares = pool.chunksize(1).imap(ipc_core::entry!(square), 0..10u64);
+    assert_eq!(squares.next().unwrap().unwrap(), 0);
+    pool.close().unwrap();
+    // The dispatcher has taken its last look at the commands and lets the
+    // worker exit, which it holds: pieces sent now come too late to run.
+    assert!(
+        exiting.wait_timeout(PATIENCE),
+        "the worker never began to exit"
+    );
+    for x in 1..10u64 {
+        // Each one is answered, by its result or as closed; none is left
+        // waiting for ever.
+        match squares.next_timeout(PATIENCE) {
+            Some(Ok(square)) => assert_eq!(square, x * x),
+            Some(Err(Error::Closed)) => {}
+            other => {
+                release.set();
+                panic!("task {x}: {other:?}");
+            }
+        }
+    }
+    release.set();
+    drop(squares);
+    bounded("join", move || pool.join()).unwrap();
 }
