@@ -535,17 +535,25 @@ fn wait_dispatcher_asleep() {
     }
 }
 
+/// Starts a task of `entry` that gives 5 on `pool`'s one worker and holds
+/// it there, then waits until the dispatcher sleeps: the worker is busy.
+fn hold_the_worker(
+    pool: &Pool,
+    entry: ipc_core::spawn::Entry<(u64, String, String), u64>,
+) -> (Hold, ipc_pool::AsyncResult<u64>) {
+    let hold = Hold::new();
+    let first = pool.apply_async(entry, &hold.task(5)).unwrap();
+    hold.wait_started();
+    wait_dispatcher_asleep();
+    (hold, first)
+}
+
 #[test]
 fn a_piece_sent_while_every_worker_is_busy_runs_after_the_next_worker_event() {
     // The worker dies.
     let pool = Pool::new(1).unwrap();
     let pid = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
-    let hold = Hold::new();
-    let mut victim = pool
-        .apply_async(ipc_core::entry!(held_started), &hold.task(1))
-        .unwrap();
-    hold.wait_started();
-    wait_dispatcher_asleep();
+    let (_hold, mut victim) = hold_the_worker(&pool, ipc_core::entry!(held_started));
     let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
     kill(pid);
     assert!(matches!(
@@ -560,12 +568,7 @@ fn a_piece_sent_while_every_worker_is_busy_runs_after_the_next_worker_event() {
         .max_tasks_per_child(1)
         .build()
         .unwrap();
-    let hold = Hold::new();
-    let mut first = pool
-        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
-        .unwrap();
-    hold.wait_started();
-    wait_dispatcher_asleep();
+    let (hold, mut first) = hold_the_worker(&pool, ipc_core::entry!(held_started));
     let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
     // One that was cancelled does not hold up the next.
     drop(pool.apply_async(ipc_core::entry!(square), &2).unwrap());
@@ -577,12 +580,7 @@ fn a_piece_sent_while_every_worker_is_busy_runs_after_the_next_worker_event() {
 
     // The worker sends garbage.
     let pool = Pool::new(1).unwrap();
-    let hold = Hold::new();
-    let mut first = pool
-        .apply_async(ipc_core::entry!(held_babbling), &hold.task(5))
-        .unwrap();
-    hold.wait_started();
-    wait_dispatcher_asleep();
+    let (hold, mut first) = hold_the_worker(&pool, ipc_core::entry!(held_babbling));
     let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
     hold.release.set();
     assert!(matches!(first.get_timeout(PATIENCE), Err(Error::Child(_))));
@@ -603,12 +601,7 @@ fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
 #[test]
 fn pieces_waiting_while_every_worker_is_busy_run_before_a_close_and_fail_on_terminate() {
     let pool = Pool::new(1).unwrap();
-    let hold = Hold::new();
-    let mut first = pool
-        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
-        .unwrap();
-    hold.wait_started();
-    wait_dispatcher_asleep();
+    let (hold, mut first) = hold_the_worker(&pool, ipc_core::entry!(held_started));
     let mut after: Vec<_> = (0..3)
         .map(|x| pool.apply_async(ipc_core::entry!(square), &x).unwrap())
         .collect();
@@ -621,12 +614,7 @@ fn pieces_waiting_while_every_worker_is_busy_run_before_a_close_and_fail_on_term
     }
 
     let pool = Pool::new(1).unwrap();
-    let hold = Hold::new();
-    let mut first = pool
-        .apply_async(ipc_core::entry!(held_started), &hold.task(5))
-        .unwrap();
-    hold.wait_started();
-    wait_dispatcher_asleep();
+    let (_hold, mut first) = hold_the_worker(&pool, ipc_core::entry!(held_started));
     let mut after = pool.apply_async(ipc_core::entry!(square), &3).unwrap();
     bounded("terminate", move || pool.terminate());
     assert!(matches!(first.get_timeout(PATIENCE), Err(Error::Closed)));
