@@ -866,6 +866,19 @@ fn wait_until_blocked_in(admin: &mut redis::Connection, command: &str) {
     }
 }
 
+/// A get of `q` (through a handle of its own) on another thread, once the
+/// server lists it as waiting in its read.
+fn get_waiting_on_the_server(
+    q: &Queue<u32>,
+    admin: &mut redis::Connection,
+    timeout: Duration,
+) -> std::thread::JoinHandle<ipc_core::Result<u32>> {
+    let other = q.try_clone().unwrap();
+    let getter = std::thread::spawn(move || other.get_timeout(timeout));
+    wait_until_blocked_in(admin, "xreadgroup");
+    getter
+}
+
 #[test]
 fn a_get_waiting_on_the_server_takes_a_put_and_sees_a_close() {
     let Some((server, broker)) = server() else {
@@ -875,27 +888,21 @@ fn a_get_waiting_on_the_server_takes_a_put_and_sees_a_close() {
     let q = Queue::<u32>::builder().create(&broker, "waiting").unwrap();
 
     // A get that waits on the server takes the item put while it waits.
-    let other = q.try_clone().unwrap();
-    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
-    wait_until_blocked_in(&mut admin, "xreadgroup");
+    let getter = get_waiting_on_the_server(&q, &mut admin, PATIENCE);
     q.put(5).unwrap();
     assert_eq!(getter.join().unwrap().unwrap(), 5);
     assert_eq!(q.qsize().unwrap(), 0);
 
     // Closed while a get waits, then a put held back (the stream is moved
     // aside and back under the waiting read): the get says `Closed`.
-    let other = q.try_clone().unwrap();
-    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
-    wait_until_blocked_in(&mut admin, "xreadgroup");
+    let getter = get_waiting_on_the_server(&q, &mut admin, PATIENCE);
     q.close().unwrap();
     assert!(matches!(q.put(6), Err(e) if matches!(e.error, Error::Closed)));
     assert!(matches!(getter.join().unwrap(), Err(Error::Closed)));
 
     // Deleted while a get waits: the get says so.
     let q = Queue::<u32>::builder().create(&broker, "deleted").unwrap();
-    let other = q.try_clone().unwrap();
-    let getter = std::thread::spawn(move || other.get_timeout(PATIENCE));
-    wait_until_blocked_in(&mut admin, "xreadgroup");
+    let getter = get_waiting_on_the_server(&q, &mut admin, PATIENCE);
     q.unlink().unwrap();
     assert!(matches!(getter.join().unwrap(), Err(Error::NotFound(_))));
 }
@@ -927,9 +934,7 @@ fn a_get_waiting_through_a_restart_waits_while_the_server_loads() {
             .unwrap();
     }
     let q = Queue::<u32>::builder().create(&broker, "reloaded").unwrap();
-    let other = q.try_clone().unwrap();
-    let getter = std::thread::spawn(move || other.get_timeout(LONG));
-    wait_until_blocked_in(&mut admin, "xreadgroup");
+    let getter = get_waiting_on_the_server(&q, &mut admin, LONG);
     server.restart();
     q.put(7).unwrap();
     assert_eq!(getter.join().unwrap().unwrap(), 7);
@@ -958,9 +963,7 @@ fn a_get_waiting_when_its_server_turns_read_only_fails_at_once() {
     };
     let mut admin = admin(&server);
     let q = Queue::<u32>::builder().create(&broker, "demoted").unwrap();
-    let other = q.try_clone().unwrap();
-    let getter = std::thread::spawn(move || other.get_timeout(LONG));
-    wait_until_blocked_in(&mut admin, "xreadgroup");
+    let getter = get_waiting_on_the_server(&q, &mut admin, LONG);
     // A master that nothing listens on: the server keeps its data and
     // serves it read-only, as an old master does after a failover.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
