@@ -6,6 +6,8 @@
 //! so a typed message sent through a pipe can be received from a queue or
 //! a socket unchanged.
 
+use std::marker::PhantomData;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +27,31 @@ use crate::{Error, Result};
 // call cost the pool's tasks a third of their time.
 #[inline(always)]
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    encode_into_for::<(), T>(value, out)
+}
+
+/// [`encode_into`] through serde code of its own for the marker type `M`,
+/// for a loop that encodes many small values (a pool's tasks).
+///
+/// Serde's code for a value, a `u64`'s say, is one function per
+/// serializer type. Once a program encodes that value in many places, the
+/// compiler stops inlining it and each value costs a call, where a loop
+/// of trivial tasks spends as long again in the call as in the work. A
+/// marker that only one loop uses makes its serializer a type no other
+/// code calls, so that code is inlined there. The bytes are
+/// [`encode_into`]'s.
+///
+/// ```
+/// struct Tasks;
+/// let mut buf = Vec::new();
+/// ipc_core::codec::encode_into_for::<Tasks, _>(&300u64, &mut buf)?;
+/// assert_eq!(buf, [0xAC, 0x02]);
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[inline(always)]
+pub fn encode_into_for<M, T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     let mut serializer = postcard::Serializer {
-        output: AppendTo(out),
+        output: AppendTo::<M>(out, PhantomData),
     };
     value.serialize(&mut serializer).map_err(Error::Encode)
 }
@@ -62,9 +87,10 @@ pub fn encode_to_slice<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Resu
 /// a large byte field is one `memcpy`; postcard's own `to_extend` copies
 /// element by element, which made typed 1 MiB messages markedly slower
 /// than the bytes path.
-struct AppendTo<'a>(&'a mut Vec<u8>);
+/// `M` only makes it a type of its own ([`encode_into_for`]).
+struct AppendTo<'a, M>(&'a mut Vec<u8>, PhantomData<fn() -> M>);
 
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+impl<M> postcard::ser_flavors::Flavor for AppendTo<'_, M> {
     type Output = ();
 
     #[inline]
@@ -147,6 +173,74 @@ pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
         Err(e) => e,
     };
     Err(decode_error(bytes, decoded))
+}
+
+/// [`decode`] through serde code of its own for the marker type `M`, for
+/// a loop that decodes many small values: see [`encode_into_for`].
+///
+/// ```
+/// struct Results;
+/// let value: u64 = ipc_core::codec::decode_for::<Results, _>(&[0xAC, 0x02])?;
+/// assert_eq!(value, 300);
+/// assert!(ipc_core::codec::decode_for::<Results, u64>(&[0xAC, 0x02, 0]).is_err());
+/// # Ok::<(), ipc_core::Error>(())
+/// ```
+#[inline(always)]
+pub fn decode_for<M, T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut deserializer = postcard::Deserializer::from_flavor(ReadFrom::<M> {
+        rest: bytes,
+        marker: PhantomData,
+    });
+    let decoded = match T::deserialize(&mut deserializer) {
+        Ok(value) => match deserializer.finalize() {
+            Ok([]) => return Ok(value),
+            _ => postcard::Error::DeserializeBadEncoding,
+        },
+        Err(e) => e,
+    };
+    Err(decode_error(bytes, decoded))
+}
+
+/// A postcard input reading a slice, a type of its own for each `M`
+/// ([`decode_for`]).
+struct ReadFrom<'de, M> {
+    rest: &'de [u8],
+    marker: PhantomData<fn() -> M>,
+}
+
+impl<'de, M: 'de> postcard::de_flavors::Flavor<'de> for ReadFrom<'de, M> {
+    type Remainder = &'de [u8];
+    type Source = &'de [u8];
+
+    #[inline(always)]
+    fn pop(&mut self) -> postcard::Result<u8> {
+        let (&byte, rest) = self
+            .rest
+            .split_first()
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.rest = rest;
+        Ok(byte)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.rest.len())
+    }
+
+    #[inline]
+    fn try_take_n(&mut self, count: usize) -> postcard::Result<&'de [u8]> {
+        let (taken, rest) = self
+            .rest
+            .split_at_checked(count)
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<&'de [u8]> {
+        Ok(self.rest)
+    }
 }
 
 /// The error of `bytes` that did not decode with `postcard`'s error.

@@ -238,7 +238,10 @@ macro_rules! entry {
             name: concat!(module_path!(), "::", stringify!($function)),
             run: |argument, out| $crate::spawn::invoke($function, argument, out),
             run_many: |tasks, out, progress| {
-                $crate::spawn::batch::run_many($function, tasks, out, progress)
+                // A type of this entry's own, for its serde code to be
+                // inlined in the loop (`codec::encode_into_for`).
+                enum Entry {}
+                $crate::spawn::batch::run_many::<_, _, Entry>($function, tasks, out, progress)
             },
         };
         $crate::spawn::typed($function, REGISTERED.name)

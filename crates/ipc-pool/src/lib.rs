@@ -958,6 +958,11 @@ fn send_piece<A: Serialize>(
     }
 }
 
+/// The marker of the serde code that decodes results one outcome at a
+/// time (`imap`, `map_each`), which inlines it in [`for_each_outcome`]'s
+/// loop ([`codec::decode_for`]).
+enum EachOutcome {}
+
 /// Decodes the outcomes of a reply's tasks, in order.
 fn for_each_outcome<R: DeserializeOwned>(reply: Reply, mut put: impl FnMut(usize, Result<R>)) {
     let child = |failure: ChildFailure| Error::Child(Box::new(failure));
@@ -966,7 +971,9 @@ fn for_each_outcome<R: DeserializeOwned>(reply: Reply, mut put: impl FnMut(usize
             let mut read = 0;
             for outcome in wire::outcomes(&frame).take(reply.count) {
                 let result = match outcome {
-                    Ok(outcome) => outcome.map_err(child).and_then(codec::decode),
+                    Ok(outcome) => outcome
+                        .map_err(child)
+                        .and_then(codec::decode_for::<EachOutcome, R>),
                     Err(e) => Err(e),
                 };
                 put(read, result);
@@ -1059,6 +1066,10 @@ fn keep_first_error<R: DeserializeOwned>(
     *failed = decoded.err();
 }
 
+/// The marker of the serde code that decodes a `map`'s results, which
+/// inlines it in [`decode_into`]'s loop ([`codec::decode_for`]).
+enum Results {}
+
 /// Decodes a reply's results onto the end of `results`, or gives the
 /// error of its first task that failed.
 fn decode_into<R: DeserializeOwned>(reply: Reply, results: &mut Vec<R>) -> Result<()> {
@@ -1072,7 +1083,7 @@ fn decode_into<R: DeserializeOwned>(reply: Reply, results: &mut Vec<R>) -> Resul
         return failed;
     };
     let read = wire::each_result(frame, reply.count, |bytes| {
-        results.push(codec::decode(bytes)?);
+        results.push(codec::decode_for::<Results, R>(bytes)?);
         Ok(())
     })?;
     if read < reply.count {

@@ -47,8 +47,9 @@ impl ChunkWriter {
     /// encode, or it is larger than a frame may be.
     #[inline]
     pub fn push<A: Serialize>(&mut self, argument: &A) -> Result<()> {
-        self.records
-            .write(&mut self.frame, |frame| codec::encode_into(argument, frame))?;
+        self.records.write(&mut self.frame, |frame| {
+            codec::encode_into_for::<Arguments, A>(argument, frame)
+        })?;
         self.count += 1;
         Ok(())
     }
@@ -134,6 +135,10 @@ impl ChunkFrame {
         self.0.finish()
     }
 }
+
+/// The marker of the serde code that encodes a chunk's arguments, which
+/// inlines it in the caller's loop ([`codec::encode_into_for`]).
+enum Arguments {}
 
 /// Hands `each` the encoded result of each of the first `count` outcomes
 /// of a worker's frame, in order, until one is not a result: the task's

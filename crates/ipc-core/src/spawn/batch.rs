@@ -404,10 +404,12 @@ impl<'a> Iterator for OutcomeIter<'a> {
 /// Runs tasks of `function` from `tasks` into `out` until every task has
 /// its outcome or `out` holds [`FLUSH_BYTES`], writing each task's place to
 /// `progress` before it starts; used by [`entry!`](crate::entry). A panic
-/// goes through, leaving the panicking task's record open in `out`.
+/// goes through, leaving the panicking task's record open in `out`. `M`
+/// is a type of the entry's own, so that the serde code of its argument
+/// and result is inlined in this loop ([`codec::encode_into_for`]).
 #[doc(hidden)]
 #[inline(always)]
-pub fn run_many<A: DeserializeOwned, R: Serialize>(
+pub fn run_many<A: DeserializeOwned, R: Serialize, M>(
     function: fn(A) -> R,
     tasks: &mut Tasks<'_>,
     out: &mut Outcomes,
@@ -419,8 +421,8 @@ pub fn run_many<A: DeserializeOwned, R: Serialize>(
         progress.store(tasks.place as u64, Ordering::Relaxed);
         let argument = tasks.arguments.record();
         let at = out.begin();
-        let written = match argument.and_then(codec::decode::<A>) {
-            Ok(argument) => codec::encode_into(&function(argument), &mut out.frame),
+        let written = match argument.and_then(codec::decode_for::<M, A>) {
+            Ok(argument) => codec::encode_into_for::<M, R>(&function(argument), &mut out.frame),
             Err(e) => Err(e),
         };
         out.end(at, written.map_err(|e| ChildFailure::Codec(e.to_string())));
@@ -608,7 +610,7 @@ mod tests {
         let runner = Runner(&super::super::Registered {
             name: "halve",
             run: |argument, out| super::super::invoke(halve, argument, out),
-            run_many: |tasks, out, progress| run_many(halve, tasks, out, progress),
+            run_many: |tasks, out, progress| run_many::<_, _, ()>(halve, tasks, out, progress),
         });
         let mut tasks = Tasks::new(Reader(&frame), 6);
         let progress = AtomicU64::new(u64::MAX);
@@ -655,7 +657,7 @@ mod tests {
         let runner = Runner(&super::super::Registered {
             name: "inflate",
             run: |argument, out| super::super::invoke(inflate, argument, out),
-            run_many: |tasks, out, progress| run_many(inflate, tasks, out, progress),
+            run_many: |tasks, out, progress| run_many::<_, _, ()>(inflate, tasks, out, progress),
         });
         let mut tasks = Tasks::new(Reader(&frame), 5);
         let mut counts = Vec::new();
