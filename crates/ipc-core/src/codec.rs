@@ -164,15 +164,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 // Inlined, for the reason `encode_into` is; the error's path is not.
 #[inline(always)]
 pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
-    let decoded = match T::deserialize(&mut deserializer) {
-        Ok(value) => match deserializer.finalize() {
-            Ok([]) => return Ok(value),
-            _ => postcard::Error::DeserializeBadEncoding,
-        },
-        Err(e) => e,
-    };
-    Err(decode_error(bytes, decoded))
+    decode_through::<(), T>(bytes)
 }
 
 /// [`decode`] through serde code of its own for the marker type `M`, for
@@ -186,7 +178,14 @@ pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
 #[inline(always)]
-pub fn decode_for<M, T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub fn decode_for<M: 'static, T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_through::<M, T>(bytes)
+}
+
+/// Decodes one value that must use all of `bytes`, reading through
+/// [`ReadFrom<M>`].
+#[inline(always)]
+fn decode_through<'a, M: 'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     let mut deserializer = postcard::Deserializer::from_flavor(ReadFrom::<M> {
         rest: bytes,
         marker: PhantomData,

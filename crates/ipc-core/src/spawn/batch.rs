@@ -409,7 +409,7 @@ impl<'a> Iterator for OutcomeIter<'a> {
 /// and result is inlined in this loop ([`codec::encode_into_for`]).
 #[doc(hidden)]
 #[inline(always)]
-pub fn run_many<A: DeserializeOwned, R: Serialize, M>(
+pub fn run_many<A: DeserializeOwned, R: Serialize, M: 'static>(
     function: fn(A) -> R,
     tasks: &mut Tasks<'_>,
     out: &mut Outcomes,
