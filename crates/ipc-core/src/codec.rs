@@ -340,4 +340,46 @@ mod tests {
             );
         }
     }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Shape {
+        Point,
+        Line(u32, i64),
+        Named { name: String, sides: Vec<u16> },
+    }
+
+    /// A marker of the tests' own.
+    enum Marked {}
+
+    #[test]
+    fn a_marked_codec_writes_and_reads_the_same_bytes() {
+        let values = [
+            Shape::Point,
+            Shape::Line(u32::MAX, i64::MIN),
+            Shape::Named {
+                name: "é".repeat(200),
+                sides: (0..300).collect(),
+            },
+        ];
+        for value in &values {
+            let (mut plain, mut marked) = (vec![7], vec![7]);
+            super::encode_into(value, &mut plain).unwrap();
+            super::encode_into_for::<Marked, _>(value, &mut marked).unwrap();
+            assert_eq!(plain, marked);
+            let read: Shape = super::decode_for::<Marked, _>(&marked[1..]).unwrap();
+            assert_eq!(&read, value);
+            // Cut short, or with a byte too many, it fails as `decode` does.
+            for bad in [
+                &marked[1..marked.len() - 1],
+                &[&marked[1..], &[0][..]].concat(),
+            ] {
+                let ours = super::decode_for::<Marked, Shape>(bad).unwrap_err();
+                let theirs = super::decode::<Shape>(bad).unwrap_err();
+                assert_eq!(ours.to_string(), theirs.to_string());
+            }
+        }
+        // A varint that never ends is an error, not a read past the end.
+        assert!(super::decode_for::<Marked, u64>(&[0xFF; 11]).is_err());
+        assert!(super::decode_for::<Marked, u64>(&[0x80]).is_err());
+    }
 }
