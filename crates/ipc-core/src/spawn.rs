@@ -240,8 +240,10 @@ macro_rules! entry {
             run_many: |tasks, out, progress| {
                 // A type of this entry's own, for its serde code to be
                 // inlined in the loop (`codec::encode_into_for`).
-                enum Entry {}
-                $crate::spawn::batch::run_many::<_, _, Entry>($function, tasks, out, progress)
+                enum __IpcPoolLoop {}
+                $crate::spawn::batch::run_many::<_, _, __IpcPoolLoop>(
+                    $function, tasks, out, progress,
+                )
             },
         };
         $crate::spawn::typed($function, REGISTERED.name)
