@@ -21,10 +21,6 @@ use crate::{Error, Result};
 /// assert_eq!(buf, [7, 2, b'h', b'i']);
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
-// Inlined, with postcard's serializer built here rather than through
-// `serialize_with_flavor`, which the compiler keeps out of line: a small
-// value's encoding is then a few moves in its caller's code, where the
-// call cost the pool's tasks a third of their time.
 #[inline(always)]
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     encode_into_for::<(), T>(value, out)
@@ -38,8 +34,8 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 /// compiler stops inlining it and each value costs a call, where a loop
 /// of trivial tasks spends as long again in the call as in the work. A
 /// marker that only one loop uses makes its serializer a type no other
-/// code calls, so that code is inlined there. The bytes are
-/// [`encode_into`]'s.
+/// code calls, so that the compiler can inline that code there. The bytes
+/// are [`encode_into`]'s.
 ///
 /// ```
 /// struct Tasks;
@@ -48,6 +44,10 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 /// assert_eq!(buf, [0xAC, 0x02]);
 /// # Ok::<(), ipc_core::Error>(())
 /// ```
+// Inlined, with postcard's serializer built here rather than through
+// `serialize_with_flavor`, which the compiler keeps out of line: a small
+// value's encoding is then a few moves in its caller's code, where the
+// call cost the pool's tasks a third of their time.
 #[inline(always)]
 pub fn encode_into_for<M, T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     let mut serializer = postcard::Serializer {
@@ -87,6 +87,7 @@ pub fn encode_to_slice<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Resu
 /// a large byte field is one `memcpy`; postcard's own `to_extend` copies
 /// element by element, which made typed 1 MiB messages markedly slower
 /// than the bytes path.
+///
 /// `M` only makes it a type of its own ([`encode_into_for`]).
 struct AppendTo<'a, M>(&'a mut Vec<u8>, PhantomData<fn() -> M>);
 
@@ -351,6 +352,14 @@ mod tests {
     /// A marker of the tests' own.
     enum Marked {}
 
+    /// Postcard's error in a decoding's failure.
+    fn postcard_error<T: std::fmt::Debug>(decoded: crate::Result<T>) -> postcard::Error {
+        match decoded {
+            Err(crate::Error::Decode(e)) => e,
+            other => panic!("not a decoding error: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_marked_codec_writes_and_reads_the_same_bytes() {
         let values = [
@@ -368,18 +377,30 @@ mod tests {
             assert_eq!(plain, marked);
             let read: Shape = super::decode_for::<Marked, _>(&marked[1..]).unwrap();
             assert_eq!(&read, value);
-            // Cut short, or with a byte too many, it fails as `decode` does.
-            for bad in [
-                &marked[1..marked.len() - 1],
-                &[&marked[1..], &[0][..]].concat(),
-            ] {
-                let ours = super::decode_for::<Marked, Shape>(bad).unwrap_err();
-                let theirs = super::decode::<Shape>(bad).unwrap_err();
-                assert_eq!(ours.to_string(), theirs.to_string());
-            }
+            assert_eq!(postcard::from_bytes::<Shape>(&marked[1..]).unwrap(), *value);
+            // Cut short, or with a byte too many, it fails as postcard's
+            // own reader does.
+            let cut = &marked[1..marked.len() - 1];
+            assert_eq!(
+                postcard_error(super::decode_for::<Marked, Shape>(cut)),
+                postcard::from_bytes::<Shape>(cut).unwrap_err()
+            );
+            let longer = [&marked[1..], &[0][..]].concat();
+            let (_, rest) = postcard::take_from_bytes::<Shape>(&longer).unwrap();
+            assert_eq!(rest, [0]);
+            assert_eq!(
+                postcard_error(super::decode_for::<Marked, Shape>(&longer)),
+                postcard::Error::DeserializeBadEncoding
+            );
         }
-        // A varint that never ends is an error, not a read past the end.
-        assert!(super::decode_for::<Marked, u64>(&[0xFF; 11]).is_err());
-        assert!(super::decode_for::<Marked, u64>(&[0x80]).is_err());
+        // A varint too long or cut short is an error, not a read past the end.
+        assert_eq!(
+            postcard_error(super::decode_for::<Marked, u64>(&[0xFF; 11])),
+            postcard::Error::DeserializeBadVarint
+        );
+        assert_eq!(
+            postcard_error(super::decode_for::<Marked, u64>(&[0x80])),
+            postcard::Error::DeserializeUnexpectedEnd
+        );
     }
 }

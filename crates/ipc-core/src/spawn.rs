@@ -238,12 +238,15 @@ macro_rules! entry {
             name: concat!(module_path!(), "::", stringify!($function)),
             run: |argument, out| $crate::spawn::invoke($function, argument, out),
             run_many: |tasks, out, progress| {
-                // A type of this entry's own, for its serde code to be
-                // inlined in the loop (`codec::encode_into_for`).
-                enum __IpcPoolLoop {}
-                $crate::spawn::batch::run_many::<_, _, __IpcPoolLoop>(
-                    $function, tasks, out, progress,
-                )
+                // The path is read here, outside the block below, so no
+                // name of the macro's can hide a name in it.
+                let function: fn(_) -> _ = $function;
+                {
+                    // A type of this entry's own, for its serde code to be
+                    // inlined in the loop (`codec::encode_into_for`).
+                    enum Loop {}
+                    $crate::spawn::batch::run_many::<_, _, Loop>(function, tasks, out, progress)
+                }
             },
         };
         $crate::spawn::typed($function, REGISTERED.name)

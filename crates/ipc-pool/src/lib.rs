@@ -958,9 +958,8 @@ fn send_piece<A: Serialize>(
     }
 }
 
-/// The marker of the serde code that decodes results one outcome at a
-/// time (`imap`, `map_each`), which inlines it in [`for_each_outcome`]'s
-/// loop ([`codec::decode_for`]).
+/// The marker of the serde code that decodes the results read one
+/// outcome at a time, in [`for_each_outcome`] ([`codec::decode_for`]).
 enum EachOutcome {}
 
 /// Decodes the outcomes of a reply's tasks, in order.

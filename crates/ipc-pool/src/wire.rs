@@ -136,8 +136,9 @@ impl ChunkFrame {
     }
 }
 
-/// The marker of the serde code that encodes a chunk's arguments, which
-/// inlines it in the caller's loop ([`codec::encode_into_for`]).
+/// The marker of the serde code that encodes a chunk's arguments
+/// ([`codec::encode_into_for`]): only [`ChunkWriter::push`] uses it, so a
+/// `map`'s loop of pushes gets that code inlined.
 enum Arguments {}
 
 /// Hands `each` the encoded result of each of the first `count` outcomes

@@ -56,6 +56,27 @@ fn map_and_apply_run_in_the_workers() {
     beside.join().unwrap();
 }
 
+/// A type named as a marker of `entry!`'s once was: the macro's own names
+/// must not hide the names in the path it is given.
+struct Loop;
+
+impl Loop {
+    fn twice(x: u32) -> u32 {
+        x * 2
+    }
+}
+
+#[test]
+fn an_entry_given_by_any_path_maps() {
+    let pool = Pool::new(1).unwrap();
+    let doubled = pool
+        .map(ipc_core::entry!(Loop::twice), [3u32, 400])
+        .unwrap();
+    assert_eq!(doubled, [6, 800]);
+    pool.close().unwrap();
+    pool.join().unwrap();
+}
+
 /// A pool of two workers started by `method`. libtest runs each test on a
 /// thread of its own, beside its parked main thread: the hazard a pool on
 /// fork must accept.
