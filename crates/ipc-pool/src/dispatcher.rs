@@ -399,44 +399,60 @@ impl Dispatcher {
     /// Hands queued pieces to idle workers.
     fn assign(&mut self) {
         for i in 0..self.slots.len() {
-            if self.queue.is_empty() {
-                return;
-            }
-            if self.slots[i].running.is_some() {
-                continue;
-            }
-            if self.slots[i].worker.is_none() {
-                if let Err(e) = self.restart(i) {
-                    if self.slots.iter().all(|s| s.worker.is_none()) {
-                        self.fail_queue(&e.to_string());
-                    }
-                    continue;
-                }
-            }
-            let Some(mut piece) = self.next_piece() else {
-                return;
-            };
-            let worker = self.slots[i].worker.as_mut().expect("started above");
-            if let Some(max) = self.max_tasks {
-                let allowance = max.saturating_sub(worker.finished).max(1);
-                if piece.count > allowance {
-                    match split(piece, allowance) {
-                        Ok((head, tail)) => {
-                            self.queue.push_front(tail);
-                            piece = head;
-                        }
-                        Err(piece) => {
-                            reply(&piece, 0, piece.count, Body::Failed(piece_error()));
-                            continue;
-                        }
-                    }
-                }
-            }
-            worker.reset_progress();
-            // A worker that died is found by the wait.
-            let _ = worker.tasks.send_bytes(&piece.frame);
-            self.slots[i].running = Some(Running { piece, answered: 0 });
+            // A piece answered without reaching the worker leaves it idle:
+            // it takes the next.
+            while self.assign_to(i) == Assigned::Answered {}
         }
+    }
+
+    /// Hands the next queued piece to slot `i` if it is idle.
+    fn assign_to(&mut self, i: usize) -> Assigned {
+        if self.queue.is_empty() || self.slots[i].running.is_some() {
+            return Assigned::Nothing;
+        }
+        if self.slots[i].worker.is_none() {
+            if let Err(e) = self.restart(i) {
+                if self.slots.iter().all(|s| s.worker.is_none()) {
+                    self.fail_queue(&e.to_string());
+                }
+                return Assigned::Nothing;
+            }
+        }
+        let Some(mut piece) = self.next_piece() else {
+            return Assigned::Nothing;
+        };
+        let worker = self.slots[i].worker.as_mut().expect("started above");
+        if let Some(max) = self.max_tasks {
+            let allowance = max.saturating_sub(worker.finished).max(1);
+            if piece.count > allowance {
+                match split(piece, allowance) {
+                    Ok((head, tail)) => {
+                        self.queue.push_front(tail);
+                        piece = head;
+                    }
+                    Err(piece) => {
+                        reply(&piece, 0, piece.count, Body::Failed(piece_error()));
+                        return Assigned::Answered;
+                    }
+                }
+            }
+        }
+        worker.reset_progress();
+        // A worker that died is found by the wait. A frame the connection
+        // refuses before writing anything (larger than a message may be,
+        // which the chunk's budget rules out) would leave its tasks waiting
+        // on a worker that never got them.
+        if let Err(e @ Error::TooLarge { .. }) = worker.tasks.send_bytes(&piece.frame) {
+            reply(
+                &piece,
+                0,
+                piece.count,
+                Body::Failed(ChildFailure::Codec(e.to_string())),
+            );
+            return Assigned::Answered;
+        }
+        self.slots[i].running = Some(Running { piece, answered: 0 });
+        Assigned::Running
     }
 
     /// The first queued piece whose caller still wants it.
@@ -633,6 +649,17 @@ impl Dispatcher {
 const MAX_ATTEMPTS: u32 = 3;
 
 /// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
+/// What [`Dispatcher::assign_to`] did with a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Assigned {
+    /// The slot is busy, or there was nothing to give it.
+    Nothing,
+    /// A piece went to its worker.
+    Running,
+    /// A piece was answered without reaching the worker.
+    Answered,
+}
+
 fn reply(piece: &Piece, from: usize, count: usize, body: Body) {
     piece.submission.deliver(Reply {
         first: piece.first + from,

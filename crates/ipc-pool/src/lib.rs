@@ -704,8 +704,9 @@ fn python_chunksize(tasks: usize, workers: usize) -> usize {
     tasks.div_ceil(workers * 4).max(1)
 }
 
-/// A chunk is sent once its arguments take this many bytes, full or not.
-const CHUNK_BYTES: usize = 16 << 20;
+/// A chunk is sent once its arguments take this many bytes, full or not:
+/// with its last argument, it still fits in a message.
+const CHUNK_BYTES: usize = ipc_core::spawn::batch::RUN_BYTES;
 
 /// The results of [`Pool::imap`] or [`Pool::imap_unordered`]: an iterator
 /// that sends items to the workers as results are read.

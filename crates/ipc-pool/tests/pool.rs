@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ipc_core::spawn::{ChildFailure, StartMethod};
+use ipc_core::spawn::{batch, ChildFailure, StartMethod};
 use ipc_core::Error;
 use ipc_pool::Pool;
 use ipc_testkit::PATIENCE;
@@ -708,4 +708,55 @@ fn an_imap_piece_sent_while_the_dispatcher_exits_is_answered() {
     release.set();
     drop(squares);
     bounded("join", move || pool.join()).unwrap();
+}
+
+/// The length of a text.
+fn length(text: String) -> usize {
+    text.len()
+}
+
+/// A text of `n` bytes.
+fn text_of(n: usize) -> String {
+    "x".repeat(n)
+}
+
+/// The longest text a task may take or give: its record is the text and
+/// a varint of its length, at most five bytes.
+fn longest_text() -> usize {
+    batch::MAX_RECORD_BYTES as usize - 5
+}
+
+#[test]
+fn the_largest_argument_fits_in_a_chunk_nearly_full_before_it() {
+    let pool = Pool::new(1).unwrap();
+    // Just under the chunk's budget, so the next argument joins the chunk.
+    let first = batch::RUN_BYTES - 64;
+    let lengths = bounded("a chunk ending in the largest argument", move || {
+        pool.chunksize(2)
+            .map(
+                ipc_core::entry!(length),
+                [text_of(first), text_of(longest_text())],
+            )
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(lengths.unwrap(), [first, longest_text()]);
+}
+
+#[test]
+fn the_largest_result_after_others_comes_back_whole() {
+    let pool = Pool::new(1).unwrap();
+    // Just under the outcomes' budget, so the next task runs before they
+    // are sent.
+    let first = batch::FLUSH_BYTES - 64;
+    let lengths = bounded("a run ending in the largest result", move || {
+        let texts = pool
+            .chunksize(2)
+            .map_each(ipc_core::entry!(text_of), [first, longest_text()])
+            .unwrap();
+        texts
+            .into_iter()
+            .map(|text| text.map(|t| t.len()).map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(lengths, [Ok(first), Ok(longest_text())]);
 }

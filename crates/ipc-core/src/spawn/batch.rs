@@ -29,13 +29,22 @@ use serde::Serialize;
 use super::{panic_failure, ChildFailure, Runner};
 use crate::{codec, Error, Result};
 
-/// The largest argument or result one task may have: a frame holds at
-/// least one, with room to spare for the frame's own fields.
-pub const MAX_RECORD_BYTES: u64 = crate::DEFAULT_MAX_MESSAGE_SIZE - 4096;
+/// A run of arguments (a chunk) is ended once it passes this many bytes,
+/// whatever its count.
+pub const RUN_BYTES: usize = 16 << 20;
 
 /// Outcomes are handed on once they pass this many bytes, without waiting
 /// for the end of the run.
 pub const FLUSH_BYTES: usize = 4 << 20;
+
+/// The largest argument or result one task may have. A frame is ended
+/// after the record that takes it past [`RUN_BYTES`] (arguments) or
+/// [`FLUSH_BYTES`] (outcomes), so it holds less than that before its last
+/// record, and this leaves room for one more of any size, and for the
+/// frame's own fields, within a message.
+pub const MAX_RECORD_BYTES: u64 = crate::DEFAULT_MAX_MESSAGE_SIZE - RUN_BYTES as u64 - 4096;
+
+const _: () = assert!(FLUSH_BYTES <= RUN_BYTES);
 
 /// A record shorter than this has a one-byte header, its length.
 const SHORT: u8 = 0xFC;
