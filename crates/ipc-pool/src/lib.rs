@@ -718,7 +718,9 @@ pub struct Imap<'p, I, R> {
     /// `None` once every item was taken.
     items: Option<I>,
     chunksize: usize,
-    /// At most this many tasks sent and not yet answered.
+    /// At most this many items taken and their results not yet read:
+    /// results held for an earlier one count, so that a slow first task
+    /// does not let the rest of the input be read ahead.
     window: usize,
     /// Items taken so far: the next item's index.
     taken: usize,
@@ -811,9 +813,10 @@ where
         }
     }
 
-    /// Takes items and sends them while fewer than `window` tasks are out.
+    /// Takes items and sends them while fewer than `window` items are
+    /// taken and unread (every result read moves `base` on).
     fn send_more(&mut self) {
-        while self.outstanding < self.window {
+        while self.taken - self.base < self.window {
             let Some(items) = self.items.as_mut() else {
                 return;
             };

@@ -760,3 +760,43 @@ fn the_largest_result_after_others_comes_back_whole() {
     });
     assert_eq!(lengths, [Ok(first), Ok(longest_text())]);
 }
+
+/// Gives `x`; the task of 0 first waits to be released ([`held`]).
+fn first_held(task: (u64, String)) -> u64 {
+    if task.0 == 0 {
+        held(task)
+    } else {
+        task.0
+    }
+}
+
+#[test]
+fn imap_does_not_read_ahead_while_its_first_task_is_slow() {
+    const AHEAD: usize = 8;
+    let pool = Pool::new(2).unwrap();
+    let name = ipc_testkit::name();
+    let release = ipc_shm::Event::create(&name).unwrap();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (too_many, told) = std::sync::mpsc::channel();
+    // The first task is released once the imap has read too far ahead,
+    // or after a while if it never does.
+    let releaser = std::thread::spawn(move || {
+        let _ = told.recv_timeout(Duration::from_millis(500));
+        release.set();
+    });
+    let counted = taken.clone();
+    let items = (0u64..).map(|x| (x, name.clone())).inspect(move |_| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == AHEAD {
+            let _ = too_many.send(());
+        }
+    });
+    let mut results = pool.imap(ipc_core::entry!(first_held), items);
+    assert_eq!(results.next().transpose().unwrap(), Some(0));
+    let read_ahead = taken.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        read_ahead <= AHEAD,
+        "{read_ahead} items taken for one result"
+    );
+    assert_eq!(results.next().transpose().unwrap(), Some(1));
+    releaser.join().unwrap();
+}
