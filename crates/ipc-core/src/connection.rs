@@ -585,7 +585,6 @@ impl<S: Transport> Connection<S> {
     /// Whether a receive would return at once from what waits in this
     /// connection's buffer: a whole message, or a header that it reports
     /// as an error (out of sync, or over the size limit).
-    #[cfg(feature = "tokio")]
     pub(crate) fn holds_whole_message(&self) -> bool {
         if self.desynced.is_some() {
             return true;
@@ -825,8 +824,12 @@ impl<S: Transport> Waitable for Connection<S> {
         self.stream.as_fd()
     }
 
+    // Part of a message kept from a receive that timed out is not enough:
+    // the next receive would wait for the rest, and a wait that said
+    // "ready" for it would be said again at once, for as long as the peer
+    // stalls. The descriptor says when more comes.
     fn ready_without_waiting(&self) -> bool {
-        self.readable && self.has_buffered_input()
+        self.readable && (self.holds_whole_message() || self.stream.has_buffered_input())
     }
 }
 
@@ -894,5 +897,33 @@ mod tests {
                 Err(Error::InvalidArgument(_))
             ));
         }
+    }
+
+    #[test]
+    fn part_of_a_message_is_not_ready_for_a_wait_until_the_rest_comes() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        let mut reader = Connection::new(FdStream::new(reader.into()).unwrap());
+        // A header announcing 6 bytes, and 2 of them.
+        writer.write_all(&[0, 0, 0, 6, b'h', b'e']).unwrap();
+        assert!(matches!(reader.try_recv_bytes(), Err(Error::Empty)));
+        assert_eq!(
+            crate::wait(&[&reader], Duration::ZERO).unwrap(),
+            Vec::<usize>::new()
+        );
+        writer.write_all(b"llo!").unwrap();
+        assert_eq!(
+            crate::wait(&[&reader], Duration::from_secs(5)).unwrap(),
+            [0]
+        );
+        assert_eq!(reader.try_recv_bytes().unwrap(), b"hello!");
+        // A whole message already read into the buffer is ready at once.
+        writer
+            .write_all(&[0, 0, 0, 1, b'a', 0, 0, 0, 1, b'b'])
+            .unwrap();
+        assert_eq!(reader.recv_bytes().unwrap(), b"a");
+        assert_eq!(crate::wait(&[&reader], Duration::ZERO).unwrap(), [0]);
+        assert_eq!(reader.recv_bytes().unwrap(), b"b");
     }
 }

@@ -16,7 +16,6 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use ipc_core::spawn::ChildFailure;
 use ipc_core::{wait, Error, Result, Waitable};
@@ -333,16 +332,15 @@ impl Dispatcher {
                         let mut sink = [0u8; 64];
                         while matches!((&self.woken).read(&mut sink), Ok(n) if n > 0) {}
                     }
-                    Ready::Socket(i) => self.read_worker(i),
+                    Ready::Socket(i) => {
+                        self.read_worker(i);
+                    }
                     Ready::Exited(i) => {
-                        // Outcomes it sent before it died come first.
-                        let sent = self.slots[i]
-                            .worker
-                            .as_ref()
-                            .is_some_and(|w| w.tasks.poll(Duration::ZERO).unwrap_or(false));
-                        if sent {
-                            self.read_worker(i);
-                        } else if self.slots[i].worker.is_some() {
+                        // Outcomes it sent before it died come first. What
+                        // is left after its whole frames (part of one, kept
+                        // open by a process it started) never ends.
+                        while self.read_worker(i) {}
+                        if self.slots[i].worker.is_some() {
                             self.replace(i, Cause::Died);
                         }
                     }
@@ -477,30 +475,46 @@ impl Dispatcher {
         }
     }
 
-    /// Reads what worker `i` sent: outcomes, or the end of its socket.
-    fn read_worker(&mut self, i: usize) {
+    /// Reads what worker `i` sent: a frame of outcomes, or the end of its
+    /// socket. Whether it read a whole frame and the worker is still there.
+    fn read_worker(&mut self, i: usize) -> bool {
         let slot = &mut self.slots[i];
         let Some(worker) = slot.worker.as_mut() else {
-            return;
+            return false;
         };
-        let frame = match worker.tasks.recv_bytes() {
+        // Only what has arrived: a worker that sends part of a frame and
+        // stalls must not stop the dispatcher. The part is kept, and the
+        // wait says when more comes.
+        let frame = match worker.tasks.try_recv_bytes() {
             Ok(frame) => frame,
-            Err(e) if e.is_closed() => return self.replace(i, Cause::Died),
+            Err(Error::Empty) => return false,
+            Err(e) if e.is_closed() => {
+                self.replace(i, Cause::Died);
+                return false;
+            }
             // Over the size limit, or a socket error: it cannot be trusted.
-            Err(e) => return self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string()))),
+            Err(e) => {
+                self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
+                return false;
+            }
         };
         let Some(running) = slot.running.as_mut() else {
             let why = ChildFailure::Codec("a worker sent outcomes while it had no tasks".into());
-            return self.replace(i, Cause::Broken(why));
+            self.replace(i, Cause::Broken(why));
+            return false;
         };
         let left = running.piece.count - running.answered;
         let answered = match wire::outcome_count(&frame) {
             Ok(count) if count > 0 && count <= left => count,
             Ok(count) => {
                 let why = format!("{count} outcomes for {left} tasks");
-                return self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
+                self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
+                return false;
             }
-            Err(e) => return self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string()))),
+            Err(e) => {
+                self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
+                return false;
+            }
         };
         reply(
             &running.piece,
@@ -514,8 +528,10 @@ impl Dispatcher {
             slot.running = None;
             if self.max_tasks.is_some_and(|max| worker.finished >= max) {
                 self.replace(i, Cause::Retired);
+                return false;
             }
         }
+        true
     }
 
     /// Replaces worker `i`. The tasks of its piece it had not answered go

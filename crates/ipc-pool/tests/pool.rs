@@ -383,9 +383,8 @@ fn an_idle_worker_killed_is_replaced() {
     assert_ne!(next, pid);
 }
 
-/// Writes a frame of garbage on every socket this worker has: the pool
-/// must take it for a broken worker.
-fn babble(x: u64) -> u64 {
+/// Writes `bytes` on every socket this worker has.
+fn write_on_sockets(bytes: &[u8]) {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     for fd in 3..64 {
@@ -395,10 +394,42 @@ fn babble(x: u64) -> u64 {
             // SAFETY: the descriptor is open (its /proc link exists); ManuallyDrop
             // keeps it open for its owner.
             let mut socket = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-            let _ = socket.write_all(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+            let _ = socket.write_all(bytes);
         }
     }
+}
+
+/// Writes a frame of garbage on every socket this worker has: the pool
+/// must take it for a broken worker.
+fn babble(x: u64) -> u64 {
+    write_on_sockets(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
     x
+}
+
+/// Writes the start of a frame (a header announcing 100 bytes, and one of
+/// them) on every socket this worker has, then is [`held_started`].
+fn stall_mid_frame(task: (u64, String, String)) -> u64 {
+    write_on_sockets(&[0, 0, 0, 100, 7]);
+    held_started(task)
+}
+
+#[test]
+fn a_worker_stalled_mid_frame_holds_up_neither_the_pool_nor_its_end() {
+    let pool = Pool::new(2).unwrap();
+    let hold = Hold::new();
+    let mut stalled = pool
+        .apply_async(ipc_core::entry!(stall_mid_frame), &hold.task(1))
+        .unwrap();
+    hold.wait_started();
+    let nine = bounded("a task beside a worker stalled mid-frame", move || {
+        let nine = pool
+            .apply(ipc_core::entry!(square), &3)
+            .map_err(|e| e.to_string());
+        pool.terminate();
+        nine
+    });
+    assert_eq!(nine, Ok(9));
+    assert!(matches!(stalled.get_timeout(PATIENCE), Err(Error::Closed)));
 }
 
 #[test]
