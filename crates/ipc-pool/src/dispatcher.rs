@@ -537,13 +537,18 @@ impl Dispatcher {
     /// Replaces worker `i`. The tasks of its piece it had not answered go
     /// back to the front of the queue, except the one its progress word
     /// names (the one it was running when it died, or when its garbage was
-    /// read), which fails.
+    /// read), which fails. The replacement starts at once, unless the
+    /// worker died idle before any task and no work waits: one whose
+    /// initializer always fails would otherwise be started again and again
+    /// while the pool has nothing to do (`assign` starts it for the next
+    /// piece).
     fn replace(&mut self, i: usize, cause: Cause) {
         let slot = &mut self.slots[i];
         let Some(worker) = slot.worker.take() else {
             return;
         };
         let running = slot.running.take();
+        let died_unused = running.is_none() && worker.finished == 0;
         let place = worker.progress();
         let failure = match cause {
             Cause::Died => worker.death(),
@@ -557,7 +562,8 @@ impl Dispatcher {
         if let Some(Running { piece, answered }) = running {
             self.fail_or_requeue(piece, answered, place, failure);
         }
-        if !(self.closing && self.queue.is_empty()) {
+        let wanted = !self.queue.is_empty() || !(self.closing || died_unused);
+        if wanted {
             // If it cannot start, `assign` tries again when there is work.
             let _ = self.restart(i);
         }

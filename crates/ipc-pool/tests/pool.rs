@@ -346,6 +346,37 @@ fn an_initializer_runs_once_in_each_worker() {
     }
 }
 
+/// Sets the event `name`, then fails: an initializer that never works.
+fn announce_and_refuse(name: String) {
+    ipc_shm::Event::open(&name).unwrap().set();
+    panic!("no database here");
+}
+
+#[test]
+fn a_worker_whose_initializer_fails_is_not_started_again_while_idle() {
+    let name = ipc_testkit::name();
+    let started = ipc_shm::Event::create(&name).unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(ipc_core::entry!(announce_and_refuse), &name)
+        .build()
+        .unwrap();
+    assert!(started.wait_timeout(PATIENCE), "the first worker started");
+    started.clear();
+    // Nothing to do: its death is seen, and no other worker is started
+    // (a pool that started one would start them without end).
+    assert!(
+        !started.wait_timeout(Duration::from_millis(300)),
+        "a worker started with no work to do"
+    );
+    // Work starts one, whose failure fails the work.
+    let result = pool.apply(ipc_core::entry!(square), &3);
+    assert!(
+        matches!(&result, Err(Error::Child(f)) if f.to_string().contains("no database here")),
+        "{result:?}"
+    );
+}
+
 #[test]
 fn a_worker_retires_after_its_task_limit() {
     let pool = Pool::builder()
