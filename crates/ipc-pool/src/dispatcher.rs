@@ -339,8 +339,11 @@ impl Dispatcher {
                         // Outcomes it sent before it died come first. What
                         // is left after its whole frames (part of one, kept
                         // open by a process it started) never ends.
-                        while self.read_worker(i) {}
-                        if self.slots[i].worker.is_some() {
+                        let mut read = self.read_worker(i);
+                        while read == Received::Frame {
+                            read = self.read_worker(i);
+                        }
+                        if read == Received::Nothing {
                             self.replace(i, Cause::Died);
                         }
                     }
@@ -476,32 +479,32 @@ impl Dispatcher {
     }
 
     /// Reads what worker `i` sent: a frame of outcomes, or the end of its
-    /// socket. Whether it read a whole frame and the worker is still there.
-    fn read_worker(&mut self, i: usize) -> bool {
+    /// socket.
+    fn read_worker(&mut self, i: usize) -> Received {
         let slot = &mut self.slots[i];
         let Some(worker) = slot.worker.as_mut() else {
-            return false;
+            return Received::Replaced;
         };
         // Only what has arrived: a worker that sends part of a frame and
         // stalls must not stop the dispatcher. The part is kept, and the
         // wait says when more comes.
         let frame = match worker.tasks.try_recv_bytes() {
             Ok(frame) => frame,
-            Err(Error::Empty) => return false,
+            Err(Error::Empty) => return Received::Nothing,
             Err(e) if e.is_closed() => {
                 self.replace(i, Cause::Died);
-                return false;
+                return Received::Replaced;
             }
             // Over the size limit, or a socket error: it cannot be trusted.
             Err(e) => {
                 self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
-                return false;
+                return Received::Replaced;
             }
         };
         let Some(running) = slot.running.as_mut() else {
             let why = ChildFailure::Codec("a worker sent outcomes while it had no tasks".into());
             self.replace(i, Cause::Broken(why));
-            return false;
+            return Received::Replaced;
         };
         let left = running.piece.count - running.answered;
         let answered = match wire::outcome_count(&frame) {
@@ -509,11 +512,11 @@ impl Dispatcher {
             Ok(count) => {
                 let why = format!("{count} outcomes for {left} tasks");
                 self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
-                return false;
+                return Received::Replaced;
             }
             Err(e) => {
                 self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
-                return false;
+                return Received::Replaced;
             }
         };
         reply(
@@ -528,10 +531,10 @@ impl Dispatcher {
             slot.running = None;
             if self.max_tasks.is_some_and(|max| worker.finished >= max) {
                 self.replace(i, Cause::Retired);
-                return false;
+                return Received::Replaced;
             }
         }
-        true
+        Received::Frame
     }
 
     /// Replaces worker `i`. The tasks of its piece it had not answered go
@@ -671,6 +674,18 @@ impl Dispatcher {
 const MAX_ATTEMPTS: u32 = 3;
 
 /// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
+/// What [`Dispatcher::read_worker`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// A whole frame, read; the worker is still there.
+    Frame,
+    /// No whole frame yet.
+    Nothing,
+    /// The worker is gone (its socket ended, it was broken or retired) and
+    /// was replaced, or there was none.
+    Replaced,
+}
+
 /// What [`Dispatcher::assign_to`] did with a slot.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Assigned {

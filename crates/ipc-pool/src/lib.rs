@@ -848,9 +848,11 @@ where
         }
     }
 
-    /// Ends the iteration with `error` (a pool closed before it began).
+    /// Ends the iteration with `error` (a pool closed before it began),
+    /// which stands for one item taken.
     fn fail(&mut self, error: Error) {
         self.items = None;
+        self.taken += 1;
         self.ready.push_back(Some(Err(error)));
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ipc_core::spawn::{batch, ChildFailure, StartMethod};
 use ipc_core::Error;
 use ipc_pool::Pool;
-use ipc_testkit::PATIENCE;
+use ipc_testkit::{LONG, PATIENCE};
 
 ipc_core::spawn_harness!();
 
@@ -672,10 +672,19 @@ fn a_piece_sent_while_every_worker_is_busy_runs_after_the_next_worker_event() {
 
 /// Runs `f` on a thread and waits for it, bounded.
 fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    bounded_for(PATIENCE, what, f)
+}
+
+/// Runs `f` on a thread and waits for it, at most `patience`.
+fn bounded_for<T: Send + 'static>(
+    patience: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || tx.send(f()).unwrap());
     let value = rx
-        .recv_timeout(PATIENCE)
+        .recv_timeout(patience)
         .unwrap_or_else(|_| panic!("{what} never ended"));
     thread.join().unwrap();
     value
@@ -793,7 +802,8 @@ fn the_largest_argument_fits_in_a_chunk_nearly_full_before_it() {
     let pool = Pool::new(1).unwrap();
     // Just under the chunk's budget, so the next argument joins the chunk.
     let first = batch::RUN_BYTES - 64;
-    let lengths = bounded("a chunk ending in the largest argument", move || {
+    // Hundreds of megabytes through a debug build: more time than most.
+    let lengths = bounded_for(LONG, "a chunk ending in the largest argument", move || {
         pool.chunksize(2)
             .map(
                 ipc_core::entry!(length),
@@ -810,7 +820,7 @@ fn the_largest_result_after_others_comes_back_whole() {
     // Just under the outcomes' budget, so the next task runs before they
     // are sent.
     let first = batch::FLUSH_BYTES - 64;
-    let lengths = bounded("a run ending in the largest result", move || {
+    let lengths = bounded_for(LONG, "a run ending in the largest result", move || {
         let texts = pool
             .chunksize(2)
             .map_each(ipc_core::entry!(text_of), [first, longest_text()])
@@ -861,4 +871,14 @@ fn imap_does_not_read_ahead_while_its_first_task_is_slow() {
     );
     assert_eq!(results.next().transpose().unwrap(), Some(1));
     releaser.join().unwrap();
+}
+
+#[test]
+fn an_imap_on_a_closed_pool_gives_one_error_and_ends() {
+    let pool = Pool::new(1).unwrap();
+    pool.close().unwrap();
+    let results: Vec<_> = pool.imap(ipc_core::entry!(square), 0..5u64).collect();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(matches!(results[0], Err(Error::InvalidArgument(_))));
+    pool.join().unwrap();
 }
