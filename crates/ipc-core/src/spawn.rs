@@ -375,12 +375,30 @@ pub fn panic_failure(panic: &(dyn Any + Send)) -> ChildFailure {
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
+        shortened(s)
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
+        shortened(s)
     } else {
         "a panic with a payload that is not a string".to_owned()
     }
+}
+
+/// The longest panic message passed on whole: a failure travels in the
+/// frame of a run's outcomes, which a message of hundreds of megabytes
+/// would make too large to send.
+pub(crate) const PANIC_MESSAGE_BYTES: usize = 64 << 10;
+
+/// `message`, cut to [`PANIC_MESSAGE_BYTES`] (at a character's start) and
+/// saying so if it is longer.
+fn shortened(message: &str) -> String {
+    if message.len() <= PANIC_MESSAGE_BYTES {
+        return message.to_owned();
+    }
+    let mut end = PANIC_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len())
 }
 
 /// How [`Process::start`] makes the child that runs an entry: Python's

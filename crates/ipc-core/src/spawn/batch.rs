@@ -324,7 +324,8 @@ impl Outcomes {
     pub fn fail(&mut self, failure: &ChildFailure) {
         let at = self.frame.len();
         self.frame.extend_from_slice(&[FAILED, 0, 0, 0, 0]);
-        // A failure's text is small: it always encodes and fits.
+        // A failure's text is small (a panic's message is cut to 64 KiB):
+        // it always encodes and fits.
         let _ = codec::encode_into(failure, &mut self.frame);
         let len = (self.frame.len() - at - 5) as u32;
         self.frame[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
@@ -650,6 +651,43 @@ mod tests {
             matches!(read[5], Err(ChildFailure::Codec(_))),
             "the frame ends: {:?}",
             read[5]
+        );
+    }
+
+    fn shout(n: usize) -> u64 {
+        panic!("{}", "é".repeat(n))
+    }
+
+    #[test]
+    fn a_task_that_panics_with_a_huge_message_fails_with_its_start() {
+        let mut frame = Vec::new();
+        RecordWriter::default()
+            .write(&mut frame, |f| codec::encode_into(&(1usize << 20), f))
+            .unwrap();
+        let runner = Runner(&super::super::Registered {
+            name: "shout",
+            run: |argument, out| super::super::invoke(shout, argument, out),
+            run_many: |tasks, out, progress| run_many::<_, _, ()>(shout, tasks, out, progress),
+        });
+        let mut tasks = Tasks::new(Reader(&frame), 1);
+        let mut sent = Vec::new();
+        let progress = AtomicU64::new(u64::MAX);
+        assert!(
+            runner.run_tasks(&mut tasks, &mut Outcomes::default(), &progress, |out| {
+                sent.push(out.frame().to_vec());
+                true
+            })
+        );
+        let failure = outcomes(&sent[0]).next().unwrap().unwrap().unwrap_err();
+        let ChildFailure::Panicked(message) = failure else {
+            panic!("not a panic: {failure:?}")
+        };
+        assert!(message.starts_with("éé"));
+        assert!(message.len() <= super::super::PANIC_MESSAGE_BYTES + 64);
+        assert!(
+            message.ends_with(&format!("({} bytes in all)", 2 << 20)),
+            "{}",
+            &message[message.len() - 40..]
         );
     }
 
