@@ -491,33 +491,18 @@ impl Dispatcher {
         let frame = match worker.tasks.try_recv_bytes() {
             Ok(frame) => frame,
             Err(Error::Empty) => return Received::Nothing,
-            Err(e) if e.is_closed() => {
-                self.replace(i, Cause::Died);
-                return Received::Replaced;
-            }
+            Err(e) if e.is_closed() => return self.replaced(i, Cause::Died),
             // Over the size limit, or a socket error: it cannot be trusted.
-            Err(e) => {
-                self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
-                return Received::Replaced;
-            }
+            Err(e) => return self.broken(i, e),
         };
         let Some(running) = slot.running.as_mut() else {
-            let why = ChildFailure::Codec("a worker sent outcomes while it had no tasks".into());
-            self.replace(i, Cause::Broken(why));
-            return Received::Replaced;
+            return self.broken(i, "a worker sent outcomes while it had no tasks");
         };
         let left = running.piece.count - running.answered;
         let answered = match wire::outcome_count(&frame) {
             Ok(count) if count > 0 && count <= left => count,
-            Ok(count) => {
-                let why = format!("{count} outcomes for {left} tasks");
-                self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
-                return Received::Replaced;
-            }
-            Err(e) => {
-                self.replace(i, Cause::Broken(ChildFailure::Codec(e.to_string())));
-                return Received::Replaced;
-            }
+            Ok(count) => return self.broken(i, format!("{count} outcomes for {left} tasks")),
+            Err(e) => return self.broken(i, e),
         };
         reply(
             &running.piece,
@@ -530,11 +515,21 @@ impl Dispatcher {
         if running.answered == running.piece.count {
             slot.running = None;
             if self.max_tasks.is_some_and(|max| worker.finished >= max) {
-                self.replace(i, Cause::Retired);
-                return Received::Replaced;
+                return self.replaced(i, Cause::Retired);
             }
         }
         Received::Frame
+    }
+
+    /// Replaces worker `i` for `cause`.
+    fn replaced(&mut self, i: usize, cause: Cause) -> Received {
+        self.replace(i, cause);
+        Received::Replaced
+    }
+
+    /// Replaces worker `i`, which sent what is not outcomes (`why`).
+    fn broken(&mut self, i: usize, why: impl ToString) -> Received {
+        self.replaced(i, Cause::Broken(ChildFailure::Codec(why.to_string())))
     }
 
     /// Replaces worker `i`. The tasks of its piece it had not answered go
@@ -673,7 +668,6 @@ impl Dispatcher {
 /// A piece whose workers all died before starting it fails after this many.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
 /// What [`Dispatcher::read_worker`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Received {
@@ -697,6 +691,7 @@ enum Assigned {
     Answered,
 }
 
+/// Sends the outcomes of `count` tasks of `piece` from its task `from` on.
 fn reply(piece: &Piece, from: usize, count: usize, body: Body) {
     piece.submission.deliver(Reply {
         first: piece.first + from,

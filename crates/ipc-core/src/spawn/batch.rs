@@ -597,6 +597,36 @@ mod tests {
         assert_eq!(outcome_count(out.frame()).unwrap(), 0);
     }
 
+    /// The runner of `function`, registered as `entry!` would.
+    macro_rules! runner {
+        ($function:ident) => {
+            Runner(&super::super::Registered {
+                name: stringify!($function),
+                run: |argument, out| super::super::invoke($function, argument, out),
+                run_many: |tasks, out, progress| {
+                    run_many::<_, _, ()>($function, tasks, out, progress)
+                },
+            })
+        };
+    }
+
+    /// Runs the `count` tasks of `frame` with `runner`: whether it
+    /// finished, the frames of outcomes it flushed, and its last progress.
+    fn run_all(runner: Runner, frame: &[u8], count: usize) -> (bool, Vec<Vec<u8>>, u64) {
+        let mut tasks = Tasks::new(Reader(frame), count);
+        let progress = AtomicU64::new(u64::MAX);
+        let mut sent = Vec::new();
+        let finished = runner.run_tasks(&mut tasks, &mut Outcomes::default(), &progress, |out| {
+            sent.push(out.frame().to_vec());
+            true
+        });
+        (
+            finished && tasks.done(),
+            sent,
+            progress.load(Ordering::Relaxed),
+        )
+    }
+
     fn halve(x: u64) -> u64 {
         assert!(x % 2 == 0, "odd: {x}");
         x / 2
@@ -617,21 +647,10 @@ mod tests {
         writer
             .write(&mut frame, |f| codec::encode_into(&10u64, f))
             .unwrap();
-        let runner = Runner(&super::super::Registered {
-            name: "halve",
-            run: |argument, out| super::super::invoke(halve, argument, out),
-            run_many: |tasks, out, progress| run_many::<_, _, ()>(halve, tasks, out, progress),
-        });
-        let mut tasks = Tasks::new(Reader(&frame), 6);
-        let progress = AtomicU64::new(u64::MAX);
-        let mut sent = Vec::new();
-        let finished = runner.run_tasks(&mut tasks, &mut Outcomes::default(), &progress, |out| {
-            sent.push(out.frame().to_vec());
-            true
-        });
-        assert!(finished && tasks.done());
+        let (finished, sent, progress) = run_all(runner!(halve), &frame, 6);
+        assert!(finished);
         assert_eq!(sent.len(), 1, "one flush at the end");
-        assert_eq!(progress.load(Ordering::Relaxed), 5);
+        assert_eq!(progress, 5);
         let read: Vec<_> = outcomes(&sent[0]).map(|o| o.unwrap()).collect();
         let ok = |x: u64| {
             let mut v = Vec::new();
@@ -664,20 +683,8 @@ mod tests {
         RecordWriter::default()
             .write(&mut frame, |f| codec::encode_into(&(1usize << 20), f))
             .unwrap();
-        let runner = Runner(&super::super::Registered {
-            name: "shout",
-            run: |argument, out| super::super::invoke(shout, argument, out),
-            run_many: |tasks, out, progress| run_many::<_, _, ()>(shout, tasks, out, progress),
-        });
-        let mut tasks = Tasks::new(Reader(&frame), 1);
-        let mut sent = Vec::new();
-        let progress = AtomicU64::new(u64::MAX);
-        assert!(
-            runner.run_tasks(&mut tasks, &mut Outcomes::default(), &progress, |out| {
-                sent.push(out.frame().to_vec());
-                true
-            })
-        );
+        let (finished, sent, _) = run_all(runner!(shout), &frame, 1);
+        assert!(finished);
         let failure = outcomes(&sent[0]).next().unwrap().unwrap().unwrap_err();
         let ChildFailure::Panicked(message) = failure else {
             panic!("not a panic: {failure:?}")
@@ -701,11 +708,7 @@ mod tests {
         for _ in 0..5 {
             put_record(&mut frame, &[0x80, 0x80, 0x60]); // 1.5 MiB as a varint
         }
-        let runner = Runner(&super::super::Registered {
-            name: "inflate",
-            run: |argument, out| super::super::invoke(inflate, argument, out),
-            run_many: |tasks, out, progress| run_many::<_, _, ()>(inflate, tasks, out, progress),
-        });
+        let runner = runner!(inflate);
         let mut tasks = Tasks::new(Reader(&frame), 5);
         let mut counts = Vec::new();
         let finished = runner.run_tasks(
