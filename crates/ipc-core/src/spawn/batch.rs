@@ -427,16 +427,59 @@ pub fn run_many<A: DeserializeOwned, R: Serialize, M: 'static>(
 ) {
     // Written out, with no closure: each closure is a function the
     // compiler may keep out of line, and in a large program it does.
-    while tasks.place < tasks.count && out.bytes() < FLUSH_BYTES {
-        progress.store(tasks.place as u64, Ordering::Relaxed);
-        let argument = tasks.arguments.record();
-        let at = out.begin();
+    //
+    // On local copies, which `Resume` puts back when the loop ends or a
+    // task panics: through `tasks` and `out`, every step's state was
+    // stored to memory, since any call that may unwind could read it.
+    let mut run = Resume::new(tasks, out);
+    while run.tasks.place < run.tasks.count && run.out.bytes() < FLUSH_BYTES {
+        progress.store(run.tasks.place as u64, Ordering::Relaxed);
+        let argument = run.tasks.arguments.record();
+        let at = run.out.begin();
         let written = match argument.and_then(codec::decode_for::<M, A>) {
-            Ok(argument) => codec::encode_into_for::<M, R>(&function(argument), &mut out.frame),
+            Ok(argument) => codec::encode_into_for::<M, R>(&function(argument), &mut run.out.frame),
             Err(e) => Err(e),
         };
-        out.end(at, written.map_err(|e| ChildFailure::Codec(e.to_string())));
-        tasks.place += 1;
+        run.out
+            .end(at, written.map_err(|e| ChildFailure::Codec(e.to_string())));
+        run.tasks.place += 1;
+    }
+}
+
+/// A run's tasks and outcomes, moved out of their places for a loop and
+/// put back when it is dropped (the loop's end, or a panic).
+struct Resume<'t, 'a, 'o> {
+    tasks: Tasks<'a>,
+    out: Outcomes,
+    places: (&'t mut Tasks<'a>, &'o mut Outcomes),
+}
+
+impl<'t, 'a, 'o> Resume<'t, 'a, 'o> {
+    #[inline(always)]
+    fn new(tasks: &'t mut Tasks<'a>, out: &'o mut Outcomes) -> Self {
+        Resume {
+            tasks: std::mem::replace(tasks, Tasks::new(Reader(&[]), 0)),
+            // A stand-in that allocates nothing: `Resume` puts the
+            // outcomes back in its place.
+            out: std::mem::replace(
+                out,
+                Outcomes {
+                    frame: Vec::new(),
+                    count: 0,
+                    records: RecordWriter::default(),
+                    open: None,
+                },
+            ),
+            places: (tasks, out),
+        }
+    }
+}
+
+impl Drop for Resume<'_, '_, '_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        std::mem::swap(self.places.0, &mut self.tasks);
+        std::mem::swap(self.places.1, &mut self.out);
     }
 }
 
