@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use ipc_core::spawn::ChildFailure;
 use ipc_core::{wait, Error, Result, Waitable};
 
+use crate::mailbox;
 use crate::wire::{self, Chunk};
 use crate::worker::{Recipe, Worker, NOT_STARTED, REAP};
 
@@ -443,7 +444,10 @@ impl Dispatcher {
         // refuses before writing anything (larger than a message may be,
         // which the chunk's budget rules out) would leave its tasks waiting
         // on a worker that never got them.
-        if let Err(e @ Error::TooLarge { .. }) = worker.tasks.send_bytes(&piece.frame) {
+        let sent = worker
+            .mailbox
+            .send(mailbox::Slot::Tasks, &piece.frame, &mut worker.tasks);
+        if let Err(e @ Error::TooLarge { .. }) = sent {
             reply(
                 &piece,
                 0,
@@ -489,10 +493,15 @@ impl Dispatcher {
         // stalls must not stop the dispatcher. The part is kept, and the
         // wait says when more comes.
         let frame = match worker.tasks.try_recv_bytes() {
-            Ok(frame) => frame,
+            Ok(received) => worker.mailbox.open(mailbox::Slot::Outcomes, received),
             Err(Error::Empty) => return Received::Nothing,
             Err(e) if e.is_closed() => return self.replaced(i, Cause::Died),
             // Over the size limit, or a socket error: it cannot be trusted.
+            Err(e) => Err(e),
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            // Or a notice with no frame in its mailbox.
             Err(e) => return self.broken(i, e),
         };
         let Some(running) = slot.running.as_mut() else {

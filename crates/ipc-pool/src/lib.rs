@@ -62,6 +62,7 @@
 #![deny(unsafe_code)]
 
 mod dispatcher;
+mod mailbox;
 mod wire;
 mod worker;
 

@@ -1,5 +1,6 @@
 //! A worker process: its side (the loop it runs) and the pool's side (the
-//! process, its socket, its progress word and the chunk it is running).
+//! process, its socket, its mailbox, its progress word and the chunk it is
+//! running).
 
 use std::os::unix::net::UnixStream;
 
@@ -12,12 +13,15 @@ use ipc_core::{Connection, Error, FdStream, Result};
 use ipc_shm::SharedMemory;
 use serde::{Deserialize, Serialize};
 
+use crate::mailbox::{Mailbox, Slot};
 use crate::wire::Chunk;
 
 /// The handle key of a worker's task socket.
 const TASKS: &str = "ipc-pool-tasks";
 /// The handle key of a worker's progress word.
 const PROGRESS: &str = "ipc-pool-progress";
+/// The handle key of a worker's mailbox.
+const MAILBOX: &str = "ipc-pool-mailbox";
 
 /// The progress word's value while a worker has not started its chunk.
 pub(crate) const NOT_STARTED: u64 = u64::MAX;
@@ -36,9 +40,10 @@ pub(crate) struct Setup {
 /// progress word, so that if it dies the pool knows which task it was
 /// running.
 pub(crate) fn serve(setup: Setup) {
-    let (Ok(mut tasks), Ok(progress)) = (
+    let (Ok(mut tasks), Ok(progress), Ok(mailbox)) = (
         inherited::<Connection<FdStream>>(TASKS),
         inherited::<SharedMemory>(PROGRESS),
+        inherited::<SharedMemory>(MAILBOX).and_then(Mailbox::from_shared),
     ) else {
         return;
     };
@@ -53,12 +58,28 @@ pub(crate) fn serve(setup: Setup) {
     }
     let progress = progress_word(&progress);
     let mut outcomes = Outcomes::default();
-    while let Ok(frame) = tasks.recv_bytes() {
+    while let Ok(received) = tasks.recv_bytes() {
+        let Ok(frame) = mailbox.open(Slot::Tasks, received) else {
+            return;
+        };
         let Ok(chunk) = Chunk::read(&frame) else {
             return;
         };
         outcomes.clear();
-        let send = |outcomes: &mut Outcomes| tasks.send_bytes(outcomes.frame()).is_ok();
+        let mut answered = 0;
+        let send = |outcomes: &mut Outcomes| {
+            answered += outcomes.len();
+            // Only the frame that answers the chunk's last task may go
+            // through the mailbox: the pool reads it before it sends
+            // anything more, where an earlier one's slot could be
+            // overwritten before it is read.
+            let sent = if answered == chunk.count {
+                mailbox.send(Slot::Outcomes, outcomes.frame(), &mut tasks)
+            } else {
+                tasks.send_bytes(outcomes.frame())
+            };
+            sent.is_ok()
+        };
         // The entry runs the whole chunk in its own code: one call and
         // one unwind guard for many tasks.
         let sent = match Runner::find(chunk.entry) {
@@ -89,6 +110,8 @@ pub(crate) struct Recipe {
 pub(crate) struct Worker {
     pub spawned: Spawned<()>,
     pub tasks: Connection<FdStream>,
+    /// Where frames that fit cross instead of the socket.
+    pub mailbox: Mailbox,
     /// Which task of its chunk the worker is running: a word that only
     /// the worker writes.
     progress: SharedMemory,
@@ -102,6 +125,7 @@ impl Worker {
         let tasks = Connection::new(FdStream::new(ours.into())?);
         let theirs = Connection::new(FdStream::new(theirs.into())?);
         let progress = SharedMemory::anonymous(8)?;
+        let mailbox = Mailbox::new()?;
         progress_word(&progress).store(NOT_STARTED, Ordering::Relaxed);
         let process = match recipe.method {
             StartMethod::Fork if recipe.allow_threads => Process::new().allow_threads(),
@@ -110,10 +134,12 @@ impl Worker {
         let spawned = process
             .pass(TASKS, &theirs)?
             .pass(PROGRESS, &progress)?
+            .pass(MAILBOX, mailbox.shared())?
             .start(recipe.method, ipc_core::entry!(serve), &recipe.setup)?;
         Ok(Worker {
             spawned,
             tasks,
+            mailbox,
             progress,
             finished: 0,
         })

@@ -2,10 +2,10 @@
 //! order, apply_async, an initializer, a task limit per worker, a worker
 //! killed in the middle of a task (that task alone fails, with the worker
 //! and the signal; every other task completes and the pool keeps working),
-//! one killed while idle, one that sends garbage, a task that panics,
-//! terminate, and a parent with other threads; pieces sent while every
-//! worker is busy (the dispatcher asleep for closes only), and pieces sent
-//! as the dispatcher closes.
+//! one killed while idle, one that sends garbage (or a notice with nothing
+//! in its mailbox), a task that panics, terminate, and a parent with other
+//! threads; pieces sent while every worker is busy (the dispatcher asleep
+//! for closes only), and pieces sent as the dispatcher closes.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -478,6 +478,29 @@ fn a_worker_that_sends_garbage_fails_its_task_and_is_replaced() {
         pool.map(ipc_core::entry!(square), 0..5u64).unwrap(),
         [0, 1, 4, 9, 16]
     );
+}
+
+/// Sends an empty frame, a worker's notice that its outcomes are in its
+/// mailbox, with nothing put there; then is [`held_started`].
+fn notice_with_empty_mailbox(task: (u64, String, String)) -> u64 {
+    write_on_sockets(&[0, 0, 0, 0]);
+    held_started(task)
+}
+
+#[test]
+fn a_worker_whose_notice_finds_its_mailbox_empty_fails_its_task_and_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    let hold = Hold::new();
+    let mut noticed = pool
+        .apply_async(ipc_core::entry!(notice_with_empty_mailbox), &hold.task(1))
+        .unwrap();
+    hold.wait_started();
+    let failure = noticed.get_timeout(PATIENCE);
+    assert!(
+        matches!(&failure, Err(Error::Child(f)) if matches!(**f, ChildFailure::Codec(_))),
+        "{failure:?}"
+    );
+    assert_eq!(pool.apply(ipc_core::entry!(square), &3).unwrap(), 9);
 }
 
 #[test]
