@@ -20,9 +20,12 @@
 //!   its chunk's last task, and is sent its next chunk only once the pool
 //!   has read them.
 //!
-//! The reader takes the slot's length word back to zero, and a length
-//! beyond the slot is an error: a worker that sends a notice with nothing
-//! (or garbage) in its slot is a broken worker, as for any other garbage.
+//! The reader takes the slot's length word back to zero, and a notice
+//! whose slot holds nothing, or a length beyond the slot, is an error: the
+//! worker that sent it is a broken worker. What a slot holds is read as a
+//! frame from the socket would be, garbage included: a malformed frame of
+//! outcomes makes a broken worker too, and outcomes that do not decode
+//! fail their tasks.
 //!
 //! ```text
 //! slot: u64 length (little-endian), then that many bytes of the frame
@@ -63,9 +66,12 @@ pub(crate) struct Mailbox(SharedMemory);
 
 impl Mailbox {
     /// A new mailbox, both slots empty; its pages take memory only once
-    /// a frame is written there.
+    /// a frame is written there. Workers forked later (the fork start
+    /// method) do not map it: only the worker it is passed to.
     pub fn new() -> Result<Mailbox> {
-        Ok(Mailbox(SharedMemory::anonymous(2 * SLOT_BYTES)?))
+        let shared = SharedMemory::anonymous(2 * SLOT_BYTES)?;
+        shared.exclude_from_forks()?;
+        Ok(Mailbox(shared))
     }
 
     /// The mailbox given to a worker as `shared`, checked for its size.
@@ -82,8 +88,14 @@ impl Mailbox {
     }
 
     /// Sends `frame` on `socket`: through `slot` with an empty frame as
-    /// its notice when it fits there, else whole.
+    /// its notice when it fits there, else whole. An empty frame is
+    /// refused: it would read as a notice.
     pub fn send(&self, slot: Slot, frame: &[u8], socket: &mut Connection<FdStream>) -> Result<()> {
+        if frame.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an empty frame cannot go through a pool mailbox's socket",
+            ));
+        }
         if self.put(slot, frame) {
             socket.send_bytes(&[])
         } else {
@@ -101,10 +113,9 @@ impl Mailbox {
         }
     }
 
-    /// Copies `frame` into `slot` if it fits (and is not empty, which
-    /// would read as a notice); `false` if it does not.
+    /// Copies `frame` into `slot` if it fits; `false` if it does not.
     fn put(&self, slot: Slot, frame: &[u8]) -> bool {
-        if frame.is_empty() || frame.len() > SLOT_BYTES - LENGTH_BYTES {
+        if frame.len() > SLOT_BYTES - LENGTH_BYTES {
             return false;
         }
         let at = slot.offset();
@@ -124,7 +135,10 @@ impl Mailbox {
         let len = u64::from_le_bytes(word);
         let limit = (SLOT_BYTES - LENGTH_BYTES) as u64;
         if len == 0 || len > limit {
-            return Err(Error::Decode(postcard::Error::DeserializeBadEncoding));
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a notice whose mailbox slot holds no frame (its length word says {len})"),
+            )));
         }
         let mut frame = vec![0u8; len as usize];
         self.0.read_at(at + LENGTH_BYTES, &mut frame)?;
@@ -166,6 +180,12 @@ mod tests {
             assert_eq!(received.is_empty(), frame.len() < SLOT_BYTES);
             assert_eq!(&mailbox.open(slot, received).unwrap(), frame);
         }
+        // The largest frame that fits, and one byte more.
+        let fits = vec![3u8; SLOT_BYTES - LENGTH_BYTES];
+        assert!(mailbox.put(Slot::Outcomes, &fits));
+        assert_eq!(mailbox.take(Slot::Outcomes).unwrap(), fits);
+        assert!(!mailbox.put(Slot::Outcomes, &vec![3u8; SLOT_BYTES - LENGTH_BYTES + 1]));
+        assert!(mailbox.send(Slot::Tasks, &[], &mut ours).is_err());
         // The two slots do not overlap.
         assert!(mailbox.put(Slot::Tasks, &[1; 100]));
         assert!(mailbox.put(Slot::Outcomes, &[2; 100]));
@@ -186,7 +206,7 @@ mod tests {
         );
         assert!(mailbox.open(Slot::Outcomes, Vec::new()).is_err());
         // A length word beyond the slot, as a broken worker may write.
-        for len in [SLOT_BYTES as u64, u64::MAX] {
+        for len in [(SLOT_BYTES - LENGTH_BYTES + 1) as u64, u64::MAX] {
             mailbox
                 .shared()
                 .write_at(SLOT_BYTES, &len.to_le_bytes())

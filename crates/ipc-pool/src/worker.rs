@@ -125,6 +125,8 @@ impl Worker {
         let tasks = Connection::new(FdStream::new(ours.into())?);
         let theirs = Connection::new(FdStream::new(theirs.into())?);
         let progress = SharedMemory::anonymous(8)?;
+        // Only the worker it is passed to maps it, not those forked later.
+        progress.exclude_from_forks()?;
         let mailbox = Mailbox::new()?;
         progress_word(&progress).store(NOT_STARTED, Ordering::Relaxed);
         let process = match recipe.method {

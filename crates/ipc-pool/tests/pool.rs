@@ -490,6 +490,8 @@ fn notice_with_empty_mailbox(task: (u64, String, String)) -> u64 {
 #[test]
 fn a_worker_whose_notice_finds_its_mailbox_empty_fails_its_task_and_is_replaced() {
     let pool = Pool::new(1).unwrap();
+    // Its mailbox held outcomes once: a notice must not read them again.
+    assert_eq!(pool.apply(ipc_core::entry!(square), &2).unwrap(), 4);
     let hold = Hold::new();
     let mut noticed = pool
         .apply_async(ipc_core::entry!(notice_with_empty_mailbox), &hold.task(1))
@@ -497,7 +499,8 @@ fn a_worker_whose_notice_finds_its_mailbox_empty_fails_its_task_and_is_replaced(
     hold.wait_started();
     let failure = noticed.get_timeout(PATIENCE);
     assert!(
-        matches!(&failure, Err(Error::Child(f)) if matches!(**f, ChildFailure::Codec(_))),
+        matches!(&failure, Err(Error::Child(f))
+            if matches!(&**f, ChildFailure::Codec(why) if why.contains("mailbox"))),
         "{failure:?}"
     );
     assert_eq!(pool.apply(ipc_core::entry!(square), &3).unwrap(), 9);
@@ -854,6 +857,24 @@ fn the_largest_result_after_others_comes_back_whole() {
             .collect::<Vec<_>>()
     });
     assert_eq!(lengths, [Ok(first), Ok(longest_text())]);
+}
+
+#[test]
+fn a_chunk_answered_by_a_frame_through_the_socket_then_one_through_the_mailbox() {
+    let pool = Pool::new(1).unwrap();
+    // The first result fills a frame past the flush, which goes whole
+    // through the socket; the second is the chunk's last frame, small
+    // enough for the mailbox.
+    let first = batch::FLUSH_BYTES;
+    let lengths = bounded("a chunk answered by two kinds of frame", move || {
+        let lengths = pool
+            .chunksize(2)
+            .map(ipc_core::entry!(text_of), [first, 10, first, 20])
+            .map(|texts| texts.iter().map(String::len).collect::<Vec<_>>());
+        (lengths, pool.map(ipc_core::entry!(square), 0..4u64))
+    });
+    assert_eq!(lengths.0.unwrap(), [first, 10, first, 20]);
+    assert_eq!(lengths.1.unwrap(), [0, 1, 4, 9]);
 }
 
 /// Gives `x`; the task of 0 first waits to be released ([`held`]).

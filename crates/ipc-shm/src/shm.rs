@@ -243,6 +243,9 @@ impl SharedMemory {
     /// An anonymous segment of `size` bytes (a memfd): no name, nothing in
     /// `/dev/shm`, gone when the last process that maps it lets go. Hand it
     /// to children with [`Process::pass`](ipc_core::process::Process::pass).
+    /// Its size is sealed: no process it is handed to can shrink it under
+    /// another's mapping, which would make that one's next access to the
+    /// lost pages a `SIGBUS`.
     ///
     /// ```
     /// use ipc_core::process::Process;
@@ -263,10 +266,17 @@ impl SharedMemory {
                 "a shared memory segment must have a positive size",
             ));
         }
-        let fd = nix::sys::memfd::memfd_create(c"ipc-shm", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(
+            c"ipc-shm",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
         let len =
             i64::try_from(size).map_err(|_| Error::InvalidArgument("segment size too large"))?;
         nix::unistd::ftruncate(&fd, len)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         Ok(SharedMemory {
             map: Mapping::new(fd.as_fd(), size)?,
             name: None,
@@ -356,6 +366,42 @@ impl SharedMemory {
         let mut out = vec![0; self.size()];
         self.map.copy_out(0, &mut out);
         out
+    }
+
+    /// Leaves this process's mapping of the segment out of every child it
+    /// forks from now on (`MADV_DONTFORK`), for a segment meant for one
+    /// child: children forked later for others can neither reach it nor
+    /// keep its memory alive. A child started from a registered entry and
+    /// passed the segment ([`Process::start`](ipc_core::process::Process::start)
+    /// with any start method, fork included) maps it anew from the
+    /// descriptor it is handed; a closure run by
+    /// [`Process::fork`](ipc_core::process::Process::fork) must not touch
+    /// this value, which is not mapped in its process.
+    ///
+    /// ```
+    /// use ipc_core::process::{inherited, Process};
+    /// use ipc_core::spawn::StartMethod;
+    /// use ipc_shm::SharedMemory;
+    ///
+    /// fn sign(_: ()) -> bool {
+    ///     let shm = inherited::<SharedMemory>("shm");
+    ///     shm.and_then(|shm| shm.write_at(0, b"passed")).is_ok()
+    /// }
+    ///
+    /// # ipc_core::spawn::init();
+    /// let shm = SharedMemory::anonymous(64)?;
+    /// shm.exclude_from_forks()?;
+    /// let child = Process::new()
+    ///     .pass("shm", &shm)?
+    ///     .start(StartMethod::Fork, ipc_core::entry!(sign), &())?;
+    /// assert!(child.join()?);
+    /// let mut buf = [0u8; 6];
+    /// shm.read_at(0, &mut buf)?;
+    /// assert_eq!(&buf, b"passed");
+    /// # Ok::<(), ipc_core::Error>(())
+    /// ```
+    pub fn exclude_from_forks(&self) -> Result<()> {
+        Ok(self.map.exclude_from_forks()?)
     }
 
     /// The address of the first byte, valid as long as `self`.
@@ -782,6 +828,20 @@ mod tests {
         assert!(check_name(&"x".repeat(256)).is_err());
         assert!(check_name(&"x".repeat(255)).is_ok());
         assert!(check_name("psm_0123abcd").is_ok());
+    }
+
+    #[test]
+    fn an_anonymous_segment_cannot_be_resized_by_whoever_holds_it() {
+        let shm = SharedMemory::anonymous(8192).unwrap();
+        let fd = shm.fd.as_ref().unwrap();
+        // What a process it is handed to could try: each is refused, and
+        // the mapping stays whole.
+        assert_eq!(nix::unistd::ftruncate(fd, 0), Err(Errno::EPERM));
+        assert_eq!(nix::unistd::ftruncate(fd, 1 << 20), Err(Errno::EPERM));
+        shm.write_at(8191, &[7]).unwrap();
+        let mut byte = [0];
+        shm.read_at(8191, &mut byte).unwrap();
+        assert_eq!(byte, [7]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `_TestSharedMemory` rows).
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use ipc_core::process::{has_inherited_handles, inherited, Process};
@@ -153,6 +154,27 @@ fn anonymous_segments_leave_nothing_in_dev_shm() {
     let mut buf = [0u8; 4];
     shm.read_at(0, &mut buf).unwrap();
     assert_eq!(&buf, b"anon");
+    assert_no_leftovers();
+}
+
+#[test]
+fn a_segment_excluded_from_forks_is_not_mapped_in_a_forked_child() {
+    let shm = SharedMemory::anonymous(4096).unwrap();
+    shm.exclude_from_forks().unwrap();
+    // The parent's mapping is not in the child: touching it is a fault.
+    let mut child = Process::new()
+        .allow_threads()
+        .fork({
+            let shm = &shm;
+            move || shm.write_at(0, b"reached")
+        })
+        .unwrap();
+    let status = child.join().unwrap();
+    let segfault = nix::sys::signal::Signal::SIGSEGV as i32;
+    assert_eq!(status.signal(), Some(segfault), "{status:?}");
+    let mut buf = [0u8; 7];
+    shm.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, [0; 7]);
     assert_no_leftovers();
 }
 

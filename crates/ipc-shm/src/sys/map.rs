@@ -55,6 +55,11 @@ impl Mapping {
         self.keep_mapped = true;
     }
 
+    /// Leaves this mapping out of every child forked from now on.
+    pub(crate) fn exclude_from_forks(&self) -> io::Result<()> {
+        self.raw.advise(memmap2::Advice::DontFork)
+    }
+
     /// The length of the mapping in bytes.
     #[inline]
     pub(crate) fn len(&self) -> usize {
