@@ -444,20 +444,43 @@ impl Dispatcher {
         // refuses before writing anything (larger than a message may be,
         // which the chunk's budget rules out) would leave its tasks waiting
         // on a worker that never got them.
-        let sent = worker
-            .mailbox
-            .send(mailbox::Slot::Tasks, &piece.frame, &mut worker.tasks);
-        if let Err(e @ Error::TooLarge { .. }) = sent {
-            reply(
-                &piece,
-                0,
-                piece.count,
-                Body::Failed(ChildFailure::Codec(e.to_string())),
-            );
-            return Assigned::Answered;
+        match worker.send_chunk(&piece.frame) {
+            Err(e @ Error::TooLarge { .. }) => {
+                reply(
+                    &piece,
+                    0,
+                    piece.count,
+                    Body::Failed(ChildFailure::Codec(e.to_string())),
+                );
+                Assigned::Answered
+            }
+            Err(Error::Timeout) => {
+                // It stopped reading, perhaps part-way through the frame:
+                // it cannot be sent another. The piece never reached it,
+                // so it goes to the replacement, unless worker after
+                // worker stalls on it.
+                let mut piece = piece;
+                piece.attempts += 1;
+                if piece.attempts >= MAX_ATTEMPTS {
+                    let why = "workers stopped reading the tasks sent to them";
+                    reply(
+                        &piece,
+                        0,
+                        piece.count,
+                        Body::Failed(ChildFailure::Codec(why.into())),
+                    );
+                } else {
+                    self.queue.push_front(piece);
+                }
+                let why = "it stopped reading the tasks sent to it";
+                self.replace(i, Cause::Broken(ChildFailure::Codec(why.into())));
+                Assigned::Answered
+            }
+            _ => {
+                self.slots[i].running = Some(Running { piece, answered: 0 });
+                Assigned::Running
+            }
         }
-        self.slots[i].running = Some(Running { piece, answered: 0 });
-        Assigned::Running
     }
 
     /// The first queued piece whose caller still wants it.
@@ -696,7 +719,9 @@ enum Assigned {
     Nothing,
     /// A piece went to its worker.
     Running,
-    /// A piece was answered without reaching the worker.
+    /// The slot can take another piece at once: one was answered without
+    /// reaching the worker, or went back to the queue with its worker,
+    /// which stopped reading, replaced.
     Answered,
 }
 

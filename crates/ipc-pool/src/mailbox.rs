@@ -31,7 +31,7 @@
 //! slot: u64 length (little-endian), then that many bytes of the frame
 //! ```
 
-use ipc_core::{Connection, Error, FdStream, Result};
+use ipc_core::{Connection, Deadline, Error, FdStream, Result};
 use ipc_shm::SharedMemory;
 
 /// The bytes of one slot, its length word included: a chunk of a few
@@ -87,19 +87,25 @@ impl Mailbox {
         &self.0
     }
 
-    /// Sends `frame` on `socket`: through `slot` with an empty frame as
-    /// its notice when it fits there, else whole. An empty frame is
-    /// refused: it would read as a notice.
-    pub fn send(&self, slot: Slot, frame: &[u8], socket: &mut Connection<FdStream>) -> Result<()> {
+    /// Sends `frame` on `socket` by `deadline`: through `slot` with an
+    /// empty frame as its notice when it fits there, else whole. An empty
+    /// frame is refused: it would read as a notice.
+    pub fn send(
+        &self,
+        slot: Slot,
+        frame: &[u8],
+        socket: &mut Connection<FdStream>,
+        deadline: Deadline,
+    ) -> Result<()> {
         if frame.is_empty() {
             return Err(Error::InvalidArgument(
                 "an empty frame cannot go through a pool mailbox's socket",
             ));
         }
         if self.put(slot, frame) {
-            socket.send_bytes(&[])
+            socket.send_bytes_until(&[], deadline)
         } else {
-            socket.send_bytes(frame)
+            socket.send_bytes_until(frame, deadline)
         }
     }
 
@@ -173,7 +179,9 @@ mod tests {
             // socket's buffer.
             let received = std::thread::scope(|scope| {
                 let reader = scope.spawn(|| theirs.recv_bytes().unwrap());
-                mailbox.send(slot, frame, &mut ours).unwrap();
+                mailbox
+                    .send(slot, frame, &mut ours, Deadline::Never)
+                    .unwrap();
                 reader.join().unwrap()
             });
             // Only the small one leaves the socket empty.
@@ -185,7 +193,9 @@ mod tests {
         assert!(mailbox.put(Slot::Outcomes, &fits));
         assert_eq!(mailbox.take(Slot::Outcomes).unwrap(), fits);
         assert!(!mailbox.put(Slot::Outcomes, &vec![3u8; SLOT_BYTES - LENGTH_BYTES + 1]));
-        assert!(mailbox.send(Slot::Tasks, &[], &mut ours).is_err());
+        assert!(mailbox
+            .send(Slot::Tasks, &[], &mut ours, Deadline::Never)
+            .is_err());
         // The two slots do not overlap.
         assert!(mailbox.put(Slot::Tasks, &[1; 100]));
         assert!(mailbox.put(Slot::Outcomes, &[2; 100]));

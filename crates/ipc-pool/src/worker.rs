@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipc_core::spawn::batch::{self, Outcomes};
 use ipc_core::spawn::{ChildFailure, Runner, Spawned, StartMethod};
-use ipc_core::{Connection, Error, FdStream, Result};
+use ipc_core::{Connection, Deadline, Error, FdStream, Result};
 use ipc_shm::SharedMemory;
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +74,12 @@ pub(crate) fn serve(setup: Setup) {
             // anything more, where an earlier one's slot could be
             // overwritten before it is read.
             let sent = if answered == chunk.count {
-                mailbox.send(Slot::Outcomes, outcomes.frame(), &mut tasks)
+                mailbox.send(
+                    Slot::Outcomes,
+                    outcomes.frame(),
+                    &mut tasks,
+                    Deadline::Never,
+                )
             } else {
                 tasks.send_bytes(outcomes.frame())
             };
@@ -159,6 +164,22 @@ impl Worker {
         progress_word(&self.progress).store(NOT_STARTED, Ordering::Relaxed);
     }
 
+    /// Sends the worker its chunk `frame`, through its mailbox if it fits:
+    /// [`Error::Timeout`] if the worker, idle and so reading its socket,
+    /// has not taken it after [`STALLED_AFTER`] and a second for each
+    /// 16 MiB, as a worker that stopped reading (stopped by a signal, say)
+    /// would leave the dispatcher waiting on it for ever.
+    pub fn send_chunk(&mut self, frame: &[u8]) -> Result<()> {
+        let seconds = (frame.len() >> 24) as u64;
+        let patience = STALLED_AFTER + std::time::Duration::from_secs(seconds);
+        self.mailbox.send(
+            Slot::Tasks,
+            frame,
+            &mut self.tasks,
+            Deadline::after(patience),
+        )
+    }
+
     /// Why this worker is gone: it closed its socket, so it is exiting or
     /// dead, and its status says which. `Ok` is a signal or an exit code;
     /// `Err` is a failure of the worker's own code (its initializer).
@@ -176,6 +197,10 @@ impl Worker {
         }
     }
 }
+
+/// How long an idle worker may take to read a small chunk sent to it
+/// before the pool takes it for stalled.
+pub(crate) const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the pool waits for a worker whose socket ended to be reaped.
 pub(crate) const REAP: std::time::Duration = std::time::Duration::from_secs(10);

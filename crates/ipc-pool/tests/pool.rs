@@ -480,11 +480,14 @@ fn a_worker_that_sends_garbage_fails_its_task_and_is_replaced() {
     );
 }
 
-/// Sends an empty frame, a worker's notice that its outcomes are in its
-/// mailbox, with nothing put there; then is [`held_started`].
+/// Says it started, then sends an empty frame, a worker's notice that its
+/// outcomes are in its mailbox, with nothing put there, and is [`held`].
+/// In that order: the pool kills a broken worker, so it may not live to
+/// say anything after the notice.
 fn notice_with_empty_mailbox(task: (u64, String, String)) -> u64 {
+    ipc_shm::Event::open(&task.1).unwrap().set();
     write_on_sockets(&[0, 0, 0, 0]);
-    held_started(task)
+    held((task.0, task.2))
 }
 
 #[test]
@@ -875,6 +878,33 @@ fn a_chunk_answered_by_a_frame_through_the_socket_then_one_through_the_mailbox()
     });
     assert_eq!(lengths.0.unwrap(), [first, 10, first, 20]);
     assert_eq!(lengths.1.unwrap(), [0, 1, 4, 9]);
+}
+
+#[test]
+fn a_worker_that_stops_reading_its_tasks_is_replaced_after_a_bounded_wait() {
+    let pool = Pool::new(1).unwrap();
+    let stopped = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
+    // Idle, and so reading its socket, until stopped.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stopped as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // Larger than its mailbox and its socket's buffer: the send to the
+    // stopped worker cannot finish, and must not hold the pool for ever.
+    let text = 4 << 20;
+    let (lengths, replacement) = bounded_for(LONG, "a chunk sent to a stopped worker", move || {
+        let lengths = pool
+            .chunksize(1)
+            .map(ipc_core::entry!(length), [text_of(text)])
+            .map_err(|e| e.to_string());
+        (
+            lengths,
+            pool.apply(ipc_core::entry!(worker_pid), &0).unwrap(),
+        )
+    });
+    assert_eq!(lengths, Ok(vec![text]));
+    assert_ne!(replacement, stopped);
 }
 
 /// Gives `x`; the task of 0 first waits to be released ([`held`]).
