@@ -454,11 +454,16 @@ impl Dispatcher {
                 );
                 Assigned::Answered
             }
-            Err(Error::Timeout) => {
-                // It stopped reading, perhaps part-way through the frame:
-                // it cannot be sent another. The piece never reached it,
-                // so it goes to the replacement, unless worker after
-                // worker stalls on it.
+            Err(e) if !e.is_closed() => {
+                // It stopped reading (a timeout, perhaps part-way through
+                // the frame), or its socket failed: it cannot be sent
+                // another. The piece never reached it, so it goes to the
+                // replacement, unless worker after worker stalls on it. A
+                // socket closed is a death, which the wait finds.
+                let why = match e {
+                    Error::Timeout => "it stopped reading the tasks sent to it".to_owned(),
+                    e => format!("a chunk could not be sent to it: {e}"),
+                };
                 let mut piece = piece;
                 piece.attempts += 1;
                 if piece.attempts >= MAX_ATTEMPTS {
@@ -472,8 +477,7 @@ impl Dispatcher {
                 } else {
                     self.queue.push_front(piece);
                 }
-                let why = "it stopped reading the tasks sent to it";
-                self.replace(i, Cause::Broken(ChildFailure::Codec(why.into())));
+                self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
                 Assigned::Answered
             }
             _ => {
@@ -697,7 +701,8 @@ impl Dispatcher {
     }
 }
 
-/// A piece whose workers all died before starting it fails after this many.
+/// A piece whose workers all died (or stopped reading) before starting it
+/// fails after this many.
 const MAX_ATTEMPTS: u32 = 3;
 
 /// What [`Dispatcher::read_worker`] found.

@@ -164,20 +164,23 @@ impl Worker {
         progress_word(&self.progress).store(NOT_STARTED, Ordering::Relaxed);
     }
 
-    /// Sends the worker its chunk `frame`, through its mailbox if it fits:
-    /// [`Error::Timeout`] if the worker, idle and so reading its socket,
-    /// has not taken it after [`STALLED_AFTER`] and a second for each
-    /// 16 MiB, as a worker that stopped reading (stopped by a signal, say)
-    /// would leave the dispatcher waiting on it for ever.
+    /// Sends the idle worker its chunk `frame`, through its mailbox if it
+    /// fits. A worker that has answered tasks before is in its loop,
+    /// reading its socket while idle: [`Error::Timeout`] if it has not
+    /// taken the frame after [`STALLED_AFTER`] and a second for each
+    /// 16 MiB, as one that stopped reading (stopped by a signal, say)
+    /// would leave the dispatcher waiting on it for ever. A new worker may
+    /// still be starting, or running an initializer that takes as long as
+    /// it likes: no bound for it.
     pub fn send_chunk(&mut self, frame: &[u8]) -> Result<()> {
-        let seconds = (frame.len() >> 24) as u64;
-        let patience = STALLED_AFTER + std::time::Duration::from_secs(seconds);
-        self.mailbox.send(
-            Slot::Tasks,
-            frame,
-            &mut self.tasks,
-            Deadline::after(patience),
-        )
+        let deadline = if self.finished > 0 {
+            let seconds = (frame.len() >> 24) as u64;
+            Deadline::after(STALLED_AFTER + std::time::Duration::from_secs(seconds))
+        } else {
+            Deadline::Never
+        };
+        self.mailbox
+            .send(Slot::Tasks, frame, &mut self.tasks, deadline)
     }
 
     /// Why this worker is gone: it closed its socket, so it is exiting or

@@ -880,16 +880,30 @@ fn a_chunk_answered_by_a_frame_through_the_socket_then_one_through_the_mailbox()
     assert_eq!(lengths.1.unwrap(), [0, 1, 4, 9]);
 }
 
+/// A process stopped with SIGSTOP, sent SIGCONT when dropped, so that a
+/// test that fails does not leave it stopped.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 #[test]
 fn a_worker_that_stops_reading_its_tasks_is_replaced_after_a_bounded_wait() {
     let pool = Pool::new(1).unwrap();
     let stopped = pool.apply(ipc_core::entry!(worker_pid), &0).unwrap();
     // Idle, and so reading its socket, until stopped.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(stopped as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    let _stopped = Stopped::new(stopped);
     // Larger than its mailbox and its socket's buffer: the send to the
     // stopped worker cannot finish, and must not hold the pool for ever.
     let text = 4 << 20;
