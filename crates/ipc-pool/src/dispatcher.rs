@@ -460,24 +460,12 @@ impl Dispatcher {
                 // another. The piece never reached it, so it goes to the
                 // replacement, unless worker after worker stalls on it. A
                 // socket closed is a death, which the wait finds.
-                let why = match e {
+                let why = ChildFailure::Codec(match e {
                     Error::Timeout => "it stopped reading the tasks sent to it".to_owned(),
                     e => format!("a chunk could not be sent to it: {e}"),
-                };
-                let mut piece = piece;
-                piece.attempts += 1;
-                if piece.attempts >= MAX_ATTEMPTS {
-                    let why = "workers stopped reading the tasks sent to them";
-                    reply(
-                        &piece,
-                        0,
-                        piece.count,
-                        Body::Failed(ChildFailure::Codec(why.into())),
-                    );
-                } else {
-                    self.queue.push_front(piece);
-                }
-                self.replace(i, Cause::Broken(ChildFailure::Codec(why)));
+                });
+                self.requeue_unstarted(piece, why.clone());
+                self.replace(i, Cause::Broken(why));
                 Assigned::Answered
             }
             _ => {
@@ -637,14 +625,7 @@ impl Dispatcher {
             .map(|p| (p - answered).min(rest.count - 1));
         let Some(running) = running else {
             // It died before it started any of them.
-            let mut rest = rest;
-            rest.attempts += 1;
-            if rest.attempts >= MAX_ATTEMPTS {
-                reply(&rest, 0, rest.count, Body::Failed(failure));
-            } else {
-                self.queue.push_front(rest);
-            }
-            return;
+            return self.requeue_unstarted(rest, failure);
         };
         reply(&rest, running, 1, Body::Failed(failure));
         let count = rest.count;
@@ -661,6 +642,18 @@ impl Dispatcher {
         // Before it in the queue, so the tasks keep their order.
         for part in [after, before].into_iter().flatten() {
             self.queue.push_front(part);
+        }
+    }
+
+    /// Puts `piece`, which its worker never started (it died, or stopped
+    /// reading), back at the front of the queue; after [`MAX_ATTEMPTS`]
+    /// such workers, fails it with `failure` instead.
+    fn requeue_unstarted(&mut self, mut piece: Piece, failure: ChildFailure) {
+        piece.attempts += 1;
+        if piece.attempts >= MAX_ATTEMPTS {
+            reply(&piece, 0, piece.count, Body::Failed(failure));
+        } else {
+            self.queue.push_front(piece);
         }
     }
 
